@@ -1,0 +1,15 @@
+"""Entry point: ``python run.py [overrides]`` or ``python run.py -m [sweep overrides]``."""
+
+import hydra
+from omegaconf import DictConfig
+
+from embclust import runner
+
+
+@hydra.main(version_base=None, config_path="conf", config_name="config")
+def main(cfg: DictConfig) -> float:
+    return runner.run(cfg)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,33 @@
+"""2-D maps of the clustered space, for plots only."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+
+def compute_map(reducer, X: np.ndarray, max_points: int | None = None, seed: int = 0) -> np.ndarray:
+    """Project ``X`` to 2-D with ``reducer`` (any estimator with ``fit_transform``).
+
+    Above ``max_points`` rows the reducer is fitted on a seeded sample; the other rows are placed
+    with ``transform`` when the reducer has one (PCA, UMAP) and left NaN otherwise (t-SNE).
+    Returns float32 coordinates of shape (n_samples, 2), all NaN when ``reducer`` is None.
+    """
+    n = X.shape[0]
+    coords = np.full((n, 2), np.nan, dtype=np.float32)
+    if reducer is None:
+        return coords
+    if max_points is None or n <= max_points:
+        coords[:] = reducer.fit_transform(X)
+        return coords
+    rng = np.random.default_rng(seed)
+    sample = np.sort(rng.choice(n, size=max_points, replace=False))
+    log.info("map: fitting %s on a seeded sample of %d of %d points", type(reducer).__name__, max_points, n)
+    coords[sample] = reducer.fit_transform(X[sample])
+    if hasattr(reducer, "transform"):
+        rest = np.setdiff1d(np.arange(n), sample, assume_unique=True)
+        coords[rest] = reducer.transform(X[rest])
+    return coords

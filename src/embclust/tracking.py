@@ -1,0 +1,101 @@
+"""MLflow tracking: where runs go and what makes each one reproducible."""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import mlflow
+from omegaconf import DictConfig, OmegaConf
+
+log = logging.getLogger(__name__)
+
+# Packages whose versions decide a run's numbers; recorded as tags on every run.
+TRACKED_PACKAGES = (
+    "embclust",
+    "numpy",
+    "scipy",
+    "scikit-learn",
+    "umap-learn",
+    "hdbscan",
+    "xgboost",
+    "shap",
+    "plotly",
+    "polars",
+    "pyarrow",
+    "hydra-core",
+    "omegaconf",
+    "mlflow",
+)
+
+
+def setup_tracking(tracking_uri: str, experiment_name: str) -> str:
+    """Point MLflow at ``tracking_uri`` and return the id of ``experiment_name`` (created if new)."""
+    mlflow.set_tracking_uri(tracking_uri)
+    experiment = mlflow.set_experiment(experiment_name)
+    return experiment.experiment_id
+
+
+def flatten_config(cfg: DictConfig | dict, prefix: str = "") -> dict[str, Any]:
+    """Flatten a nested config into ``{"clusterer.n_clusters": 10, ...}`` (values resolved)."""
+    container = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else cfg
+    flat: dict[str, Any] = {}
+    for key, value in container.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            flat.update(flatten_config(value, prefix=f"{name}."))
+        else:
+            flat[name] = value
+    return flat
+
+
+def package_versions(packages: tuple[str, ...] = TRACKED_PACKAGES) -> dict[str, str]:
+    """Installed version of each package, ``"not installed"`` when absent."""
+    versions = {}
+    for pkg in packages:
+        try:
+            versions[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            versions[pkg] = "not installed"
+    return versions
+
+
+def git_state(path: str | Path = ".") -> dict[str, str]:
+    """Commit hash and dirty flag of the git checkout holding ``path``; empty when not in one."""
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=path, capture_output=True, text=True, check=True, timeout=10
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=path,
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=10,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return {}
+    return {"git_commit": commit, "git_dirty": str(bool(dirty)).lower()}
+
+
+def reproducibility_tags(data_fingerprint: str, overrides: list[str], code_dir: str | Path) -> dict[str, str]:
+    """Tags that pin a run: data fingerprint, Hydra overrides, git commit, package versions."""
+    tags = {
+        "data_fingerprint": data_fingerprint,
+        "hydra_overrides": " ".join(overrides) if overrides else "(none)",
+    }
+    tags.update(git_state(code_dir))
+    tags.update({f"version.{pkg}": ver for pkg, ver in package_versions().items()})
+    return tags
+
+
+def model_requirements(model) -> list[str]:
+    """Pinned pip requirements for loading ``model`` (skips MLflow's slow inference)."""
+    packages = ["scikit-learn", "numpy", "scipy", "cloudpickle"]
+    if any(type(step).__module__.startswith("hdbscan") for _, step in model.steps):
+        packages.append("hdbscan")
+    return [f"{pkg}=={ver}" for pkg, ver in package_versions(tuple(packages)).items() if ver != "not installed"]

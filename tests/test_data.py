@@ -1,0 +1,88 @@
+import numpy as np
+import pytest
+
+from embclust.data import Dataset, fingerprint_array, load_digits, load_npy, make_synthetic, validate_dataset
+from embclust.errors import DataError
+
+
+def test_digits_shape_and_labels():
+    ds = load_digits()
+    assert ds.X.shape == (1797, 64) and ds.X.dtype == np.float32
+    assert set(np.unique(ds.labels)) == set(range(10))
+
+
+def test_synthetic_is_embedding_like_and_seeded():
+    ds = make_synthetic(n_samples=3000, n_features=64, n_clusters=6, seed=3)
+    assert ds.X.shape == (3000, 64) and ds.X.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(ds.X, axis=1), 1.0, rtol=1e-5)
+    sizes = np.bincount(ds.labels, minlength=6)
+    assert sizes.sum() == 3000 and sizes.min() != sizes.max()  # unequal cluster sizes
+    # Points lie near a 16-dim subspace: top 16 singular values carry almost all energy.
+    s = np.linalg.svd(ds.X - ds.X.mean(0), compute_uv=False)
+    assert (s[:16] ** 2).sum() / (s**2).sum() > 0.9
+    again = make_synthetic(n_samples=3000, n_features=64, n_clusters=6, seed=3)
+    assert ds.fingerprint == again.fingerprint
+    assert make_synthetic(n_samples=3000, n_features=64, n_clusters=6, seed=4).fingerprint != ds.fingerprint
+
+
+def test_synthetic_chunking_gives_same_data():
+    a = make_synthetic(n_samples=1000, n_features=32, seed=1, chunk_size=1000)
+    b = make_synthetic(n_samples=1000, n_features=32, seed=1, chunk_size=1000)
+    np.testing.assert_array_equal(a.X, b.X)
+
+
+def test_fingerprint_depends_on_values_and_shape():
+    X = np.arange(12, dtype=np.float32).reshape(6, 2)
+    assert fingerprint_array(X) != fingerprint_array(X.reshape(3, 4))
+    Y = X.copy()
+    Y[5, 1] += 1
+    assert fingerprint_array(X) != fingerprint_array(Y)
+
+
+def _ds(X, **kw):
+    return Dataset(name="t", X=np.asarray(X, dtype=np.float32), ids=np.arange(len(X)), **kw)
+
+
+@pytest.mark.parametrize(
+    "X, match",
+    [
+        (np.empty((0, 3)), "empty: 0 rows"),
+        (np.ones((1, 3)), "single row"),
+        (np.empty((4, 0)), "0 feature columns"),
+    ],
+)
+def test_validate_rejects_bad_shapes(X, match):
+    with pytest.raises(DataError, match=match):
+        validate_dataset(_ds(X))
+
+
+def test_validate_reports_non_finite_rows_with_ids():
+    X = np.ones((10, 3))
+    X[2, 1] = np.nan
+    X[7, 0] = np.inf
+    with pytest.raises(DataError, match=r"NaN or inf in 2 of 10 rows \(first ids: 2, 7\)"):
+        validate_dataset(_ds(X))
+
+
+def test_validate_rejects_label_length_mismatch():
+    with pytest.raises(DataError, match="labels has 3 entries but the matrix has 5 rows"):
+        validate_dataset(_ds(np.ones((5, 2)), labels=np.zeros(3)))
+
+
+def test_load_npy_errors(tmp_path):
+    with pytest.raises(DataError, match="file not found"):
+        load_npy(str(tmp_path / "missing.npy"))
+    bad = tmp_path / "x.txt"
+    bad.write_text("1 2 3")
+    with pytest.raises(DataError, match=r"unsupported extension '.txt' \(allowed: .npy, .npz\)"):
+        load_npy(str(bad))
+
+
+def test_load_npy_memory_maps_and_reads_labels(tmp_path):
+    X = np.random.default_rng(0).normal(size=(50, 4)).astype(np.float32)
+    np.save(tmp_path / "X.npy", X)
+    np.save(tmp_path / "y.npy", np.arange(50) % 3)
+    ds = load_npy(str(tmp_path / "X.npy"), labels_path=str(tmp_path / "y.npy"))
+    assert isinstance(ds.X, np.memmap)
+    np.testing.assert_array_equal(ds.X, X)
+    assert ds.labels.tolist() == (np.arange(50) % 3).tolist()

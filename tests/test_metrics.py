@@ -1,0 +1,60 @@
+import numpy as np
+import pytest
+from sklearn import metrics as skm
+from sklearn.cluster import KMeans
+from sklearn.datasets import make_blobs
+
+from embclust.metrics import purity_score, score_clustering
+
+
+@pytest.fixture(scope="module")
+def blobs():
+    X, y = make_blobs(n_samples=600, centers=4, n_features=8, random_state=0)
+    labels = KMeans(4, n_init=3, random_state=0).fit_predict(X)
+    return X.astype(np.float32), y, labels
+
+
+def test_scores_equal_scikit_learn(blobs):
+    X, y, labels = blobs
+    s = score_clustering(X, labels, y, silhouette_sample_size=None)
+    assert s["silhouette"] == pytest.approx(skm.silhouette_score(X, labels))
+    assert s["calinski_harabasz"] == pytest.approx(skm.calinski_harabasz_score(X, labels))
+    assert s["davies_bouldin"] == pytest.approx(skm.davies_bouldin_score(X, labels))
+    assert s["ari"] == pytest.approx(skm.adjusted_rand_score(y, labels))
+    assert s["nmi"] == pytest.approx(skm.normalized_mutual_info_score(y, labels))
+    assert s["v_measure"] == pytest.approx(skm.v_measure_score(y, labels))
+    assert s["n_clusters"] == 4 and s["silhouette_sample_size"] == 600
+
+
+def test_sampled_silhouette_is_seeded_and_logged(blobs):
+    X, _, labels = blobs
+    a = score_clustering(X, labels, silhouette_sample_size=200, seed=7)
+    b = score_clustering(X, labels, silhouette_sample_size=200, seed=7)
+    assert a["silhouette"] == b["silhouette"]
+    assert a["silhouette_sample_size"] == 200
+    assert a["silhouette"] == pytest.approx(skm.silhouette_score(X, labels, sample_size=200, random_state=7))
+
+
+def test_noise_is_excluded_from_internal_scores():
+    X, _ = make_blobs(n_samples=300, centers=3, n_features=4, random_state=1)
+    labels = KMeans(3, n_init=2, random_state=0).fit_predict(X)
+    noisy = labels.copy()
+    noisy[:30] = -1
+    s = score_clustering(X, noisy)
+    keep = noisy != -1
+    assert s["noise_fraction"] == pytest.approx(0.1)
+    assert s["silhouette"] == pytest.approx(skm.silhouette_score(X[keep], noisy[keep]))
+    assert s["davies_bouldin"] == pytest.approx(skm.davies_bouldin_score(X[keep], noisy[keep]))
+
+
+def test_purity_matches_hand_count():
+    truth = np.array([0, 0, 0, 1, 1, 2, 2, 2])
+    pred = np.array([5, 5, 6, 6, 6, 7, 7, 5])
+    # cluster 5: {0,0,2} -> 2; cluster 6: {0,1,1} -> 2; cluster 7: {2,2} -> 2  => 6/8
+    assert purity_score(truth, pred) == pytest.approx(6 / 8)
+
+
+def test_single_cluster_is_not_scored():
+    X = np.random.default_rng(0).normal(size=(20, 3))
+    s = score_clustering(X, np.zeros(20, dtype=int))
+    assert s["n_clusters"] == 1 and "silhouette" not in s

@@ -1,0 +1,43 @@
+import numpy as np
+import pytest
+
+from embclust.errors import ConfigError
+from embclust.preprocess import build_preprocessing, check_preprocessing, fit_preprocessing
+
+
+def test_l2_then_pca_outputs_float32_components():
+    X = np.random.default_rng(0).normal(size=(200, 20)).astype(np.float32)
+    pipe = build_preprocessing(normalize="l2", pca_components=5, seed=0)
+    Xt = fit_preprocessing(pipe, X)
+    assert Xt.shape == (200, 5) and Xt.dtype == np.float32
+    # PCA components are uncorrelated and ordered by variance.
+    var = Xt.var(axis=0)
+    assert np.all(np.diff(var) <= 1e-6)
+
+
+def test_no_preprocessing_is_identity():
+    X = np.random.default_rng(0).normal(size=(30, 4)).astype(np.float32)
+    np.testing.assert_array_equal(fit_preprocessing(build_preprocessing("none", None), X), X)
+
+
+def test_l2_rows_have_unit_norm():
+    X = np.random.default_rng(0).normal(size=(30, 4)).astype(np.float32) * 7
+    Xt = fit_preprocessing(build_preprocessing("l2", None), X)
+    np.testing.assert_allclose(np.linalg.norm(Xt, axis=1), 1.0, rtol=1e-5)
+
+
+def test_unknown_normalize_names_allowed_values():
+    with pytest.raises(ConfigError, match=r"preprocess.normalize='max' is not allowed \(allowed: l2, standard, none\)"):
+        build_preprocessing(normalize="max")
+
+
+@pytest.mark.parametrize("bad", [0, -3, 2.5, "ten"])
+def test_bad_pca_components(bad):
+    with pytest.raises(ConfigError, match="pca_components"):
+        build_preprocessing(pca_components=bad)
+
+
+def test_pca_components_above_data_rank_is_rejected():
+    pipe = build_preprocessing(pca_components=100)
+    with pytest.raises(ConfigError, match=r"pca_components=100 exceeds min\(n_samples, n_features\)=64"):
+        check_preprocessing(pipe, n_samples=1797, n_features=64)

@@ -1,0 +1,114 @@
+"""End to end: ``python run.py`` as a subprocess against a temporary MLflow store."""
+
+import mlflow
+import mlflow.sklearn
+import numpy as np
+import polars as pl
+import pytest
+
+FAST = ("reducer=pca",)  # UMAP's first import compiles for ~10 s; one test covers it.
+
+
+def _artifact_names(run):
+    return {a.path for a in mlflow.MlflowClient().list_artifacts(run.info.run_id)}
+
+
+def _load_labels(run, tmp_path):
+    path = mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path="labels.parquet", dst_path=str(tmp_path))
+    return pl.read_parquet(path)
+
+
+def test_default_job_logs_metrics_artifacts_and_model(run_cli, tmp_path):
+    res = run_cli()
+    assert res.returncode == 0, res.stderr[-2000:]
+    (run,) = res.runs()
+    assert run.info.status == "FINISHED"
+    m = run.data.metrics
+    for name in ("silhouette", "calinski_harabasz", "davies_bouldin", "n_clusters", "ari", "nmi", "v_measure", "purity"):
+        assert name in m, name
+    assert m["n_clusters"] == 10 and m["ari"] > 0.4
+    assert {f"time_{s}_s" for s in ("load", "preprocess", "cluster", "score", "map", "plots")} <= set(m)
+    assert run.data.params["clusterer.n_clusters"] == "10"
+    assert run.data.params["clusterer._target_"] == "sklearn.cluster.KMeans"
+    tags = run.data.tags
+    assert len(tags["data_fingerprint"]) == 32 and tags["version.scikit-learn"] != "not installed"
+    assert {"config.yaml", "labels.parquet", "cluster_map.html", "cluster_sizes.html"} <= _artifact_names(run)
+
+    labels = _load_labels(run, tmp_path)
+    assert labels.columns == ["id", "cluster", "x", "y", "label"]
+    assert labels.height == 1797 and labels["x"].null_count() == 0 and not labels["x"].is_nan().any()
+
+    model = mlflow.sklearn.load_model(f"runs:/{run.info.run_id}/model")
+    from sklearn.datasets import load_digits
+
+    X = load_digits().data.astype(np.float32)
+    np.testing.assert_array_equal(model.predict(X), labels["cluster"].to_numpy())
+
+
+def test_same_seed_gives_identical_labels_and_metrics(run_cli, tmp_path):
+    args = (*FAST, "dataset=synthetic", "dataset.n_samples=2000", "dataset.n_features=32", "clusterer.n_clusters=6")
+    assert run_cli(*args).returncode == 0
+    res = run_cli(*args)
+    assert res.returncode == 0, res.stderr[-2000:]
+    second, first = res.runs()
+    drop = lambda m: {k: v for k, v in m.items() if not k.startswith("time_")}  # noqa: E731
+    assert drop(first.data.metrics) == drop(second.data.metrics)
+    assert first.data.tags["data_fingerprint"] == second.data.tags["data_fingerprint"]
+    a, b = _load_labels(first, tmp_path / "a"), _load_labels(second, tmp_path / "b")
+    assert a["cluster"].to_list() == b["cluster"].to_list()
+    assert a["x"].to_list() == b["x"].to_list()
+
+
+def test_hdbscan_on_synthetic_scores_non_noise_points(run_cli):
+    res = run_cli(*FAST, "dataset=synthetic", "dataset.n_samples=3000", "dataset.n_features=64", "clusterer=hdbscan")
+    assert res.returncode == 0, res.stderr[-2000:]
+    (run,) = res.runs()
+    m = run.data.metrics
+    assert 0 <= m["noise_fraction"] < 0.5 and m["n_clusters"] >= 2
+    assert "silhouette" in m and m["ari"] > 0.5
+    assert run.data.tags["model_predicts"] == "false"
+    assert run.data.params["clusterer._target_"] == "hdbscan.HDBSCAN"
+
+
+def test_pca_then_ward_agglomerative(run_cli):
+    res = run_cli(*FAST, "preprocess.pca_components=20", "clusterer=agglomerative", "clusterer.linkage=ward", "clusterer.n_clusters=12")
+    assert res.returncode == 0, res.stderr[-2000:]
+    (run,) = res.runs()
+    assert run.data.metrics["n_clusters"] == 12
+    assert run.data.params["preprocess.pca_components"] == "20"
+
+
+def _assert_failed(res, expected: str):
+    assert res.returncode != 0
+    assert expected in res.stderr + res.stdout
+    assert "Traceback" not in res.stderr
+    runs = res.runs()
+    assert len(runs) == 1 and runs[0].info.status == "FAILED"
+    assert expected in runs[0].data.tags["error"]
+    assert "silhouette" not in runs[0].data.metrics
+
+
+@pytest.mark.parametrize(
+    "overrides, expected",
+    [
+        (("preprocess.normalize=max",), "preprocess.normalize='max' is not allowed (allowed: l2, standard, none)"),
+        (("clusterer.n_clusters=1797",), "clusterer.n_clusters=1797 must be >= 2 and < the number of samples (1797)"),
+        (("preprocess.pca_components=100",), "preprocess.pca_components=100 exceeds min(n_samples, n_features)=64"),
+        (("dataset=synthetic", "dataset.n_samples=0"), "dataset 'synthetic' is empty: 0 rows"),
+    ],
+)
+def test_bad_config_fails_with_one_clear_line(run_cli, overrides, expected):
+    _assert_failed(run_cli(*FAST, *overrides), expected)
+
+
+def test_nan_in_data_fails_naming_rows(run_cli, tmp_path):
+    X = np.random.default_rng(0).normal(size=(100, 8)).astype(np.float32)
+    X[[3, 40], 2] = np.nan
+    np.save(tmp_path / "emb.npy", X)
+    res = run_cli(*FAST, "dataset=npy", f"dataset.path={tmp_path / 'emb.npy'}", "clusterer.n_clusters=3")
+    _assert_failed(res, "NaN or inf in 2 of 100 rows (first ids: 3, 40)")
+
+
+def test_missing_file_fails(run_cli, tmp_path):
+    res = run_cli(*FAST, "dataset=npy", f"dataset.path={tmp_path / 'nope.npy'}")
+    _assert_failed(res, "file not found")
