@@ -16,10 +16,11 @@ import mlflow.sklearn
 import numpy as np
 import polars as pl
 from hydra.utils import instantiate
+from mlflow.entities import Metric
 from mlflow.models import infer_signature
 from omegaconf import DictConfig, OmegaConf
 
-from embclust import cluster, data, maps, metrics, plots, preprocess, tracking
+from embclust import cache, cluster, data, maps, metrics, plots, preprocess, sweep, tracking
 from embclust.errors import EmbclustError
 
 log = logging.getLogger(__name__)
@@ -95,13 +96,65 @@ def _run_name(cfg: DictConfig) -> str:
     return " ".join(parts)
 
 
+def _cache_dir(cfg: DictConfig) -> Path | None:
+    """Cache folder when caching is on (``cache.enabled``; null = only in sweeps), else None."""
+    enabled = cfg.cache.enabled
+    if enabled is None:
+        enabled = _is_multirun()
+    return Path(cfg.cache.dir) if enabled else None
+
+
+def load_dataset(cfg: DictConfig) -> tuple[data.Dataset, bool | None]:
+    """Load and validate the configured dataset, through the cache when it is on.
+
+    Returns the dataset and whether it came from the cache (None when caching is off).
+    """
+
+    def load() -> data.Dataset:
+        return data.validate_dataset(instantiate(cfg.dataset))
+
+    cache_dir = _cache_dir(cfg)
+    if cache_dir is None:
+        return load(), None
+    return cache.cached_dataset(OmegaConf.to_container(cfg.dataset, resolve=True), cache_dir, load)
+
+
+def fit_preprocessing(cfg: DictConfig, preprocessing, ds: data.Dataset):
+    """Fit the preprocessing on the dataset, through the cache when it is on."""
+    cache_dir = _cache_dir(cfg)
+    if cache_dir is None:
+        return preprocessing, preprocess.fit_preprocessing(preprocessing, ds.X)
+    pre_cfg = OmegaConf.to_container(cfg.preprocess, resolve=True)
+    fitted, Xp, hit = cache.cached_preprocessing(
+        ds.fingerprint, pre_cfg, cache_dir, lambda: (preprocessing, preprocess.fit_preprocessing(preprocessing, ds.X))
+    )
+    mlflow.set_tag("preprocess_cache", "hit" if hit else "miss")
+    return fitted, Xp
+
+
+def _log_pca_variance(preprocessing) -> None:
+    """Log PCA's cumulative explained variance, one step per component."""
+    pca = preprocessing.named_steps["pca"]
+    if pca == "passthrough":
+        return
+    cumulative = np.cumsum(pca.explained_variance_ratio_)
+    mlflow.log_metric("pca_explained_variance", float(cumulative[-1]))
+    client = mlflow.MlflowClient()
+    now = int(time.time() * 1000)
+    client.log_batch(
+        mlflow.active_run().info.run_id,
+        metrics=[Metric("pca_cumulative_variance", float(v), now, i + 1) for i, v in enumerate(cumulative)],
+    )
+
+
 def execute(cfg: DictConfig, workdir: Path, timer: _StageTimer) -> RunResult:
     """Run the pipeline inside an active MLflow run, writing artifacts to ``workdir``."""
     seed = int(cfg.seed)
     with timer("load"):
-        ds = instantiate(cfg.dataset)
+        ds, hit = load_dataset(cfg)
+        if hit is not None:
+            mlflow.set_tag("data_cache", "hit" if hit else "miss")
     with timer("validate"):
-        data.validate_dataset(ds)
         preprocessing = instantiate(cfg.preprocess)
         clusterer = instantiate(cfg.clusterer)
         reducer, max_points = build_reducer(cfg.get("reducer"))
@@ -113,13 +166,16 @@ def execute(cfg: DictConfig, workdir: Path, timer: _StageTimer) -> RunResult:
         mlflow.set_tags({"data_n_samples": ds.n_samples, "data_n_features": ds.n_features})
         log.info("dataset '%s': %d x %d, fingerprint %s", ds.name, ds.n_samples, ds.n_features, ds.fingerprint)
     with timer("preprocess"):
-        Xp = preprocess.fit_preprocessing(preprocessing, ds.X)
+        preprocessing, Xp = fit_preprocessing(cfg, preprocessing, ds)
+        _log_pca_variance(preprocessing)
     with timer("cluster"):
         labels = cluster.fit_clusterer(clusterer, Xp)
     with timer("score"):
         scores = metrics.score_clustering(
             Xp, labels, ds.labels, silhouette_sample_size=cfg.metrics.silhouette_sample_size, seed=seed
         )
+        if hasattr(clusterer, "inertia_"):
+            scores["inertia"] = float(clusterer.inertia_)
         mlflow.log_metrics(scores)
         log.info("scores: %s", ", ".join(f"{k}={v:.4g}" for k, v in scores.items()))
     with timer("map"):
@@ -167,15 +223,44 @@ def _user_error(exc: BaseException) -> EmbclustError | None:
     return None
 
 
+def _resumed_metric(cfg: DictConfig, cell: sweep.SweepCell, experiment_id: str) -> float | None:
+    """The chosen metric of an earlier FINISHED run of this cell on the same data, else None."""
+    previous = sweep.finished_run_of(cell, experiment_id)
+    if previous is None:
+        return None
+    try:
+        ds, _ = load_dataset(cfg)
+    except Exception:  # noqa: BLE001 - let the real run report the error
+        return None
+    if previous.data.tags.get("data_fingerprint") != ds.fingerprint:
+        return None
+    value = sweep.cell_metric(previous, cfg.sweep.metric)
+    log.info("%s: skipped, finished earlier as run %s (%s=%.4g)", cell.position, previous.info.run_id, cfg.sweep.metric, value)
+    return value
+
+
 def run(cfg: DictConfig) -> float:
-    """Run one configured job as an MLflow run; return the chosen metric (NaN when failed).
+    """Run one configured job as an MLflow run; return ``sweep.metric`` (NaN when failed).
 
     Errors end the MLflow run as FAILED with the message in tag ``error``. In a single run the
     process then exits with status 1 after one error line; in a sweep the other cells go on.
+    Sweep cells nest under the sweep's parent run and, with ``sweep.resume``, are skipped when
+    the same cell already FINISHED on the same data.
     """
-    tracking.setup_tracking(cfg.mlflow.tracking_uri, cfg.mlflow.experiment_name)
+    experiment_id = tracking.setup_tracking(cfg.mlflow.tracking_uri, cfg.mlflow.experiment_name)
+    cell = sweep.current_cell(cfg)
+    tags = {}
+    if cell is not None:
+        if cfg.sweep.resume:
+            resumed = _resumed_metric(cfg, cell, experiment_id)
+            if resumed is not None:
+                return resumed
+        log.info("%s: %s", cell.position, cell.overrides or "(no overrides)")
+        tags = {"sweep_cell": cell.overrides, "sweep_cell_key": cell.config_key}
     timer = _StageTimer()
-    with mlflow.start_run(run_name=_run_name(cfg)) as active:
+    with mlflow.start_run(
+        run_name=_run_name(cfg), parent_run_id=cell.parent_run_id if cell else None, tags=tags
+    ) as active:
         mlflow.log_params(tracking.flatten_config(cfg))
         try:
             with tempfile.TemporaryDirectory(prefix="embclust-") as tmp:
@@ -188,9 +273,18 @@ def run(cfg: DictConfig) -> float:
                 mlflow.log_text(traceback.format_exc(), "error.txt")
             mlflow.log_metrics(timer.as_metrics())
             mlflow.end_run(status="FAILED")
-            log.error("run %s FAILED: %s", active.info.run_id, message)
+            log.error("%srun %s FAILED: %s", f"{cell.position}: " if cell else "", active.info.run_id, message)
             if _is_multirun():
                 return math.nan
             raise SystemExit(1) from None
-    log.info("run %s finished in %.1fs", result.run_id, sum(result.stage_seconds.values()))
-    return result.metrics.get(cfg.get("objective", "silhouette"), math.nan)
+    value = result.metrics.get(cfg.sweep.metric, math.nan)
+    prefix = f"{cell.position} done: " if cell else ""
+    log.info(
+        "%srun %s finished in %.1fs, %s=%.4g",
+        prefix,
+        result.run_id,
+        sum(result.stage_seconds.values()),
+        cfg.sweep.metric,
+        value,
+    )
+    return value

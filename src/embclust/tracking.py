@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import subprocess
 from importlib import metadata
 from pathlib import Path
@@ -30,6 +31,14 @@ TRACKED_PACKAGES = (
     "omegaconf",
     "mlflow",
 )
+
+
+DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
+
+
+def default_tracking_uri() -> str:
+    """MLFLOW_TRACKING_URI when set, else the SQLite store in the working directory."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
 
 
 def setup_tracking(tracking_uri: str, experiment_name: str) -> str:

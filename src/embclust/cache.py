@@ -1,0 +1,117 @@
+"""On-disk cache shared by sweep cells: loaded datasets and fitted preprocessing.
+
+Entries are keyed by a hash of everything that decides their content (dataset config and
+file stamps; data fingerprint and preprocessing config), so changed data or config never hit
+a stale entry. Each entry is written to a temporary folder and renamed into place under a file
+lock, so parallel workers compute it once and never see a half-written entry.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Callable
+
+import joblib
+import numpy as np
+
+from embclust.data import Dataset
+
+log = logging.getLogger(__name__)
+
+
+def stable_hash(obj: Any) -> str:
+    """Short hex hash of a JSON-serialisable object, independent of key order."""
+    text = json.dumps(obj, sort_keys=True, default=str)
+    return hashlib.blake2b(text.encode(), digest_size=12).hexdigest()
+
+
+def file_stamps(config: dict) -> dict[str, list]:
+    """Size and mtime of every existing file named by a ``*path`` key, so edits invalidate."""
+    stamps = {}
+    for key, value in config.items():
+        if key.endswith("path") and isinstance(value, str) and os.path.isfile(value):
+            st = os.stat(value)
+            stamps[key] = [os.path.abspath(value), st.st_size, st.st_mtime_ns]
+    return stamps
+
+
+@contextmanager
+def _locked(lock_path: Path):
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_path, "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _get_or_create(entry: Path, create: Callable[[Path], None]) -> bool:
+    """Make sure ``entry`` exists, calling ``create(tmpdir)`` once if not; True on a hit."""
+    if entry.is_dir():
+        return True
+    with _locked(entry.with_name(entry.name + ".lock")):
+        if entry.is_dir():
+            return True
+        tmp = Path(tempfile.mkdtemp(prefix=entry.name + ".tmp-", dir=entry.parent))
+        try:
+            create(tmp)
+            os.rename(tmp, entry)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+    return False
+
+
+def cached_dataset(dataset_config: dict, cache_dir: Path, load: Callable[[], Dataset]) -> tuple[Dataset, bool]:
+    """Return the dataset from the cache, loading (and validating) it with ``load`` on a miss."""
+    key = stable_hash({"dataset": dataset_config, "files": file_stamps(dataset_config)})
+    entry = Path(cache_dir) / "data" / key
+
+    def create(tmp: Path) -> None:
+        ds = load()
+        np.save(tmp / "X.npy", np.ascontiguousarray(ds.X, dtype=np.float32))
+        ids = ds.ids if ds.ids.dtype != object else ds.ids.astype(str)
+        np.save(tmp / "ids.npy", ids)
+        if ds.labels is not None:
+            labels = ds.labels if ds.labels.dtype != object else ds.labels.astype(str)
+            np.save(tmp / "labels.npy", labels)
+        meta = {"name": ds.name, "fingerprint": ds.fingerprint, "label_names": ds.label_names}
+        (tmp / "meta.json").write_text(json.dumps(meta))
+
+    hit = _get_or_create(entry, create)
+    meta = json.loads((entry / "meta.json").read_text())
+    labels_file = entry / "labels.npy"
+    ds = Dataset(
+        name=meta["name"],
+        X=np.load(entry / "X.npy", mmap_mode="r"),
+        ids=np.load(entry / "ids.npy"),
+        labels=np.load(labels_file) if labels_file.exists() else None,
+        label_names=meta["label_names"],
+        _fingerprint=meta["fingerprint"],
+    )
+    return ds, hit
+
+
+def cached_preprocessing(
+    data_fingerprint: str, preprocess_config: dict, cache_dir: Path, fit: Callable[[], tuple[Any, np.ndarray]]
+) -> tuple[Any, np.ndarray, bool]:
+    """Return ``(fitted pipeline, transformed matrix, hit)``, fitting with ``fit`` on a miss."""
+    key = stable_hash({"data": data_fingerprint, "preprocess": preprocess_config})
+    entry = Path(cache_dir) / "preprocess" / key
+
+    def create(tmp: Path) -> None:
+        pipeline, Xp = fit()
+        np.save(tmp / "Xp.npy", np.ascontiguousarray(Xp, dtype=np.float32))
+        joblib.dump(pipeline, tmp / "pipeline.joblib")
+
+    hit = _get_or_create(entry, create)
+    return joblib.load(entry / "pipeline.joblib"), np.load(entry / "Xp.npy", mmap_mode="r"), hit

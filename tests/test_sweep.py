@@ -1,0 +1,78 @@
+"""Multiruns as subprocesses: nesting, summary, fault isolation, caching and resume."""
+
+import mlflow
+import pytest
+
+GRID = ("-m", "reducer=pca", "preprocess.pca_components=5,10", "clusterer.n_clusters=8,12")
+
+
+def _split(res):
+    runs = res.runs()
+    parents = [r for r in runs if r.data.tags.get("sweep_role") == "parent"]
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    return parents, children
+
+
+def _check_sweep(res, n_children=4):
+    assert res.returncode == 0, res.stderr[-3000:]
+    parents, children = _split(res)
+    assert len(parents) == 1 and len(children) == n_children
+    (parent,) = parents
+    assert parent.info.status == "FINISHED"
+    assert all(c.data.tags["mlflow.parentRunId"] == parent.info.run_id for c in children)
+    return parent, children
+
+
+def test_grid_sweep_nests_children_and_summarises_on_parent(run_cli):
+    res = run_cli(*GRID)
+    parent, children = _check_sweep(res)
+    assert all(c.info.status == "FINISHED" and "silhouette" in c.data.metrics for c in children)
+    artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(parent.info.run_id)}
+    assert {"leaderboard.csv", "leaderboard.html", "sweep_heatmaps.html", "sweep_curves.html", "pca_variance.html"} <= artifacts
+    best = max(children, key=lambda c: c.data.metrics["silhouette"])
+    assert parent.data.tags["best_run_id"] == best.info.run_id
+    assert parent.data.metrics["best_silhouette"] == pytest.approx(best.data.metrics["silhouette"])
+    # Data loaded once, PCA fitted once per distinct preprocessing config (2 PCA sizes).
+    assert sorted(c.data.tags["data_cache"] for c in children) == ["hit", "hit", "hit", "miss"]
+    assert sorted(c.data.tags["preprocess_cache"] for c in children) == ["hit", "hit", "miss", "miss"]
+    assert "cell 4/4" in res.stderr + res.stdout
+
+
+def test_davies_bouldin_picks_the_lowest(run_cli):
+    res = run_cli(*GRID, "sweep.metric=davies_bouldin")
+    parent, children = _check_sweep(res)
+    best = min(children, key=lambda c: c.data.metrics["davies_bouldin"])
+    assert parent.data.tags["best_run_id"] == best.info.run_id
+
+
+def test_joblib_launcher_nests_children(run_cli):
+    res = run_cli(*GRID, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2")
+    parent, children = _check_sweep(res)
+    assert all(c.info.status == "FINISHED" for c in children)
+    assert sorted(c.data.tags["preprocess_cache"] for c in children) == ["hit", "hit", "miss", "miss"]
+    assert "database is locked" not in res.stderr
+
+
+def test_impossible_cell_fails_alone_and_is_marked(run_cli, tmp_path):
+    res = run_cli("-m", "reducer=pca", "preprocess.pca_components=5", "clusterer.n_clusters=8,5000")
+    parent, children = _check_sweep(res, n_children=2)
+    status = {c.data.params["clusterer.n_clusters"]: c.info.status for c in children}
+    assert status == {"8": "FINISHED", "5000": "FAILED"}
+    failed = next(c for c in children if c.info.status == "FAILED")
+    assert "n_clusters=5000" in failed.data.tags["error"]
+    board = mlflow.artifacts.download_artifacts(run_id=parent.info.run_id, artifact_path="leaderboard.csv", dst_path=str(tmp_path))
+    text = open(board).read()
+    assert "FAILED" in text and "n_clusters=5000" in text
+    assert parent.data.metrics["n_failed_cells"] == 1
+
+
+def test_rerun_resumes_only_missing_or_failed_cells(run_cli):
+    args = ("-m", "reducer=pca", "preprocess.pca_components=5", "clusterer.n_clusters=8,12,5000")
+    _check_sweep(run_cli(*args), n_children=3)
+    res = run_cli(*args)
+    parent, children = _check_sweep(res, n_children=4)  # only the failed cell ran again
+    assert res.stderr.count("skipped, finished earlier") + res.stdout.count("skipped, finished earlier") == 2
+    assert [c.info.status for c in children].count("FAILED") == 2
+    res = run_cli(*args, "sweep.resume=false")
+    parents, children = _split(res)
+    assert len(parents) == 2 and len(children) == 7
