@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from embclust.data import Dataset, fingerprint_array, load_digits, load_npy, make_synthetic, validate_dataset
+from embclust.data import Dataset, fingerprint_array, load_digits, make_synthetic, validate_dataset
 from embclust.errors import DataError
 
 
@@ -60,29 +60,23 @@ def test_validate_reports_non_finite_rows_with_ids():
     X = np.ones((10, 3))
     X[2, 1] = np.nan
     X[7, 0] = np.inf
-    with pytest.raises(DataError, match=r"NaN or inf in 2 of 10 rows \(first ids: 2, 7\)"):
+    with pytest.raises(DataError, match=r"NaN or inf in 2 of 10 rows \(first ids: 2, 7\); .*on_invalid=drop"):
         validate_dataset(_ds(X))
+
+
+def test_drop_invalid_rows_keeps_the_rest_aligned():
+    X = np.arange(30, dtype=np.float32).reshape(10, 3)
+    X[2, 1] = np.nan
+    ds = validate_dataset(_ds(X, labels=np.arange(10) % 2), on_invalid="drop")
+    assert ds.n_samples == 9 and ds.n_dropped_invalid == 1
+    assert 2 not in ds.ids.tolist() and ds.labels.tolist() == [i % 2 for i in range(10) if i != 2]
+
+
+def test_duplicate_ids_are_counted_not_fatal():
+    ds = Dataset(name="t", X=np.ones((4, 2), dtype=np.float32), ids=np.array(["a", "b", "a", "a"]))
+    assert validate_dataset(ds).n_duplicate_ids == 2
 
 
 def test_validate_rejects_label_length_mismatch():
     with pytest.raises(DataError, match="labels has 3 entries but the matrix has 5 rows"):
         validate_dataset(_ds(np.ones((5, 2)), labels=np.zeros(3)))
-
-
-def test_load_npy_errors(tmp_path):
-    with pytest.raises(DataError, match="file not found"):
-        load_npy(str(tmp_path / "missing.npy"))
-    bad = tmp_path / "x.txt"
-    bad.write_text("1 2 3")
-    with pytest.raises(DataError, match=r"unsupported extension '.txt' \(allowed: .npy, .npz\)"):
-        load_npy(str(bad))
-
-
-def test_load_npy_memory_maps_and_reads_labels(tmp_path):
-    X = np.random.default_rng(0).normal(size=(50, 4)).astype(np.float32)
-    np.save(tmp_path / "X.npy", X)
-    np.save(tmp_path / "y.npy", np.arange(50) % 3)
-    ds = load_npy(str(tmp_path / "X.npy"), labels_path=str(tmp_path / "y.npy"))
-    assert isinstance(ds.X, np.memmap)
-    np.testing.assert_array_equal(ds.X, X)
-    assert ds.labels.tolist() == (np.arange(50) % 3).tolist()

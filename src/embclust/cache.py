@@ -81,22 +81,33 @@ def cached_dataset(dataset_config: dict, cache_dir: Path, load: Callable[[], Dat
         np.save(tmp / "X.npy", np.ascontiguousarray(ds.X, dtype=np.float32))
         ids = ds.ids if ds.ids.dtype != object else ds.ids.astype(str)
         np.save(tmp / "ids.npy", ids)
-        if ds.labels is not None:
-            labels = ds.labels if ds.labels.dtype != object else ds.labels.astype(str)
-            np.save(tmp / "labels.npy", labels)
-        meta = {"name": ds.name, "fingerprint": ds.fingerprint, "label_names": ds.label_names}
+        for field in ("labels", "texts"):
+            arr = getattr(ds, field)
+            if arr is not None:
+                np.save(tmp / f"{field}.npy", arr if arr.dtype != object else arr.astype(str))
+        meta = {
+            "name": ds.name,
+            "fingerprint": ds.fingerprint,
+            "label_names": ds.label_names,
+            "feature_names": ds.feature_names,
+            "n_dropped_invalid": ds.n_dropped_invalid,
+            "n_duplicate_ids": ds.n_duplicate_ids,
+        }
         (tmp / "meta.json").write_text(json.dumps(meta))
 
     hit = _get_or_create(entry, create)
     meta = json.loads((entry / "meta.json").read_text())
-    labels_file = entry / "labels.npy"
+    optional = {f: np.load(entry / f"{f}.npy") if (entry / f"{f}.npy").exists() else None for f in ("labels", "texts")}
     ds = Dataset(
         name=meta["name"],
         X=np.load(entry / "X.npy", mmap_mode="r"),
         ids=np.load(entry / "ids.npy"),
-        labels=np.load(labels_file) if labels_file.exists() else None,
         label_names=meta["label_names"],
+        feature_names=meta["feature_names"],
+        n_dropped_invalid=meta["n_dropped_invalid"],
+        n_duplicate_ids=meta["n_duplicate_ids"],
         _fingerprint=meta["fingerprint"],
+        **optional,
     )
     return ds, hit
 
@@ -115,3 +126,18 @@ def cached_preprocessing(
 
     hit = _get_or_create(entry, create)
     return joblib.load(entry / "pipeline.joblib"), np.load(entry / "Xp.npy", mmap_mode="r"), hit
+
+
+def cached_map(
+    data_fingerprint: str, preprocess_config: dict, reducer_config: dict, cache_dir: Path, compute: Callable[[], np.ndarray]
+) -> tuple[np.ndarray, bool]:
+    """Return ``(2-D coordinates, hit)``: the map depends on the data, preprocessing and reducer only,
+    so sweep cells that differ in the clusterer share it."""
+    key = stable_hash({"data": data_fingerprint, "preprocess": preprocess_config, "reducer": reducer_config})
+    entry = Path(cache_dir) / "map" / key
+
+    def create(tmp: Path) -> None:
+        np.save(tmp / "coords.npy", np.asarray(compute(), dtype=np.float32))
+
+    hit = _get_or_create(entry, create)
+    return np.load(entry / "coords.npy"), hit

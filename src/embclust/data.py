@@ -5,11 +5,10 @@ from __future__ import annotations
 import hashlib
 import logging
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 
-from embclust.errors import DataError
+from embclust.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +26,8 @@ class Dataset:
     ids : array of shape (n_samples,), shown in hover text and written to ``labels.parquet``.
     labels : optional array of shape (n_samples,) with true classes.
     label_names : optional names for integer ``labels``.
+    texts : optional array of shape (n_samples,) of documents, for hover text and keywords.
+    feature_names : optional names of the columns of ``X`` (tabular data).
     """
 
     name: str
@@ -34,6 +35,10 @@ class Dataset:
     ids: np.ndarray
     labels: np.ndarray | None = None
     label_names: list[str] | None = None
+    texts: np.ndarray | None = None
+    feature_names: list[str] | None = None
+    n_dropped_invalid: int = 0
+    n_duplicate_ids: int = 0
     _fingerprint: str | None = field(default=None, repr=False)
 
     @property
@@ -70,8 +75,17 @@ def fingerprint_array(X: np.ndarray) -> str:
     return h.hexdigest()
 
 
-def validate_dataset(ds: Dataset) -> Dataset:
-    """Check shape, finiteness and lengths; raise :class:`DataError` naming the problem."""
+ON_INVALID_CHOICES = ("error", "drop")
+
+
+def validate_dataset(ds: Dataset, on_invalid: str = "error") -> Dataset:
+    """Check shape, lengths and finiteness; raise :class:`DataError` naming the problem.
+
+    Rows holding NaN or inf raise an error, or with ``on_invalid="drop"`` are removed (the count
+    is kept in ``n_dropped_invalid``). Duplicate ids are counted and logged as a warning.
+    """
+    if on_invalid not in ON_INVALID_CHOICES:
+        raise ConfigError(f"dataset.on_invalid={on_invalid!r} is not allowed (allowed: error, drop)")
     X = ds.X
     if X.ndim != 2:
         raise DataError(f"dataset '{ds.name}': expected a 2-D matrix, got shape {X.shape}")
@@ -79,11 +93,9 @@ def validate_dataset(ds: Dataset) -> Dataset:
         raise DataError(f"dataset '{ds.name}' is empty: 0 rows")
     if X.shape[1] == 0:
         raise DataError(f"dataset '{ds.name}' has 0 feature columns")
-    if X.shape[0] == 1:
-        raise DataError(f"dataset '{ds.name}' has a single row: clustering needs at least 2")
     if not np.issubdtype(X.dtype, np.number):
         raise DataError(f"dataset '{ds.name}': features must be numeric, got dtype {X.dtype}")
-    for name, arr in (("ids", ds.ids), ("labels", ds.labels)):
+    for name, arr in (("ids", ds.ids), ("labels", ds.labels), ("texts", ds.texts)):
         if arr is not None and len(arr) != X.shape[0]:
             raise DataError(
                 f"dataset '{ds.name}': {name} has {len(arr)} entries but the matrix has {X.shape[0]} rows"
@@ -91,11 +103,56 @@ def validate_dataset(ds: Dataset) -> Dataset:
     bad_rows = _non_finite_rows(X)
     if bad_rows.size:
         first = ", ".join(str(i) for i in ds.ids[bad_rows[:5]])
-        raise DataError(
-            f"dataset '{ds.name}' has NaN or inf in {bad_rows.size} of {X.shape[0]} rows "
-            f"(first ids: {first}); clean the data before clustering"
-        )
+        where = f"NaN or inf in {bad_rows.size} of {X.shape[0]} rows (first ids: {first})"
+        if on_invalid == "error":
+            raise DataError(
+                f"dataset '{ds.name}' has {where}; clean the data or set dataset.on_invalid=drop"
+            )
+        log.warning("dataset '%s': dropping %s", ds.name, where)
+        ds = _drop_rows(ds, bad_rows)
+    if ds.X.shape[0] == 1:
+        raise DataError(f"dataset '{ds.name}' has a single row: clustering needs at least 2")
+    n_unique = np.unique(ds.ids).size
+    if n_unique < ds.ids.size:
+        ds.n_duplicate_ids = int(ds.ids.size - n_unique)
+        log.warning("dataset '%s': %d duplicate ids (rows kept)", ds.name, ds.n_duplicate_ids)
     return ds
+
+
+def subsample(ds: Dataset, n: int | None, seed: int = 0) -> Dataset:
+    """A seeded random sample of ``n`` rows (in file order), or ``ds`` itself when it is smaller."""
+    if n is None or n >= ds.n_samples:
+        return ds
+    if n < 2:
+        raise ConfigError(f"dataset.sample_size={n} must be >= 2")
+    rows = np.sort(np.random.default_rng(seed).choice(ds.n_samples, size=n, replace=False))
+    log.info("dataset '%s': using a seeded sample of %d of %d rows", ds.name, n, ds.n_samples)
+    return _take_rows(ds, rows)
+
+
+def _drop_rows(ds: Dataset, rows: np.ndarray) -> Dataset:
+    keep = np.ones(ds.X.shape[0], dtype=bool)
+    keep[rows] = False
+    if keep.sum() == 0:
+        raise DataError(f"dataset '{ds.name}': every row holds NaN or inf; nothing left to cluster")
+    out = _take_rows(ds, np.flatnonzero(keep))
+    out.n_dropped_invalid = ds.n_dropped_invalid + int(rows.size)
+    return out
+
+
+def _take_rows(ds: Dataset, rows: np.ndarray) -> Dataset:
+    take = lambda a: None if a is None else np.asarray(a)[rows]  # noqa: E731
+    return Dataset(
+        name=ds.name,
+        X=np.ascontiguousarray(ds.X[rows]),
+        ids=take(ds.ids),
+        labels=take(ds.labels),
+        label_names=ds.label_names,
+        texts=take(ds.texts),
+        feature_names=ds.feature_names,
+        n_dropped_invalid=ds.n_dropped_invalid,
+        n_duplicate_ids=ds.n_duplicate_ids,
+    )
 
 
 def _non_finite_rows(X: np.ndarray) -> np.ndarray:
@@ -109,7 +166,7 @@ def _non_finite_rows(X: np.ndarray) -> np.ndarray:
     return np.concatenate(bad) if bad else np.empty(0, dtype=np.int64)
 
 
-def _as_float32(X: np.ndarray) -> np.ndarray:
+def as_float32(X: np.ndarray) -> np.ndarray:
     """Return ``X`` as float32, copying only when the dtype differs."""
     return X if X.dtype == np.float32 else X.astype(np.float32)
 
@@ -122,7 +179,7 @@ def load_digits(name: str = "digits") -> Dataset:
     labels = bunch.target.astype(np.int64)
     return Dataset(
         name=name,
-        X=_as_float32(bunch.data),
+        X=as_float32(bunch.data),
         ids=np.arange(len(labels)),
         labels=labels,
         label_names=[str(t) for t in bunch.target_names],
@@ -176,38 +233,3 @@ def make_synthetic(
         labels=labels.astype(np.int64),
         label_names=[f"c{i}" for i in range(n_clusters)],
     )
-
-
-def load_npy(
-    path: str,
-    labels_path: str | None = None,
-    ids_path: str | None = None,
-    mmap: bool = True,
-    name: str = "npy",
-) -> Dataset:
-    """Load a matrix from ``.npy`` (memory-mapped) or the first array of an ``.npz``."""
-    X = _load_array(path, mmap=mmap)
-    ids = _load_array(ids_path) if ids_path else np.arange(X.shape[0] if X.ndim else 0)
-    labels = _load_array(labels_path) if labels_path else None
-    if X.ndim == 2 and X.dtype != np.float32 and np.issubdtype(X.dtype, np.number):
-        X = _as_float32(np.asarray(X))
-    return Dataset(name=name, X=X, ids=np.asarray(ids), labels=None if labels is None else np.asarray(labels))
-
-
-def _load_array(path: str, mmap: bool = False) -> np.ndarray:
-    p = Path(path)
-    if not p.is_file():
-        raise DataError(f"file not found: {path}")
-    suffix = p.suffix.lower()
-    if suffix not in {".npy", ".npz"}:
-        raise DataError(f"{path}: unsupported extension '{suffix}' (allowed: .npy, .npz)")
-    try:
-        loaded = np.load(p, mmap_mode="r" if mmap and suffix == ".npy" else None, allow_pickle=False)
-    except ValueError as exc:
-        raise DataError(f"{path}: cannot be read as a numeric array ({exc})") from exc
-    if suffix == ".npz":
-        keys = list(loaded.keys())
-        if not keys:
-            raise DataError(f"{path}: the .npz archive holds no arrays")
-        return loaded[keys[0]]
-    return loaded

