@@ -12,8 +12,8 @@ from embclust.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 
-# Rows hashed per step when fingerprinting, so memory-mapped files are never read whole.
-_HASH_CHUNK_ROWS = 65_536
+# Rows per step when hashing or checking values, so large matrices need no full-size temporaries.
+_HASH_CHUNK_ROWS = 16_384
 
 
 @dataclass
@@ -71,7 +71,7 @@ def fingerprint_array(X: np.ndarray) -> str:
     h = hashlib.blake2b(digest_size=16)
     h.update(repr((X.shape, str(X.dtype))).encode())
     for start in range(0, X.shape[0], _HASH_CHUNK_ROWS):
-        h.update(np.ascontiguousarray(X[start : start + _HASH_CHUNK_ROWS]).tobytes())
+        h.update(memoryview(np.ascontiguousarray(X[start : start + _HASH_CHUNK_ROWS])))
     return h.hexdigest()
 
 
