@@ -6,7 +6,7 @@ import pytest
 
 from embclust.data import make_synthetic
 
-FAST = ("reducer=pca",)
+FAST = ("reducer=pca", "analysis.explain.enabled=false")
 
 
 def _finished(res):

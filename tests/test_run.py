@@ -6,7 +6,7 @@ import numpy as np
 import polars as pl
 import pytest
 
-FAST = ("reducer=pca",)  # UMAP's first import compiles for ~10 s; one test covers it.
+FAST = ("reducer=pca", "analysis.explain.enabled=false")  # UMAP and XGBoost+SHAP are covered elsewhere
 
 
 def _artifact_names(run):
@@ -32,7 +32,16 @@ def test_default_job_logs_metrics_artifacts_and_model(run_cli, tmp_path):
     assert run.data.params["clusterer._target_"] == "sklearn.cluster.KMeans"
     tags = run.data.tags
     assert len(tags["data_fingerprint"]) == 32 and tags["version.scikit-learn"] != "not installed"
-    assert {"config.yaml", "labels.parquet", "cluster_map.html", "cluster_sizes.html"} <= _artifact_names(run)
+    assert {
+        "config.yaml", "labels.parquet", "cluster_map.html", "cluster_sizes.html", "report.html",
+        "silhouette.html", "silhouette_per_cluster.csv", "cluster_profile.csv", "cluster_composition.csv",
+        "composition_heatmap.html", "shap_per_cluster.html", "shap_summary.html", "near_duplicates.csv",
+    } <= _artifact_names(run)
+    assert m["composition_purity"] == pytest.approx(m["purity"])
+    assert 0.5 < m["explain_mean_f1"] <= 1
+    report = mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path="report.html", dst_path=str(tmp_path))
+    text = open(report).read()
+    assert "Silhouette diagram" in text and "Composition vs true labels" in text and f"{m['silhouette']:.6g}" in text
 
     labels = _load_labels(run, tmp_path)
     assert labels.columns == ["id", "cluster", "x", "y", "label"]
@@ -112,3 +121,32 @@ def test_nan_in_data_fails_naming_rows(run_cli, tmp_path):
 def test_missing_file_fails(run_cli, tmp_path):
     res = run_cli(*FAST, "dataset=npy", f"dataset.path={tmp_path / 'nope.npy'}")
     _assert_failed(res, "file not found")
+
+
+def test_dedupe_drops_planted_near_duplicates(run_cli, tmp_path):
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(300, 16)).astype(np.float32)
+    X[[5, 6, 7]] = X[4] * np.array([[1.0], [2.0], [3.0]], dtype=np.float32)  # 3 copies of row 4
+    X[100] = X[50] + 1e-4
+    np.save(tmp_path / "dups.npy", X)
+    res = run_cli(*FAST, "dataset=npy", f"dataset.path={tmp_path / 'dups.npy'}", "dataset.dedupe=true", "clusterer.n_clusters=4")
+    assert res.returncode == 0, res.stderr[-2000:]
+    (run,) = res.runs()
+    assert run.data.metrics["dropped_duplicate_rows"] == 4
+    assert run.data.tags["data_n_samples"] == "296"
+    assert run.data.metrics["near_duplicate_pairs"] == 0  # none left after dedupe
+
+
+def test_drill_down_reclusters_one_cluster_of_an_earlier_run(run_cli, tmp_path):
+    first = run_cli(*FAST, "analysis.explain.enabled=false")
+    assert first.returncode == 0, first.stderr[-2000:]
+    (parent,) = first.runs()
+    labels = _load_labels(parent, tmp_path)
+    size = int((labels["cluster"] == 3).sum())
+    res = run_cli(*FAST, "analysis.explain.enabled=false", f"+drill.parent_run={parent.info.run_id}", "+drill.cluster=3", "clusterer.n_clusters=2")
+    assert res.returncode == 0, res.stderr[-2000:]
+    child = next(r for r in res.runs() if r.info.run_id != parent.info.run_id)
+    assert child.data.tags["drill_parent_run"] == parent.info.run_id and child.data.tags["drill_cluster"] == "3"
+    assert child.data.tags["data_n_samples"] == str(size)
+    bad = run_cli(*FAST, f"+drill.parent_run={parent.info.run_id}", "+drill.cluster=99")
+    assert bad.returncode == 1 and "drill.cluster=99: 0 members" in bad.stderr

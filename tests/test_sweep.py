@@ -3,7 +3,7 @@
 import mlflow
 import pytest
 
-GRID = ("-m", "reducer=pca", "preprocess.pca_components=5,10", "clusterer.n_clusters=8,12")
+GRID = ("-m", "reducer=pca", "analysis.explain.enabled=false", "preprocess.pca_components=5,10", "clusterer.n_clusters=8,12")
 
 
 def _split(res):

@@ -85,13 +85,17 @@ def cached_dataset(dataset_config: dict, cache_dir: Path, load: Callable[[], Dat
             arr = getattr(ds, field)
             if arr is not None:
                 np.save(tmp / f"{field}.npy", arr if arr.dtype != object else arr.astype(str))
+        for i, values in enumerate(ds.metadata.values()):
+            np.save(tmp / f"metadata_{i}.npy", values if values.dtype != object else values.astype(str))
         meta = {
+            "metadata": list(ds.metadata),
             "name": ds.name,
             "fingerprint": ds.fingerprint,
             "label_names": ds.label_names,
             "feature_names": ds.feature_names,
             "n_dropped_invalid": ds.n_dropped_invalid,
             "n_duplicate_ids": ds.n_duplicate_ids,
+            "n_dropped_duplicates": ds.n_dropped_duplicates,
         }
         (tmp / "meta.json").write_text(json.dumps(meta))
 
@@ -104,8 +108,10 @@ def cached_dataset(dataset_config: dict, cache_dir: Path, load: Callable[[], Dat
         ids=np.load(entry / "ids.npy"),
         label_names=meta["label_names"],
         feature_names=meta["feature_names"],
+        metadata={name: np.load(entry / f"metadata_{i}.npy") for i, name in enumerate(meta["metadata"])},
         n_dropped_invalid=meta["n_dropped_invalid"],
         n_duplicate_ids=meta["n_duplicate_ids"],
+        n_dropped_duplicates=meta["n_dropped_duplicates"],
         _fingerprint=meta["fingerprint"],
         **optional,
     )

@@ -28,6 +28,7 @@ class Dataset:
     label_names : optional names for integer ``labels``.
     texts : optional array of shape (n_samples,) of documents, for hover text and keywords.
     feature_names : optional names of the columns of ``X`` (tabular data).
+    metadata : extra per-row columns (e.g. a category) to colour maps by.
     """
 
     name: str
@@ -37,8 +38,10 @@ class Dataset:
     label_names: list[str] | None = None
     texts: np.ndarray | None = None
     feature_names: list[str] | None = None
+    metadata: dict[str, np.ndarray] = field(default_factory=dict)
     n_dropped_invalid: int = 0
     n_duplicate_ids: int = 0
+    n_dropped_duplicates: int = 0
     _fingerprint: str | None = field(default=None, repr=False)
 
     @property
@@ -127,7 +130,7 @@ def subsample(ds: Dataset, n: int | None, seed: int = 0) -> Dataset:
         raise ConfigError(f"dataset.sample_size={n} must be >= 2")
     rows = np.sort(np.random.default_rng(seed).choice(ds.n_samples, size=n, replace=False))
     log.info("dataset '%s': using a seeded sample of %d of %d rows", ds.name, n, ds.n_samples)
-    return _take_rows(ds, rows)
+    return take_rows(ds, rows)
 
 
 def _drop_rows(ds: Dataset, rows: np.ndarray) -> Dataset:
@@ -135,12 +138,13 @@ def _drop_rows(ds: Dataset, rows: np.ndarray) -> Dataset:
     keep[rows] = False
     if keep.sum() == 0:
         raise DataError(f"dataset '{ds.name}': every row holds NaN or inf; nothing left to cluster")
-    out = _take_rows(ds, np.flatnonzero(keep))
+    out = take_rows(ds, np.flatnonzero(keep))
     out.n_dropped_invalid = ds.n_dropped_invalid + int(rows.size)
     return out
 
 
-def _take_rows(ds: Dataset, rows: np.ndarray) -> Dataset:
+def take_rows(ds: Dataset, rows: np.ndarray) -> Dataset:
+    """A dataset of the given rows (every per-row field follows)."""
     take = lambda a: None if a is None else np.asarray(a)[rows]  # noqa: E731
     return Dataset(
         name=ds.name,
@@ -150,8 +154,10 @@ def _take_rows(ds: Dataset, rows: np.ndarray) -> Dataset:
         label_names=ds.label_names,
         texts=take(ds.texts),
         feature_names=ds.feature_names,
+        metadata={k: take(v) for k, v in ds.metadata.items()},
         n_dropped_invalid=ds.n_dropped_invalid,
         n_duplicate_ids=ds.n_duplicate_ids,
+        n_dropped_duplicates=ds.n_dropped_duplicates,
     )
 
 

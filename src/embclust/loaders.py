@@ -162,6 +162,7 @@ def load_table(
     vector_column: str | None = None,
     label_column: str | None = None,
     text_column: str | None = None,
+    metadata_columns: list[str] | None = None,
     name: str = "table",
 ) -> Dataset:
     """Embeddings stored as columns (``bert_0..``, ``feature_0..``) or one list column of a parquet/CSV."""
@@ -174,8 +175,11 @@ def load_table(
         (vector_column, "dataset.vector_column"),
     ):
         require_column(schema, column, key, p)
+    metadata_columns = list(metadata_columns or [])
+    for column in metadata_columns:
+        require_column(schema, column, "dataset.metadata_columns", p)
     features = [] if vector_column else _select_features(schema, p, feature_prefix, feature_columns)
-    extra = [c for c in (id_column, label_column, text_column, vector_column) if c]
+    extra = [c for c in (id_column, label_column, text_column, vector_column, *metadata_columns) if c]
     df = read_columns(p, list(dict.fromkeys(extra + features)), features)
     ids = df[id_column].to_numpy() if id_column else np.arange(df.height)
     if vector_column:
@@ -191,6 +195,7 @@ def load_table(
         labels=labels,
         texts=texts,
         feature_names=None if vector_column else features,
+        metadata={c: df[c].cast(pl.String).fill_null("(missing)").to_numpy() for c in metadata_columns},
     )
 
 

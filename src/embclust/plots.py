@@ -12,7 +12,7 @@ from plotly.subplots import make_subplots
 _MARKER = dict(size=4, opacity=0.7)
 
 
-def _category_traces(x, y, groups, hover, legend: str, prefix: str):
+def _category_traces(x, y, groups, hover, legend: str, prefix: str, names: dict[str, str] | None = None):
     """One Scattergl trace per group, so each group can be toggled in the legend."""
     order = sorted(np.unique(groups), key=lambda g: (len(g), g))
     for g in order:
@@ -22,11 +22,23 @@ def _category_traces(x, y, groups, hover, legend: str, prefix: str):
             y=y[mask],
             mode="markers",
             marker=_MARKER,
-            name=f"{prefix}{g}",
+            name=(names or {}).get(g, f"{prefix}{html.escape(str(g))}"),
             text=hover[mask],
             hovertemplate="%{text}<extra></extra>",
             legend=legend,
         )
+
+
+def hover_text(ids, clusters=None, true_labels=None, texts=None, width: int = 120) -> np.ndarray:
+    """Hover lines per point. User data is HTML-escaped so ids or texts cannot inject markup."""
+    parts = [[f"id: {html.escape(str(i))}" for i in ids]]
+    if clusters is not None:
+        parts.append([f"cluster: {c}" for c in clusters])
+    if true_labels is not None:
+        parts.append([f"label: {html.escape(str(t))}" for t in true_labels])
+    if texts is not None:
+        parts.append([html.escape(str(t)[:width] + ("..." if len(str(t)) > width else "")) for t in texts])
+    return np.array(["<br>".join(p) for p in zip(*parts)], dtype=object)
 
 
 def cluster_map_figure(
@@ -35,16 +47,21 @@ def cluster_map_figure(
     ids: np.ndarray,
     true_labels: np.ndarray | None = None,
     title: str = "",
+    texts: np.ndarray | None = None,
+    cluster_names: dict[int, str] | None = None,
 ) -> go.Figure:
-    """Scatter of the 2-D map coloured by cluster, beside one coloured by true label when known."""
+    """Scatter of the 2-D map coloured by cluster, beside one coloured by true label when known.
+
+    ``cluster_names`` (e.g. top keywords) are shown in the legend; points without coordinates
+    (outside a t-SNE sample) are left out.
+    """
+    placed = np.isfinite(coords).all(axis=1)
+    coords, clusters, ids = coords[placed], clusters[placed], np.asarray(ids)[placed]
+    true_labels = None if true_labels is None else np.asarray(true_labels)[placed]
+    texts = None if texts is None else np.asarray(texts)[placed]
     x, y = coords[:, 0], coords[:, 1]
     cluster_str = np.where(clusters < 0, "noise", clusters.astype(str))
-    # Hover text comes from user data: escape it so ids or labels cannot inject HTML.
-    hover = np.array([f"id: {html.escape(str(i))}<br>cluster: {c}" for i, c in zip(ids, cluster_str)], dtype=object)
-    if true_labels is not None:
-        hover = np.array(
-            [f"{h}<br>label: {html.escape(str(t))}" for h, t in zip(hover, true_labels)], dtype=object
-        )
+    hover = hover_text(ids, cluster_str, true_labels, texts)
     cols = 2 if true_labels is not None else 1
     fig = make_subplots(
         rows=1,
@@ -52,7 +69,8 @@ def cluster_map_figure(
         subplot_titles=["coloured by cluster", "coloured by true label"][:cols],
         horizontal_spacing=0.12,
     )
-    for trace in _category_traces(x, y, cluster_str, hover, "legend", "cluster "):
+    names = {str(c): f"cluster {c}: {html.escape(n)}" for c, n in (cluster_names or {}).items()}
+    for trace in _category_traces(x, y, cluster_str, hover, "legend", "cluster ", names):
         fig.add_trace(trace, row=1, col=1)
     layout = dict(
         title=title,
@@ -60,10 +78,22 @@ def cluster_map_figure(
         legend=dict(title="cluster", x=0.44 if cols == 2 else 1.02, y=1, itemsizing="constant"),
     )
     if true_labels is not None:
-        for trace in _category_traces(x, y, np.asarray(true_labels).astype(str), hover, "legend2", ""):
+        for trace in _category_traces(x, y, true_labels.astype(str), hover, "legend2", ""):
             fig.add_trace(trace, row=1, col=2)
         layout["legend2"] = dict(title="true label", x=1.02, y=1, itemsizing="constant")
     fig.update_layout(**layout)
+    return fig
+
+
+def category_map_figure(
+    coords: np.ndarray, values: np.ndarray, ids: np.ndarray, texts: np.ndarray | None, title: str, legend_title: str
+) -> go.Figure:
+    """The 2-D map coloured by one metadata column."""
+    placed = np.isfinite(coords).all(axis=1)
+    hover = hover_text(np.asarray(ids)[placed], None, None, None if texts is None else np.asarray(texts)[placed])
+    hover = np.array([f"{h}<br>{html.escape(legend_title)}: {html.escape(v)}" for h, v in zip(hover, values[placed])], dtype=object)
+    fig = go.Figure(list(_category_traces(coords[placed, 0], coords[placed, 1], values[placed], hover, "legend", "")))
+    fig.update_layout(title=title, height=650, legend=dict(title=legend_title, itemsizing="constant"))
     return fig
 
 

@@ -1,4 +1,5 @@
-"""One clustering run: load -> validate -> preprocess -> cluster -> score -> map -> plots -> log."""
+"""One clustering run: load -> validate -> preprocess -> cluster -> score -> map -> analyse -> plots
+-> report -> log, recorded as one MLflow run."""
 
 from __future__ import annotations
 
@@ -21,15 +22,17 @@ from mlflow.entities import Metric
 from mlflow.models import infer_signature
 from omegaconf import DictConfig, OmegaConf
 
-from embclust import cache, cluster, data, maps, metrics, plots, preprocess, sweep, tracking
+from embclust import cache, cluster, data, diagnostics, duplicates, maps, metrics, plots, preprocess, sweep, tracking
+from embclust.errors import ConfigError
+from embclust.report import Report
 from embclust.errors import EmbclustError
 
 log = logging.getLogger(__name__)
 
-STAGES = ("load", "validate", "preprocess", "cluster", "score", "map", "plots", "log")
+STAGES = ("load", "validate", "preprocess", "cluster", "score", "map", "analyse", "plots", "report", "log")
 # Keys that embclust reads itself; the rest of the node builds the object via _target_.
 _REDUCER_OPTIONS = ("max_points",)
-_DATASET_OPTIONS = ("on_invalid", "sample_size")
+_DATASET_OPTIONS = ("on_invalid", "sample_size", "dedupe")
 
 
 @dataclass
@@ -118,13 +121,55 @@ def load_dataset(cfg: DictConfig) -> tuple[data.Dataset, bool | None]:
     def load() -> data.Dataset:
         ds, options = instantiate_with_options(cfg.dataset, _DATASET_OPTIONS)
         ds = data.validate_dataset(ds, on_invalid=options.get("on_invalid", "error"))
-        return data.subsample(ds, options.get("sample_size"), seed=int(cfg.seed))
+        ds = data.subsample(ds, options.get("sample_size"), seed=int(cfg.seed))
+        if options.get("dedupe"):
+            ds = drop_near_duplicates(ds, float(cfg.analysis.duplicates.threshold), int(cfg.seed))
+        return ds
 
     cache_dir = _cache_dir(cfg)
     if cache_dir is None:
         return load(), None
-    key = {**OmegaConf.to_container(cfg.dataset, resolve=True), "_seed": int(cfg.seed)}
+    key = {
+        **OmegaConf.to_container(cfg.dataset, resolve=True),
+        "_seed": int(cfg.seed),
+        "_dedupe_threshold": float(cfg.analysis.duplicates.threshold),
+    }
     return cache.cached_dataset(key, cache_dir, load)
+
+
+def drop_near_duplicates(ds: data.Dataset, threshold: float, seed: int) -> data.Dataset:
+    """Keep the first row of each group of rows with cosine similarity >= ``threshold``."""
+    pairs = duplicates.near_duplicate_pairs(ds.X, threshold=threshold, seed=seed)
+    drop = duplicates.rows_to_drop(pairs, ds.n_samples)
+    if drop.size == 0:
+        return ds
+    log.info("dataset '%s': dropping %d near-duplicate rows (cosine >= %s)", ds.name, drop.size, threshold)
+    keep = np.setdiff1d(np.arange(ds.n_samples), drop, assume_unique=True)
+    out = data.take_rows(ds, keep)
+    out.n_dropped_duplicates = ds.n_dropped_duplicates + int(drop.size)
+    return out
+
+
+def select_drill_cluster(ds: data.Dataset, parent_run_id: str, cluster_id: int) -> data.Dataset:
+    """Members of cluster ``cluster_id`` of an earlier run on the same data (drill-down)."""
+    try:
+        parent = mlflow.get_run(str(parent_run_id))
+    except Exception:  # noqa: BLE001 - MLflow raises several types for unknown ids
+        raise ConfigError(f"drill.parent_run={parent_run_id}: no such run at {mlflow.get_tracking_uri()}") from None
+    if parent.data.tags.get("data_fingerprint") != ds.fingerprint:
+        raise ConfigError(
+            f"drill.parent_run={parent_run_id} clustered other data (fingerprint "
+            f"{parent.data.tags.get('data_fingerprint')}, this dataset {ds.fingerprint}): "
+            "pass the same dataset overrides as that run (see its config.yaml)"
+        )
+    path = mlflow.artifacts.download_artifacts(run_id=parent.info.run_id, artifact_path="labels.parquet")
+    parent_labels = pl.read_parquet(path, columns=["cluster"])["cluster"].to_numpy()
+    rows = np.flatnonzero(parent_labels == int(cluster_id))
+    if rows.size < 2:
+        available = ", ".join(str(c) for c in np.unique(parent_labels))
+        raise ConfigError(f"drill.cluster={cluster_id}: {rows.size} members in run {parent_run_id} (clusters: {available})")
+    log.info("drill-down: %d members of cluster %s of run %s", rows.size, cluster_id, parent_run_id)
+    return data.take_rows(ds, rows)
 
 
 def fit_preprocessing(cfg: DictConfig, preprocessing, ds: data.Dataset):
@@ -179,6 +224,10 @@ def execute(cfg: DictConfig, workdir: Path, timer: _StageTimer) -> RunResult:
         ds, hit = load_dataset(cfg)
         if hit is not None:
             mlflow.set_tag("data_cache", "hit" if hit else "miss")
+        drill = cfg.get("drill")
+        if drill:
+            ds = select_drill_cluster(ds, drill.parent_run, drill.cluster)
+            mlflow.set_tags({"drill_parent_run": str(drill.parent_run), "drill_cluster": str(drill.cluster)})
     with timer("validate"):
         preprocessing = instantiate(cfg.preprocess)
         clusterer = instantiate(cfg.clusterer)
@@ -189,7 +238,13 @@ def execute(cfg: DictConfig, workdir: Path, timer: _StageTimer) -> RunResult:
             tracking.reproducibility_tags(ds.fingerprint, _hydra_overrides(), Path(__file__).resolve().parent)
         )
         mlflow.set_tags({"data_n_samples": ds.n_samples, "data_n_features": ds.n_features})
-        mlflow.log_metrics({"dropped_invalid_rows": ds.n_dropped_invalid, "duplicate_ids": ds.n_duplicate_ids})
+        mlflow.log_metrics(
+            {
+                "dropped_invalid_rows": ds.n_dropped_invalid,
+                "dropped_duplicate_rows": ds.n_dropped_duplicates,
+                "duplicate_ids": ds.n_duplicate_ids,
+            }
+        )
         log.info("dataset '%s': %d x %d, fingerprint %s", ds.name, ds.n_samples, ds.n_features, ds.fingerprint)
     with timer("preprocess"):
         preprocessing, Xp = fit_preprocessing(cfg, preprocessing, ds)
@@ -206,6 +261,15 @@ def execute(cfg: DictConfig, workdir: Path, timer: _StageTimer) -> RunResult:
         log.info("scores: %s", ", ".join(f"{k}={v:.4g}" for k, v in scores.items()))
     with timer("map"):
         coords = compute_map(cfg, reducer, max_points, Xp, ds)
+    map_title = _map_title(reducer, max_points, ds, scores)
+    state = diagnostics.RunState(ds, Xp, labels, coords, preprocessing, clusterer, seed, map_title=map_title)
+    analyses = Report(title="")
+    with timer("analyse"):
+        diagnostics.run_analyses(state, cfg, workdir, analyses)
+        mlflow.log_metrics({**state.metrics, **state.seconds})
+        scores.update(state.metrics)
+    report = Report(title=f"{_run_name(cfg)} (run {mlflow.active_run().info.run_id})")
+    report.add_metrics(scores)
     true_names = ds.label_strings()
     with timer("plots"):
         table = {"id": ds.ids, "cluster": labels, "x": coords[:, 0], "y": coords[:, 1]}
@@ -213,16 +277,33 @@ def execute(cfg: DictConfig, workdir: Path, timer: _StageTimer) -> RunResult:
             table["label"] = true_names
         pl.DataFrame(table).write_parquet(workdir / "labels.parquet")
         (workdir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
-        plots.write_html(plots.cluster_sizes_figure(labels), workdir / "cluster_sizes.html")
+        sizes = plots.cluster_sizes_figure(labels)
+        plots.write_html(sizes, workdir / "cluster_sizes.html")
         if reducer is not None:
-            title = f"{type(reducer).__name__} map of {ds.name}: {int(scores['n_clusters'])} clusters"
-            fig = plots.cluster_map_figure(coords, labels, ds.ids, true_names, title=title)
+            names = {c: ", ".join(words[:3]) for c, words in state.cluster_keywords.items()}
+            fig = plots.cluster_map_figure(coords, labels, ds.ids, true_names, map_title, ds.texts, names)
             plots.write_html(fig, workdir / "cluster_map.html")
+            report.add_figure("Map", fig)
+        report.add_figure("Cluster sizes", sizes)
+    with timer("report"):
+        report.sections.extend(analyses.sections)
+        if cfg.analysis.report.enabled:
+            report.write(workdir / "report.html")
     with timer("log"):
         mlflow.log_artifacts(str(workdir))
         _log_model(preprocessing, clusterer, ds.X, labels)
     mlflow.log_metrics(timer.as_metrics())
     return RunResult(mlflow.active_run().info.run_id, labels, scores, dict(timer.seconds))
+
+
+def _map_title(reducer, max_points: int | None, ds: data.Dataset, scores: dict) -> str:
+    if reducer is None:
+        return ""
+    title = f"{type(reducer).__name__} map of {ds.name}: {int(scores['n_clusters'])} clusters"
+    if max_points is not None and ds.n_samples > max_points:
+        placed = "the rest placed by transform" if hasattr(reducer, "transform") else "only the sample shown"
+        title += f" (fitted on a seeded sample of {max_points} of {ds.n_samples} points; {placed})"
+    return title
 
 
 def _log_model(preprocessing, clusterer, X: np.ndarray, labels: np.ndarray) -> None:

@@ -27,6 +27,7 @@ from plotly.subplots import make_subplots
 
 from embclust import compare, plots, tracking
 from embclust.cache import stable_hash
+from embclust.report import Report
 
 log = logging.getLogger(__name__)
 
@@ -200,18 +201,27 @@ def summarize_sweep(parent_run_id: str, experiment_name: str, metric: str) -> st
         client.set_tag(parent_run_id, "best_cell", best_row["cell"])
         client.log_metric(parent_run_id, f"best_{metric}", float(best_row[metric]))
         best = f"{metric}={best_row[metric]:.4g} at {best_row['cell']} (run {best_row['run_id']})"
+    report = Report(title=f"Sweep {parent_run_id}: {len(table)} cells ranked by {metric}")
+    if best:
+        report.add_text("Best cell", best)
+    report.add_table("Leaderboard", table.drop(columns=["error"]) if n_failed == 0 else table)
     with tempfile.TemporaryDirectory(prefix="embclust-sweep-") as tmp:
         folder = Path(tmp)
         compare.write_leaderboard(table, folder, f"Sweep leaderboard by {metric}")
+        figures = {}
         if len(swept) in (1, 2):
-            plots.write_html(grid_heatmaps(table, swept), folder / "sweep_heatmaps.html")
+            figures["sweep_heatmaps"] = ("Metrics over the grid", grid_heatmaps(table, swept))
         k_param = next((p for p in _K_PARAMS if p in swept), None)
         if k_param:
             group = next((p for p in swept if p != k_param), None)
-            plots.write_html(metric_curves(table, k_param, group), folder / "sweep_curves.html")
+            figures["sweep_curves"] = (f"Metrics against {k_param}", metric_curves(table, k_param, group))
         variance = _pca_variance_curve(runs)
         if variance is not None:
-            plots.write_html(variance, folder / "pca_variance.html")
+            figures["pca_variance"] = ("PCA explained variance", variance)
+        for stem, (heading, fig) in figures.items():
+            plots.write_html(fig, folder / f"{stem}.html")
+            report.add_figure(heading, fig)
+        report.write(folder / "report.html")
         client.log_artifacts(parent_run_id, str(folder))
     if n_failed:
         log.warning("sweep: %d of %d cells FAILED (see leaderboard.html on run %s)", n_failed, len(table), parent_run_id)

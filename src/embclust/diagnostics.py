@@ -1,0 +1,217 @@
+"""Run every analysis step the ``analysis`` config enables and collect its artifacts.
+
+Each step writes files into the run's artifact folder, adds a section to the report and
+returns metrics; its wall time is recorded as ``time_analysis_<step>_s``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+
+from embclust import analysis, duplicates, explain, keywords, plots
+from embclust.data import Dataset
+from embclust.errors import ConfigError
+from embclust.report import Report
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RunState:
+    """What the analysis steps read: data, clustered space, labels, map and fitted objects."""
+
+    ds: Dataset
+    Xp: np.ndarray
+    labels: np.ndarray
+    coords: np.ndarray
+    preprocessing: object
+    clusterer: object
+    seed: int
+    map_title: str = ""
+    metrics: dict[str, float] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)
+    cluster_keywords: dict[int, list[str]] = field(default_factory=dict)
+    mean_silhouette: dict[int, float] = field(default_factory=dict)
+
+
+@contextmanager
+def _step(state: RunState, name: str):
+    log.info("analysis: %s", name)
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        state.seconds[f"time_analysis_{name}_s"] = round(time.perf_counter() - start, 4)
+
+
+def _save_table(table: pd.DataFrame, folder: Path, stem: str) -> None:
+    table.to_csv(folder / f"{stem}.csv", index=False)
+    table.to_html(folder / f"{stem}.html", index=False, escape=True, na_rep="", float_format=lambda v: f"{v:.4g}")
+
+
+def explain_features(state: RunState, acfg: DictConfig) -> tuple[np.ndarray, list[str], str]:
+    """The matrix and names that the explanations use (see ``analysis.explain.features``)."""
+    ds = state.ds
+    steps = state.preprocessing.named_steps
+    pcs = None
+    if steps["pca"] != "passthrough":
+        # Normaliser + PCA output: the clustered space itself unless UMAP followed.
+        pcs = state.Xp if steps["umap"] == "passthrough" else state.preprocessing[:2].transform(ds.X)
+    wanted = acfg.features
+    if wanted == "auto":
+        if ds.feature_names is not None and len(ds.feature_names) <= 200:
+            return np.asarray(ds.X), list(ds.feature_names), "input columns"
+        if pcs is None:
+            from sklearn.decomposition import PCA
+
+            k = min(int(acfg.n_components), ds.n_features, ds.n_samples)
+            sample = analysis.seeded_sample(ds.n_samples, 20_000, state.seed)
+            pcs = PCA(n_components=k, random_state=state.seed).fit(ds.X[sample]).transform(ds.X)
+        return pcs, [f"pc{i + 1}" for i in range(pcs.shape[1])], "PCA components"
+    names = list(wanted)
+    columns = []
+    for name in names:
+        if ds.feature_names is not None and name in ds.feature_names:
+            columns.append(np.asarray(ds.X[:, ds.feature_names.index(name)]))
+        elif name.startswith("pc") and name[2:].isdigit() and pcs is not None and int(name[2:]) <= pcs.shape[1]:
+            columns.append(pcs[:, int(name[2:]) - 1])
+        else:
+            available = (ds.feature_names or [])[:20] + ([f"pc1..pc{pcs.shape[1]}"] if pcs is not None else [])
+            raise ConfigError(f"analysis.explain.features: unknown feature {name!r} (available: {', '.join(available)})")
+    return np.column_stack(columns), names, "chosen features"
+
+
+def run_analyses(state: RunState, cfg: DictConfig, folder: Path, report: Report) -> None:
+    """Write every enabled analysis artifact into ``folder`` and its section into ``report``."""
+    a = cfg.analysis
+    ds, X, labels = state.ds, state.Xp, state.labels
+    texts = ds.texts
+    true_names = ds.label_strings()
+
+    if a.keywords.enabled and texts is not None:
+        with _step(state, "keywords"):
+            state.cluster_keywords = keywords.cluster_keywords(texts, labels, top_n=int(a.keywords.top_n))
+            names = {}
+            if a.keywords.get("labeler"):
+                names = keywords.label_clusters(state.cluster_keywords, texts, labels, instantiate(a.keywords.labeler, _partial_=True))
+            table = pd.DataFrame(
+                [{"cluster": c, "name": names.get(c, ""), "keywords": ", ".join(w)} for c, w in state.cluster_keywords.items()]
+            )
+            _save_table(table, folder, "cluster_keywords")
+            report.add_table("Cluster keywords (class-based TF-IDF)", table)
+
+    if a.silhouette.enabled:
+        with _step(state, "silhouette"):
+            rows, values = analysis.silhouette_by_sample(X, labels, a.silhouette.sample_size, state.seed)
+            if np.isfinite(values).any():
+                table = analysis.silhouette_table(labels[rows], values)
+                state.mean_silhouette = dict(zip(table["cluster"], table["mean_silhouette"]))
+                _save_table(table, folder, "silhouette_per_cluster")
+                sampled = f"seeded sample of {rows.size} of {int((labels != -1).sum())} points"
+                fig = analysis.silhouette_figure(labels[rows], values, f"Silhouette per sample ({sampled})")
+                plots.write_html(fig, folder / "silhouette.html")
+                report.add_figure("Silhouette diagram", fig)
+
+    if a.profile.enabled:
+        with _step(state, "profile"):
+            table = analysis.profile_table(
+                X, labels, ds.ids, texts, state.mean_silhouette,
+                state.cluster_keywords if state.cluster_keywords else None, n_nearest=int(a.profile.n_nearest),
+            )
+            _save_table(table, folder, "cluster_profile")
+            report.add_table("Cluster profiles", table)
+
+    if a.composition.enabled and true_names is not None:
+        with _step(state, "composition"):
+            table, overall = analysis.composition_table(labels, true_names, top=int(a.composition.top))
+            state.metrics["composition_purity"] = overall
+            _save_table(table, folder, "cluster_composition")
+            fig = analysis.contingency_figure(labels, true_names)
+            plots.write_html(fig, folder / "composition_heatmap.html")
+            report.add_table("Composition vs true labels", table, note=f"overall purity {overall:.4f}")
+            report.add_figure("Clusters vs true labels", fig)
+
+    linkage = getattr(state.clusterer, "linkage", None)
+    want_dendrogram = a.dendrogram.enabled is True or (a.dendrogram.enabled == "auto" and linkage is not None)
+    if want_dendrogram:
+        with _step(state, "dendrogram"):
+            method = a.dendrogram.method or (linkage if linkage in ("ward", "average", "complete", "single") else "ward")
+            fig = analysis.dendrogram_figure(
+                X, method=method, sample_size=int(a.dendrogram.sample_size),
+                truncate_p=int(a.dendrogram.truncate_p), seed=state.seed,
+            )
+            plots.write_html(fig, folder / "dendrogram.html")
+            report.add_figure("Dendrogram", fig)
+
+    pca = state.preprocessing.named_steps["pca"]
+    if a.pca_variance.enabled and pca != "passthrough":
+        with _step(state, "pca_variance"):
+            fig = analysis.pca_pareto_figure(pca.explained_variance_ratio_)
+            plots.write_html(fig, folder / "pca_variance.html")
+            report.add_figure("PCA explained variance", fig)
+
+    if a.explain.enabled and np.unique(labels[labels != -1]).size >= 2:
+        with _step(state, "explain"):
+            features, names, source = explain_features(state, a.explain)
+            ex = explain.explain_clusters(
+                features, names, labels, min_cluster_size=int(a.explain.min_cluster_size),
+                max_clusters=int(a.explain.max_clusters), max_samples=int(a.explain.max_samples),
+                shap_samples=int(a.explain.shap_samples), n_estimators=int(a.explain.n_estimators), seed=state.seed,
+            )
+            if ex.importance:
+                table = ex.table()
+                _save_table(table, folder, "shap_importance")
+                state.metrics["explain_mean_f1"] = float(np.mean(list(ex.f1.values())))
+                bars, heat = explain.importance_bars_figure(ex), explain.importance_heatmap_figure(ex)
+                plots.write_html(bars, folder / "shap_per_cluster.html")
+                plots.write_html(heat, folder / "shap_summary.html")
+                report.add_figure(f"SHAP per cluster ({source})", bars)
+                report.add_figure("SHAP summary", heat)
+            if ex.skipped:
+                skipped = "; ".join(f"cluster {c}: {why}" for c, why in ex.skipped.items())
+                (folder / "explain_skipped.txt").write_text(skipped + "\n")
+                report.add_text("Clusters not explained", skipped)
+
+    if a.duplicates.enabled:
+        with _step(state, "duplicates"):
+            rows = analysis.seeded_sample(ds.n_samples, int(a.duplicates.max_rows), state.seed)
+            pairs = duplicates.near_duplicate_pairs(ds.X[rows], threshold=float(a.duplicates.threshold), seed=state.seed)
+            state.metrics["near_duplicate_pairs"] = float(len(pairs))
+            state.metrics["near_duplicate_rows_checked"] = float(rows.size)
+            table = pd.DataFrame(
+                {
+                    "id_a": ds.ids[rows[pairs[:, 0].astype(int)]] if len(pairs) else [],
+                    "id_b": ds.ids[rows[pairs[:, 1].astype(int)]] if len(pairs) else [],
+                    "cosine": pairs[:, 2] if len(pairs) else [],
+                }
+            )
+            table.to_csv(folder / "near_duplicates.csv", index=False)
+            report.add_text(
+                "Near-duplicates",
+                f"{len(pairs)} pairs with cosine >= {a.duplicates.threshold} among {rows.size} rows "
+                "(near_duplicates.csv; dataset.dedupe=true drops them before clustering)",
+            )
+
+    for column in a.maps.color_by or []:
+        with _step(state, f"map_{column}"):
+            if column not in ds.metadata:
+                raise ConfigError(
+                    f"analysis.maps.color_by: no metadata column {column!r} "
+                    f"(loaded: {', '.join(ds.metadata) or 'none; set dataset.metadata_columns'})"
+                )
+            fig = plots.category_map_figure(
+                state.coords, np.asarray(ds.metadata[column]).astype(str), ds.ids, texts,
+                title=f"{state.map_title} coloured by {column}", legend_title=column,
+            )
+            plots.write_html(fig, folder / f"map_by_{column}.html")
+            report.add_figure(f"Map coloured by {column}", fig)
+

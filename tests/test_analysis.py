@@ -1,0 +1,92 @@
+"""Analysis artefacts hold the right numbers on small planted cases."""
+
+import numpy as np
+import pytest
+from sklearn.metrics import silhouette_samples
+
+from embclust import analysis, duplicates, explain, keywords, plots
+
+
+def test_composition_shares_purity_and_entropy_match_hand_counts():
+    clusters = np.array([0, 0, 0, 0, 1, 1, 1, 1])
+    truth = np.array(["a", "a", "a", "b", "c", "c", "d", "e"])
+    table, overall = analysis.composition_table(clusters, truth, top=5)
+    row0, row1 = table.iloc[0], table.iloc[1]
+    assert (row0["label_1"], row0["share_1"], row0["purity"]) == ("a", 0.75, 0.75)
+    assert row1["share_1"] + row1["share_2"] + row1["share_3"] == pytest.approx(1.0)
+    assert row0["entropy_bits"] == pytest.approx(-(0.75 * np.log2(0.75) + 0.25 * np.log2(0.25)))
+    assert overall == pytest.approx((3 + 2) / 8)
+
+
+def test_silhouette_table_matches_scikit_learn():
+    rng = np.random.default_rng(0)
+    X = np.vstack([rng.normal(0, 1, (50, 3)), rng.normal(6, 1, (50, 3))])
+    labels = np.repeat([0, 1], 50)
+    rows, values = analysis.silhouette_by_sample(X, labels, sample_size=None, seed=0)
+    np.testing.assert_allclose(values, silhouette_samples(X, labels))
+    table = analysis.silhouette_table(labels[rows], values)
+    assert table["mean_silhouette"].tolist() == pytest.approx(
+        [silhouette_samples(X, labels)[:50].mean(), silhouette_samples(X, labels)[50:].mean()]
+    )
+
+
+def test_profile_lists_members_nearest_the_centroid():
+    X = np.array([[0.0, 0], [1, 0], [0.1, 0], [10, 10], [11, 10], [10.1, 10]])
+    labels = np.array([0, 0, 0, 1, 1, 1])
+    ids = np.array(["a", "b", "c", "d", "e", "f"])
+    table = analysis.profile_table(X, labels, ids, n_nearest=1)
+    assert table["nearest_members"].tolist() == ["c", "f"]  # closest to centroids (0.37, 0), (10.37, 10)
+    assert table["size"].tolist() == [3, 3]
+    assert table["nearest_centroid_distance"][0] == pytest.approx(np.hypot(10, 10))
+
+
+def test_keywords_of_two_topic_corpus_are_the_topic_words():
+    cats = ["the cat chased the mouse", "a cat and a kitten purr", "my cat likes the kitten"]
+    cars = ["the engine of the car", "a car with a diesel engine", "engine oil for my car"]
+    texts = np.array(cats * 5 + cars * 5)
+    labels = np.array([0] * 15 + [1] * 15)
+    words = keywords.cluster_keywords(texts, labels, top_n=2)
+    assert set(words[0]) == {"cat", "kitten"} and set(words[1]) == {"car", "engine"}
+
+
+def test_keyword_labeler_hook_is_called_with_keywords():
+    names = keywords.label_clusters({0: ["cat"]}, np.array(["cat"]), np.array([0]), lambda c, w, ex: f"{c}:{w[0]}:{ex[0]}")
+    assert names == {0: "0:cat:cat"}
+    assert keywords.label_clusters({0: ["cat"]}, np.array(["cat"]), np.array([0]), None) == {}
+
+
+@pytest.mark.parametrize("exact_max_rows", [10_000, 10])  # exact index, then approximate index
+def test_duplicate_finder_finds_planted_pairs_and_nothing_else(exact_max_rows):
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(400, 32)).astype(np.float32)
+    X[10] = X[3] * 2.0  # same direction: cosine 1
+    X[200] = X[150] + rng.normal(scale=1e-3, size=32)
+    pairs = duplicates.near_duplicate_pairs(X, threshold=0.99, exact_max_rows=exact_max_rows)
+    assert [tuple(p) for p in pairs[:, :2].astype(int)] == [(3, 10), (150, 200)]
+    assert (pairs[:, 2] >= 0.99).all()
+    assert duplicates.rows_to_drop(pairs, 400).tolist() == [10, 200]
+
+
+def test_shap_ranks_the_informative_feature_first():
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(1200, 5))
+    labels = (X[:, 2] > 0.3).astype(int) + (X[:, 2] > 1.2).astype(int)  # only feature f2 matters
+    ex = explain.explain_clusters(X, [f"f{i}" for i in range(5)], labels, min_cluster_size=20, seed=0)
+    for c in ex.importance:
+        assert int(np.argmax(ex.importance[c])) == 2
+        assert ex.f1[c] > 0.8
+    small = explain.explain_clusters(X, [f"f{i}" for i in range(5)], labels, min_cluster_size=10_000, seed=0)
+    assert not small.importance and set(small.skipped) == {0, 1, 2}
+
+
+def test_hover_text_escapes_user_html():
+    hover = plots.hover_text(np.array(["<script>alert(1)</script>"]), texts=np.array(["<b>x</b>"]))
+    assert "<script>" not in hover[0] and "&lt;script&gt;" in hover[0] and "&lt;b&gt;" in hover[0]
+    fig = plots.cluster_map_figure(np.zeros((1, 2)), np.array([0]), np.array(["<img src=x onerror=alert(1)>"]))
+    assert "<img" not in fig.to_json()
+
+
+def test_dendrogram_is_bounded_by_its_sample():
+    X = np.random.default_rng(0).normal(size=(5000, 4))
+    fig = analysis.dendrogram_figure(X, sample_size=300, truncate_p=12)
+    assert "300 points" in fig.layout.title.text and len(fig.data) == 11  # p leaves -> p-1 merges
