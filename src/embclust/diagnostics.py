@@ -187,18 +187,19 @@ def run_analyses(state: RunState, cfg: DictConfig, folder: Path, report: Report)
             pairs = duplicates.near_duplicate_pairs(ds.X[rows], threshold=float(a.duplicates.threshold), seed=state.seed)
             state.metrics["near_duplicate_pairs"] = float(len(pairs))
             state.metrics["near_duplicate_rows_checked"] = float(rows.size)
+            shown = pairs[np.argsort(-pairs[:, 2], kind="stable")[: int(a.duplicates.max_export)]] if len(pairs) else pairs
             table = pd.DataFrame(
                 {
-                    "id_a": ds.ids[rows[pairs[:, 0].astype(int)]] if len(pairs) else [],
-                    "id_b": ds.ids[rows[pairs[:, 1].astype(int)]] if len(pairs) else [],
-                    "cosine": pairs[:, 2] if len(pairs) else [],
+                    "id_a": ds.ids[rows[shown[:, 0].astype(int)]] if len(shown) else [],
+                    "id_b": ds.ids[rows[shown[:, 1].astype(int)]] if len(shown) else [],
+                    "cosine": shown[:, 2] if len(shown) else [],
                 }
             )
             table.to_csv(folder / "near_duplicates.csv", index=False)
             report.add_text(
                 "Near-duplicates",
-                f"{len(pairs)} pairs with cosine >= {a.duplicates.threshold} among {rows.size} rows "
-                "(near_duplicates.csv; dataset.dedupe=true drops them before clustering)",
+                f"{len(pairs)} pairs with cosine >= {a.duplicates.threshold} among {rows.size} rows; the "
+                f"{len(shown)} most similar are in near_duplicates.csv (dataset.dedupe=true drops them before clustering)",
             )
 
     for column in a.maps.color_by or []:
