@@ -76,3 +76,23 @@ def test_rerun_resumes_only_missing_or_failed_cells(run_cli):
     res = run_cli(*args, "sweep.resume=false")
     parents, children = _split(res)
     assert len(parents) == 2 and len(children) == 7
+
+
+def test_compare_prints_the_leaderboard_of_the_latest_sweep(run_cli, tmp_path):
+    import subprocess
+    import sys
+
+    res = run_cli(*GRID)
+    parent, children = _check_sweep(res)
+    out = subprocess.run(
+        [sys.executable, "-m", "embclust.compare", "--experiment", "embclust", "--tracking-uri", res.tracking_uri,
+         "--metric", "davies_bouldin", "--html", str(tmp_path / "board.html")],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert parent.info.run_id in lines[0] and "davies_bouldin" in lines[0]
+    best = min(children, key=lambda c: c.data.metrics["davies_bouldin"])
+    assert best.info.run_id in lines[2]  # header, then the best row first
+    assert sum(c.info.run_id in out.stdout for c in children) == 4
+    assert "<table" in (tmp_path / "board.html").read_text()

