@@ -66,10 +66,18 @@ def _compose(*overrides):
 
 def test_fashion_queries_csv_with_query_text(run_exp, tmp_path):
     ds = make_synthetic(n_samples=300, n_features=48, n_clusters=4, seed=1)
-    queries = [f"red dress {i}" for i in range(300)]
-    pl.DataFrame({"query": queries, **{f"feature_{j}": ds.X[:, j] for j in range(48)}}).write_csv(tmp_path / "q.csv")
-    (run,) = _finished(run_exp("fashion_queries", *FAST, f"dataset.path={tmp_path / 'q.csv'}", "preprocess.pca_components=10", "clusterer.n_clusters=4"))
+    queries = [f"{'red dress' if i % 2 else 'blue jeans'} size {i}" for i in range(300)]
+    dept = np.where(np.arange(300) % 2, "women", "men")
+    pl.DataFrame({"query": queries, "dept": dept, **{f"feature_{j}": ds.X[:, j] for j in range(48)}}).write_csv(tmp_path / "q.csv")
+    (run,) = _finished(run_exp(
+        "fashion_queries", *FAST, f"dataset.path={tmp_path / 'q.csv'}", "preprocess.pca_components=10", "clusterer.n_clusters=4",
+        "dataset.metadata_columns=[dept]", "analysis.maps.color_by=[dept]",
+    ))
     assert run.data.params["clusterer.n_init"] == "50" and run.data.params["preprocess.normalize"] == "l2"
+    import mlflow
+
+    artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(run.info.run_id)}
+    assert {"map_by_dept.html", "cluster_keywords.csv"} <= artifacts
 
 
 def test_image_features_npy_with_label_names_and_agglomerative_sample(run_exp, tmp_path):
