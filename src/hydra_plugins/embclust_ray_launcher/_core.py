@@ -17,6 +17,9 @@ log = logging.getLogger(__name__)
 
 
 def _import_ray():
+    # Ray folds log lines that differ only in numbers ("[repeated 2x across cluster]"), which
+    # hides each cell's "cell i/n done" line; keep them unless the user chose otherwise.
+    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     try:
         import ray
     except ImportError:
