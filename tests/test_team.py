@@ -63,7 +63,7 @@ def _env() -> dict[str, str]:
 
 def _stop(proc: subprocess.Popen, name: str) -> None:
     """Stop ``proc`` and everything it started (its own process group)."""
-    for sig, wait in ((signal.SIGTERM, 20), (signal.SIGKILL, 10)):
+    for sig, wait in ((signal.SIGTERM, 5), (signal.SIGKILL, 10)):
         try:
             os.killpg(proc.pid, sig)
         except ProcessLookupError:
@@ -149,8 +149,9 @@ def ray_head():
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def _run(args, cwd: Path, timeout: int = 300) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, str(RUN_PY), *args, f"hydra.run.dir={cwd / 'outputs'}", f"hydra.sweep.dir={cwd / 'multirun'}"]
+def _run(args, cwd: Path, timeout: int = 300, flags=()) -> subprocess.CompletedProcess:
+    dirs = [f"hydra.run.dir={cwd / 'outputs'}", f"hydra.sweep.dir={cwd / 'multirun'}"]
+    cmd = [sys.executable, str(RUN_PY), *args, *dirs, *flags]
     return subprocess.run(cmd, cwd=cwd, env=_env(), capture_output=True, text=True, timeout=timeout)
 
 
@@ -188,6 +189,7 @@ def test_ray_sweep_nests_cells_under_parent_on_tracking_server(ray_sweep, mlflow
     # The cells ran as Ray tasks (Ray prefixes their forwarded output with the task name).
     assert "(_execute_job pid=" in res.stdout + res.stderr
     assert "Ray launcher: 4 jobs" in res.stderr
+    assert all(f"cell {i}/4 done" in res.stderr for i in range(1, 5))  # progress lines not folded
     # Artifacts went through the server (no shared disk) and come back through it.
     assert all(r.info.artifact_uri.startswith("mlflow-artifacts:") for r in [parent, *children])
     mlflow.set_tracking_uri(mlflow_server)
@@ -259,3 +261,16 @@ def test_unreachable_server_fails_with_one_line_before_any_work(tmp_path, multir
     assert "Traceback" not in output and "Retrying" not in output
     assert "[1/8] load" not in output and "cell 1/" not in output
     assert time.perf_counter() - start < 60
+
+
+def test_ray_launcher_and_tracking_group_resolve(tmp_path):
+    """hydra/launcher=ray is this package's plugin; tracking=server sets the URI, else as before."""
+    res = _run(["hydra/launcher=ray"], tmp_path, timeout=120, flags=["--cfg", "hydra", "-p", "hydra.launcher"])
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "hydra_plugins.embclust_ray_launcher.ray_launcher.RayLauncher" in res.stdout
+    assert "address: null" in res.stdout and "num_cpus: 1" in res.stdout
+    uri = ["--cfg", "job", "-p", "mlflow.tracking_uri"]
+    res = _run(["tracking=server"], tmp_path, timeout=120, flags=uri)
+    assert res.stdout.strip() == "http://127.0.0.1:5000"
+    res = _run([], tmp_path, timeout=120, flags=uri)
+    assert res.stdout.strip() == "sqlite:///mlflow.db"  # MLFLOW_TRACKING_URI unset
