@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
+import tempfile
 from pathlib import Path
 from typing import Any, Dict, Sequence
 
@@ -55,6 +57,45 @@ def _execute_job(
         os.chdir(previous)
 
 
+def _answers(address: str, timeout: float = 3.0) -> bool:
+    """Whether something listens at a ``host:port`` Ray address (other forms are not probed)."""
+    host, _, port = address.rpartition(":")
+    if "://" in address or not host or not port.isdigit():
+        return True
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def _cluster_address(address: str | None) -> str | None:
+    """The address to give ``ray.init``, checked first: Ray waits minutes on a dead one.
+
+    With no address Ray uses $RAY_ADDRESS, else the last cluster ``ray start`` wrote to
+    <tmp>/ray/ray_current_cluster, else starts a local one; a stale file (its cluster killed
+    without ``ray stop``) is skipped here and a local cluster started instead.
+    """
+    explicit = address or os.environ.get("RAY_ADDRESS")
+    if explicit:
+        if not _answers(explicit):
+            log.error(
+                "Ray cluster %s is unreachable: start it with `ray start --head` or set hydra.launcher.address",
+                explicit,
+            )
+            raise SystemExit(1)
+        return address
+    current = Path(os.environ.get("RAY_TMPDIR") or tempfile.gettempdir()) / "ray" / "ray_current_cluster"
+    try:
+        last = current.read_text().strip()
+    except OSError:
+        return None
+    if last and not _answers(last):
+        log.warning("Ray cluster %s (from %s) does not answer; starting a local Ray instead", last, current)
+        return "local"
+    return None
+
+
 def _forwarded_env(prefixes: Sequence[str]) -> Dict[str, str]:
     return {k: v for k, v in os.environ.items() if any(k.startswith(p) for p in prefixes)}
 
@@ -69,7 +110,7 @@ def launch(launcher: Any, job_overrides: Sequence[Sequence[str]], initial_job_id
     sweep_dir.mkdir(parents=True, exist_ok=True)
 
     if not ray.is_initialized():
-        ray.init(address=opts.get("address"), **(opts.get("init") or {}))
+        ray.init(address=_cluster_address(opts.get("address")), **(opts.get("init") or {}))
     resources = ray.cluster_resources()
     log.info(
         "Ray launcher: %d jobs on a cluster of %g CPUs, %g GPUs (%g CPUs per job), sweep output dir: %s",
