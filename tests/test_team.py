@@ -8,6 +8,7 @@ Ray, Playwright or Chromium skips these tests; under CI=true it fails them.
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -54,11 +55,12 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _env() -> dict[str, str]:
+def _env(**extra: str) -> dict[str, str]:
     """This checkout's code first on the path (driver and Ray workers), no outside stores."""
-    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "RAY_ADDRESS", "EMBCLUST_SWEEP")}
+    drop = ("MLFLOW_TRACKING_URI", "RAY_ADDRESS", "EMBCLUST_SWEEP", "RAY_AUTH_MODE", "RAY_AUTH_TOKEN_PATH")
+    env = {k: v for k, v in os.environ.items() if k not in drop}
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO / "src"), env.get("PYTHONPATH")]))
-    return env
+    return {**env, **extra}
 
 
 def _stop(proc: subprocess.Popen, name: str) -> None:
@@ -120,13 +122,20 @@ def mlflow_server(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def ray_head():
-    """``ray start --head --block`` with 2 CPUs on 127.0.0.1; yields its address."""
+    """``ray start --head --block`` with 2 CPUs on 127.0.0.1; yields (address, driver env).
+
+    Token authentication with a token of its own, whatever ~/.ray holds: ``ray start`` turns
+    it on when ~/.ray/auth_token exists, a driver given an explicit address does not.
+    """
     if shutil.which("ray") is None:
         _missing("Ray")
     # Short temp dir: Ray's unix socket paths must stay under ~107 characters.
     folder = Path(tempfile.mkdtemp(prefix="ray-"))
     port = _free_port()
     log = folder / "head.log"
+    token = folder / "auth_token"
+    token.write_text(secrets.token_hex(32))
+    auth = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token)}
     cmd = [
         "ray", "start", "--head", "--block", "--num-cpus", "2", "--port", str(port),
         "--node-ip-address", "127.0.0.1", "--include-dashboard=false", "--disable-usage-stats",
@@ -134,7 +143,7 @@ def ray_head():
         "--temp-dir", str(folder / "t"),
     ]  # fmt: skip
     with open(log, "w") as out:
-        proc = subprocess.Popen(cmd, env=_env(), stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(cmd, env=_env(**auth), stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
 
     def started() -> bool:
         if proc.poll() is not None:
@@ -143,16 +152,16 @@ def ray_head():
 
     try:
         _wait_for(started, 120, "Ray head", log)
-        yield f"127.0.0.1:{port}"
+        yield f"127.0.0.1:{port}", auth
     finally:
         _stop(proc, "Ray head")
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def _run(args, cwd: Path, timeout: int = 300, flags=()) -> subprocess.CompletedProcess:
+def _run(args, cwd: Path, timeout: int = 300, flags=(), env=None) -> subprocess.CompletedProcess:
     dirs = [f"hydra.run.dir={cwd / 'outputs'}", f"hydra.sweep.dir={cwd / 'multirun'}"]
     cmd = [sys.executable, str(RUN_PY), *args, *dirs, *flags]
-    return subprocess.run(cmd, cwd=cwd, env=_env(), capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(cmd, cwd=cwd, env=_env(**(env or {})), capture_output=True, text=True, timeout=timeout)
 
 
 @pytest.fixture(scope="module")
@@ -163,13 +172,14 @@ def ray_sweep(mlflow_server, ray_head, tmp_path_factory):
     except ImportError:
         _missing("Ray")
     cwd = tmp_path_factory.mktemp("ray-sweep")
+    address, auth = ray_head
     args = [
         "-m", *SMALL, "preprocess.pca_components=5,10", "clusterer.n_clusters=8,12",
-        "hydra/launcher=ray", f"hydra.launcher.address={ray_head}",
+        "hydra/launcher=ray", f"hydra.launcher.address={address}",
         "tracking=server", f"mlflow.tracking_uri={mlflow_server}",
     ]  # fmt: skip
     start = time.perf_counter()
-    res = _run(args, cwd)
+    res = _run(args, cwd, env=auth)
     print(f"ray sweep: {time.perf_counter() - start:.1f}s")
     assert res.returncode == 0, res.stderr[-4000:]
     mlflow.set_tracking_uri(mlflow_server)
@@ -274,3 +284,14 @@ def test_ray_launcher_and_tracking_group_resolve(tmp_path):
     assert res.stdout.strip() == "http://127.0.0.1:5000"
     res = _run([], tmp_path, timeout=120, flags=uri)
     assert res.stdout.strip() == "sqlite:///mlflow.db"  # MLFLOW_TRACKING_URI unset
+
+
+def test_unreachable_ray_address_fails_with_one_line(tmp_path):
+    pytest.importorskip("ray")
+    address = f"127.0.0.1:{_free_port()}"  # nothing listens there
+    args = ["-m", "reducer=none", "clusterer.n_clusters=3,4", "hydra/launcher=ray", f"hydra.launcher.address={address}"]
+    res = _run([*args, f"mlflow.tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}"], tmp_path, timeout=120)
+    output = res.stdout + res.stderr
+    assert res.returncode == 1
+    assert f"Ray cluster {address} is unreachable: start it with `ray start --head`" in output
+    assert "Traceback" not in output and "cell 1/" not in output
