@@ -287,7 +287,10 @@ def test_ray_launcher_and_tracking_group_resolve(tmp_path):
 
 
 def test_unreachable_ray_address_fails_with_one_line(tmp_path):
-    pytest.importorskip("ray")
+    try:
+        import ray  # noqa: F401
+    except ImportError:
+        _missing("Ray")
     address = f"127.0.0.1:{_free_port()}"  # nothing listens there
     args = ["-m", "reducer=none", "clusterer.n_clusters=3,4", "hydra/launcher=ray", f"hydra.launcher.address={address}"]
     res = _run([*args, f"mlflow.tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}"], tmp_path, timeout=120)

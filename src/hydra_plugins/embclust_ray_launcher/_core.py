@@ -132,7 +132,8 @@ def launch(launcher: Any, job_overrides: Sequence[Sequence[str]], initial_job_id
         remote_opts["runtime_env"] = runtime_env
     task = ray.remote(_execute_job).options(**remote_opts)
 
-    singleton_state = Singleton.get_state()
+    # Shared by every task: stored once in Ray's object store, not pickled per task.
+    context, function, state = (ray.put(x) for x in (launcher.hydra_context, launcher.task_function, Singleton.get_state()))
     driver_cwd = os.getcwd()
     refs = []
     for offset, overrides in enumerate(job_overrides):
@@ -142,7 +143,5 @@ def launch(launcher: Any, job_overrides: Sequence[Sequence[str]], initial_job_id
         with open_dict(sweep_config):
             sweep_config.hydra.job.id = f"{sweep_config.hydra.job.name}_{idx}"
             sweep_config.hydra.job.num = idx
-        refs.append(
-            task.remote(launcher.hydra_context, sweep_config, launcher.task_function, singleton_state, driver_cwd)
-        )
+        refs.append(task.remote(context, sweep_config, function, state, driver_cwd))
     return ray.get(refs)
