@@ -375,7 +375,13 @@ def run(cfg: DictConfig) -> float:
     Sweep cells nest under the sweep's parent run and, with ``sweep.resume``, are skipped when
     the same cell already FINISHED on the same data.
     """
-    experiment_id = tracking.setup_tracking(cfg.mlflow.tracking_uri, cfg.mlflow.experiment_name)
+    try:
+        experiment_id = tracking.setup_tracking(cfg.mlflow.tracking_uri, cfg.mlflow.experiment_name)
+    except tracking.TrackingServerUnreachable as exc:
+        log.error("%s", exc)
+        if _is_multirun():
+            return math.nan
+        raise SystemExit(1) from None
     cell = sweep.current_cell(cfg)
     tags = {}
     if cell is not None:

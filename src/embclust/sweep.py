@@ -119,7 +119,12 @@ class MlflowSweepCallback(Callback):
         self.parent_run_id: str | None = None
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        experiment_id = tracking.setup_tracking(config.mlflow.tracking_uri, config.mlflow.experiment_name)
+        try:
+            experiment_id = tracking.setup_tracking(config.mlflow.tracking_uri, config.mlflow.experiment_name)
+        except tracking.TrackingServerUnreachable as exc:
+            # Hydra turns a callback's exceptions into warnings; stop before any cell starts.
+            log.error("%s", exc)
+            raise SystemExit(1) from None
         sweep_params = {str(k): str(v) for k, v in (config.hydra.sweeper.get("params") or {}).items()}
         task_overrides = list(config.hydra.overrides.task)
         task_cfg = {k: v for k, v in config.items() if k != "hydra"}

@@ -5,12 +5,16 @@ from __future__ import annotations
 import logging
 import os
 import subprocess
+import urllib.error
+import urllib.request
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import mlflow
 from omegaconf import DictConfig, OmegaConf
+
+from embclust.errors import EmbclustError
 
 log = logging.getLogger(__name__)
 
@@ -41,8 +45,40 @@ def default_tracking_uri() -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
 
 
+# Seconds to wait for a tracking server to answer before giving up on it.
+SERVER_CHECK_TIMEOUT_S = 5.0
+
+
+class TrackingServerUnreachable(EmbclustError):
+    """The configured MLflow tracking server does not answer."""
+
+
+def check_server(tracking_uri: str, timeout: float = SERVER_CHECK_TIMEOUT_S) -> None:
+    """Raise :class:`TrackingServerUnreachable` when an http(s) tracking URI does not answer.
+
+    Any HTTP answer counts as reachable (auth errors are MLflow's to report); only a refused,
+    timed-out or unresolvable connection fails. Other URIs (sqlite, file, ...) are not checked.
+    """
+    if not tracking_uri.lower().startswith(("http://", "https://")):
+        return
+    try:
+        with urllib.request.urlopen(tracking_uri.rstrip("/") + "/health", timeout=timeout):
+            pass
+    except urllib.error.HTTPError:
+        pass  # the server answered
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        raise TrackingServerUnreachable(
+            f"MLflow tracking server {tracking_uri} is unreachable: start it with scripts/mlflow_server.sh "
+            "or set mlflow.tracking_uri"
+        ) from exc
+
+
 def setup_tracking(tracking_uri: str, experiment_name: str) -> str:
-    """Point MLflow at ``tracking_uri`` and return the id of ``experiment_name`` (created if new)."""
+    """Point MLflow at ``tracking_uri`` and return the id of ``experiment_name`` (created if new).
+
+    Raises :class:`TrackingServerUnreachable` when ``tracking_uri`` is a server that does not answer.
+    """
+    check_server(tracking_uri)
     mlflow.set_tracking_uri(tracking_uri)
     experiment = mlflow.set_experiment(experiment_name)
     return experiment.experiment_id

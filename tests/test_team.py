@@ -1,0 +1,300 @@
+"""Team use, for real: a local Ray head, an MLflow tracking server and Chromium, nothing mocked.
+
+The Ray head and the server are subprocesses in their own sessions on 127.0.0.1, stopped in the
+fixtures' finalizers (their whole process group), also when a test fails. Outside CI a missing
+Ray, Playwright or Chromium skips these tests; under CI=true it fails them.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import mlflow
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+RUN_PY = REPO / "run.py"
+SERVER_SH = REPO / "scripts" / "mlflow_server.sh"
+CHROMIUM = os.environ.get("CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+SMALL = ("reducer=pca", "dataset=synthetic", "dataset.n_samples=1000", "dataset.n_features=32")
+UNREACHABLE = "is unreachable: start it with scripts/mlflow_server.sh or set mlflow.tracking_uri"
+
+pytestmark = pytest.mark.team
+
+
+def _missing(what: str) -> None:
+    """Skip locally, fail in CI, where the team extra and Chromium are installed."""
+    if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+        pytest.fail(f"{what} is required in CI")
+    pytest.skip(f"{what} not available (pip install -e '.[team]'; apt-get install chromium)")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _env(**extra: str) -> dict[str, str]:
+    """This checkout's code first on the path (driver and Ray workers), no outside stores."""
+    drop = ("MLFLOW_TRACKING_URI", "RAY_ADDRESS", "EMBCLUST_SWEEP", "RAY_AUTH_MODE", "RAY_AUTH_TOKEN_PATH")
+    env = {k: v for k, v in os.environ.items() if k not in drop}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO / "src"), env.get("PYTHONPATH")]))
+    return {**env, **extra}
+
+
+def _stop(proc: subprocess.Popen, name: str) -> None:
+    """Stop ``proc`` and everything it started (its own process group)."""
+    for sig, wait in ((signal.SIGTERM, 5), (signal.SIGKILL, 10)):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(timeout=wait)
+            time.sleep(1)  # let the group's other members exit too
+        except subprocess.TimeoutExpired:
+            continue
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)  # stragglers of the group, if any
+    except ProcessLookupError:
+        pass
+
+
+def _wait_for(check, timeout: float, what: str, log: Path | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(0.5)
+    tail = log.read_text()[-3000:] if log and log.exists() else ""
+    raise TimeoutError(f"{what} not ready after {timeout:.0f}s\n{tail}")
+
+
+@pytest.fixture(scope="module")
+def mlflow_server(tmp_path_factory):
+    """scripts/mlflow_server.sh on a free 127.0.0.1 port with a temporary store; yields its URI."""
+    folder = tmp_path_factory.mktemp("mlflow-server")
+    port = _free_port()
+    uri = f"http://127.0.0.1:{port}"
+    log = folder / "server.log"
+    env = {**_env(), "MLFLOW_SERVER_DIR": str(folder / "store"), "HOST": "127.0.0.1", "PORT": str(port)}
+    with open(log, "w") as out:
+        proc = subprocess.Popen(
+            [str(SERVER_SH)], cwd=folder, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
+
+    def healthy() -> bool:
+        if proc.poll() is not None:
+            raise RuntimeError(f"mlflow server exited with {proc.returncode}\n{log.read_text()[-3000:]}")
+        try:
+            with urllib.request.urlopen(uri + "/health", timeout=2) as resp:
+                return resp.status == 200
+        except OSError:
+            return False
+
+    try:
+        _wait_for(healthy, 120, "mlflow server", log)
+        yield uri
+    finally:
+        _stop(proc, "mlflow server")
+
+
+@pytest.fixture(scope="module")
+def ray_head():
+    """``ray start --head --block`` with 2 CPUs on 127.0.0.1; yields (address, driver env).
+
+    Token authentication with a token of its own, whatever ~/.ray holds: ``ray start`` turns
+    it on when ~/.ray/auth_token exists, a driver given an explicit address does not.
+    """
+    if shutil.which("ray") is None:
+        _missing("Ray")
+    # Short temp dir: Ray's unix socket paths must stay under ~107 characters.
+    folder = Path(tempfile.mkdtemp(prefix="ray-"))
+    port = _free_port()
+    log = folder / "head.log"
+    token = folder / "auth_token"
+    token.write_text(secrets.token_hex(32))
+    auth = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token)}
+    cmd = [
+        "ray", "start", "--head", "--block", "--num-cpus", "2", "--port", str(port),
+        "--node-ip-address", "127.0.0.1", "--include-dashboard=false", "--disable-usage-stats",
+        "--dashboard-agent-listen-port", str(_free_port()),
+        "--temp-dir", str(folder / "t"),
+    ]  # fmt: skip
+    with open(log, "w") as out:
+        proc = subprocess.Popen(cmd, env=_env(**auth), stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+
+    def started() -> bool:
+        if proc.poll() is not None:
+            raise RuntimeError(f"ray start exited with {proc.returncode}\n{log.read_text()[-3000:]}")
+        return "Ray runtime started" in log.read_text()
+
+    try:
+        _wait_for(started, 120, "Ray head", log)
+        yield f"127.0.0.1:{port}", auth
+    finally:
+        _stop(proc, "Ray head")
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _run(args, cwd: Path, timeout: int = 300, flags=(), env=None) -> subprocess.CompletedProcess:
+    dirs = [f"hydra.run.dir={cwd / 'outputs'}", f"hydra.sweep.dir={cwd / 'multirun'}"]
+    cmd = [sys.executable, str(RUN_PY), *args, *dirs, *flags]
+    return subprocess.run(cmd, cwd=cwd, env=_env(**(env or {})), capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def ray_sweep(mlflow_server, ray_head, tmp_path_factory):
+    """A 2 x 2 sweep run as Ray tasks, logged to the tracking server; yields (result, parent, children)."""
+    try:
+        import ray  # noqa: F401
+    except ImportError:
+        _missing("Ray")
+    cwd = tmp_path_factory.mktemp("ray-sweep")
+    address, auth = ray_head
+    args = [
+        "-m", *SMALL, "preprocess.pca_components=5,10", "clusterer.n_clusters=8,12",
+        "hydra/launcher=ray", f"hydra.launcher.address={address}",
+        "tracking=server", f"mlflow.tracking_uri={mlflow_server}",
+    ]  # fmt: skip
+    start = time.perf_counter()
+    res = _run(args, cwd, env=auth)
+    print(f"ray sweep: {time.perf_counter() - start:.1f}s")
+    assert res.returncode == 0, res.stderr[-4000:]
+    mlflow.set_tracking_uri(mlflow_server)
+    runs = mlflow.search_runs(experiment_names=["embclust"], output_format="list")
+    parents = [r for r in runs if r.data.tags.get("sweep_role") == "parent"]
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    return res, parents, children
+
+
+def test_ray_sweep_nests_cells_under_parent_on_tracking_server(ray_sweep, mlflow_server, tmp_path):
+    res, parents, children = ray_sweep
+    assert len(parents) == 1 and len(children) == 4
+    (parent,) = parents
+    assert parent.info.status == "FINISHED"
+    assert all(c.info.status == "FINISHED" for c in children)
+    assert all(c.data.tags["mlflow.parentRunId"] == parent.info.run_id for c in children)
+    # The cells ran as Ray tasks (Ray prefixes their forwarded output with the task name).
+    assert "(_execute_job pid=" in res.stdout + res.stderr
+    assert "Ray launcher: 4 jobs" in res.stderr
+    assert all(f"cell {i}/4 done" in res.stderr for i in range(1, 5))  # progress lines not folded
+    # Artifacts went through the server (no shared disk) and come back through it.
+    assert all(r.info.artifact_uri.startswith("mlflow-artifacts:") for r in [parent, *children])
+    mlflow.set_tracking_uri(mlflow_server)
+    board = mlflow.artifacts.download_artifacts(
+        run_id=parent.info.run_id, artifact_path="leaderboard.csv", dst_path=str(tmp_path)
+    )
+    assert Path(board).read_text().count("FINISHED") == 4
+    labels = mlflow.artifacts.download_artifacts(
+        run_id=children[0].info.run_id, artifact_path="labels.parquet", dst_path=str(tmp_path)
+    )
+    import polars as pl
+
+    assert pl.read_parquet(labels).height == 1000
+    assert parent.data.tags["best_run_id"] in {c.info.run_id for c in children}
+
+
+def test_mlflow_ui_shows_runs_and_renders_plot_artifact(ray_sweep, mlflow_server, tmp_path):
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        _missing("Playwright")
+    if not Path(CHROMIUM).exists():
+        _missing("Chromium")
+    _, (parent,), children = ray_sweep
+    child = next(c for c in children if c.data.params["clusterer.n_clusters"] == "8")
+    experiment_id = parent.info.experiment_id
+    shots = {}
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 900})
+            page.set_default_timeout(60_000)
+            page.goto(mlflow_server + "/", timeout=60_000)
+            page.get_by_text("embclust", exact=True).first.wait_for()
+            # The experiment's runs: the parent is listed, with its 4 cells (5 runs).
+            page.goto(f"{mlflow_server}/#/experiments/{experiment_id}/runs")
+            page.get_by_text(parent.info.run_name[:40]).first.wait_for()
+            page.get_by_text("5 matching runs").first.wait_for()
+            shots["runs"] = tmp_path / "mlflow_ui_runs.png"
+            page.screenshot(path=str(shots["runs"]))
+            # A cell's artifact view: the UI renders the HTML plot in a frame; Plotly draws SVG.
+            page.goto(f"{mlflow_server}/#/experiments/{experiment_id}/runs/{child.info.run_id}/artifacts/cluster_sizes.html")
+            page.get_by_text(child.info.run_name, exact=True).first.wait_for()
+            _wait_for(
+                lambda: any(f.locator(".main-svg").count() > 0 for f in page.frames), 60, "rendered Plotly artifact"
+            )
+            frame = next(f for f in page.frames if f.locator(".main-svg").count() > 0)
+            assert frame.locator(".plotly").count() >= 1
+            assert "Cluster sizes" in frame.inner_text("body")
+            shots["artifact"] = tmp_path / "mlflow_ui_cluster_sizes.png"
+            page.screenshot(path=str(shots["artifact"]))
+        finally:
+            browser.close()
+    for name, path in shots.items():
+        assert path.stat().st_size > 10_000
+        print(f"screenshot ({name}): {path}")
+
+
+@pytest.mark.parametrize("multirun", [False, True], ids=["single-run", "sweep"])
+def test_unreachable_server_fails_with_one_line_before_any_work(tmp_path, multirun):
+    uri = f"http://127.0.0.1:{_free_port()}"  # nothing listens there
+    args = (["-m", "clusterer.n_clusters=3,4"] if multirun else []) + ["reducer=none", f"mlflow.tracking_uri={uri}"]
+    start = time.perf_counter()
+    res = _run(args, tmp_path, timeout=120)
+    output = res.stdout + res.stderr
+    assert res.returncode != 0
+    lines = [line for line in output.splitlines() if UNREACHABLE in line]
+    assert len(lines) == 1 and f"MLflow tracking server {uri} {UNREACHABLE}" in lines[0]
+    assert "Traceback" not in output and "Retrying" not in output
+    assert "[1/8] load" not in output and "cell 1/" not in output
+    assert time.perf_counter() - start < 60
+
+
+def test_ray_launcher_and_tracking_group_resolve(tmp_path):
+    """hydra/launcher=ray is this package's plugin; tracking=server sets the URI, else as before."""
+    res = _run(["hydra/launcher=ray"], tmp_path, timeout=120, flags=["--cfg", "hydra", "-p", "hydra.launcher"])
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "hydra_plugins.embclust_ray_launcher.ray_launcher.RayLauncher" in res.stdout
+    assert "address: null" in res.stdout and "num_cpus: 1" in res.stdout
+    uri = ["--cfg", "job", "-p", "mlflow.tracking_uri"]
+    res = _run(["tracking=server"], tmp_path, timeout=120, flags=uri)
+    assert res.stdout.strip() == "http://127.0.0.1:5000"
+    res = _run([], tmp_path, timeout=120, flags=uri)
+    assert res.stdout.strip() == "sqlite:///mlflow.db"  # MLFLOW_TRACKING_URI unset
+
+
+def test_unreachable_ray_address_fails_with_one_line(tmp_path):
+    try:
+        import ray  # noqa: F401
+    except ImportError:
+        _missing("Ray")
+    address = f"127.0.0.1:{_free_port()}"  # nothing listens there
+    args = ["-m", "reducer=none", "clusterer.n_clusters=3,4", "hydra/launcher=ray", f"hydra.launcher.address={address}"]
+    res = _run([*args, f"mlflow.tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}"], tmp_path, timeout=120)
+    output = res.stdout + res.stderr
+    assert res.returncode == 1
+    assert f"Ray cluster {address} is unreachable: start it with `ray start --head`" in output
+    assert "Traceback" not in output and "cell 1/" not in output
