@@ -90,9 +90,17 @@ def explain_features(state: RunState, acfg: DictConfig) -> tuple[np.ndarray, lis
     return np.column_stack(columns), names, "chosen features"
 
 
-def run_analyses(state: RunState, cfg: DictConfig, folder: Path, report: Report) -> None:
+# Steps left out of sweep cells with analysis.in_sweeps=light: the costly ones, and near-duplicates,
+# which depend on the data only and would be the same in every cell.
+SWEEP_LIGHT_SKIPS = ("explain", "duplicates", "dendrogram")
+
+
+def run_analyses(state: RunState, cfg: DictConfig, folder: Path, report: Report, in_sweep: bool = False) -> None:
     """Write every enabled analysis artifact into ``folder`` and its section into ``report``."""
     a = cfg.analysis
+    light = in_sweep and a.get("in_sweeps", "light") == "light"
+    if light:
+        log.info("analysis: sweep cell, skipping %s (analysis.in_sweeps=full runs them)", ", ".join(SWEEP_LIGHT_SKIPS))
     ds, X, labels = state.ds, state.Xp, state.labels
     texts = ds.texts
     true_names = ds.label_strings()
@@ -141,7 +149,9 @@ def run_analyses(state: RunState, cfg: DictConfig, folder: Path, report: Report)
             report.add_figure("Clusters vs true labels", fig)
 
     linkage = getattr(state.clusterer, "linkage", None)
-    want_dendrogram = a.dendrogram.enabled is True or (a.dendrogram.enabled == "auto" and linkage is not None)
+    want_dendrogram = not light and (
+        a.dendrogram.enabled is True or (a.dendrogram.enabled == "auto" and linkage is not None)
+    )
     if want_dendrogram:
         with _step(state, "dendrogram"):
             method = a.dendrogram.method or (linkage if linkage in ("ward", "average", "complete", "single") else "ward")
@@ -159,7 +169,7 @@ def run_analyses(state: RunState, cfg: DictConfig, folder: Path, report: Report)
             plots.write_html(fig, folder / "pca_variance.html")
             report.add_figure("PCA explained variance", fig)
 
-    if a.explain.enabled and np.unique(labels[labels != -1]).size >= 2:
+    if a.explain.enabled and not light and np.unique(labels[labels != -1]).size >= 2:
         with _step(state, "explain"):
             features, names, source = explain_features(state, a.explain)
             ex = explain.explain_clusters(
@@ -181,7 +191,7 @@ def run_analyses(state: RunState, cfg: DictConfig, folder: Path, report: Report)
                 (folder / "explain_skipped.txt").write_text(skipped + "\n")
                 report.add_text("Clusters not explained", skipped)
 
-    if a.duplicates.enabled:
+    if a.duplicates.enabled and not light:
         with _step(state, "duplicates"):
             rows = analysis.seeded_sample(ds.n_samples, int(a.duplicates.max_rows), state.seed)
             pairs = duplicates.near_duplicate_pairs(ds.X[rows], threshold=float(a.duplicates.threshold), seed=state.seed)

@@ -286,7 +286,7 @@ def execute(cfg: DictConfig, workdir: Path, timer: _StageTimer) -> RunResult:
     state = diagnostics.RunState(ds, Xp, labels, coords, preprocessing, clusterer, seed, map_title=map_title)
     analyses = Report(title="")
     with timer("analyse"):
-        diagnostics.run_analyses(state, cfg, workdir, analyses)
+        diagnostics.run_analyses(state, cfg, workdir, analyses, in_sweep=_is_multirun())
         mlflow.log_metrics({**state.metrics, **state.seconds})
         scores.update(state.metrics)
     report = Report(title=f"{_run_name(cfg)} (run {mlflow.active_run().info.run_id})")
