@@ -35,3 +35,27 @@ def test_model_chains_preprocessing_and_predicts_fitted_labels():
     assert supports_predict(model)
     np.testing.assert_array_equal(model.predict(X), labels)
     assert not supports_predict(build_model(pre, AgglomerativeClustering(3)))
+
+
+@pytest.mark.parametrize("max_bytes", [512 * 2**20, 0])  # one float64 copy, or chunks
+def test_fast_kmeans_seeding_gives_scikit_learns_fit(monkeypatch, max_bytes):
+    import numpy as np
+
+    from embclust import cluster
+
+    monkeypatch.setattr(cluster, "_SEEDING_MAX_BYTES", max_bytes)
+    monkeypatch.setattr(cluster, "_SEEDING_CHUNK_BYTES", 20 * 8 * 700)
+    from sklearn.cluster import KMeans
+    from sklearn.datasets import make_blobs
+
+    from embclust.cluster import fit_clusterer
+
+    X, _ = make_blobs(n_samples=3000, centers=12, n_features=20, cluster_std=3.0, random_state=0)
+    X = X.astype(np.float32)
+    reference = KMeans(12, n_init=4, random_state=3).fit(X)
+    fitted = KMeans(12, n_init=4, random_state=3)
+    labels = fit_clusterer(fitted, X)
+    assert np.array_equal(labels, reference.labels_)
+    assert np.array_equal(fitted.cluster_centers_, reference.cluster_centers_)
+    assert fitted.inertia_ == reference.inertia_
+    assert fitted.get_params()["init"] == "k-means++"  # the logged model keeps its public config
