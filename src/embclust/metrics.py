@@ -192,8 +192,15 @@ def score_clustering(
         )
 
     if true_labels is not None:
-        scores["ari"] = float(skm.adjusted_rand_score(true_labels, labels))
-        scores["nmi"] = float(skm.normalized_mutual_info_score(true_labels, labels))
-        scores["v_measure"] = float(skm.v_measure_score(true_labels, labels))
-        scores["purity"] = purity_score(true_labels, labels)
+        scores.update(agreement_scores(true_labels, labels))
     return scores
+
+
+def agreement_scores(true_labels: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+    """ARI, NMI, V-measure and purity against true labels (noise counts as one more cluster)."""
+    return {
+        "ari": float(skm.adjusted_rand_score(true_labels, labels)),
+        "nmi": float(skm.normalized_mutual_info_score(true_labels, labels)),
+        "v_measure": float(skm.v_measure_score(true_labels, labels)),
+        "purity": purity_score(true_labels, labels),
+    }
