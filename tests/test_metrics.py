@@ -107,3 +107,17 @@ def test_degenerate_clusters_match_scikit_learn():
     assert davies_bouldin(X, labels) == skm.davies_bouldin_score(X, labels)
     with pytest.raises(ValueError):
         calinski_harabasz(X, np.zeros(4, dtype=int))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_blocked_silhouette_equals_scikit_learn(dtype):
+    from embclust.metrics import silhouette
+
+    X, _ = make_blobs(n_samples=1200, centers=5, n_features=9, cluster_std=2.5, random_state=5)
+    X = X.astype(dtype)
+    labels = KMeans(5, n_init=2, random_state=0).fit_predict(X)
+    labels[:3] = 7  # a small cluster
+    labels[10] = 9  # a singleton scores 0, as in scikit-learn
+    expected = skm.silhouette_score(X, labels)
+    for block_bytes in (8 * 9 * 100, 8 * 9 * 333, 64 * 2**20):  # many blocks, ragged blocks, one block
+        assert silhouette(X, labels, block_bytes=block_bytes) == pytest.approx(expected, rel=1e-6)

@@ -135,6 +135,64 @@ def davies_bouldin(X: np.ndarray, labels: np.ndarray, chunk_size: int | None = N
     return ClusterStats(X, labels, chunk_size=chunk_size).davies_bouldin()
 
 
+def silhouette(X: np.ndarray, labels: np.ndarray, block_bytes: int = 32 * 2**20) -> float:
+    """Mean silhouette coefficient, equal to scikit-learn's ``silhouette_score``, in bounded memory.
+
+    Distances are computed in float64 over blocks of rows and columns (one block of at most
+    ``block_bytes``) with the points ordered by cluster, so each block's per-cluster distance
+    sums are one ``np.add.reduceat``; scikit-learn instead adds each row with its own
+    ``np.bincount`` over chunks of up to 1 GB.
+    """
+    labels = np.asarray(labels)
+    n = labels.shape[0]
+    order = np.argsort(labels, kind="stable")
+    cluster_ids, codes = np.unique(labels[order], return_inverse=True)
+    codes = codes.ravel()
+    k = cluster_ids.size
+    _check_number_of_labels(k, n)
+    counts = np.bincount(codes, minlength=k)
+    Xs = np.asarray(X)[order] if not np.all(order[1:] > order[:-1]) else np.asarray(X)
+    d = Xs.shape[1]
+    cols = int(max(1, min(n, block_bytes // (8 * max(d, 1)))))
+    rows = int(max(1, min(n, block_bytes // (8 * cols))))
+    sq = np.empty(n, dtype=np.float64)
+    for start in range(0, n, cols):
+        block = Xs[start : start + cols].astype(np.float64)
+        sq[start : start + block.shape[0]] = np.einsum("ij,ij->i", block, block)
+    total = 0.0
+    for r0 in range(0, n, rows):
+        r1 = min(n, r0 + rows)
+        A = Xs[r0:r1].astype(np.float64)
+        sums = np.zeros((r1 - r0, k), dtype=np.float64)
+        for c0 in range(0, n, cols):
+            c1 = min(n, c0 + cols)
+            D = A @ Xs[c0:c1].astype(np.float64).T
+            D *= -2
+            D += sq[r0:r1, None]
+            D += sq[None, c0:c1]
+            np.maximum(D, 0, out=D)
+            np.sqrt(D, out=D)
+            lo, hi = max(r0, c0), min(r1, c1)
+            if lo < hi:  # a point's distance to itself is 0, as scikit-learn sets it
+                idx = np.arange(lo, hi)
+                D[idx - r0, idx - c0] = 0.0
+            block_codes = codes[c0:c1]
+            starts = np.flatnonzero(np.r_[True, block_codes[1:] != block_codes[:-1]])
+            sums[:, block_codes[starts]] += np.add.reduceat(D, starts, axis=1)
+        own = codes[r0:r1]
+        idx = np.arange(r1 - r0)
+        own_n = counts[own]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            intra = sums[idx, own] / (own_n - 1)
+            means = sums / counts
+            means[idx, own] = np.inf
+            inter = means.min(axis=1)
+            s = (inter - intra) / np.maximum(intra, inter)
+        s = np.where(own_n > 1, np.nan_to_num(s), 0.0)
+        total += float(s.sum())
+    return total / n
+
+
 def sampled_silhouette(
     X: np.ndarray, labels: np.ndarray, rows: np.ndarray, sample_size: int | None, seed: int
 ) -> float:
@@ -142,12 +200,15 @@ def sampled_silhouette(
 
     The sample is drawn exactly as ``silhouette_score(X[rows], labels[rows], sample_size=...,
     random_state=seed)`` draws it, so values match it, but only the sampled rows are copied.
+    Every row of ``X`` (no sample, no noise) goes to scikit-learn's chunked ``silhouette_score``
+    without a copy; a subset is copied (float32 stays float32) and scored by :func:`silhouette`.
     """
     if sample_size is not None and sample_size < rows.size:
         rows = rows[check_random_state(seed).permutation(rows.size)[:sample_size]]
     if rows.size == X.shape[0]:  # every row, in order: no copy
         return float(skm.silhouette_score(X, labels))
-    return float(skm.silhouette_score(np.asarray(X[rows]), labels[rows]))
+    rows = rows[np.argsort(labels[rows], kind="stable")]
+    return silhouette(np.asarray(X[rows]), labels[rows])
 
 
 def score_clustering(
