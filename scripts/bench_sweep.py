@@ -198,6 +198,7 @@ def main() -> None:
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     from sklearn.metrics import adjusted_rand_score, calinski_harabasz_score, davies_bouldin_score
 
+    sys.path.insert(0, str(REPO / "src"))  # time this checkout's code
     from embclust.data import make_synthetic
 
     n = args.n or (10_000 if args.small else 42_000)
@@ -267,6 +268,14 @@ def main() -> None:
                 f" {b['calinski_harabasz'] / a['calinski_harabasz'] - 1:+9.1e} {b['davies_bouldin'] / a['davies_bouldin'] - 1:+9.1e}"
                 f" {ari:8.4f} {ch_rel:11.1e} {db_rel:11.1e}"
             )
+        stages = ("load", "validate", "preprocess", "cluster", "score", "map", "plots", "log")
+        per_stage = {st: sum(c.get(f"time_{st}_s", 0.0) for c in cells.values()) for st in stages}
+        print()
+        print("(b) seconds per stage, summed over cells: " + ", ".join(f"{st} {v:.1f}" for st, v in per_stage.items()))
+        print(f"(b) outside the stages (start-up, MLflow runs, sweep bookkeeping): "
+              f"{timings['b']['wall_s'] - sum(per_stage.values()):.1f}")
+        nb_seconds = sum(r["seconds"] for r in notebook.values())
+        print(f"(a) seconds in its cells: {nb_seconds:.1f}")
         sample = next(iter(cells.values())).get("silhouette_sample_size", float("nan"))
         print()
         print(f"silhouette sample size in (b): {sample:.0f} of {n}")
