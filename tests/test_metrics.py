@@ -58,3 +58,52 @@ def test_single_cluster_is_not_scored():
     X = np.random.default_rng(0).normal(size=(20, 3))
     s = score_clustering(X, np.zeros(20, dtype=int))
     assert s["n_clusters"] == 1 and "silhouette" not in s
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_streaming_ch_db_equal_scikit_learn_in_small_chunks(dtype):
+    from embclust.metrics import calinski_harabasz, davies_bouldin
+
+    X, _ = make_blobs(n_samples=3000, centers=7, n_features=16, cluster_std=2.0, random_state=3)
+    X = X.astype(dtype)
+    labels = KMeans(7, n_init=2, random_state=0).fit_predict(X) + 10  # non-contiguous label values
+    ref64 = X.astype(np.float64)
+    for chunk in (1, 7, 256, None):
+        assert calinski_harabasz(X, labels, chunk_size=chunk) == pytest.approx(
+            skm.calinski_harabasz_score(ref64, labels), rel=1e-6
+        )
+        assert davies_bouldin(X, labels, chunk_size=chunk) == pytest.approx(
+            skm.davies_bouldin_score(ref64, labels), rel=1e-6
+        )
+    # and on the float32 input itself, as scikit-learn receives it
+    assert calinski_harabasz(X, labels) == pytest.approx(skm.calinski_harabasz_score(X, labels), rel=1e-6)
+    assert davies_bouldin(X, labels) == pytest.approx(skm.davies_bouldin_score(X, labels), rel=1e-6)
+
+
+def test_streaming_scores_exclude_noise_without_copy_and_on_memmap(tmp_path):
+    X, _ = make_blobs(n_samples=2000, centers=5, n_features=12, random_state=2)
+    X = X.astype(np.float32)
+    labels = KMeans(5, n_init=2, random_state=0).fit_predict(X)
+    labels[::13] = -1
+    np.save(tmp_path / "X.npy", X)
+    Xm = np.load(tmp_path / "X.npy", mmap_mode="r")
+    s = score_clustering(Xm, labels, silhouette_sample_size=500, seed=3)
+    keep = labels != -1
+    assert s["calinski_harabasz"] == pytest.approx(skm.calinski_harabasz_score(X[keep], labels[keep]), rel=1e-6)
+    assert s["davies_bouldin"] == pytest.approx(skm.davies_bouldin_score(X[keep], labels[keep]), rel=1e-6)
+    # the same seeded sample as scikit-learn's silhouette_score on the non-noise points
+    assert s["silhouette"] == pytest.approx(
+        skm.silhouette_score(X[keep], labels[keep], sample_size=500, random_state=3), rel=1e-6
+    )
+    assert s["silhouette_sample_size"] == 500
+
+
+def test_degenerate_clusters_match_scikit_learn():
+    from embclust.metrics import calinski_harabasz, davies_bouldin
+
+    X = np.array([[0, 0], [0, 0], [1, 1], [1, 1]], dtype=np.float32)  # zero within-cluster spread
+    labels = np.array([0, 0, 1, 1])
+    assert calinski_harabasz(X, np.array([0, 0, 1, 1])) == skm.calinski_harabasz_score(X, labels)
+    assert davies_bouldin(X, labels) == skm.davies_bouldin_score(X, labels)
+    with pytest.raises(ValueError):
+        calinski_harabasz(X, np.zeros(4, dtype=int))

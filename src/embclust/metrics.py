@@ -1,22 +1,158 @@
-"""Scores of a clustering: internal quality and, when true labels exist, agreement with them."""
+"""Scores of a clustering: internal quality and, when true labels exist, agreement with them.
+
+Calinski-Harabasz and Davies-Bouldin are computed here in row chunks rather than with
+scikit-learn's functions: those copy the data to float64 (Calinski-Harabasz) or copy every
+cluster (Davies-Bouldin), which at a million embeddings is several times the data. The chunked
+versions give scikit-learn's values (float64 accumulation, exact two-pass formulas) and never
+hold more than one chunk of float64 rows.
+"""
 
 from __future__ import annotations
 
 import logging
 
 import numpy as np
+import sklearn
 from sklearn import metrics as skm
 from sklearn.metrics.cluster import contingency_matrix
+from sklearn.utils import check_random_state
 
 log = logging.getLogger(__name__)
 
 NOISE = -1
+# Distance chunk size for silhouette (scikit-learn's default is 1 GB).
+SILHOUETTE_WORKING_MEMORY_MB = 128
+# Rows per chunk: chunk_size x n_features float64 temporaries (65,536 x 768 x 8 B = 400 MB at most).
+CHUNK_ROWS = 65_536
 
 
 def purity_score(true_labels: np.ndarray, labels: np.ndarray) -> float:
     """Share of points whose cluster's most common true label is their own."""
     table = contingency_matrix(true_labels, labels, sparse=True)
     return float(table.max(axis=0).sum() / table.sum())
+
+
+def _chunk_rows(n_features: int, chunk_size: int | None) -> int:
+    if chunk_size is not None:
+        return max(1, int(chunk_size))
+    # Keep a float64 chunk near 64 MB whatever the width.
+    return max(1024, min(CHUNK_ROWS, (64 * 2**20) // (8 * max(1, n_features))))
+
+
+class ClusterStats:
+    """Per-cluster counts, float64 centroids and within-cluster distances, from chunked passes.
+
+    ``labels`` may hold ``NOISE`` (-1) when ``ignore_noise`` is true: those rows are skipped
+    without copying ``X``. ``X`` may be float32 or a memory map; it is read one chunk at a time.
+    """
+
+    def __init__(self, X: np.ndarray, labels: np.ndarray, ignore_noise: bool = False, chunk_size: int | None = None):
+        labels = np.asarray(labels)
+        if X.ndim != 2 or X.shape[0] != labels.shape[0]:
+            raise ValueError(f"X of shape {X.shape} and {labels.shape[0]} labels do not match")
+        keep = labels != NOISE if ignore_noise else np.ones(labels.shape[0], dtype=bool)
+        self.cluster_ids, codes = np.unique(labels[keep], return_inverse=True)
+        k, d = self.cluster_ids.size, X.shape[1]
+        # Codes for every row, -1 for skipped rows.
+        self._codes = np.full(labels.shape[0], -1, dtype=np.int64)
+        self._codes[keep] = codes.ravel()
+        self.n_clusters = k
+        self.counts = np.bincount(codes.ravel(), minlength=k).astype(np.int64)
+        self.n_samples = int(self.counts.sum())
+        step = _chunk_rows(d, chunk_size)
+
+        # Pass 1: per-cluster sums -> centroids; overall sum -> mean.
+        sums = np.zeros((k, d), dtype=np.float64)
+        for start in range(0, X.shape[0], step):
+            block, c = self._block(X, start, step)
+            if c.size:
+                _add_by_cluster(sums, block, c)
+        self.centroids = sums / np.maximum(self.counts, 1)[:, None]
+        self.mean = sums.sum(axis=0) / max(self.n_samples, 1)
+
+        # Pass 2: squared and plain distances of each point to its own centroid.
+        self.sq_dist = np.zeros(k, dtype=np.float64)
+        self.dist = np.zeros(k, dtype=np.float64)
+        for start in range(0, X.shape[0], step):
+            block, c = self._block(X, start, step)
+            if c.size:
+                block -= self.centroids[c]
+                sq = np.einsum("ij,ij->i", block, block)
+                self.sq_dist += np.bincount(c, weights=sq, minlength=k)
+                self.dist += np.bincount(c, weights=np.sqrt(sq), minlength=k)
+
+    def _block(self, X: np.ndarray, start: int, step: int) -> tuple[np.ndarray, np.ndarray]:
+        """Rows ``start:start+step`` that are scored, as float64, with their cluster codes."""
+        c = self._codes[start : start + step]
+        block = np.asarray(X[start : start + step])
+        sel = c >= 0
+        if not sel.all():
+            block, c = block[sel], c[sel]
+        return block.astype(np.float64), c
+
+    def calinski_harabasz(self) -> float:
+        """scikit-learn's ``calinski_harabasz_score`` from the accumulated statistics."""
+        k, n = self.n_clusters, self.n_samples
+        _check_number_of_labels(k, n)
+        extra = float(np.sum(self.counts * np.sum((self.centroids - self.mean) ** 2, axis=1)))
+        intra = float(self.sq_dist.sum())
+        return 1.0 if intra == 0.0 else extra * (n - k) / (intra * (k - 1.0))
+
+    def davies_bouldin(self) -> float:
+        """scikit-learn's ``davies_bouldin_score`` from the accumulated statistics."""
+        _check_number_of_labels(self.n_clusters, self.n_samples)
+        intra = self.dist / self.counts
+        centroid_distances = skm.pairwise_distances(self.centroids)
+        if np.allclose(intra, 0) or np.allclose(centroid_distances, 0):
+            return 0.0
+        centroid_distances[centroid_distances == 0] = np.inf
+        combined = intra[:, None] + intra
+        return float(np.mean(np.max(combined / centroid_distances, axis=1)))
+
+
+def _add_by_cluster(sums: np.ndarray, block: np.ndarray, codes: np.ndarray) -> None:
+    """``sums[c] += rows of cluster c`` for a chunk, as one sparse-indicator product."""
+    from scipy import sparse
+
+    k = sums.shape[0]
+    indicator = sparse.csr_matrix(
+        (np.ones(codes.size), (codes, np.arange(codes.size))), shape=(k, codes.size)
+    )
+    sums += indicator @ block
+
+
+def _check_number_of_labels(n_labels: int, n_samples: int) -> None:
+    if not 1 < n_labels < n_samples:
+        raise ValueError(
+            f"Number of labels is {n_labels}. Valid values are 2 to n_samples - 1 (inclusive)"
+        )
+
+
+def calinski_harabasz(X: np.ndarray, labels: np.ndarray, chunk_size: int | None = None) -> float:
+    """Calinski-Harabasz index, equal to scikit-learn's, in bounded memory."""
+    return ClusterStats(X, labels, chunk_size=chunk_size).calinski_harabasz()
+
+
+def davies_bouldin(X: np.ndarray, labels: np.ndarray, chunk_size: int | None = None) -> float:
+    """Davies-Bouldin index, equal to scikit-learn's, in bounded memory."""
+    return ClusterStats(X, labels, chunk_size=chunk_size).davies_bouldin()
+
+
+def sampled_silhouette(
+    X: np.ndarray, labels: np.ndarray, rows: np.ndarray, sample_size: int | None, seed: int
+) -> float:
+    """Silhouette over ``rows`` of ``X`` (all of them, or a seeded sample of ``sample_size``).
+
+    The sample is drawn exactly as ``silhouette_score(X[rows], labels[rows], sample_size=...,
+    random_state=seed)`` draws it, so values match it, but only the sampled rows are copied.
+    scikit-learn computes the distances in chunks of at most ``SILHOUETTE_WORKING_MEMORY_MB``.
+    """
+    if sample_size is not None and sample_size < rows.size:
+        rows = rows[check_random_state(seed).permutation(rows.size)[:sample_size]]
+    with sklearn.config_context(working_memory=SILHOUETTE_WORKING_MEMORY_MB):
+        if rows.size == X.shape[0]:  # every row, in order: no copy
+            return float(skm.silhouette_score(X, labels))
+        return float(skm.silhouette_score(np.asarray(X[rows]), labels[rows]))
 
 
 def score_clustering(
@@ -30,10 +166,12 @@ def score_clustering(
 
     Silhouette, Calinski-Harabasz and Davies-Bouldin are computed on ``X`` (the space that was
     clustered) over non-noise points; silhouette on a seeded sample of ``silhouette_sample_size``
-    points when that is smaller than the data. Agreement scores (ARI, NMI, V-measure, purity) use
-    every point, noise counting as one more cluster.
+    points when that is smaller than the data. Calinski-Harabasz and Davies-Bouldin are exact
+    and streamed over row chunks. Agreement scores (ARI, NMI, V-measure, purity) use every
+    point, noise counting as one more cluster.
     """
     scores: dict[str, float] = {}
+    labels = np.asarray(labels)
     clustered = labels != NOISE
     cluster_ids, sizes = np.unique(labels[clustered], return_counts=True)
     scores["n_clusters"] = float(cluster_ids.size)
@@ -42,16 +180,15 @@ def score_clustering(
         scores["cluster_size_min"] = float(sizes.min())
         scores["cluster_size_max"] = float(sizes.max())
 
-    Xc, lc = (X, labels) if clustered.all() else (X[clustered], labels[clustered])
-    n = lc.size
+    n = int(clustered.sum())
     if 2 <= cluster_ids.size < n:
         sample = n if silhouette_sample_size is None else min(int(silhouette_sample_size), n)
-        scores["silhouette"] = float(
-            skm.silhouette_score(Xc, lc, sample_size=None if sample == n else sample, random_state=seed)
-        )
+        rows = np.flatnonzero(clustered)
+        scores["silhouette"] = sampled_silhouette(X, labels, rows, None if sample == n else sample, seed)
         scores["silhouette_sample_size"] = float(sample)
-        scores["calinski_harabasz"] = float(skm.calinski_harabasz_score(Xc, lc))
-        scores["davies_bouldin"] = float(skm.davies_bouldin_score(Xc, lc))
+        stats = ClusterStats(X, labels, ignore_noise=True)
+        scores["calinski_harabasz"] = stats.calinski_harabasz()
+        scores["davies_bouldin"] = stats.davies_bouldin()
     else:
         log.warning(
             "%d cluster(s) among %d clustered points: silhouette, CH and DB need 2..n-1 clusters; not scored",
@@ -60,8 +197,15 @@ def score_clustering(
         )
 
     if true_labels is not None:
-        scores["ari"] = float(skm.adjusted_rand_score(true_labels, labels))
-        scores["nmi"] = float(skm.normalized_mutual_info_score(true_labels, labels))
-        scores["v_measure"] = float(skm.v_measure_score(true_labels, labels))
-        scores["purity"] = purity_score(true_labels, labels)
+        scores.update(agreement_scores(true_labels, labels))
     return scores
+
+
+def agreement_scores(true_labels: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+    """ARI, NMI, V-measure and purity against true labels (noise counts as one more cluster)."""
+    return {
+        "ari": float(skm.adjusted_rand_score(true_labels, labels)),
+        "nmi": float(skm.normalized_mutual_info_score(true_labels, labels)),
+        "v_measure": float(skm.v_measure_score(true_labels, labels)),
+        "purity": purity_score(true_labels, labels),
+    }

@@ -24,7 +24,20 @@ from mlflow.models import infer_signature
 from omegaconf import DictConfig, OmegaConf
 from threadpoolctl import threadpool_limits
 
-from embclust import cache, cluster, data, diagnostics, duplicates, maps, metrics, plots, preprocess, sweep, tracking
+from embclust import (
+    cache,
+    cluster,
+    data,
+    diagnostics,
+    duplicates,
+    maps,
+    metrics,
+    plots,
+    preprocess,
+    sweep,
+    torch_backend,
+    tracking,
+)
 from embclust.errors import ConfigError
 from embclust.report import Report
 from embclust.errors import EmbclustError
@@ -253,6 +266,8 @@ def execute(cfg: DictConfig, workdir: Path, timer: _StageTimer) -> RunResult:
         preprocessing = instantiate(cfg.preprocess)
         clusterer = instantiate(cfg.clusterer)
         reducer, max_points = build_reducer(cfg.get("reducer"))
+        backend = torch_backend.resolve_backend(cfg.get("backend"))
+        mlflow.set_tag("backend", backend)
         preprocess.check_preprocessing(preprocessing, ds.n_samples, ds.n_features)
         cluster.check_clusterer(clusterer, ds.n_samples)
         mlflow.set_tags(
@@ -271,9 +286,10 @@ def execute(cfg: DictConfig, workdir: Path, timer: _StageTimer) -> RunResult:
         preprocessing, Xp = fit_preprocessing(cfg, preprocessing, ds)
         _log_pca_variance(preprocessing)
     with timer("cluster"):
-        labels = cluster.fit_clusterer(clusterer, Xp)
+        labels = (torch_backend.fit_clusterer if backend == "torch" else cluster.fit_clusterer)(clusterer, Xp)
     with timer("score"):
-        scores = metrics.score_clustering(
+        score = torch_backend.score_clustering if backend == "torch" else metrics.score_clustering
+        scores = score(
             Xp, labels, ds.labels, silhouette_sample_size=cfg.metrics.silhouette_sample_size, seed=seed
         )
         if hasattr(clusterer, "inertia_"):
