@@ -155,6 +155,17 @@ def sampled_silhouette(
         return float(skm.silhouette_score(np.asarray(X[rows]), labels[rows]))
 
 
+def size_scores(labels: np.ndarray) -> dict[str, float]:
+    """Number of clusters, noise fraction and smallest/largest cluster size (noise is -1)."""
+    clustered = labels != NOISE
+    cluster_ids, sizes = np.unique(labels[clustered], return_counts=True)
+    scores = {"n_clusters": float(cluster_ids.size), "noise_fraction": float(1.0 - clustered.mean())}
+    if sizes.size:
+        scores["cluster_size_min"] = float(sizes.min())
+        scores["cluster_size_max"] = float(sizes.max())
+    return scores
+
+
 def score_clustering(
     X: np.ndarray,
     labels: np.ndarray,
@@ -170,18 +181,11 @@ def score_clustering(
     and streamed over row chunks. Agreement scores (ARI, NMI, V-measure, purity) use every
     point, noise counting as one more cluster.
     """
-    scores: dict[str, float] = {}
     labels = np.asarray(labels)
+    scores = size_scores(labels)
     clustered = labels != NOISE
-    cluster_ids, sizes = np.unique(labels[clustered], return_counts=True)
-    scores["n_clusters"] = float(cluster_ids.size)
-    scores["noise_fraction"] = float(1.0 - clustered.mean())
-    if sizes.size:
-        scores["cluster_size_min"] = float(sizes.min())
-        scores["cluster_size_max"] = float(sizes.max())
-
     n = int(clustered.sum())
-    if 2 <= cluster_ids.size < n:
+    if 2 <= scores["n_clusters"] < n:
         sample = n if silhouette_sample_size is None else min(int(silhouette_sample_size), n)
         rows = np.flatnonzero(clustered)
         scores["silhouette"] = sampled_silhouette(X, labels, rows, None if sample == n else sample, seed)
@@ -192,7 +196,7 @@ def score_clustering(
     else:
         log.warning(
             "%d cluster(s) among %d clustered points: silhouette, CH and DB need 2..n-1 clusters; not scored",
-            cluster_ids.size,
+            int(scores["n_clusters"]),
             n,
         )
 

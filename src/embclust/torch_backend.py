@@ -341,15 +341,9 @@ def score_clustering(
     device = default_device()
     labels = np.asarray(labels)
     clustered = labels != NOISE
-    scores: dict[str, float] = {}
-    cluster_ids, sizes = np.unique(labels[clustered], return_counts=True)
-    scores["n_clusters"] = float(cluster_ids.size)
-    scores["noise_fraction"] = float(1.0 - clustered.mean())
-    if sizes.size:
-        scores["cluster_size_min"] = float(sizes.min())
-        scores["cluster_size_max"] = float(sizes.max())
+    scores = metrics.size_scores(labels)
     n = int(clustered.sum())
-    if 2 <= cluster_ids.size < n:
+    if 2 <= scores["n_clusters"] < n:
         Xc, lc = (X, labels) if clustered.all() else (np.asarray(X[clustered]), labels[clustered])
         sample = n if silhouette_sample_size is None else min(int(silhouette_sample_size), n)
         scores["silhouette"] = silhouette(Xc, lc, None if sample == n else sample, seed, device=device)
@@ -357,7 +351,7 @@ def score_clustering(
         scores["calinski_harabasz"] = calinski_harabasz(Xc, lc, device=device)
         scores["davies_bouldin"] = davies_bouldin(Xc, lc, device=device)
     else:
-        log.warning("%d cluster(s) among %d clustered points: silhouette, CH and DB not scored", cluster_ids.size, n)
+        log.warning("%d cluster(s) among %d clustered points: silhouette, CH and DB not scored", scores["n_clusters"], n)
     if true_labels is not None:
         scores.update(metrics.agreement_scores(true_labels, labels))
     return scores
