@@ -107,6 +107,29 @@ def read_columns(p: Path, columns: list[str], feature_columns: list[str]) -> pl.
         raise DataError(f"{p}: failed to read columns ({exc})") from exc
 
 
+def open_table(path: str, columns: dict[str, str | None]) -> tuple[Path, dict[str, pl.DataType]]:
+    """Check a parquet/CSV file and that each named column exists; return (path, schema).
+
+    ``columns`` maps the config key (``dataset.id_column``) to the column it names (or None).
+    """
+    p = check_file(path, TABLE_SUFFIXES)
+    schema = table_schema(p)
+    for key, column in columns.items():
+        require_column(schema, column, key, p)
+    return p, schema
+
+
+def as_strings(series: pl.Series) -> np.ndarray:
+    """A column as strings, nulls shown as ``(missing)``: labels, categories, metadata."""
+    return series.cast(pl.String).fill_null("(missing)").to_numpy()
+
+
+def ids_and_labels(df: pl.DataFrame, id_column: str | None, label_column: str | None):
+    """Row ids (the id column, else 0..n-1) and labels (None without a label column)."""
+    ids = df[id_column].to_numpy() if id_column else np.arange(df.height)
+    return ids, (as_strings(df[label_column]) if label_column else None)
+
+
 def require_column(schema: dict, column: str | None, key: str, p: Path) -> None:
     if column is not None and column not in schema:
         seen = ", ".join(list(schema)[:20]) + (" ..." if len(schema) > 20 else "")
@@ -166,27 +189,26 @@ def load_table(
     name: str = "table",
 ) -> Dataset:
     """Embeddings stored as columns (``bert_0..``, ``feature_0..``) or one list column of a parquet/CSV."""
-    p = check_file(path, TABLE_SUFFIXES)
-    schema = table_schema(p)
-    for column, key in (
-        (id_column, "dataset.id_column"),
-        (label_column, "dataset.label_column"),
-        (text_column, "dataset.text_column"),
-        (vector_column, "dataset.vector_column"),
-    ):
-        require_column(schema, column, key, p)
+    p, schema = open_table(
+        path,
+        {
+            "dataset.id_column": id_column,
+            "dataset.label_column": label_column,
+            "dataset.text_column": text_column,
+            "dataset.vector_column": vector_column,
+        },
+    )
     metadata_columns = list(metadata_columns or [])
     for column in metadata_columns:
         require_column(schema, column, "dataset.metadata_columns", p)
     features = [] if vector_column else _select_features(schema, p, feature_prefix, feature_columns)
     extra = [c for c in (id_column, label_column, text_column, vector_column, *metadata_columns) if c]
     df = read_columns(p, list(dict.fromkeys(extra + features)), features)
-    ids = df[id_column].to_numpy() if id_column else np.arange(df.height)
+    ids, labels = ids_and_labels(df, id_column, label_column)
     if vector_column:
         X = _vectors_from_list_column(df[vector_column], p, ids)
     else:
         X = df.select(features).to_numpy(order="c")
-    labels = df[label_column].cast(pl.String).fill_null("(missing)").to_numpy() if label_column else None
     texts = df[text_column].cast(pl.String).fill_null("").to_numpy() if text_column else None
     return Dataset(
         name=name,
@@ -195,7 +217,7 @@ def load_table(
         labels=labels,
         texts=texts,
         feature_names=None if vector_column else features,
-        metadata={c: df[c].cast(pl.String).fill_null("(missing)").to_numpy() for c in metadata_columns},
+        metadata={c: as_strings(df[c]) for c in metadata_columns},
     )
 
 
@@ -213,8 +235,7 @@ def load_tabular(
 
     if encoding not in ("onehot", "ordinal"):
         raise ConfigError(f"dataset.encoding={encoding!r} is not allowed (allowed: onehot, ordinal)")
-    p = check_file(path, TABLE_SUFFIXES)
-    schema = table_schema(p)
+    p, schema = open_table(path, {"dataset.id_column": id_column, "dataset.label_column": label_column})
     categorical_columns = list(categorical_columns or [])
     if not numeric_columns and not categorical_columns:
         raise ConfigError("dataset.numeric_columns and dataset.categorical_columns are both empty")
@@ -223,8 +244,6 @@ def load_tabular(
     for col in numeric_columns:
         if not schema[col].is_numeric():
             raise DataError(f"{p}: numeric column {col!r} is not numeric (type {schema[col]})")
-    require_column(schema, id_column, "dataset.id_column", p)
-    require_column(schema, label_column, "dataset.label_column", p)
     extra = [c for c in (id_column, label_column) if c]
     df = read_columns(p, list(dict.fromkeys(extra + list(numeric_columns) + categorical_columns)), list(numeric_columns))
     parts = [df.select(numeric_columns).to_numpy(order="c")] if numeric_columns else []
@@ -238,6 +257,5 @@ def load_tabular(
         parts.append(enc.transform(cats))
         names += [str(n) for n in enc.get_feature_names_out(categorical_columns)]
     X = np.hstack(parts) if len(parts) > 1 else parts[0]
-    ids = df[id_column].to_numpy() if id_column else np.arange(df.height)
-    labels = df[label_column].cast(pl.String).fill_null("(missing)").to_numpy() if label_column else None
+    ids, labels = ids_and_labels(df, id_column, label_column)
     return Dataset(name=name, X=as_float32(X), ids=ids, labels=labels, feature_names=names)

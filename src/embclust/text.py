@@ -18,7 +18,7 @@ import polars as pl
 
 from embclust.data import Dataset
 from embclust.errors import ConfigError, DataError
-from embclust.loaders import TABLE_SUFFIXES, check_file, read_columns, require_column, table_schema
+from embclust.loaders import ids_and_labels, open_table, read_columns
 
 log = logging.getLogger(__name__)
 
@@ -107,23 +107,14 @@ def load_texts(
     name: str = "texts",
 ) -> Dataset:
     """Documents from a CSV/parquet text column, embedded with a local sentence-transformers model."""
-    p = check_file(path, TABLE_SUFFIXES)
-    schema = table_schema(p)
-    for column, key in (
-        (text_column, "dataset.text_column"),
-        (id_column, "dataset.id_column"),
-        (label_column, "dataset.label_column"),
-    ):
-        require_column(schema, column, key, p)
+    p, _ = open_table(
+        path,
+        {"dataset.text_column": text_column, "dataset.id_column": id_column, "dataset.label_column": label_column},
+    )
     df = read_columns(p, list(dict.fromkeys(c for c in (id_column, text_column, label_column) if c)), [])
     if df.height == 0:
         raise DataError(f"dataset 'texts' is empty: 0 rows in {path}")
     texts = df[text_column].cast(pl.String).fill_null("").to_numpy()
     X = embed_texts(texts, model=model, batch_size=batch_size, device=device, cache_dir=cache_dir)
-    return Dataset(
-        name=name,
-        X=X,
-        ids=df[id_column].to_numpy() if id_column else np.arange(df.height),
-        labels=df[label_column].cast(pl.String).fill_null("(missing)").to_numpy() if label_column else None,
-        texts=texts,
-    )
+    ids, labels = ids_and_labels(df, id_column, label_column)
+    return Dataset(name=name, X=X, ids=ids, labels=labels, texts=texts)
