@@ -68,13 +68,26 @@ def test_same_seed_gives_identical_labels_and_metrics(run_cli, tmp_path):
     assert a["x"].to_list() == b["x"].to_list()
 
 
-def test_hdbscan_on_synthetic_scores_non_noise_points(run_cli):
-    res = run_cli(*FAST, "dataset=synthetic", "dataset.n_samples=3000", "dataset.n_features=64", "clusterer=hdbscan")
+def test_hdbscan_on_synthetic_scores_non_noise_points(run_cli, tmp_path):
+    res = run_cli(
+        *FAST, "dataset=synthetic", "dataset.n_samples=3000", "dataset.n_features=64", "clusterer=hdbscan",
+        "metrics.silhouette_sample_size=1000", "analysis.silhouette.sample_size=300",
+    )
     assert res.returncode == 0, res.stderr[-2000:]
     (run,) = res.runs()
     m = run.data.metrics
     assert 0 <= m["noise_fraction"] < 0.5 and m["n_clusters"] >= 2
     assert "silhouette" in m and m["ari"] > 0.5
+    # The per-cluster silhouette table comes from the same sampled points as the metric.
+    path = mlflow.artifacts.download_artifacts(
+        run_id=run.info.run_id, artifact_path="silhouette_per_cluster.csv", dst_path=str(tmp_path)
+    )
+    table = pl.read_csv(path)
+    assert table["n_sampled"].sum() == m["silhouette_sample_size"] == 1000
+    weighted = (table["mean_silhouette"] * table["n_sampled"]).sum() / 1000
+    assert weighted == pytest.approx(m["silhouette"], abs=1e-6)
+    path = mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path="silhouette.html", dst_path=str(tmp_path))
+    assert "seeded sample of 1000 of" in open(path).read() and "300 of them drawn" in open(path).read()
     assert run.data.tags["model_predicts"] == "false"
     assert run.data.params["clusterer._target_"] == "hdbscan.HDBSCAN"
 

@@ -37,6 +37,8 @@ class RunState:
     clusterer: object
     seed: int
     map_title: str = ""
+    # (rows, values): per-point silhouette of the sample the silhouette score was computed on.
+    silhouette: tuple[np.ndarray, np.ndarray] | None = None
     metrics: dict[str, float] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
     cluster_keywords: dict[int, list[str]] = field(default_factory=dict)
@@ -119,13 +121,21 @@ def run_analyses(state: RunState, cfg: DictConfig, folder: Path, report: Report,
 
     if a.silhouette.enabled:
         with _step(state, "silhouette"):
-            rows, values = analysis.silhouette_by_sample(X, labels, a.silhouette.sample_size, state.seed)
+            if state.silhouette is not None:
+                # The values the silhouette score was computed from: no second O(sample^2) pass.
+                rows, values = state.silhouette
+            else:
+                rows, values = analysis.silhouette_by_sample(X, labels, a.silhouette.sample_size, state.seed)
             if np.isfinite(values).any():
                 table = analysis.silhouette_table(labels[rows], values)
                 state.mean_silhouette = dict(zip(table["cluster"], table["mean_silhouette"]))
                 _save_table(table, folder, "silhouette_per_cluster")
-                sampled = f"seeded sample of {rows.size} of {int((labels != -1).sum())} points"
-                fig = analysis.silhouette_figure(labels[rows], values, f"Silhouette per sample ({sampled})")
+                n_clustered = int((labels != -1).sum())
+                title = f"seeded sample of {rows.size} of {n_clustered} points" if rows.size < n_clustered else "all points"
+                shown = analysis.seeded_sample(rows.size, a.silhouette.sample_size, state.seed)
+                if shown.size < rows.size:
+                    title += f"; {shown.size} of them drawn"
+                fig = analysis.silhouette_figure(labels[rows[shown]], values[shown], f"Silhouette per sample ({title})")
                 plots.write_html(fig, folder / "silhouette.html")
                 report.add_figure("Silhouette diagram", fig)
 

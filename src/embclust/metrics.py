@@ -138,21 +138,22 @@ def davies_bouldin(X: np.ndarray, labels: np.ndarray, chunk_size: int | None = N
     return ClusterStats(X, labels, chunk_size=chunk_size).davies_bouldin()
 
 
-def sampled_silhouette(
+def silhouette_values(
     X: np.ndarray, labels: np.ndarray, rows: np.ndarray, sample_size: int | None, seed: int
-) -> float:
-    """Silhouette over ``rows`` of ``X`` (all of them, or a seeded sample of ``sample_size``).
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per-point silhouette over ``rows`` of ``X`` (all of them, or a seeded sample of ``sample_size``).
 
-    The sample is drawn exactly as ``silhouette_score(X[rows], labels[rows], sample_size=...,
-    random_state=seed)`` draws it, so values match it, but only the sampled rows are copied.
-    scikit-learn computes the distances in chunks of at most ``SILHOUETTE_WORKING_MEMORY_MB``.
+    Returns ``(scored rows, values)``. The sample is drawn exactly as ``silhouette_score(X[rows],
+    labels[rows], sample_size=..., random_state=seed)`` draws it, so the mean of the values is
+    that score, but only the sampled rows are copied. scikit-learn computes the distances in
+    chunks of at most ``SILHOUETTE_WORKING_MEMORY_MB``.
     """
     if sample_size is not None and sample_size < rows.size:
         rows = rows[check_random_state(seed).permutation(rows.size)[:sample_size]]
     with sklearn.config_context(working_memory=SILHOUETTE_WORKING_MEMORY_MB):
         if rows.size == X.shape[0]:  # every row, in order: no copy
-            return float(skm.silhouette_score(X, labels))
-        return float(skm.silhouette_score(np.asarray(X[rows]), labels[rows]))
+            return rows, skm.silhouette_samples(X, labels)
+        return rows, skm.silhouette_samples(np.asarray(X[rows]), labels[rows])
 
 
 def size_scores(labels: np.ndarray) -> dict[str, float]:
@@ -172,7 +173,8 @@ def score_clustering(
     true_labels: np.ndarray | None = None,
     silhouette_sample_size: int | None = None,
     seed: int = 0,
-) -> dict[str, float]:
+    return_silhouette_values: bool = False,
+):
     """Return the metrics logged for one run.
 
     Silhouette, Calinski-Harabasz and Davies-Bouldin are computed on ``X`` (the space that was
@@ -180,15 +182,20 @@ def score_clustering(
     points when that is smaller than the data. Calinski-Harabasz and Davies-Bouldin are exact
     and streamed over row chunks. Agreement scores (ARI, NMI, V-measure, purity) use every
     point, noise counting as one more cluster.
+
+    With ``return_silhouette_values``, return ``(scores, (rows, values))``: the per-point
+    silhouette of the scored rows (None when not scored), which the silhouette diagram reuses.
     """
     labels = np.asarray(labels)
     scores = size_scores(labels)
+    per_point = None
     clustered = labels != NOISE
     n = int(clustered.sum())
     if 2 <= scores["n_clusters"] < n:
         sample = n if silhouette_sample_size is None else min(int(silhouette_sample_size), n)
         rows = np.flatnonzero(clustered)
-        scores["silhouette"] = sampled_silhouette(X, labels, rows, None if sample == n else sample, seed)
+        per_point = silhouette_values(X, labels, rows, None if sample == n else sample, seed)
+        scores["silhouette"] = float(np.mean(per_point[1]))
         scores["silhouette_sample_size"] = float(sample)
         stats = ClusterStats(X, labels, ignore_noise=True)
         scores["calinski_harabasz"] = stats.calinski_harabasz()
@@ -202,7 +209,7 @@ def score_clustering(
 
     if true_labels is not None:
         scores.update(agreement_scores(true_labels, labels))
-    return scores
+    return (scores, per_point) if return_silhouette_values else scores
 
 
 def agreement_scores(true_labels: np.ndarray, labels: np.ndarray) -> dict[str, float]:

@@ -288,10 +288,14 @@ def execute(cfg: DictConfig, workdir: Path, timer: _StageTimer) -> RunResult:
     with timer("cluster"):
         labels = (torch_backend.fit_clusterer if backend == "torch" else cluster.fit_clusterer)(clusterer, Xp)
     with timer("score"):
-        score = torch_backend.score_clustering if backend == "torch" else metrics.score_clustering
-        scores = score(
-            Xp, labels, ds.labels, silhouette_sample_size=cfg.metrics.silhouette_sample_size, seed=seed
-        )
+        sample_size = cfg.metrics.silhouette_sample_size
+        silhouette = None  # per-point values of the scored sample, reused by the silhouette diagram
+        if backend == "torch":
+            scores = torch_backend.score_clustering(Xp, labels, ds.labels, silhouette_sample_size=sample_size, seed=seed)
+        else:
+            scores, silhouette = metrics.score_clustering(
+                Xp, labels, ds.labels, silhouette_sample_size=sample_size, seed=seed, return_silhouette_values=True
+            )
         if hasattr(clusterer, "inertia_"):
             scores["inertia"] = float(clusterer.inertia_)
         mlflow.log_metrics(scores)
@@ -299,7 +303,9 @@ def execute(cfg: DictConfig, workdir: Path, timer: _StageTimer) -> RunResult:
     with timer("map"):
         coords = compute_map(cfg, reducer, max_points, Xp, ds)
     map_title = _map_title(reducer, max_points, ds, scores)
-    state = diagnostics.RunState(ds, Xp, labels, coords, preprocessing, clusterer, seed, map_title=map_title)
+    state = diagnostics.RunState(
+        ds, Xp, labels, coords, preprocessing, clusterer, seed, map_title=map_title, silhouette=silhouette
+    )
     analyses = Report(title="")
     with timer("analyse"):
         diagnostics.run_analyses(state, cfg, workdir, analyses, in_sweep=_is_multirun())
