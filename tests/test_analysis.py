@@ -5,6 +5,7 @@ import pytest
 from sklearn.metrics import silhouette_samples
 
 from embclust import analysis, duplicates, explain, keywords, plots
+from embclust.errors import ConfigError
 
 
 def test_composition_shares_purity_and_entropy_match_hand_counts():
@@ -90,3 +91,27 @@ def test_dendrogram_is_bounded_by_its_sample():
     X = np.random.default_rng(0).normal(size=(5000, 4))
     fig = analysis.dendrogram_figure(X, sample_size=300, truncate_p=12)
     assert "300 points" in fig.layout.title.text and len(fig.data) == 11  # p leaves -> p-1 merges
+
+
+def test_map_draws_a_seeded_sample_of_at_most_max_points():
+    rng = np.random.default_rng(0)
+    coords = rng.normal(size=(1000, 2))
+    coords[:10] = np.nan  # points outside a t-SNE sample are never drawn
+    clusters, ids = rng.integers(0, 4, 1000), np.arange(1000)
+    true = clusters.astype(str)
+
+    def drawn(fig):
+        return sorted(int(h.split("<br>")[0][4:]) for t in fig.data if t.legend == "legend" for h in t.text)
+
+    fig = plots.cluster_map_figure(coords, clusters, ids, true, "map", max_points=100, seed=3)
+    points = drawn(fig)
+    assert len(points) == 100 and min(points) >= 10
+    assert sum(len(t.x) for t in fig.data if t.legend == "legend2") == 100  # true-label panel: same points
+    assert "100 of 990 points drawn" in fig.layout.title.text
+    assert drawn(plots.cluster_map_figure(coords, clusters, ids, true, "map", max_points=100, seed=3)) == points
+    everything = plots.cluster_map_figure(coords, clusters, ids, true, "map", max_points=None)
+    assert len(drawn(everything)) == 990 and everything.layout.title.text == "map"
+    meta = plots.category_map_figure(coords, true, ids, None, "by label", "label", max_points=50, seed=3)
+    assert sum(len(t.x) for t in meta.data) == 50 and "50 of 990 points drawn" in meta.layout.title.text
+    with pytest.raises(ConfigError, match=r"analysis.maps.max_points=0 must be null or an integer >= 1"):
+        plots.cluster_map_figure(coords, clusters, ids, max_points=0)

@@ -117,6 +117,7 @@ def _assert_failed(res, expected: str):
         (("clusterer.n_clusters=1797",), "clusterer.n_clusters=1797 must be >= 2 and < the number of samples (1797)"),
         (("preprocess.pca_components=100",), "preprocess.pca_components=100 exceeds min(n_samples, n_features)=64"),
         (("dataset=synthetic", "dataset.n_samples=0"), "dataset 'synthetic' is empty: 0 rows"),
+        (("analysis.maps.max_points=-5",), "analysis.maps.max_points=-5 must be null or an integer >= 1"),
     ],
 )
 def test_bad_config_fails_with_one_clear_line(run_cli, overrides, expected):

@@ -232,6 +232,7 @@ def run_analyses(state: RunState, cfg: DictConfig, folder: Path, report: Report,
             fig = plots.category_map_figure(
                 state.coords, np.asarray(ds.metadata[column]).astype(str), ds.ids, texts,
                 title=f"{state.map_title} coloured by {column}", legend_title=column,
+                max_points=a.maps.max_points, seed=state.seed,
             )
             plots.write_html(fig, folder / f"map_by_{column}.html")
             report.add_figure(f"Map coloured by {column}", fig)

@@ -8,6 +8,9 @@ import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from embclust.analysis import seeded_sample
+from embclust.errors import ConfigError
+
 # WebGL scatter keeps maps of 100k+ points responsive in the browser.
 _MARKER = dict(size=4, opacity=0.7)
 
@@ -27,6 +30,26 @@ def _category_traces(x, y, groups, hover, legend: str, prefix: str, names: dict[
             hovertemplate="%{text}<extra></extra>",
             legend=legend,
         )
+
+
+def check_max_points(max_points) -> None:
+    """Raise :class:`ConfigError` unless ``analysis.maps.max_points`` is null or an int >= 1."""
+    if max_points is not None and (isinstance(max_points, bool) or not isinstance(max_points, int) or max_points < 1):
+        raise ConfigError(f"analysis.maps.max_points={max_points!r} must be null or an integer >= 1")
+
+
+def drawn_rows(coords: np.ndarray, max_points: int | None, seed: int) -> tuple[np.ndarray, str]:
+    """Rows a map draws: those with coordinates, or a seeded sample of ``max_points`` of them.
+
+    Returns the rows and a note for the title ("" when every placed point is drawn). A browser
+    cannot open a map of a million points, and every point's coordinates are in labels.parquet.
+    """
+    check_max_points(max_points)
+    placed = np.flatnonzero(np.isfinite(coords).all(axis=1))
+    if max_points is None or placed.size <= max_points:
+        return placed, ""
+    rows = placed[seeded_sample(placed.size, max_points, seed)]
+    return rows, f" [{max_points} of {placed.size} points drawn, seeded; all in labels.parquet]"
 
 
 def hover_text(ids, clusters=None, true_labels=None, texts=None, width: int = 120) -> np.ndarray:
@@ -49,16 +72,19 @@ def cluster_map_figure(
     title: str = "",
     texts: np.ndarray | None = None,
     cluster_names: dict[int, str] | None = None,
+    max_points: int | None = None,
+    seed: int = 0,
 ) -> go.Figure:
     """Scatter of the 2-D map coloured by cluster, beside one coloured by true label when known.
 
     ``cluster_names`` (e.g. top keywords) are shown in the legend; points without coordinates
-    (outside a t-SNE sample) are left out.
+    (outside a t-SNE sample) are left out, and at most ``max_points`` are drawn (seeded sample).
     """
-    placed = np.isfinite(coords).all(axis=1)
-    coords, clusters, ids = coords[placed], clusters[placed], np.asarray(ids)[placed]
-    true_labels = None if true_labels is None else np.asarray(true_labels)[placed]
-    texts = None if texts is None else np.asarray(texts)[placed]
+    rows, note = drawn_rows(coords, max_points, seed)
+    title += note
+    coords, clusters, ids = coords[rows], clusters[rows], np.asarray(ids)[rows]
+    true_labels = None if true_labels is None else np.asarray(true_labels)[rows]
+    texts = None if texts is None else np.asarray(texts)[rows]
     x, y = coords[:, 0], coords[:, 1]
     cluster_str = np.where(clusters < 0, "noise", clusters.astype(str))
     hover = hover_text(ids, cluster_str, true_labels, texts)
@@ -86,13 +112,21 @@ def cluster_map_figure(
 
 
 def category_map_figure(
-    coords: np.ndarray, values: np.ndarray, ids: np.ndarray, texts: np.ndarray | None, title: str, legend_title: str
+    coords: np.ndarray,
+    values: np.ndarray,
+    ids: np.ndarray,
+    texts: np.ndarray | None,
+    title: str,
+    legend_title: str,
+    max_points: int | None = None,
+    seed: int = 0,
 ) -> go.Figure:
-    """The 2-D map coloured by one metadata column."""
-    placed = np.isfinite(coords).all(axis=1)
-    hover = hover_text(np.asarray(ids)[placed], None, None, None if texts is None else np.asarray(texts)[placed])
-    hover = np.array([f"{h}<br>{html.escape(legend_title)}: {html.escape(v)}" for h, v in zip(hover, values[placed])], dtype=object)
-    fig = go.Figure(list(_category_traces(coords[placed, 0], coords[placed, 1], values[placed], hover, "legend", "")))
+    """The 2-D map coloured by one metadata column (at most ``max_points`` drawn, seeded sample)."""
+    rows, note = drawn_rows(coords, max_points, seed)
+    title += note
+    hover = hover_text(np.asarray(ids)[rows], None, None, None if texts is None else np.asarray(texts)[rows])
+    hover = np.array([f"{h}<br>{html.escape(legend_title)}: {html.escape(v)}" for h, v in zip(hover, values[rows])], dtype=object)
+    fig = go.Figure(list(_category_traces(coords[rows, 0], coords[rows, 1], values[rows], hover, "legend", "")))
     fig.update_layout(title=title, height=650, legend=dict(title=legend_title, itemsizing="constant"))
     return fig
 

@@ -270,6 +270,7 @@ def execute(cfg: DictConfig, workdir: Path, timer: _StageTimer) -> RunResult:
         mlflow.set_tag("backend", backend)
         preprocess.check_preprocessing(preprocessing, ds.n_samples, ds.n_features)
         cluster.check_clusterer(clusterer, ds.n_samples)
+        plots.check_max_points(cfg.analysis.maps.max_points)
         mlflow.set_tags(
             tracking.reproducibility_tags(ds.fingerprint, _hydra_overrides(), Path(__file__).resolve().parent)
         )
@@ -324,7 +325,10 @@ def execute(cfg: DictConfig, workdir: Path, timer: _StageTimer) -> RunResult:
         plots.write_html(sizes, workdir / "cluster_sizes.html")
         if reducer is not None:
             names = {c: ", ".join(words[:3]) for c, words in state.cluster_keywords.items()}
-            fig = plots.cluster_map_figure(coords, labels, ds.ids, true_names, map_title, ds.texts, names)
+            fig = plots.cluster_map_figure(
+                coords, labels, ds.ids, true_names, map_title, ds.texts, names,
+                max_points=cfg.analysis.maps.max_points, seed=seed,
+            )
             plots.write_html(fig, workdir / "cluster_map.html")
             report.add_figure("Map", fig)
         report.add_figure("Cluster sizes", sizes)
