@@ -1,7 +1,7 @@
 """Time the benchmark sweep the notebook way and the embclust way, and compare their answers.
 
-    python scripts/bench_sweep.py            # n = 42,000 x 768, 40 clusters (tens of minutes on 2 cores)
-    python scripts/bench_sweep.py --small    # n = 10,000 x 384 (about a minute)
+    python scripts/bench_sweep.py            # n = 42,000 x 768, 40 clusters (about 10 minutes on 2 cores)
+    python scripts/bench_sweep.py --small    # n = 10,000 x 384 (2 to 3 minutes on 2 cores)
 
 Synthetic embeddings (``embclust.data.make_synthetic``: seeded, L2-normalised) are saved as
 ``.npy`` in a temporary folder, then three runs are timed one after the other, each in its own
