@@ -88,6 +88,25 @@ def test_score_clustering_matches_cpu_path(blobs):
         assert gpu[key] == pytest.approx(cpu[key], rel=1e-5), key
 
 
+def test_per_point_silhouette_matches_cpu_path(blobs):
+    """The silhouette diagram gets the same sampled rows and values from either backend."""
+    from embclust.metrics import score_clustering
+
+    X, y, labels = blobs
+    noisy = labels.copy()
+    noisy[::10] = -1
+    cpu_scores, (cpu_rows, cpu_values) = score_clustering(
+        X, noisy, y, silhouette_sample_size=300, seed=4, return_silhouette_values=True
+    )
+    gpu_scores, (gpu_rows, gpu_values) = tb.score_clustering(
+        X, noisy, y, silhouette_sample_size=300, seed=4, return_silhouette_values=True
+    )
+    np.testing.assert_array_equal(gpu_rows, cpu_rows)
+    assert (noisy[gpu_rows] != -1).all()
+    np.testing.assert_allclose(gpu_values, cpu_values, rtol=1e-5, atol=1e-7)
+    assert gpu_scores["silhouette"] == pytest.approx(cpu_values.mean(), rel=1e-5)
+
+
 def test_resolve_backend():
     assert tb.resolve_backend("cpu") == "cpu"
     assert tb.resolve_backend("torch") == "torch"

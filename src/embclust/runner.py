@@ -289,14 +289,12 @@ def execute(cfg: DictConfig, workdir: Path, timer: _StageTimer) -> RunResult:
     with timer("cluster"):
         labels = (torch_backend.fit_clusterer if backend == "torch" else cluster.fit_clusterer)(clusterer, Xp)
     with timer("score"):
-        sample_size = cfg.metrics.silhouette_sample_size
-        silhouette = None  # per-point values of the scored sample, reused by the silhouette diagram
-        if backend == "torch":
-            scores = torch_backend.score_clustering(Xp, labels, ds.labels, silhouette_sample_size=sample_size, seed=seed)
-        else:
-            scores, silhouette = metrics.score_clustering(
-                Xp, labels, ds.labels, silhouette_sample_size=sample_size, seed=seed, return_silhouette_values=True
-            )
+        score = torch_backend.score_clustering if backend == "torch" else metrics.score_clustering
+        # silhouette: per-point values of the scored sample, reused by the silhouette diagram
+        scores, silhouette = score(
+            Xp, labels, ds.labels, silhouette_sample_size=cfg.metrics.silhouette_sample_size, seed=seed,
+            return_silhouette_values=True,
+        )
         if hasattr(clusterer, "inertia_"):
             scores["inertia"] = float(clusterer.inertia_)
         mlflow.log_metrics(scores)

@@ -245,11 +245,13 @@ def silhouette(
     device: str | None = None,
     block_rows: int = 2048,
     dtype=None,
-) -> float:
+    return_values: bool = False,
+):
     """Mean silhouette coefficient with blocked pairwise distances (``torch.cdist``).
 
     ``sample_size`` draws the same seeded sample as scikit-learn's ``silhouette_score``.
     Distances are float64 by default (set ``dtype=torch.float32`` for speed on a GPU).
+    With ``return_values``, return ``(rows of X scored, per-point values)`` instead of the mean.
     """
     import torch
     from sklearn.utils import check_random_state
@@ -257,6 +259,7 @@ def silhouette(
     device = device or default_device()
     dtype = dtype or torch.float64
     labels = np.asarray(labels)
+    idx = np.arange(labels.size)
     if sample_size is not None and sample_size < labels.size:
         idx = check_random_state(seed).permutation(labels.size)[:sample_size]
         X, labels = np.asarray(X[idx]), labels[idx]
@@ -266,7 +269,7 @@ def silhouette(
     Xt = torch.as_tensor(np.ascontiguousarray(X), device=device).to(dtype)
     ct = torch.as_tensor(codes, device=device)
     counts = torch.bincount(ct, minlength=k).to(dtype)
-    total = torch.zeros((), dtype=torch.float64, device=device)
+    values = torch.empty(n, dtype=torch.float64, device=device)
     for a, b in _chunks(n, block_rows):
         D = torch.cdist(Xt[a:b], Xt)
         D[torch.arange(b - a, device=device), torch.arange(a, b, device=device)] = 0
@@ -279,9 +282,10 @@ def silhouette(
         means[rows, own] = math.inf
         inter = means.min(1).values
         s = (inter - intra) / torch.maximum(intra, inter)
-        s = torch.where(own_n > 1, torch.nan_to_num(s), torch.zeros_like(s))
-        total += s.double().sum()
-    return float(total / n)
+        values[a:b] = torch.where(own_n > 1, torch.nan_to_num(s), torch.zeros_like(s))
+    if return_values:
+        return idx, values.cpu().numpy()
+    return float(values.mean())
 
 
 def _cluster_stats(X, labels, device, chunk_rows: int):
@@ -334,7 +338,8 @@ def score_clustering(
     true_labels: np.ndarray | None = None,
     silhouette_sample_size: int | None = None,
     seed: int = 0,
-) -> dict[str, float]:
+    return_silhouette_values: bool = False,
+):
     """:func:`embclust.metrics.score_clustering` with silhouette, CH and DB computed in torch."""
     from embclust import metrics
 
@@ -342,11 +347,14 @@ def score_clustering(
     labels = np.asarray(labels)
     clustered = labels != NOISE
     scores = metrics.size_scores(labels)
+    per_point = None
     n = int(clustered.sum())
     if 2 <= scores["n_clusters"] < n:
         Xc, lc = (X, labels) if clustered.all() else (np.asarray(X[clustered]), labels[clustered])
         sample = n if silhouette_sample_size is None else min(int(silhouette_sample_size), n)
-        scores["silhouette"] = silhouette(Xc, lc, None if sample == n else sample, seed, device=device)
+        idx, values = silhouette(Xc, lc, None if sample == n else sample, seed, device=device, return_values=True)
+        per_point = (np.flatnonzero(clustered)[idx], values)
+        scores["silhouette"] = float(values.mean())
         scores["silhouette_sample_size"] = float(sample)
         scores["calinski_harabasz"] = calinski_harabasz(Xc, lc, device=device)
         scores["davies_bouldin"] = davies_bouldin(Xc, lc, device=device)
@@ -354,4 +362,4 @@ def score_clustering(
         log.warning("%d cluster(s) among %d clustered points: silhouette, CH and DB not scored", scores["n_clusters"], n)
     if true_labels is not None:
         scores.update(metrics.agreement_scores(true_labels, labels))
-    return scores
+    return (scores, per_point) if return_silhouette_values else scores
