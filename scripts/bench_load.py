@@ -19,7 +19,7 @@ CHILD = r"""
 import json, sys, time
 import numpy as np
 from embclust.data import validate_dataset
-from embclust.loaders import load_npy, load_table
+from embclust.data.loaders import load_npy, load_table
 
 def status(field):
     for line in open("/proc/self/status"):

@@ -4,7 +4,9 @@ import numpy as np
 import pytest
 from sklearn.metrics import silhouette_samples
 
-from embclust import analysis, duplicates, explain, keywords, plots
+from embclust.explain import duplicates, keywords, tables as analysis
+from embclust.explain import shap_models as explain
+from embclust.tracking import plots
 from embclust.errors import ConfigError
 
 

@@ -2,7 +2,7 @@ import threading
 
 import numpy as np
 
-from embclust.cache import cached_dataset, cached_preprocessing, file_stamps
+from embclust.sweep.cache import cached_dataset, cached_preprocessing, file_stamps
 from embclust.data import make_synthetic
 from embclust.preprocess import build_preprocessing, fit_preprocessing
 

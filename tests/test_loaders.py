@@ -5,7 +5,7 @@ import polars as pl
 import pytest
 
 from embclust.errors import ConfigError, DataError
-from embclust.loaders import load_npy, load_table, load_tabular
+from embclust.data.loaders import load_npy, load_table, load_tabular
 
 
 @pytest.fixture

@@ -4,7 +4,7 @@ from sklearn import metrics as skm
 from sklearn.cluster import KMeans
 from sklearn.datasets import make_blobs
 
-from embclust.metrics import purity_score, score_clustering
+from embclust.scoring.metrics import purity_score, score_clustering
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +62,7 @@ def test_single_cluster_is_not_scored():
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_streaming_ch_db_equal_scikit_learn_in_small_chunks(dtype):
-    from embclust.metrics import calinski_harabasz, davies_bouldin
+    from embclust.scoring.metrics import calinski_harabasz, davies_bouldin
 
     X, _ = make_blobs(n_samples=3000, centers=7, n_features=16, cluster_std=2.0, random_state=3)
     X = X.astype(dtype)
@@ -99,7 +99,7 @@ def test_streaming_scores_exclude_noise_without_copy_and_on_memmap(tmp_path):
 
 
 def test_degenerate_clusters_match_scikit_learn():
-    from embclust.metrics import calinski_harabasz, davies_bouldin
+    from embclust.scoring.metrics import calinski_harabasz, davies_bouldin
 
     X = np.array([[0, 0], [0, 0], [1, 1], [1, 1]], dtype=np.float32)  # zero within-cluster spread
     labels = np.array([0, 0, 1, 1])

@@ -5,7 +5,7 @@ import polars as pl
 import pytest
 
 from embclust.errors import DataError
-from embclust.text import load_texts, resolve_model_path
+from embclust.data.text import load_texts, resolve_model_path
 
 
 def test_unknown_model_fails_clearly_without_download():

@@ -9,7 +9,7 @@ from sklearn.decomposition import PCA
 
 torch = pytest.importorskip("torch")
 
-from embclust import torch_backend as tb  # noqa: E402
+from embclust.scoring import torch_backend as tb  # noqa: E402
 from embclust.errors import ConfigError  # noqa: E402
 
 
@@ -76,7 +76,7 @@ def test_pca_equals_scikit_learn_up_to_sign(blobs):
 
 
 def test_score_clustering_matches_cpu_path(blobs):
-    from embclust.metrics import score_clustering
+    from embclust.scoring.metrics import score_clustering
 
     X, y, labels = blobs
     noisy = labels.copy()
@@ -90,7 +90,7 @@ def test_score_clustering_matches_cpu_path(blobs):
 
 def test_per_point_silhouette_matches_cpu_path(blobs):
     """The silhouette diagram gets the same sampled rows and values from either backend."""
-    from embclust.metrics import score_clustering
+    from embclust.scoring.metrics import score_clustering
 
     X, y, labels = blobs
     noisy = labels.copy()

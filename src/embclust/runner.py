@@ -24,23 +24,15 @@ from mlflow.models import infer_signature
 from omegaconf import DictConfig, OmegaConf
 from threadpoolctl import threadpool_limits
 
-from embclust import (
-    cache,
-    cluster,
-    data,
-    diagnostics,
-    duplicates,
-    maps,
-    metrics,
-    plots,
-    preprocess,
-    sweep,
-    torch_backend,
-    tracking,
-)
-from embclust.errors import ConfigError
-from embclust.report import Report
-from embclust.errors import EmbclustError
+from embclust import cluster, data, maps, preprocess, tracking
+from embclust.sweep import callback as sweep
+from embclust.errors import ConfigError, EmbclustError
+from embclust.explain import duplicates
+from embclust.explain import steps as explain_steps
+from embclust.scoring import metrics, torch_backend
+from embclust.sweep import cache
+from embclust.tracking import plots
+from embclust.tracking.report import Report
 
 log = logging.getLogger(__name__)
 
@@ -302,12 +294,12 @@ def execute(cfg: DictConfig, workdir: Path, timer: _StageTimer) -> RunResult:
     with timer("map"):
         coords = compute_map(cfg, reducer, max_points, Xp, ds)
     map_title = _map_title(reducer, max_points, ds, scores)
-    state = diagnostics.RunState(
+    state = explain_steps.RunState(
         ds, Xp, labels, coords, preprocessing, clusterer, seed, map_title=map_title, silhouette=silhouette
     )
     analyses = Report(title="")
     with timer("analyse"):
-        diagnostics.run_analyses(state, cfg, workdir, analyses, in_sweep=_is_multirun())
+        explain_steps.run_analyses(state, cfg, workdir, analyses, in_sweep=_is_multirun())
         mlflow.log_metrics({**state.metrics, **state.seconds})
         scores.update(state.metrics)
     report = Report(title=f"{_run_name(cfg)} (run {mlflow.active_run().info.run_id})")

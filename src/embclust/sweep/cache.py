@@ -22,7 +22,7 @@ from typing import Any, Callable
 import joblib
 import numpy as np
 
-from embclust.data import Dataset
+from embclust.data.dataset import Dataset
 
 log = logging.getLogger(__name__)
 

@@ -16,9 +16,9 @@ import numpy as np
 
 import polars as pl
 
-from embclust.data import Dataset
+from embclust.data.dataset import Dataset
 from embclust.errors import ConfigError, DataError
-from embclust.loaders import ids_and_labels, open_table, read_columns
+from embclust.data.loaders import ids_and_labels, open_table, read_columns
 
 log = logging.getLogger(__name__)
 

@@ -17,10 +17,12 @@ import pandas as pd
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from embclust import analysis, duplicates, explain, keywords, plots
-from embclust.data import Dataset
+from embclust.explain import duplicates, keywords
+from embclust.explain import shap_models, tables
+from embclust.tracking import plots
+from embclust.data.dataset import Dataset
 from embclust.errors import ConfigError
-from embclust.report import Report
+from embclust.tracking.report import Report
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +78,7 @@ def explain_features(state: RunState, acfg: DictConfig) -> tuple[np.ndarray, lis
             from sklearn.decomposition import PCA
 
             k = min(int(acfg.n_components), ds.n_features, ds.n_samples)
-            sample = analysis.seeded_sample(ds.n_samples, 20_000, state.seed)
+            sample = tables.seeded_sample(ds.n_samples, 20_000, state.seed)
             pcs = PCA(n_components=k, random_state=state.seed).fit(ds.X[sample]).transform(ds.X)
         return pcs, [f"pc{i + 1}" for i in range(pcs.shape[1])], "PCA components"
     names = list(wanted)
@@ -125,23 +127,23 @@ def run_analyses(state: RunState, cfg: DictConfig, folder: Path, report: Report,
                 # The values the silhouette score was computed from: no second O(sample^2) pass.
                 rows, values = state.silhouette
             else:
-                rows, values = analysis.silhouette_by_sample(X, labels, a.silhouette.sample_size, state.seed)
+                rows, values = tables.silhouette_by_sample(X, labels, a.silhouette.sample_size, state.seed)
             if np.isfinite(values).any():
-                table = analysis.silhouette_table(labels[rows], values)
+                table = tables.silhouette_table(labels[rows], values)
                 state.mean_silhouette = dict(zip(table["cluster"], table["mean_silhouette"]))
                 _save_table(table, folder, "silhouette_per_cluster")
                 n_clustered = int((labels != -1).sum())
                 title = f"seeded sample of {rows.size} of {n_clustered} points" if rows.size < n_clustered else "all points"
-                shown = analysis.seeded_sample(rows.size, a.silhouette.sample_size, state.seed)
+                shown = tables.seeded_sample(rows.size, a.silhouette.sample_size, state.seed)
                 if shown.size < rows.size:
                     title += f"; {shown.size} of them drawn"
-                fig = analysis.silhouette_figure(labels[rows[shown]], values[shown], f"Silhouette per sample ({title})")
+                fig = tables.silhouette_figure(labels[rows[shown]], values[shown], f"Silhouette per sample ({title})")
                 plots.write_html(fig, folder / "silhouette.html")
                 report.add_figure("Silhouette diagram", fig)
 
     if a.profile.enabled:
         with _step(state, "profile"):
-            table = analysis.profile_table(
+            table = tables.profile_table(
                 X, labels, ds.ids, texts, state.mean_silhouette,
                 state.cluster_keywords if state.cluster_keywords else None, n_nearest=int(a.profile.n_nearest),
             )
@@ -150,10 +152,10 @@ def run_analyses(state: RunState, cfg: DictConfig, folder: Path, report: Report,
 
     if a.composition.enabled and true_names is not None:
         with _step(state, "composition"):
-            table, overall = analysis.composition_table(labels, true_names, top=int(a.composition.top))
+            table, overall = tables.composition_table(labels, true_names, top=int(a.composition.top))
             state.metrics["composition_purity"] = overall
             _save_table(table, folder, "cluster_composition")
-            fig = analysis.contingency_figure(labels, true_names)
+            fig = tables.contingency_figure(labels, true_names)
             plots.write_html(fig, folder / "composition_heatmap.html")
             report.add_table("Composition vs true labels", table, note=f"overall purity {overall:.4f}")
             report.add_figure("Clusters vs true labels", fig)
@@ -165,7 +167,7 @@ def run_analyses(state: RunState, cfg: DictConfig, folder: Path, report: Report,
     if want_dendrogram:
         with _step(state, "dendrogram"):
             method = a.dendrogram.method or (linkage if linkage in ("ward", "average", "complete", "single") else "ward")
-            fig = analysis.dendrogram_figure(
+            fig = tables.dendrogram_figure(
                 X, method=method, sample_size=int(a.dendrogram.sample_size),
                 truncate_p=int(a.dendrogram.truncate_p), seed=state.seed,
             )
@@ -175,14 +177,14 @@ def run_analyses(state: RunState, cfg: DictConfig, folder: Path, report: Report,
     pca = state.preprocessing.named_steps["pca"]
     if a.pca_variance.enabled and pca != "passthrough":
         with _step(state, "pca_variance"):
-            fig = analysis.pca_pareto_figure(pca.explained_variance_ratio_)
+            fig = tables.pca_pareto_figure(pca.explained_variance_ratio_)
             plots.write_html(fig, folder / "pca_variance.html")
             report.add_figure("PCA explained variance", fig)
 
     if a.explain.enabled and not light and np.unique(labels[labels != -1]).size >= 2:
         with _step(state, "explain"):
             features, names, source = explain_features(state, a.explain)
-            ex = explain.explain_clusters(
+            ex = shap_models.explain_clusters(
                 features, names, labels, min_cluster_size=int(a.explain.min_cluster_size),
                 max_clusters=int(a.explain.max_clusters), max_samples=int(a.explain.max_samples),
                 shap_samples=int(a.explain.shap_samples), n_estimators=int(a.explain.n_estimators), seed=state.seed,
@@ -191,7 +193,7 @@ def run_analyses(state: RunState, cfg: DictConfig, folder: Path, report: Report,
                 table = ex.table()
                 _save_table(table, folder, "shap_importance")
                 state.metrics["explain_mean_f1"] = float(np.mean(list(ex.f1.values())))
-                bars, heat = explain.importance_bars_figure(ex), explain.importance_heatmap_figure(ex)
+                bars, heat = shap_models.importance_bars_figure(ex), shap_models.importance_heatmap_figure(ex)
                 plots.write_html(bars, folder / "shap_per_cluster.html")
                 plots.write_html(heat, folder / "shap_summary.html")
                 report.add_figure(f"SHAP per cluster ({source})", bars)
@@ -203,7 +205,7 @@ def run_analyses(state: RunState, cfg: DictConfig, folder: Path, report: Report,
 
     if a.duplicates.enabled and not light:
         with _step(state, "duplicates"):
-            rows = analysis.seeded_sample(ds.n_samples, int(a.duplicates.max_rows), state.seed)
+            rows = tables.seeded_sample(ds.n_samples, int(a.duplicates.max_rows), state.seed)
             pairs = duplicates.near_duplicate_pairs(ds.X[rows], threshold=float(a.duplicates.threshold), seed=state.seed)
             state.metrics["near_duplicate_pairs"] = float(len(pairs))
             state.metrics["near_duplicate_rows_checked"] = float(rows.size)

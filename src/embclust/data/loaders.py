@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from embclust.data import Dataset, as_float32
+from embclust.data.dataset import Dataset, as_float32
 from embclust.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)

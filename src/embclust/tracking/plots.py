@@ -8,7 +8,7 @@ import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from embclust.analysis import seeded_sample
+from embclust.explain.tables import seeded_sample
 from embclust.errors import ConfigError
 
 # WebGL scatter keeps maps of 100k+ points responsive in the browser.

@@ -341,7 +341,7 @@ def score_clustering(
     return_silhouette_values: bool = False,
 ):
     """:func:`embclust.metrics.score_clustering` with silhouette, CH and DB computed in torch."""
-    from embclust import metrics
+    from embclust.scoring import metrics
 
     device = default_device()
     labels = np.asarray(labels)

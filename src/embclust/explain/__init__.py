@@ -1,0 +1,1 @@
+"""Explain stage: diagnostics tables and figures, keywords, SHAP models, near-duplicates."""

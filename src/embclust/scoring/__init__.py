@@ -1,0 +1,1 @@
+"""Score stage: internal quality (silhouette, CH, DB) and agreement with true labels."""

@@ -1,0 +1,149 @@
+"""Leaderboards of runs from MLflow: ``python -m embclust.compare --experiment NAME``."""
+
+from __future__ import annotations
+
+import argparse
+import html
+import math
+import sys
+from pathlib import Path
+
+import mlflow
+import pandas as pd
+
+# Metrics where smaller is better; every other metric is maximised.
+LOWER_IS_BETTER = frozenset({"davies_bouldin", "inertia", "noise_fraction"})
+SCORE_COLUMNS = (
+    "silhouette",
+    "calinski_harabasz",
+    "davies_bouldin",
+    "ari",
+    "nmi",
+    "purity",
+    "n_clusters",
+    "noise_fraction",
+    "inertia",
+)
+PARENT_TAG = "mlflow.parentRunId"
+
+
+def is_better(a: float, b: float, metric: str) -> bool:
+    """Whether metric value ``a`` beats ``b`` (NaN never wins)."""
+    if a is None or (isinstance(a, float) and math.isnan(a)):
+        return False
+    if b is None or (isinstance(b, float) and math.isnan(b)):
+        return True
+    return a < b if metric in LOWER_IS_BETTER else a > b
+
+
+def fetch_runs(experiment_name: str, parent_run_id: str | None = None) -> pd.DataFrame:
+    """Runs of an experiment (only the children of ``parent_run_id`` when given), as a DataFrame."""
+    experiment = mlflow.get_experiment_by_name(experiment_name)
+    if experiment is None:
+        raise SystemExit(f"error: no MLflow experiment named {experiment_name!r} at {mlflow.get_tracking_uri()}")
+    query = f"tags.`{PARENT_TAG}` = '{parent_run_id}'" if parent_run_id else ""
+    return mlflow.search_runs([experiment.experiment_id], filter_string=query, output_format="pandas")
+
+
+def latest_sweep_parent(experiment_name: str) -> str | None:
+    """Id of the most recent sweep parent run in the experiment, or None."""
+    experiment = mlflow.get_experiment_by_name(experiment_name)
+    if experiment is None:
+        return None
+    runs = mlflow.search_runs(
+        [experiment.experiment_id],
+        filter_string="tags.sweep_role = 'parent'",
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+        output_format="list",
+    )
+    return runs[0].info.run_id if runs else None
+
+
+def swept_params(runs: pd.DataFrame) -> list[str]:
+    """Config keys that take more than one value across a sweep's cells, in override order."""
+    cells = runs["tags.sweep_cell"].dropna().unique() if "tags.sweep_cell" in runs else []
+    keys: list[str] = []
+    for cell in cells:
+        for item in cell.split():
+            key = item.split("=", 1)[0].lstrip("+~")
+            if key not in keys and f"params.{key}" in runs and runs[f"params.{key}"].nunique(dropna=False) > 1:
+                keys.append(key)
+    return keys
+
+
+def leaderboard(runs: pd.DataFrame, metric: str = "silhouette", swept: list[str] | None = None) -> pd.DataFrame:
+    """One row per cell (its latest run), best first by ``metric``; failed cells last."""
+    if runs.empty:
+        return pd.DataFrame()
+    runs = runs[runs.get("tags.sweep_role", pd.Series(index=runs.index, dtype=object)) != "parent"]
+    cell = runs["tags.sweep_cell"] if "tags.sweep_cell" in runs else runs["tags.mlflow.runName"]
+    runs = runs.assign(cell=cell.fillna(runs["tags.mlflow.runName"]))
+    # Latest attempt of each cell wins, so a resumed sweep shows the retried result.
+    runs = runs.sort_values("start_time").groupby("cell", as_index=False, sort=False).last()
+    table = pd.DataFrame(
+        {
+            "cell": runs["cell"],
+            "status": runs["status"],
+            **{p: runs.get(f"params.{p}") for p in (swept or [])},
+            **{m: runs[f"metrics.{m}"] for m in SCORE_COLUMNS if f"metrics.{m}" in runs},
+            "run_id": runs["run_id"],
+            "error": runs.get("tags.error", pd.Series("", index=runs.index)).fillna(""),
+        }
+    )
+    if f"{metric}" not in table:
+        table[metric] = math.nan
+    ascending = metric in LOWER_IS_BETTER
+    table = table.sort_values(metric, ascending=ascending, na_position="last", kind="stable")
+    table.insert(0, "rank", range(1, len(table) + 1))
+    return table.reset_index(drop=True)
+
+
+def write_leaderboard(table: pd.DataFrame, folder: Path, title: str) -> list[Path]:
+    """Write ``leaderboard.csv`` and ``leaderboard.html`` into ``folder``."""
+    csv_path, html_path = folder / "leaderboard.csv", folder / "leaderboard.html"
+    table.to_csv(csv_path, index=False)
+    body = table.to_html(index=False, float_format=lambda v: f"{v:.4g}", na_rep="", escape=True, border=0)
+    html_path.write_text(
+        "<!doctype html><html><head><meta charset='utf-8'><title>leaderboard</title>"
+        "<style>body{font-family:sans-serif}table{border-collapse:collapse}"
+        "td,th{padding:4px 10px;border-bottom:1px solid #ddd;text-align:right}</style></head>"
+        f"<body><h2>{html.escape(title)}</h2>{body}</body></html>"
+    )
+    return [csv_path, html_path]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m embclust.compare", description=__doc__)
+    parser.add_argument("--experiment", default="embclust", help="MLflow experiment name")
+    parser.add_argument("--tracking-uri", default=None, help="default: MLFLOW_TRACKING_URI, else sqlite:///mlflow.db")
+    parser.add_argument("--metric", default="silhouette", help="metric to rank by (DB and inertia: lower is better)")
+    parser.add_argument("--parent-run", default=None, help="rank the cells of this sweep (default: latest sweep)")
+    parser.add_argument("--all", action="store_true", help="rank every run of the experiment, not one sweep")
+    parser.add_argument("--top", type=int, default=20, help="rows to print")
+    parser.add_argument("--html", type=Path, default=None, help="also write the table as HTML to this file")
+    args = parser.parse_args(argv)
+
+    from embclust.tracking.store import default_tracking_uri
+
+    mlflow.set_tracking_uri(args.tracking_uri or default_tracking_uri())
+    parent = None if args.all else (args.parent_run or latest_sweep_parent(args.experiment))
+    runs = fetch_runs(args.experiment, parent)
+    table = leaderboard(runs, args.metric, swept_params(runs) if not runs.empty else [])
+    if table.empty:
+        print(f"no runs found in experiment {args.experiment!r}", file=sys.stderr)
+        return 1
+    scope = f"sweep {parent}" if parent else "all runs"
+    print(f"experiment {args.experiment!r}, {scope}, ranked by {args.metric}")
+    with pd.option_context("display.width", 200, "display.max_columns", 20, "display.max_colwidth", 60):
+        print(table.drop(columns=["error"]).head(args.top).to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+    if args.html:
+        args.html.write_text(
+            table.to_html(index=False, float_format=lambda v: f"{v:.4g}", na_rep="", escape=True, border=0)
+        )
+        print(f"wrote {args.html}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,29 @@
+"""Track stage: MLflow store and reproducibility tags, plots, the HTML report."""
+
+from embclust.tracking.store import (
+    DEFAULT_TRACKING_URI,
+    TRACKED_PACKAGES,
+    TrackingServerUnreachable,
+    check_server,
+    default_tracking_uri,
+    flatten_config,
+    git_state,
+    model_requirements,
+    package_versions,
+    reproducibility_tags,
+    setup_tracking,
+)
+
+__all__ = [
+    "DEFAULT_TRACKING_URI",
+    "TRACKED_PACKAGES",
+    "TrackingServerUnreachable",
+    "check_server",
+    "default_tracking_uri",
+    "flatten_config",
+    "git_state",
+    "model_requirements",
+    "package_versions",
+    "reproducibility_tags",
+    "setup_tracking",
+]
