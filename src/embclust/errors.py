@@ -11,3 +11,12 @@ class ConfigError(EmbclustError):
 
 class DataError(EmbclustError):
     """The input data cannot be clustered as given."""
+
+
+def user_error(exc: BaseException | None) -> EmbclustError | None:
+    """The :class:`EmbclustError` behind ``exc``, if any (Hydra wraps errors raised while instantiating)."""
+    while exc is not None:
+        if isinstance(exc, EmbclustError):
+            return exc
+        exc = exc.__cause__ or exc.__context__
+    return None

@@ -1,5 +1,5 @@
 """One clustering run: load -> validate -> preprocess -> cluster -> score -> map -> analyse -> plots
--> report -> log, recorded as one MLflow run."""
+-> report -> log, recorded as one MLflow run; sweep cells take the light path in ``sweep.cell``."""
 
 from __future__ import annotations
 
@@ -9,10 +9,8 @@ import os
 import tempfile
 import time
 import traceback
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import mlflow
 import mlflow.sklearn
@@ -24,22 +22,18 @@ from mlflow.models import infer_signature
 from omegaconf import DictConfig, OmegaConf
 from threadpoolctl import threadpool_limits
 
-from embclust import cluster, data, maps, preprocess, tracking
-from embclust.sweep import callback as sweep
-from embclust.errors import ConfigError, EmbclustError
-from embclust.explain import duplicates
+from embclust import cluster, data, preprocess, stages, tracking
+from embclust.errors import ConfigError, user_error
 from embclust.explain import steps as explain_steps
-from embclust.scoring import metrics, torch_backend
-from embclust.sweep import cache
+from embclust.scoring import torch_backend
+from embclust.sweep import callback as sweep
+from embclust.sweep.plan import SweepPlan
 from embclust.tracking import plots
 from embclust.tracking.report import Report
 
 log = logging.getLogger(__name__)
 
 STAGES = ("load", "validate", "preprocess", "cluster", "score", "map", "analyse", "plots", "report", "log")
-# Keys that embclust reads itself; the rest of the node builds the object via _target_.
-_REDUCER_OPTIONS = ("max_points",)
-_DATASET_OPTIONS = ("on_invalid", "sample_size", "dedupe")
 
 
 @dataclass
@@ -50,25 +44,6 @@ class RunResult:
     labels: np.ndarray
     metrics: dict[str, float]
     stage_seconds: dict[str, float] = field(default_factory=dict)
-
-
-class _StageTimer:
-    """Times each pipeline stage and reports progress as ``[k/n] stage``."""
-
-    def __init__(self) -> None:
-        self.seconds: dict[str, float] = {}
-
-    @contextmanager
-    def __call__(self, stage: str):
-        log.info("[%d/%d] %s", STAGES.index(stage) + 1, len(STAGES), stage)
-        start = time.perf_counter()
-        try:
-            yield
-        finally:
-            self.seconds[stage] = time.perf_counter() - start
-
-    def as_metrics(self) -> dict[str, float]:
-        return {f"time_{stage}_s": round(sec, 4) for stage, sec in self.seconds.items()}
 
 
 def _hydra_overrides() -> list[str]:
@@ -103,79 +78,6 @@ def _threads_per_cell() -> int | None:
     return max(1, cores // workers)
 
 
-def instantiate_with_options(node: DictConfig, option_keys: tuple[str, ...]) -> tuple[Any, dict]:
-    """Instantiate ``node`` without ``option_keys``; return (object or None, options)."""
-    container = OmegaConf.to_container(node, resolve=True)
-    options = {k: container.pop(k) for k in option_keys if k in container}
-    return (instantiate(container) if "_target_" in container else None), options
-
-
-def build_reducer(reducer_cfg: DictConfig | None):
-    """Instantiate the 2-D reducer, or None for ``reducer=none``; returns (reducer, max_points)."""
-    if reducer_cfg is None:
-        return None, None
-    reducer, options = instantiate_with_options(reducer_cfg, _REDUCER_OPTIONS)
-    return reducer, options.get("max_points")
-
-
-def _run_name(cfg: DictConfig) -> str:
-    if cfg.get("run_name"):
-        return str(cfg.run_name)
-    clusterer = str(cfg.clusterer._target_).rsplit(".", 1)[-1]
-    size = cfg.clusterer.get("n_clusters") or cfg.clusterer.get("min_cluster_size")
-    pca = cfg.preprocess.get("pca_components")
-    parts = [str(cfg.dataset.get("name", "data")), clusterer + (f"-{size}" if size else "")]
-    if pca:
-        parts.append(f"pca{pca}")
-    return " ".join(parts)
-
-
-def _cache_dir(cfg: DictConfig) -> Path | None:
-    """Cache folder when caching is on (``cache.enabled``; null = only in sweeps), else None."""
-    enabled = cfg.cache.enabled
-    if enabled is None:
-        enabled = _is_multirun()
-    return Path(cfg.cache.dir) if enabled else None
-
-
-def load_dataset(cfg: DictConfig) -> tuple[data.Dataset, bool | None]:
-    """Load and validate the configured dataset, through the cache when it is on.
-
-    Returns the dataset and whether it came from the cache (None when caching is off).
-    """
-
-    def load() -> data.Dataset:
-        ds, options = instantiate_with_options(cfg.dataset, _DATASET_OPTIONS)
-        ds = data.validate_dataset(ds, on_invalid=options.get("on_invalid", "error"))
-        ds = data.subsample(ds, options.get("sample_size"), seed=int(cfg.seed))
-        if options.get("dedupe"):
-            ds = drop_near_duplicates(ds, float(cfg.analysis.duplicates.threshold), int(cfg.seed))
-        return ds
-
-    cache_dir = _cache_dir(cfg)
-    if cache_dir is None:
-        return load(), None
-    key = {
-        **OmegaConf.to_container(cfg.dataset, resolve=True),
-        "_seed": int(cfg.seed),
-        "_dedupe_threshold": float(cfg.analysis.duplicates.threshold),
-    }
-    return cache.cached_dataset(key, cache_dir, load)
-
-
-def drop_near_duplicates(ds: data.Dataset, threshold: float, seed: int) -> data.Dataset:
-    """Keep the first row of each group of rows with cosine similarity >= ``threshold``."""
-    pairs = duplicates.near_duplicate_pairs(ds.X, threshold=threshold, seed=seed)
-    drop = duplicates.rows_to_drop(pairs, ds.n_samples)
-    if drop.size == 0:
-        return ds
-    log.info("dataset '%s': dropping %d near-duplicate rows (cosine >= %s)", ds.name, drop.size, threshold)
-    keep = np.setdiff1d(np.arange(ds.n_samples), drop, assume_unique=True)
-    out = data.take_rows(ds, keep)
-    out.n_dropped_duplicates = ds.n_dropped_duplicates + int(drop.size)
-    return out
-
-
 def select_drill_cluster(ds: data.Dataset, parent_run_id: str, cluster_id: int) -> data.Dataset:
     """Members of cluster ``cluster_id`` of an earlier run on the same data (drill-down)."""
     try:
@@ -198,56 +100,37 @@ def select_drill_cluster(ds: data.Dataset, parent_run_id: str, cluster_id: int) 
     return data.take_rows(ds, rows)
 
 
-def fit_preprocessing(cfg: DictConfig, preprocessing, ds: data.Dataset):
-    """Fit the preprocessing on the dataset, through the cache when it is on."""
-    cache_dir = _cache_dir(cfg)
-    if cache_dir is None:
-        return preprocessing, preprocess.fit_preprocessing(preprocessing, ds.X)
-    pre_cfg = OmegaConf.to_container(cfg.preprocess, resolve=True)
-    fitted, Xp, hit = cache.cached_preprocessing(
-        ds.fingerprint, pre_cfg, cache_dir, lambda: (preprocessing, preprocess.fit_preprocessing(preprocessing, ds.X))
-    )
-    mlflow.set_tag("preprocess_cache", "hit" if hit else "miss")
-    return fitted, Xp
 
 
-def compute_map(cfg: DictConfig, reducer, max_points: int | None, Xp: np.ndarray, ds: data.Dataset) -> np.ndarray:
-    """2-D map of the clustered space, through the cache when it is on (cells share it)."""
+def _run_name(cfg: DictConfig) -> str:
+    if cfg.get("run_name"):
+        return str(cfg.run_name)
+    clusterer = str(cfg.clusterer._target_).rsplit(".", 1)[-1]
+    size = cfg.clusterer.get("n_clusters") or cfg.clusterer.get("min_cluster_size")
+    pca = cfg.preprocess.get("pca_components")
+    parts = [str(cfg.dataset.get("name", "data")), clusterer + (f"-{size}" if size else "")]
+    if pca:
+        parts.append(f"pca{pca}")
+    return " ".join(parts)
+
+
+def execute(
+    cfg: DictConfig,
+    workdir: Path,
+    timer: stages.StageTimer,
+    plan: SweepPlan | None = None,
+    in_sweep: bool = False,
+    overrides: list[str] | None = None,
+) -> RunResult:
+    """Run the whole pipeline inside an active MLflow run, writing artifacts to ``workdir``.
+
+    In a sweep (``plan`` given) the data, PCA and scoring sample are the sweep's shared ones, so a
+    cell completed here gets the labels and scores it got as a light cell.
+    """
     seed = int(cfg.seed)
-    cache_dir = _cache_dir(cfg)
-    if reducer is None or cache_dir is None:
-        return maps.compute_map(reducer, Xp, max_points=max_points, seed=seed)
-    coords, hit = cache.cached_map(
-        ds.fingerprint,
-        OmegaConf.to_container(cfg.preprocess, resolve=True),
-        {**OmegaConf.to_container(cfg.reducer, resolve=True), "seed": seed},
-        cache_dir,
-        lambda: maps.compute_map(reducer, Xp, max_points=max_points, seed=seed),
-    )
-    mlflow.set_tag("map_cache", "hit" if hit else "miss")
-    return coords
-
-
-def _log_pca_variance(preprocessing) -> None:
-    """Log PCA's cumulative explained variance, one step per component."""
-    pca = preprocessing.named_steps["pca"]
-    if pca == "passthrough":
-        return
-    cumulative = np.cumsum(pca.explained_variance_ratio_)
-    mlflow.log_metric("pca_explained_variance", float(cumulative[-1]))
-    client = mlflow.MlflowClient()
-    now = int(time.time() * 1000)
-    client.log_batch(
-        mlflow.active_run().info.run_id,
-        metrics=[Metric("pca_cumulative_variance", float(v), now, i + 1) for i, v in enumerate(cumulative)],
-    )
-
-
-def execute(cfg: DictConfig, workdir: Path, timer: _StageTimer) -> RunResult:
-    """Run the pipeline inside an active MLflow run, writing artifacts to ``workdir``."""
-    seed = int(cfg.seed)
+    cache_dir = stages.cache_dir(cfg, in_sweep=plan is not None)
     with timer("load"):
-        ds, hit = load_dataset(cfg)
+        ds, hit = stages.load_dataset(cfg, cache_dir)
         if hit is not None:
             mlflow.set_tag("data_cache", "hit" if hit else "miss")
         drill = cfg.get("drill")
@@ -255,51 +138,50 @@ def execute(cfg: DictConfig, workdir: Path, timer: _StageTimer) -> RunResult:
             ds = select_drill_cluster(ds, drill.parent_run, drill.cluster)
             mlflow.set_tags({"drill_parent_run": str(drill.parent_run), "drill_cluster": str(drill.cluster)})
     with timer("validate"):
+        pre_cfg = stages.preprocess_config(cfg)
         preprocessing = instantiate(cfg.preprocess)
         clusterer = instantiate(cfg.clusterer)
-        reducer, max_points = build_reducer(cfg.get("reducer"))
+        reducer, max_points = stages.build_reducer(cfg.get("reducer"))
         backend = torch_backend.resolve_backend(cfg.get("backend"))
-        mlflow.set_tag("backend", backend)
         preprocess.check_preprocessing(preprocessing, ds.n_samples, ds.n_features)
         cluster.check_clusterer(clusterer, ds.n_samples)
         plots.check_max_points(cfg.analysis.maps.max_points)
-        mlflow.set_tags(
-            tracking.reproducibility_tags(ds.fingerprint, _hydra_overrides(), Path(__file__).resolve().parent)
-        )
-        mlflow.set_tags({"data_n_samples": ds.n_samples, "data_n_features": ds.n_features})
+        tags = tracking.reproducibility_tags(ds.fingerprint, overrides if overrides is not None else _hydra_overrides(),
+                                             Path(__file__).resolve().parent)
+        tags.update({"data_n_samples": ds.n_samples, "data_n_features": ds.n_features, "backend": backend})
+        mlflow.set_tags(tags)
         mlflow.log_metrics(
             {
-                "dropped_invalid_rows": ds.n_dropped_invalid,
-                "dropped_duplicate_rows": ds.n_dropped_duplicates,
-                "duplicate_ids": ds.n_duplicate_ids,
+                "data/dropped_invalid_rows": ds.n_dropped_invalid,
+                "data/dropped_duplicate_rows": ds.n_dropped_duplicates,
+                "data/duplicate_ids": ds.n_duplicate_ids,
             }
         )
         log.info("dataset '%s': %d x %d, fingerprint %s", ds.name, ds.n_samples, ds.n_features, ds.fingerprint)
     with timer("preprocess"):
-        preprocessing, Xp = fit_preprocessing(cfg, preprocessing, ds)
+        features = stages.fit_features(pre_cfg, ds, cache_dir, plan.max_pca_components if plan else None)
+        preprocessing, Xp = features.preprocessing, features.X
+        mlflow.set_tag("preprocess_source", features.how + (" (cached)" if features.cache_hit else ""))
         _log_pca_variance(preprocessing)
     with timer("cluster"):
-        labels = (torch_backend.fit_clusterer if backend == "torch" else cluster.fit_clusterer)(clusterer, Xp)
+        clustering = stages.fit_clustering(clusterer, Xp, backend, cfg.get("cluster_implementation", "auto"))
+        clusterer, labels = clustering.estimator, clustering.labels
+        mlflow.set_tag("cluster_implementation", clustering.implementation)
     with timer("score"):
-        score = torch_backend.score_clustering if backend == "torch" else metrics.score_clustering
-        # silhouette: per-point values of the scored sample, reused by the silhouette diagram
-        scores, silhouette = score(
-            Xp, labels, ds.labels, silhouette_sample_size=cfg.metrics.silhouette_sample_size, seed=seed,
-            return_silhouette_values=True,
-        )
-        if hasattr(clusterer, "inertia_"):
-            scores["inertia"] = float(clusterer.inertia_)
+        scoring = stages.scoring_for(cfg, ds, pre_cfg.get("normalize", "l2"), backend)
+        scored = stages.score(Xp, clustering, ds.labels, scoring)
+        scores = scored.values
         mlflow.log_metrics(scores)
         log.info("scores: %s", ", ".join(f"{k}={v:.4g}" for k, v in scores.items()))
     with timer("map"):
-        coords = compute_map(cfg, reducer, max_points, Xp, ds)
+        coords = _compute_map(cfg, reducer, max_points, Xp, ds, pre_cfg, cache_dir)
     map_title = _map_title(reducer, max_points, ds, scores)
     state = explain_steps.RunState(
-        ds, Xp, labels, coords, preprocessing, clusterer, seed, map_title=map_title, silhouette=silhouette
+        ds, Xp, labels, coords, preprocessing, clusterer, seed, map_title=map_title, silhouette=scored.silhouette
     )
     analyses = Report(title="")
     with timer("analyse"):
-        explain_steps.run_analyses(state, cfg, workdir, analyses, in_sweep=_is_multirun())
+        explain_steps.run_analyses(state, cfg, workdir, analyses, in_sweep=in_sweep)
         mlflow.log_metrics({**state.metrics, **state.seconds})
         scores.update(state.metrics)
     report = Report(title=f"{_run_name(cfg)} (run {mlflow.active_run().info.run_id})")
@@ -333,6 +215,40 @@ def execute(cfg: DictConfig, workdir: Path, timer: _StageTimer) -> RunResult:
     return RunResult(mlflow.active_run().info.run_id, labels, scores, dict(timer.seconds))
 
 
+def _compute_map(cfg, reducer, max_points, Xp, ds, pre_cfg: dict, cache_dir: Path | None) -> np.ndarray:
+    """2-D map of the clustered space, through the cache when it is on (cells share it)."""
+    from embclust import maps
+    from embclust.sweep import cache
+
+    seed = int(cfg.seed)
+    if reducer is None or cache_dir is None:
+        return maps.compute_map(reducer, Xp, max_points=max_points, seed=seed)
+    coords, hit = cache.cached_map(
+        ds.fingerprint,
+        pre_cfg,
+        {**OmegaConf.to_container(cfg.reducer, resolve=True), "seed": seed},
+        cache_dir,
+        lambda: maps.compute_map(reducer, Xp, max_points=max_points, seed=seed),
+    )
+    mlflow.set_tag("map_cache", "hit" if hit else "miss")
+    return coords
+
+
+def _log_pca_variance(preprocessing) -> None:
+    """Log PCA's cumulative explained variance, one step per component."""
+    pca = preprocessing.named_steps["pca"]
+    if pca == "passthrough":
+        return
+    cumulative = np.cumsum(pca.explained_variance_ratio_)
+    mlflow.log_metric("pca_explained_variance", float(cumulative[-1]))
+    client = mlflow.MlflowClient()
+    now = int(time.time() * 1000)
+    client.log_batch(
+        mlflow.active_run().info.run_id,
+        metrics=[Metric("pca_cumulative_variance", float(v), now, i + 1) for i, v in enumerate(cumulative)],
+    )
+
+
 def _map_title(reducer, max_points: int | None, ds: data.Dataset, scores: dict) -> str:
     if reducer is None:
         return ""
@@ -358,84 +274,109 @@ def _log_model(preprocessing, clusterer, X: np.ndarray, labels: np.ndarray) -> N
     mlflow.set_tag("model_predicts", str(cluster.supports_predict(model)).lower())
 
 
-def _user_error(exc: BaseException) -> EmbclustError | None:
-    """The :class:`EmbclustError` behind ``exc`` (Hydra wraps errors raised while instantiating)."""
-    while exc is not None:
-        if isinstance(exc, EmbclustError):
-            return exc
-        exc = exc.__cause__ or exc.__context__
-    return None
+
+def _record_failure(exc: BaseException, timer: stages.StageTimer, run_id: str, prefix: str) -> str:
+    """Tag the active run with the error, end it FAILED and log one line; return the message."""
+    err = user_error(exc)
+    message = str(err) if err else f"{type(exc).__name__}: {exc}".replace("\n", " ")
+    mlflow.set_tag("error", message[:5000])
+    if err is None:
+        mlflow.log_text(traceback.format_exc(), "error.txt")
+    mlflow.log_metrics(timer.as_metrics())
+    mlflow.end_run(status="FAILED")
+    log.error("%srun %s FAILED: %s", prefix, run_id, message)
+    return message
 
 
-def _resumed_metric(cfg: DictConfig, cell: sweep.SweepCell, experiment_id: str) -> float | None:
-    """The chosen metric of an earlier FINISHED run of this cell on the same data, else None."""
-    previous = sweep.finished_run_of(cell, experiment_id)
+def _resumed_metric(cfg: DictConfig, cell: sweep.SweepCell, plan: SweepPlan) -> float | None:
+    """The ranking metric of an earlier FINISHED run of this cell on the same data, else None."""
+    previous = sweep.finished_run_of(cell, plan.experiment_id)
     if previous is None:
         return None
     try:
-        ds, _ = load_dataset(cfg)
+        ds, _ = stages.load_dataset(cfg, stages.cache_dir(cfg, in_sweep=True))
     except Exception:  # noqa: BLE001 - let the real run report the error
         return None
     if previous.data.tags.get("data_fingerprint") != ds.fingerprint:
         return None
-    value = sweep.cell_metric(previous, cfg.sweep.metric)
-    log.info("%s: skipped, finished earlier as run %s (%s=%.4g)", cell.position, previous.info.run_id, cfg.sweep.metric, value)
+    value = sweep.cell_metric(previous, plan.rank_metric)
+    log.info("%s: skipped, finished earlier as run %s (%s=%.4g)", cell.position, previous.info.run_id, plan.rank_metric, value)
     return value
 
 
 def run(cfg: DictConfig) -> float:
-    """Run one configured job as an MLflow run; return ``sweep.metric`` (NaN when failed).
+    """Run one configured job as an MLflow run; return the sweep's ranking metric (NaN when failed).
 
     Errors end the MLflow run as FAILED with the message in tag ``error``. In a single run the
     process then exits with status 1 after one error line; in a sweep the other cells go on.
-    Sweep cells nest under the sweep's parent run and, with ``sweep.resume``, are skipped when
-    the same cell already FINISHED on the same data.
+    Sweep cells nest under the sweep's parent run, are light unless ``analysis.in_sweeps=full``,
+    and with ``sweep.resume`` are skipped when the same cell already FINISHED on the same data.
     """
+    in_sweep = _is_multirun()
+    plan = SweepPlan.from_env() if in_sweep else None
     try:
-        experiment_id = tracking.setup_tracking(cfg.mlflow.tracking_uri, cfg.mlflow.experiment_name)
+        tracking.setup_tracking(cfg.mlflow.tracking_uri, cfg.mlflow.experiment_name)
     except tracking.TrackingServerUnreachable as exc:
         log.error("%s", exc)
-        if _is_multirun():
+        if in_sweep:
             return math.nan
         raise SystemExit(1) from None
-    cell = sweep.current_cell(cfg)
+    cell = sweep.current_cell(cfg, plan) if plan else None
+    threads = _threads_per_cell() if in_sweep else None
     tags = {}
     if cell is not None:
-        if cfg.sweep.resume:
-            resumed = _resumed_metric(cfg, cell, experiment_id)
+        if cfg.sweep.resume and plan.resumed:
+            resumed = _resumed_metric(cfg, cell, plan)
             if resumed is not None:
                 return resumed
+        if cfg.analysis.get("in_sweeps", "light") == "light":
+            from embclust.sweep.cell import run_light_cell
+
+            return run_light_cell(cfg, plan, cell, threads)
         log.info("%s: %s", cell.position, cell.overrides or "(no overrides)")
         tags = {"sweep_cell": cell.overrides, "sweep_cell_key": cell.config_key}
-    timer = _StageTimer()
+    timer = stages.StageTimer(STAGES, prefix=f"{cell.position} " if cell else "")
     with mlflow.start_run(
         run_name=_run_name(cfg), parent_run_id=cell.parent_run_id if cell else None, tags=tags
     ) as active:
         mlflow.log_params(tracking.flatten_config(cfg))
         try:
-            threads = _threads_per_cell()
             with tempfile.TemporaryDirectory(prefix="embclust-") as tmp, threadpool_limits(limits=threads):
-                result = execute(cfg, Path(tmp), timer)
+                result = execute(cfg, Path(tmp), timer, plan=plan, in_sweep=in_sweep)
         except Exception as exc:  # noqa: BLE001 - every failure must be recorded before exiting
-            user_error = _user_error(exc)
-            message = str(user_error) if user_error else f"{type(exc).__name__}: {exc}".replace("\n", " ")
-            mlflow.set_tag("error", message[:5000])
-            if user_error is None:
-                mlflow.log_text(traceback.format_exc(), "error.txt")
-            mlflow.log_metrics(timer.as_metrics())
-            mlflow.end_run(status="FAILED")
-            log.error("%srun %s FAILED: %s", f"{cell.position}: " if cell else "", active.info.run_id, message)
-            if _is_multirun():
+            _record_failure(exc, timer, active.info.run_id, f"{cell.position}: " if cell else "")
+            if in_sweep:
                 return math.nan
             raise SystemExit(1) from None
-    value = result.metrics.get(cfg.sweep.metric, math.nan)
+    metric = plan.rank_metric if plan else cfg.sweep.metric
+    value = result.metrics.get(metric, math.nan)
     prefix = f"{cell.position} done: " if cell else ""
-    log.info(
-        "%srun %s finished in %.1fs, %s=%.4g",
-        prefix,
-        result.run_id,
-        sum(result.stage_seconds.values()),
-        cfg.sweep.metric,
-        value,
-    )
+    log.info("%srun %s finished in %.1fs, %s=%.4g", prefix, result.run_id, sum(result.stage_seconds.values()), metric, value)
+    if not in_sweep:
+        experiment = mlflow.get_experiment_by_name(cfg.mlflow.experiment_name)
+        log.info("open it in the MLflow UI: %s", tracking.runs_page_url(cfg.mlflow.tracking_uri, experiment.experiment_id))
     return value
+
+
+def complete_best_cell(run_id: str, plan: SweepPlan) -> None:
+    """Give a light cell the full treatment (map, analyses, report, model) in its own run.
+
+    Uses the cell's logged ``config.yaml`` and the sweep's shared work, so its labels and scores
+    are the ones it was ranked by. A failure here is tagged ``report_error`` on the cell; the
+    cell keeps its FINISHED status and its scores.
+    """
+    path = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="config.yaml")
+    cfg = OmegaConf.load(path)
+    client = mlflow.MlflowClient()
+    overrides = client.get_run(run_id).data.tags.get("sweep_cell", "").split()
+    timer = stages.StageTimer(STAGES, prefix="best cell ")
+    with mlflow.start_run(run_id=run_id):
+        try:
+            with tempfile.TemporaryDirectory(prefix="embclust-best-") as tmp:
+                execute(cfg, Path(tmp), timer, plan=plan, in_sweep=False, overrides=overrides)
+            mlflow.set_tag("sweep_best", "true")
+        except Exception as exc:  # noqa: BLE001 - the cell's own result stands; say what failed
+            err = user_error(exc)
+            message = str(err) if err else f"{type(exc).__name__}: {exc}".replace("\n", " ")
+            mlflow.set_tag("report_error", message[:5000])
+            log.error("best cell %s: full report failed: %s", run_id, message)

@@ -167,6 +167,13 @@ def size_scores(labels: np.ndarray) -> dict[str, float]:
     return scores
 
 
+def sample_rows_for(n_samples: int, sample_size: int | None, seed: int) -> np.ndarray:
+    """Rows a silhouette is scored on: a seeded permutation's first ``sample_size``, or all in order."""
+    if sample_size is None or sample_size >= n_samples:
+        return np.arange(n_samples)
+    return check_random_state(seed).permutation(n_samples)[: int(sample_size)]
+
+
 def score_clustering(
     X: np.ndarray,
     labels: np.ndarray,
@@ -174,14 +181,16 @@ def score_clustering(
     silhouette_sample_size: int | None = None,
     seed: int = 0,
     return_silhouette_values: bool = False,
+    sample_rows: np.ndarray | None = None,
 ):
     """Return the metrics logged for one run.
 
     Silhouette, Calinski-Harabasz and Davies-Bouldin are computed on ``X`` (the space that was
-    clustered) over non-noise points; silhouette on a seeded sample of ``silhouette_sample_size``
-    points when that is smaller than the data. Calinski-Harabasz and Davies-Bouldin are exact
-    and streamed over row chunks. Agreement scores (ARI, NMI, V-measure, purity) use every
-    point, noise counting as one more cluster.
+    clustered) over non-noise points. Silhouette is scored on ``sample_rows`` (the sweep's shared
+    sample; default: a seeded sample of ``silhouette_sample_size`` rows, or all rows), leaving out
+    the noise among them. Calinski-Harabasz and Davies-Bouldin are exact and streamed over row
+    chunks. Agreement scores (ARI, NMI, V-measure, purity) use every point, noise counting as one
+    more cluster.
 
     With ``return_silhouette_values``, return ``(scores, (rows, values))``: the per-point
     silhouette of the scored rows (None when not scored), which the silhouette diagram reuses.
@@ -191,12 +200,13 @@ def score_clustering(
     per_point = None
     clustered = labels != NOISE
     n = int(clustered.sum())
-    if 2 <= scores["n_clusters"] < n:
-        sample = n if silhouette_sample_size is None else min(int(silhouette_sample_size), n)
-        rows = np.flatnonzero(clustered)
-        per_point = silhouette_values(X, labels, rows, None if sample == n else sample, seed)
+    if sample_rows is None:
+        sample_rows = sample_rows_for(labels.size, silhouette_sample_size, seed)
+    rows = sample_rows[clustered[sample_rows]]
+    if 2 <= scores["n_clusters"] < n and 2 <= np.unique(labels[rows]).size < rows.size:
+        per_point = silhouette_values(X, labels, rows, None, seed)
         scores["silhouette"] = float(np.mean(per_point[1]))
-        scores["silhouette_sample_size"] = float(sample)
+        scores["silhouette_sample_size"] = float(rows.size)
         stats = ClusterStats(X, labels, ignore_noise=True)
         scores["calinski_harabasz"] = stats.calinski_harabasz()
         scores["davies_bouldin"] = stats.davies_bouldin()

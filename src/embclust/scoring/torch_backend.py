@@ -339,8 +339,9 @@ def score_clustering(
     silhouette_sample_size: int | None = None,
     seed: int = 0,
     return_silhouette_values: bool = False,
+    sample_rows: np.ndarray | None = None,
 ):
-    """:func:`embclust.metrics.score_clustering` with silhouette, CH and DB computed in torch."""
+    """:func:`embclust.scoring.metrics.score_clustering` with silhouette, CH and DB computed in torch."""
     from embclust.scoring import metrics
 
     device = default_device()
@@ -351,11 +352,13 @@ def score_clustering(
     n = int(clustered.sum())
     if 2 <= scores["n_clusters"] < n:
         Xc, lc = (X, labels) if clustered.all() else (np.asarray(X[clustered]), labels[clustered])
-        sample = n if silhouette_sample_size is None else min(int(silhouette_sample_size), n)
-        idx, values = silhouette(Xc, lc, None if sample == n else sample, seed, device=device, return_values=True)
-        per_point = (np.flatnonzero(clustered)[idx], values)
+        if sample_rows is None:
+            sample_rows = metrics.sample_rows_for(labels.size, silhouette_sample_size, seed)
+        rows = sample_rows[clustered[sample_rows]]
+        _, values = silhouette(np.asarray(X[rows]), labels[rows], None, seed, device=device, return_values=True)
+        per_point = (rows, values)
         scores["silhouette"] = float(values.mean())
-        scores["silhouette_sample_size"] = float(sample)
+        scores["silhouette_sample_size"] = float(rows.size)
         scores["calinski_harabasz"] = calinski_harabasz(Xc, lc, device=device)
         scores["davies_bouldin"] = davies_bouldin(Xc, lc, device=device)
     else:

@@ -23,11 +23,11 @@ from omegaconf import DictConfig, OmegaConf
 from embclust import tracking
 from embclust.sweep import compare
 from embclust.sweep.cache import stable_hash
+from embclust.sweep.plan import ENV_VAR, PREPROCESS_PREFIX, SweepPlan, largest_pca, sweep_values
 from embclust.sweep.summary import summarize_sweep
 
 log = logging.getLogger(__name__)
 
-ENV_VAR = "EMBCLUST_SWEEP"
 # Config keys that do not change a cell's result, left out of its identity.
 _NOT_IDENTITY = ("mlflow", "sweep", "cache", "run_name")
 
@@ -53,21 +53,20 @@ def config_key(cfg: DictConfig) -> str:
     return stable_hash({k: v for k, v in container.items() if k not in _NOT_IDENTITY})
 
 
-def current_cell(cfg: DictConfig) -> SweepCell | None:
+def current_cell(cfg: DictConfig, plan: SweepPlan | None = None) -> SweepCell | None:
     """The sweep cell this job is, or None outside a sweep opened by the callback."""
-    raw = os.environ.get(ENV_VAR)
-    if not raw:
+    plan = plan or SweepPlan.from_env()
+    if plan is None:
         return None
     from hydra.core.hydra_config import HydraConfig
 
     if not HydraConfig.initialized():
         return None
-    info = json.loads(raw)
     hc = HydraConfig.get()
     return SweepCell(
-        parent_run_id=info["parent_run_id"],
+        parent_run_id=plan.parent_run_id,
         index=int(hc.job.num),
-        total=info.get("total"),
+        total=plan.total,
         overrides=" ".join(sorted(hc.overrides.task)),
         config_key=config_key(cfg),
     )
@@ -105,23 +104,54 @@ def count_cells(config: DictConfig) -> int | None:
         return None
 
 
+def _log_params(client: mlflow.MlflowClient, run_id: str, params: dict[str, Any]) -> None:
+    """Log params in batches of MLflow's limit (100 per call)."""
+    from mlflow.entities import Param
+
+    items = [Param(k, str(v)[:6000]) for k, v in params.items()]
+    for i in range(0, len(items), 100):
+        client.log_batch(run_id, params=items[i : i + 100])
+
+
+def close_orphans(client: mlflow.MlflowClient, experiment_id: str, parent_run_id: str) -> int:
+    """End as KILLED the cells of ``parent_run_id`` still RUNNING: their process is gone."""
+    orphans = mlflow.search_runs(
+        [experiment_id],
+        filter_string=f"tags.`{compare.PARENT_TAG}` = '{parent_run_id}' and attributes.status = 'RUNNING'",
+        output_format="list",
+    )
+    for run in orphans:
+        client.set_tag(run.info.run_id, "error", "orphaned: the sweep process running this cell ended without closing it")
+        client.set_terminated(run.info.run_id, "KILLED")
+    if orphans:
+        log.warning("sweep: closed %d cell run(s) left RUNNING by an earlier, interrupted sweep", len(orphans))
+    return len(orphans)
+
+
 class MlflowSweepCallback(Callback):
-    """Open the sweep's parent MLflow run, and close it with a summary of all cells."""
+    """Open the sweep's parent MLflow run and plan its shared work; close it with a summary."""
 
     def __init__(self) -> None:
         self.parent_run_id: str | None = None
+        self.plan: SweepPlan | None = None
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         try:
-            experiment_id = tracking.setup_tracking(config.mlflow.tracking_uri, config.mlflow.experiment_name)
+            self._start(config)
         except tracking.TrackingServerUnreachable as exc:
             # Hydra turns a callback's exceptions into warnings; stop before any cell starts.
             log.error("%s", exc)
             raise SystemExit(1) from None
+        except Exception as exc:  # noqa: BLE001 - without a parent, cells would run as loose runs
+            log.error("sweep: could not open the parent MLflow run at %s: %s", config.mlflow.tracking_uri, exc)
+            raise SystemExit(1) from None
+
+    def _start(self, config: DictConfig) -> None:
+        experiment_id = tracking.setup_tracking(config.mlflow.tracking_uri, config.mlflow.experiment_name)
         sweep_params = {str(k): str(v) for k, v in (config.hydra.sweeper.get("params") or {}).items()}
         task_overrides = list(config.hydra.overrides.task)
-        task_cfg = {k: v for k, v in config.items() if k != "hydra"}
-        container = OmegaConf.to_container(OmegaConf.create(task_cfg), resolve=True)
+        task_cfg = OmegaConf.create({k: v for k, v in config.items() if k != "hydra"})
+        container = OmegaConf.to_container(task_cfg, resolve=True)
         key = stable_hash(
             {
                 "config": {k: v for k, v in container.items() if k not in _NOT_IDENTITY},
@@ -140,9 +170,14 @@ class MlflowSweepCallback(Callback):
                 output_format="list",
             )
             previous = found[0] if found else None
+        code_dir = Path(__file__).resolve().parent
+        repro = {**tracking.git_state(code_dir), **{f"version.{p}": v for p, v in tracking.package_versions().items()}}
+        swept = sweep_values(config)
         if previous is not None:
             self.parent_run_id = previous.info.run_id
             client.update_run(self.parent_run_id, status="RUNNING")
+            client.set_tag(self.parent_run_id, "error", "")
+            close_orphans(client, experiment_id, self.parent_run_id)
             log.info("sweep: resuming parent run %s (finished cells are skipped)", self.parent_run_id)
         else:
             sweep_desc = " ".join([*task_overrides, *(f"{k}={v}" for k, v in sweep_params.items())])
@@ -155,30 +190,88 @@ class MlflowSweepCallback(Callback):
                     "hydra_overrides": " ".join(task_overrides) or "(none)",
                     "sweep_params": json.dumps(sweep_params),
                     "sweep.metric": config.sweep.metric,
-                    **tracking.git_state(Path(__file__).resolve().parent),
+                    **repro,
                 },
             )
             self.parent_run_id = run.info.run_id
+            _log_params(client, self.parent_run_id, {
+                k: v for k, v in tracking.flatten_config(task_cfg).items() if k.split(".")[0] not in _NOT_IDENTITY
+            })
             log.info("sweep: parent run %s", self.parent_run_id)
-        total = count_cells(config)
-        os.environ[ENV_VAR] = json.dumps({"parent_run_id": self.parent_run_id, "total": total})
-        if total:
-            log.info("sweep: %d cells", total)
+        preprocessing_varies = any(k.startswith(PREPROCESS_PREFIX) for k in swept)
+        self.plan = SweepPlan(
+            parent_run_id=self.parent_run_id,
+            experiment_id=experiment_id,
+            total=count_cells(config),
+            metric=str(config.sweep.metric),
+            max_pca_components=largest_pca(config, swept),
+            preprocessing_varies=preprocessing_varies,
+            resumed=previous is not None,
+            tags=repro,
+        )
+        client.set_tag(self.parent_run_id, "sweep.rank_metric", self.plan.rank_metric)
+        self.plan.to_env()
+        _close_on_exit(self.parent_run_id)
+        if self.plan.total:
+            log.info("sweep: %d cells, ranked by %s", self.plan.total, self.plan.rank_metric)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         os.environ.pop(ENV_VAR, None)
-        if self.parent_run_id is None:
+        if self.parent_run_id is None or self.plan is None:
             return
         client = mlflow.MlflowClient()
+        parent = self.parent_run_id
         try:
-            best = summarize_sweep(self.parent_run_id, config.mlflow.experiment_name, config.sweep.metric)
-        except Exception as exc:  # noqa: BLE001 - record the failure on the parent, then re-raise
-            client.set_tag(self.parent_run_id, "error", f"summary failed: {type(exc).__name__}: {exc}"[:5000])
-            client.set_terminated(self.parent_run_id, "FAILED")
-            raise
-        client.set_terminated(self.parent_run_id, "FINISHED")
-        if best:
-            log.info("sweep done: best %s", best)
+            summary = summarize_sweep(parent, config.mlflow.experiment_name, self.plan.rank_metric)
+            if summary.best_run_id and config.analysis.get("in_sweeps", "light") == "light":
+                from embclust import runner
+
+                log.info("sweep: full report for the best cell, run %s", summary.best_run_id)
+                runner.complete_best_cell(summary.best_run_id, self.plan)
+        except Exception as exc:  # noqa: BLE001 - the parent must still end, with the reason
+            message = f"summary failed: {type(exc).__name__}: {exc}".replace("\n", " ")
+            client.set_tag(parent, "error", message[:5000])
+            client.set_terminated(parent, "FAILED")
+            log.error("sweep: %s (parent run %s)", message, parent)
+            raise SystemExit(1) from None
+        failed_all = summary.n_cells > 0 and summary.n_failed == summary.n_cells
+        if failed_all:
+            client.set_tag(parent, "error", f"all {summary.n_cells} cells failed (see leaderboard.csv)")
+        client.set_terminated(parent, "FAILED" if failed_all else "FINISHED")
+        url = tracking.runs_page_url(config.mlflow.tracking_uri, self.plan.experiment_id)
+        if summary.best:
+            log.info("sweep done: best %s", summary.best)
+        if url:
+            log.info("compare the cells in the MLflow UI: %s", url)
+        if failed_all:
+            log.error("sweep: every cell failed (%d of %d); parent run %s", summary.n_failed, summary.n_cells, parent)
+            raise SystemExit(1)
+        if summary.n_cells == 0:
+            log.error("sweep: no cell ran; parent run %s", parent)
+            raise SystemExit(1)
+
+
+def _close_on_exit(parent_run_id: str) -> None:
+    """End the parent as KILLED if the process exits (error, Ctrl-C, SIGTERM) before the summary."""
+    import atexit
+    import signal
+
+    def close() -> None:
+        try:
+            client = mlflow.MlflowClient()
+            if client.get_run(parent_run_id).info.status == "RUNNING":
+                client.set_tag(parent_run_id, "error", "the sweep process stopped before its summary")
+                client.set_terminated(parent_run_id, "KILLED")
+        except Exception:  # noqa: BLE001 - best effort while the process ends
+            pass
+
+    atexit.register(close)
+
+    def on_sigterm(signum, frame):  # noqa: ARG001
+        raise KeyboardInterrupt("SIGTERM")
+
+    if signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, None):
+        signal.signal(signal.SIGTERM, on_sigterm)
 
 
 def cell_metric(run: mlflow.entities.Run, metric: str) -> float:

@@ -12,11 +12,15 @@ import mlflow
 import pandas as pd
 
 # Metrics where smaller is better; every other metric is maximised.
-LOWER_IS_BETTER = frozenset({"davies_bouldin", "inertia", "noise_fraction"})
+LOWER_IS_BETTER = frozenset({"davies_bouldin", "davies_bouldin_ref", "inertia", "noise_fraction"})
 SCORE_COLUMNS = (
     "silhouette",
     "calinski_harabasz",
     "davies_bouldin",
+    "silhouette_ref",
+    "calinski_harabasz_ref",
+    "davies_bouldin_ref",
+    "stability",
     "ari",
     "nmi",
     "purity",
@@ -25,6 +29,11 @@ SCORE_COLUMNS = (
     "inertia",
 )
 PARENT_TAG = "mlflow.parentRunId"
+
+
+def lower_is_better(metric: str) -> bool:
+    """Whether smaller values of ``metric`` are better (Davies-Bouldin, inertia, noise)."""
+    return metric in LOWER_IS_BETTER
 
 
 def is_better(a: float, b: float, metric: str) -> bool:
@@ -93,7 +102,7 @@ def leaderboard(runs: pd.DataFrame, metric: str = "silhouette", swept: list[str]
     )
     if f"{metric}" not in table:
         table[metric] = math.nan
-    ascending = metric in LOWER_IS_BETTER
+    ascending = lower_is_better(metric)
     table = table.sort_values(metric, ascending=ascending, na_position="last", kind="stable")
     table.insert(0, "rank", range(1, len(table) + 1))
     return table.reset_index(drop=True)

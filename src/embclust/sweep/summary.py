@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import logging
 import tempfile
+import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import mlflow
+from mlflow.entities import Metric
 import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
@@ -23,49 +26,84 @@ _CURVE_METRICS = ("silhouette", "calinski_harabasz", "davies_bouldin", "inertia"
 _K_PARAMS = ("clusterer.n_clusters", "clusterer.min_cluster_size")
 
 
-def summarize_sweep(parent_run_id: str, experiment_name: str, metric: str) -> str | None:
-    """Log the leaderboard, heatmaps, curves and best-cell tags on the parent run."""
+@dataclass
+class SweepSummary:
+    """What the summary found: cell counts and the best cell (None when no cell was scored)."""
+
+    n_cells: int = 0
+    n_failed: int = 0
+    n_scored: int = 0
+    best_run_id: str | None = None
+    best: str | None = None
+
+
+def summarize_sweep(parent_run_id: str, experiment_name: str, metric: str) -> SweepSummary:
+    """Log the leaderboard, heatmaps, curves and best-cell tags on the parent run.
+
+    Works whatever the cells did: with no scored cell the leaderboard still lists every cell with
+    its status and error, and no best cell is named.
+    """
     runs = compare.fetch_runs(experiment_name, parent_run_id)
+    client = mlflow.MlflowClient()
     if runs.empty:
-        return None
+        client.log_metric(parent_run_id, "n_cells", 0)
+        return SweepSummary()
     swept = compare.swept_params(runs)
     table = compare.leaderboard(runs, metric, swept)
-    client = mlflow.MlflowClient()
     n_failed = int((table["status"] == "FAILED").sum())
-    client.log_metric(parent_run_id, "n_cells", len(table))
-    client.log_metric(parent_run_id, "n_failed_cells", n_failed)
-    best_row = table.iloc[0] if len(table) and table.iloc[0]["status"] == "FINISHED" else None
-    best = None
-    if best_row is not None and not pd.isna(best_row[metric]):
+    scored = table[(table["status"] == "FINISHED") & table[metric].notna()]
+    summary = SweepSummary(n_cells=len(table), n_failed=n_failed, n_scored=len(scored))
+    client.log_batch(
+        parent_run_id,
+        metrics=[
+            Metric("n_cells", len(table), _now(), 0),
+            Metric("n_failed_cells", n_failed, _now(), 0),
+            Metric("n_scored_cells", len(scored), _now(), 0),
+        ],
+    )
+    if len(scored):
+        best_row = scored.iloc[0]
+        summary.best_run_id = str(best_row["run_id"])
         client.set_tag(parent_run_id, "best_run_id", best_row["run_id"])
         client.set_tag(parent_run_id, "best_cell", best_row["cell"])
         client.log_metric(parent_run_id, f"best_{metric}", float(best_row[metric]))
-        best = f"{metric}={best_row[metric]:.4g} at {best_row['cell']} (run {best_row['run_id']})"
+        summary.best = f"{metric}={best_row[metric]:.4g} at {best_row['cell']} (run {best_row['run_id']})"
     report = Report(title=f"Sweep {parent_run_id}: {len(table)} cells ranked by {metric}")
-    if best:
-        report.add_text("Best cell", best)
+    if summary.best:
+        report.add_text(
+            "Best cell",
+            f"{summary.best}. Its run holds the full report (map, analyses, model): open run {summary.best_run_id}.",
+        )
+    elif len(table):
+        report.add_text("Best cell", f"none: no cell was scored on {metric} ({n_failed} of {len(table)} failed)")
     report.add_table("Leaderboard", table.drop(columns=["error"]) if n_failed == 0 else table)
     with tempfile.TemporaryDirectory(prefix="embclust-sweep-") as tmp:
         folder = Path(tmp)
         compare.write_leaderboard(table, folder, f"Sweep leaderboard by {metric}")
         figures = {}
-        if len(swept) in (1, 2):
-            figures["sweep_heatmaps"] = ("Metrics over the grid", grid_heatmaps(table, swept))
-        k_param = next((p for p in _K_PARAMS if p in swept), None)
-        if k_param:
-            group = next((p for p in swept if p != k_param), None)
-            figures["sweep_curves"] = (f"Metrics against {k_param}", metric_curves(table, k_param, group))
-        variance = _pca_variance_curve(runs)
-        if variance is not None:
-            figures["pca_variance"] = ("PCA explained variance", variance)
+        if len(scored):
+            heat_metrics = tuple(dict.fromkeys((metric, *_HEATMAP_METRICS)))
+            if len(swept) in (1, 2):
+                figures["sweep_heatmaps"] = ("Metrics over the grid", grid_heatmaps(table, swept, heat_metrics))
+            k_param = next((p for p in _K_PARAMS if p in swept), None)
+            if k_param:
+                group = next((p for p in swept if p != k_param), None)
+                figures["sweep_curves"] = (f"Metrics against {k_param}", metric_curves(table, k_param, group))
+            variance = _pca_variance_curve(runs)
+            if variance is not None:
+                figures["pca_variance"] = ("PCA explained variance", variance)
         for stem, (heading, fig) in figures.items():
             plots.write_html(fig, folder / f"{stem}.html")
             report.add_figure(heading, fig)
         report.write(folder / "report.html")
         client.log_artifacts(parent_run_id, str(folder))
     if n_failed:
-        log.warning("sweep: %d of %d cells FAILED (see leaderboard.html on run %s)", n_failed, len(table), parent_run_id)
-    return best
+        log.warning("sweep: %d of %d cells FAILED (see leaderboard.csv on run %s)", n_failed, len(table), parent_run_id)
+    return summary
+
+
+def _now() -> int:
+    return int(time.time() * 1000)
 
 
 def _axis_values(series: pd.Series) -> list:
@@ -76,13 +114,13 @@ def _axis_values(series: pd.Series) -> list:
         return sorted(values, key=str)
 
 
-def grid_heatmaps(table: pd.DataFrame, swept: list[str]) -> go.Figure:
-    """Silhouette, CH and DB over the grid; failed cells are marked FAILED."""
+def grid_heatmaps(table: pd.DataFrame, swept: list[str], metrics: tuple[str, ...] = _HEATMAP_METRICS) -> go.Figure:
+    """Metrics (silhouette, CH, DB, ...) over the grid; failed cells are marked FAILED."""
     x_key = next((p for p in _K_PARAMS if p in swept), swept[-1])
     y_key = next((p for p in swept if p != x_key), None)
     xs = _axis_values(table[x_key])
     ys = _axis_values(table[y_key]) if y_key else ["all"]
-    metrics = [m for m in _HEATMAP_METRICS if m in table]
+    metrics = [m for m in metrics if m in table and table[m].notna().any()]
     fig = make_subplots(rows=1, cols=len(metrics), subplot_titles=metrics, horizontal_spacing=0.08)
     for col, metric in enumerate(metrics, start=1):
         z = np.full((len(ys), len(xs)), np.nan)
@@ -102,7 +140,7 @@ def grid_heatmaps(table: pd.DataFrame, swept: list[str]) -> go.Figure:
                 y=[str(v) for v in ys],
                 text=text,
                 texttemplate="%{text}",
-                colorscale="Viridis_r" if metric in compare.LOWER_IS_BETTER else "Viridis",
+                colorscale="Viridis_r" if compare.lower_is_better(metric) else "Viridis",
                 showscale=False,
                 hovertemplate=f"{x_key}=%{{x}}<br>{y_key}=%{{y}}<br>{metric}=%{{z:.4g}}<extra></extra>",
             ),
@@ -144,21 +182,17 @@ def metric_curves(table: pd.DataFrame, k_param: str, group: str | None) -> go.Fi
 
 
 def _pca_variance_curve(runs: pd.DataFrame) -> go.Figure | None:
-    """Cumulative explained variance of the largest PCA fitted in the sweep."""
-    col = "params.preprocess.pca_components"
-    if col not in runs:
+    """Cumulative explained variance at each PCA size of the sweep (metric ``pca_explained_variance``)."""
+    col, metric = "params.preprocess.pca_components", "metrics.pca_explained_variance"
+    if col not in runs or metric not in runs:
         return None
-    done = runs[(runs["status"] == "FINISHED") & runs[col].notna() & (runs[col] != "None")]
+    done = runs[(runs["status"] == "FINISHED") & runs[col].notna() & (runs[col] != "None") & runs[metric].notna()]
     if done.empty:
         return None
-    largest = done.loc[done[col].astype(int).idxmax()]
-    history = mlflow.MlflowClient().get_metric_history(largest["run_id"], "pca_cumulative_variance")
-    if not history:
-        return None
-    history = sorted(history, key=lambda m: m.step)
-    fig = go.Figure(go.Scatter(x=[m.step for m in history], y=[m.value for m in history], mode="lines+markers"))
+    points = done.groupby(done[col].astype(int))[metric].first().sort_index()
+    fig = go.Figure(go.Scatter(x=points.index, y=points.values, mode="lines+markers"))
     fig.update_layout(
-        title=f"PCA cumulative explained variance ({largest[col]} components)",
+        title="PCA cumulative explained variance at each size in the sweep",
         xaxis_title="components",
         yaxis_title="cumulative explained variance",
         yaxis_range=[0, 1.02],

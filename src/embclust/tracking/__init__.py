@@ -11,6 +11,7 @@ from embclust.tracking.store import (
     model_requirements,
     package_versions,
     reproducibility_tags,
+    runs_page_url,
     setup_tracking,
 )
 
@@ -25,5 +26,6 @@ __all__ = [
     "model_requirements",
     "package_versions",
     "reproducibility_tags",
+    "runs_page_url",
     "setup_tracking",
 ]

@@ -144,3 +144,9 @@ def model_requirements(model) -> list[str]:
     if any(type(step).__module__.startswith("hdbscan") for _, step in model.steps):
         packages.append("hdbscan")
     return [f"{pkg}=={ver}" for pkg, ver in package_versions(tuple(packages)).items() if ver != "not installed"]
+
+
+def runs_page_url(tracking_uri: str, experiment_id: str) -> str:
+    """Address of the experiment's runs page in the MLflow UI (``mlflow ui`` for local stores)."""
+    base = tracking_uri.rstrip("/") if tracking_uri.lower().startswith(("http://", "https://")) else "http://127.0.0.1:5000"
+    return f"{base}/#/experiments/{experiment_id}/runs"

@@ -1,0 +1,191 @@
+"""The core stages every run and every sweep cell goes through: load, preprocess, cluster, score.
+
+Config is read here, at the edge, and turned into typed values (:class:`~embclust.data.Dataset`,
+:class:`~embclust.sweep.shared.Features`, :class:`Clustering`, a scores dict) that the later
+stages take. A single run adds maps, analyses and the report on top (``runner``); a light sweep
+cell logs these results and stops (``sweep.cell``).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from embclust import cluster, data
+from embclust.explain import duplicates
+from embclust.scoring import metrics
+from embclust.sweep import shared
+from embclust.sweep.shared import Features
+
+log = logging.getLogger(__name__)
+
+# Keys that embclust reads itself; the rest of the node builds the object via _target_.
+REDUCER_OPTIONS = ("max_points",)
+DATASET_OPTIONS = ("on_invalid", "sample_size", "dedupe")
+
+
+class StageTimer:
+    """Times each stage and reports progress as ``[k/n] stage`` on stderr (logging)."""
+
+    def __init__(self, stages: tuple[str, ...], prefix: str = "", level: int = logging.INFO) -> None:
+        self.stages = stages
+        self.prefix = prefix
+        self.level = level
+        self.seconds: dict[str, float] = {}
+
+    @contextmanager
+    def __call__(self, stage: str):
+        log.log(
+            self.level,"%s[%d/%d] %s", self.prefix, self.stages.index(stage) + 1, len(self.stages), stage)
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[stage] = time.perf_counter() - start
+
+    def as_metrics(self) -> dict[str, float]:
+        return {f"time/{stage}_s": round(sec, 4) for stage, sec in self.seconds.items()}
+
+
+def instantiate_with_options(node: DictConfig, option_keys: tuple[str, ...]) -> tuple[Any, dict]:
+    """Instantiate ``node`` without ``option_keys``; return (object or None, options)."""
+    container = OmegaConf.to_container(node, resolve=True)
+    options = {k: container.pop(k) for k in option_keys if k in container}
+    return (instantiate(container) if "_target_" in container else None), options
+
+
+def build_reducer(reducer_cfg: DictConfig | None):
+    """Instantiate the 2-D reducer, or None for ``reducer=none``; returns (reducer, max_points)."""
+    if reducer_cfg is None:
+        return None, None
+    reducer, options = instantiate_with_options(reducer_cfg, REDUCER_OPTIONS)
+    return reducer, options.get("max_points")
+
+
+def cache_dir(cfg: DictConfig, in_sweep: bool) -> Path | None:
+    """Cache folder when caching is on (``cache.enabled``; null = only in sweeps), else None."""
+    enabled = cfg.cache.enabled
+    if enabled is None:
+        enabled = in_sweep
+    return Path(cfg.cache.dir) if enabled else None
+
+
+def load_dataset(cfg: DictConfig, cache_dir: Path | None) -> tuple[data.Dataset, bool | None]:
+    """Load and validate the configured dataset, once per process and (cache on) once per machine.
+
+    Returns the dataset and whether it came from a cache (None when caching is off).
+    """
+    seed = int(cfg.seed)
+    threshold = float(cfg.analysis.duplicates.threshold)
+
+    def load() -> data.Dataset:
+        ds, options = instantiate_with_options(cfg.dataset, DATASET_OPTIONS)
+        ds = data.validate_dataset(ds, on_invalid=options.get("on_invalid", "error"))
+        ds = data.subsample(ds, options.get("sample_size"), seed=seed)
+        if options.get("dedupe"):
+            ds = drop_near_duplicates(ds, threshold, seed)
+        return ds
+
+    key = {**OmegaConf.to_container(cfg.dataset, resolve=True), "_seed": seed, "_dedupe_threshold": threshold}
+    return shared.load_dataset(key, cache_dir, load)
+
+
+def drop_near_duplicates(ds: data.Dataset, threshold: float, seed: int) -> data.Dataset:
+    """Keep the first row of each group of rows with cosine similarity >= ``threshold``."""
+    pairs = duplicates.near_duplicate_pairs(ds.X, threshold=threshold, seed=seed)
+    drop = duplicates.rows_to_drop(pairs, ds.n_samples)
+    if drop.size == 0:
+        return ds
+    log.info("dataset '%s': dropping %d near-duplicate rows (cosine >= %s)", ds.name, drop.size, threshold)
+    keep = np.setdiff1d(np.arange(ds.n_samples), drop, assume_unique=True)
+    out = data.take_rows(ds, keep)
+    out.n_dropped_duplicates = ds.n_dropped_duplicates + int(drop.size)
+    return out
+
+
+def preprocess_config(cfg: DictConfig) -> dict:
+    """The resolved ``preprocess`` node as a plain dict (what decides the clustered space)."""
+    return OmegaConf.to_container(cfg.preprocess, resolve=True)
+
+
+def fit_features(
+    pre_cfg: dict, ds: data.Dataset, cache_dir: Path | None, max_pca_components: int | None = None
+) -> Features:
+    """Fit the preprocessing (or reuse the sweep's shared PCA); see :func:`shared.features`."""
+    return shared.features(pre_cfg, ds, cache_dir, max_pca_components)
+
+
+@dataclass
+class Clustering:
+    """A fitted clusterer, its labels (-1 = noise) and which implementation fitted it."""
+
+    estimator: Any
+    labels: np.ndarray
+    implementation: str
+
+
+def fit_clustering(clusterer, X: np.ndarray, backend: str, implementation: str = "auto") -> Clustering:
+    """Fit ``clusterer`` on ``X`` with the chosen backend (torch for KMeans, else the CPU path)."""
+    if backend == "torch":
+        from embclust.scoring import torch_backend
+
+        labels = torch_backend.fit_clusterer(clusterer, X)
+        return Clustering(clusterer, labels, "torch")
+    labels = cluster.fit_clusterer(clusterer, X)
+    return Clustering(clusterer, labels, "scikit-learn")
+
+
+@dataclass
+class Scoring:
+    """How a run is scored: the shared sample and, when wanted, the shared reference space."""
+
+    sample_rows: np.ndarray
+    reference: Any = None  # scoring.reference.ReferenceSpace or None
+    backend: str = "cpu"
+
+
+def scoring_for(cfg: DictConfig, ds: data.Dataset, normalize: str, backend: str) -> Scoring:
+    """The scoring sample (same rows in every cell) and reference space for this data."""
+    seed = int(cfg.seed)
+    rows = shared.scoring_rows(ds.n_samples, cfg.metrics.silhouette_sample_size, seed)
+    reference = None
+    ref_rows = cfg.metrics.get("reference_sample_size", 5000)
+    if cfg.metrics.get("reference_space", True) and ref_rows:
+        reference = shared.reference_space(ds, normalize, rows, int(ref_rows), seed)
+    return Scoring(rows, reference, backend)
+
+
+@dataclass
+class Scores:
+    """Metrics of one clustering and the per-point silhouette they were computed from."""
+
+    values: dict[str, float] = field(default_factory=dict)
+    silhouette: tuple[np.ndarray, np.ndarray] | None = None
+
+
+def score(X: np.ndarray, clustering: Clustering, true_labels: np.ndarray | None, scoring: Scoring) -> Scores:
+    """Silhouette / CH / DB in the clustered space and the reference space, and agreement scores."""
+    if scoring.backend == "torch":
+        from embclust.scoring import torch_backend
+
+        values, silhouette = torch_backend.score_clustering(
+            X, clustering.labels, true_labels, sample_rows=scoring.sample_rows, return_silhouette_values=True
+        )
+    else:
+        values, silhouette = metrics.score_clustering(
+            X, clustering.labels, true_labels, sample_rows=scoring.sample_rows, return_silhouette_values=True
+        )
+    if scoring.reference is not None:
+        values.update(scoring.reference.score(clustering.labels))
+    inertia = getattr(clustering.estimator, "inertia_", None)
+    if inertia is not None:
+        values["inertia"] = float(inertia)
+    return Scores(values, silhouette)

@@ -1,0 +1,151 @@
+"""One light sweep cell: fit and score on the sweep's shared work, log only what tells cells apart.
+
+A light cell logs its metrics, the params that identify it, ``labels.parquet`` (id, cluster) and
+``config.yaml``, through a handful of MLflow calls. The map, analyses, report and model are made
+once, for the best cell, when the sweep ends (:func:`embclust.runner.complete_run`).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import tempfile
+import time
+import traceback
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import polars as pl
+from hydra.utils import instantiate
+from mlflow.entities import Metric, Param, RunTag
+from omegaconf import DictConfig, OmegaConf
+
+from embclust import stages
+from embclust.errors import user_error
+from embclust.sweep.callback import SweepCell
+from embclust.sweep.plan import SweepPlan
+from embclust.tracking.store import flatten_config
+
+log = logging.getLogger(__name__)
+
+# Params every cell logs besides its own overrides: what a reader needs to tell cells apart.
+IDENTITY_PARAMS = (
+    "dataset.name",
+    "preprocess.normalize",
+    "preprocess.pca_components",
+    "preprocess.umap_components",
+    "clusterer._target_",
+    "clusterer.n_clusters",
+    "clusterer.min_cluster_size",
+    "clusterer.n_init",
+    "seed",
+)
+STAGES = ("load", "preprocess", "cluster", "score", "log")
+
+
+def identity_params(cfg: DictConfig, overrides: list[str]) -> dict[str, str]:
+    """The cell's swept keys and :data:`IDENTITY_PARAMS`, as MLflow params."""
+    flat = flatten_config(cfg)
+    keys = [k for k in IDENTITY_PARAMS if k in flat]
+    for item in overrides:
+        key = item.split("=", 1)[0].lstrip("+~")
+        if key in flat and key not in keys:
+            keys.append(key)
+    return {k: str(flat[k])[:6000] for k in keys}
+
+
+def run_light_cell(cfg: DictConfig, plan: SweepPlan, cell: SweepCell, threads: int | None = None) -> float:
+    """Run one light cell under the sweep's parent; return the ranking metric (NaN when it failed)."""
+    client = mlflow.MlflowClient()
+    # One line per cell (when it is done); the stages are logged at DEBUG.
+    timer = stages.StageTimer(STAGES, prefix=f"{cell.position} ", level=logging.DEBUG)
+    run = client.create_run(
+        plan.experiment_id,
+        run_name=cell.overrides or f"cell {cell.index + 1}",
+        tags={
+            "mlflow.parentRunId": plan.parent_run_id,
+            "sweep_cell": cell.overrides,
+            "sweep_cell_key": cell.config_key,
+            "sweep_role": "cell",
+            **plan.tags,
+        },
+    )
+    run_id = run.info.run_id
+    try:
+        from threadpoolctl import threadpool_limits
+
+        with threadpool_limits(limits=threads):
+            scores, tags, ids, labels = _fit_and_score(cfg, plan, timer)
+        with timer("log"):
+            now = int(time.time() * 1000)
+            metrics = {**scores.values, **timer.as_metrics()}
+            client.log_batch(
+                run_id,
+                metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items() if v is not None],
+                params=[Param(k, v) for k, v in identity_params(cfg, cell.overrides.split()).items()],
+                tags=[RunTag(k, str(v)) for k, v in tags.items()],
+            )
+            with tempfile.TemporaryDirectory(prefix="embclust-cell-") as tmp:
+                folder = Path(tmp)
+                pl.DataFrame({"id": ids, "cluster": labels}).write_parquet(folder / "labels.parquet")
+                (folder / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+                client.log_artifacts(run_id, str(folder))
+        client.set_terminated(run_id, "FINISHED")
+    except Exception as exc:  # noqa: BLE001 - a failed cell is recorded and the sweep goes on
+        err = user_error(exc)
+        message = str(err) if err else f"{type(exc).__name__}: {exc}".replace("\n", " ")
+        client.set_tag(run_id, "error", message[:5000])
+        if err is None:
+            client.log_text(run_id, traceback.format_exc(), "error.txt")
+        client.set_terminated(run_id, "FAILED")
+        log.error("%s: run %s FAILED: %s", cell.position, run_id, message)
+        return math.nan
+    except BaseException as exc:
+        client.set_tag(run_id, "error", f"stopped: {type(exc).__name__} {exc}".strip()[:5000])
+        client.set_terminated(run_id, "KILLED")
+        raise
+    value = scores.values.get(plan.rank_metric, math.nan)
+    log.info(
+        "%s done in %.1fs: %s=%.4g (run %s)", cell.position, sum(timer.seconds.values()), plan.rank_metric, value, run_id
+    )
+    return value
+
+
+def _fit_and_score(cfg: DictConfig, plan: SweepPlan, timer: stages.StageTimer):
+    cache_dir = stages.cache_dir(cfg, in_sweep=True)
+    with timer("load"):
+        ds, hit = stages.load_dataset(cfg, cache_dir)
+        clusterer = instantiate(cfg.clusterer)
+        from embclust import cluster
+
+        cluster.check_clusterer(clusterer, ds.n_samples)
+    with timer("preprocess"):
+        pre_cfg = stages.preprocess_config(cfg)
+        features = stages.fit_features(pre_cfg, ds, cache_dir, plan.max_pca_components)
+    with timer("cluster"):
+        backend = _backend(cfg)
+        clustering = stages.fit_clustering(clusterer, features.X, backend, cfg.get("cluster_implementation", "auto"))
+    with timer("score"):
+        scoring = stages.scoring_for(cfg, ds, pre_cfg.get("normalize", "l2"), backend)
+        scores = stages.score(features.X, clustering, ds.labels, scoring)
+        pca = features.preprocessing.named_steps.get("pca")
+        if pca is not None and pca != "passthrough":
+            scores.values["pca_explained_variance"] = float(np.sum(pca.explained_variance_ratio_))
+    tags = {
+        "data_fingerprint": ds.fingerprint,
+        "data_n_samples": ds.n_samples,
+        "data_n_features": ds.n_features,
+        "preprocess_source": features.how + (" (cached)" if features.cache_hit else ""),
+        "cluster_implementation": clustering.implementation,
+        "backend": backend,
+    }
+    if hit is not None:
+        tags["data_cache"] = "hit" if hit else "miss"
+    return scores, tags, np.asarray(ds.ids), clustering.labels
+
+
+def _backend(cfg: DictConfig) -> str:
+    from embclust.scoring import torch_backend
+
+    return torch_backend.resolve_backend(cfg.get("backend"))

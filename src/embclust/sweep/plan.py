@@ -1,0 +1,95 @@
+"""What a sweep shares: planned once when it starts, read by every cell.
+
+The callback builds a :class:`SweepPlan` before the sweeper launches any cell and hands it to
+the cells through the environment variable ``EMBCLUST_SWEEP`` (launcher workers, Ray tasks and
+joblib processes inherit it). The plan names the parent run, the grid's largest PCA size (so one
+PCA fit serves every smaller size), whether cells differ in preprocessing (so they are ranked in
+the shared reference space), and the reproducibility tags, computed once instead of per cell.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+
+from omegaconf import DictConfig
+
+ENV_VAR = "EMBCLUST_SWEEP"
+PCA_KEY = "preprocess.pca_components"
+# Swept keys that change the space a cell is clustered in.
+PREPROCESS_PREFIX = "preprocess."
+
+
+@dataclass
+class SweepPlan:
+    """Shared facts of one sweep; JSON-serialisable so workers can read it from the environment."""
+
+    parent_run_id: str
+    experiment_id: str
+    total: int | None = None
+    metric: str = "silhouette"
+    # Largest PCA size any cell asks for, None when unknown (e.g. an Optuna interval).
+    max_pca_components: int | None = None
+    # Whether cells differ in preprocessing: then they are ranked by the reference-space metric.
+    preprocessing_varies: bool = False
+    resumed: bool = False
+    tags: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def rank_metric(self) -> str:
+        """The metric that ranks cells: ``<metric>_ref`` when preprocessing varies."""
+        return reference_metric(self.metric) if self.preprocessing_varies else self.metric
+
+    def to_env(self) -> None:
+        os.environ[ENV_VAR] = json.dumps(asdict(self))
+
+    @classmethod
+    def from_env(cls) -> SweepPlan | None:
+        raw = os.environ.get(ENV_VAR)
+        if not raw:
+            return None
+        return cls(**json.loads(raw))
+
+
+# Metrics that have a reference-space counterpart ``<name>_ref``.
+REFERENCE_METRICS = ("silhouette", "calinski_harabasz", "davies_bouldin")
+
+
+def reference_metric(metric: str) -> str:
+    """``silhouette`` -> ``silhouette_ref``; metrics without a reference version stay as they are."""
+    return f"{metric}_ref" if metric in REFERENCE_METRICS else metric
+
+
+def sweep_values(config: DictConfig) -> dict[str, list | None]:
+    """Every swept key with its values (None when they are a range that cannot be listed)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.core.override_parser.types import ChoiceSweep, RangeSweep
+
+    hydra_cfg = config.hydra
+    params = [f"{k}={v}" for k, v in (hydra_cfg.sweeper.get("params") or {}).items()]
+    out: dict[str, list | None] = {}
+    for override in OverridesParser.create().parse_overrides([*params, *hydra_cfg.overrides.task]):
+        key = override.get_key_element().lstrip("+~")
+        if not override.is_sweep_override():
+            continue
+        value = override.value()
+        if isinstance(value, ChoiceSweep):
+            out[key] = list(value.list)
+        elif isinstance(value, RangeSweep) and value.step is not None:
+            out[key] = list(override.sweep_iterator())
+        else:  # interval(...) and the like: values chosen by the sweeper at run time
+            out[key] = None
+    return out
+
+
+def largest_pca(config: DictConfig, swept: dict[str, list | None]) -> int | None:
+    """The largest PCA size any cell uses, or None when it cannot be known up front."""
+    if PCA_KEY in swept:
+        values = swept[PCA_KEY]
+        if values is None:
+            return None
+        sizes = [int(v) for v in values if v is not None and str(v) not in ("null", "None")]
+        return max(sizes) if sizes else None
+    base = config.preprocess.get("pca_components") if "preprocess" in config else None
+    return int(base) if base is not None else None

@@ -1,0 +1,148 @@
+"""The sweep engine: shared PCA, one scoring sample, light cells, the best cell completed, the
+reference space that makes cells with different preprocessing comparable."""
+
+import numpy as np
+import mlflow
+import mlflow.sklearn
+import polars as pl
+import pytest
+from sklearn.decomposition import PCA
+from sklearn.metrics import silhouette_samples
+
+from embclust.data import Dataset
+from embclust.scoring.reference import ReferenceSpace
+from embclust.sweep import shared
+
+
+@pytest.mark.parametrize("solver", ["covariance_eigh", "full", "auto"])
+def test_pca_fitted_at_the_largest_size_gives_each_smaller_size(solver):
+    rng = np.random.default_rng(0)
+    X = (rng.normal(size=(3000, 48)) @ rng.normal(size=(48, 48))).astype(np.float32)
+    ds = Dataset(name="t", X=X, ids=np.arange(3000))
+    shared.clear()
+    pre = {"_target_": "embclust.preprocess.build_preprocessing", "normalize": "l2", "pca_components": 7,
+           "svd_solver": solver, "seed": 0}
+    got = shared.features(pre, ds, cache_dir=None, max_pca_components=30)
+    assert got.how == "sliced from PCA 30"
+    direct = PCA(7, svd_solver=solver, random_state=0).fit(got.preprocessing[:1].transform(X))
+    pca = got.preprocessing.named_steps["pca"]
+    np.testing.assert_allclose(pca.components_, direct.components_, atol=1e-6)
+    np.testing.assert_allclose(pca.explained_variance_ratio_, direct.explained_variance_ratio_, rtol=1e-6)
+    assert pca.noise_variance_ == pytest.approx(direct.noise_variance_, rel=1e-5)
+    np.testing.assert_allclose(got.X, direct.transform(got.preprocessing[:1].transform(X)), atol=1e-5)
+    # a second size reuses the same fit: no new PCA, only a projection
+    again = shared.features({**pre, "pca_components": 12}, ds, cache_dir=None, max_pca_components=30)
+    assert again.cache_hit and again.X.shape == (3000, 12)
+
+
+def test_reference_space_scores_equal_scikit_learn():
+    from sklearn import metrics as skm
+
+    rng = np.random.default_rng(1)
+    labels = rng.integers(0, 6, 2500)
+    X = (rng.normal(size=(2500, 40)) + labels[:, None] * 0.4).astype(np.float32)
+    labels[:30] = -1
+    rows = rng.permutation(2500)[:800]
+    got = ReferenceSpace(X, rows).score(labels)
+    keep = labels != -1
+    sample = rows[labels[rows] != -1]
+    assert got["silhouette_ref"] == pytest.approx(silhouette_samples(X[sample], labels[sample]).mean(), abs=1e-6)
+    assert got["calinski_harabasz_ref"] == pytest.approx(skm.calinski_harabasz_score(X[keep], labels[keep]), rel=1e-5)
+    assert got["davies_bouldin_ref"] == pytest.approx(skm.davies_bouldin_score(X[keep], labels[keep]), rel=1e-5)
+
+
+def _children(res):
+    runs = res.runs()
+    parent = next(r for r in runs if r.data.tags.get("sweep_role") == "parent")
+    return parent, [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+
+
+def _artifact_bytes(client, run_id, path=""):
+    total = 0
+    for a in client.list_artifacts(run_id, path):
+        if a.is_dir:
+            if a.path.rsplit("/", 1)[-1] != "model":
+                total += _artifact_bytes(client, run_id, a.path)
+        else:
+            total += a.file_size or 0
+    return total
+
+
+def test_light_cells_and_a_completed_best_cell(run_cli):
+    res = run_cli("-m", "reducer=pca", "preprocess.pca_components=5,10", "clusterer.n_clusters=8,12",
+                  "analysis.explain.enabled=false")
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert res.stdout.strip() == ""
+    parent, cells = _children(res)
+    assert parent.info.status == "FINISHED" and len(cells) == 4
+    client = mlflow.MlflowClient()
+    best_id = parent.data.tags["best_run_id"]
+    for cell in cells:
+        names = {a.path for a in client.list_artifacts(cell.info.run_id)}
+        if cell.info.run_id == best_id:
+            assert {"report.html", "labels.parquet", "config.yaml"} <= names
+            model = mlflow.sklearn.load_model(f"runs:/{best_id}/model")
+            assert model.steps[-1][0] == "cluster"
+            continue
+        # light: labels, config and nothing else; well under the 1 MB budget
+        assert names == {"labels.parquet", "config.yaml"}
+        assert _artifact_bytes(client, cell.info.run_id) < 200_000
+        assert {"clusterer.n_clusters", "preprocess.pca_components"} <= set(cell.data.params)
+    # every cell scored its silhouette on the same rows (digits is smaller than the sample: all)
+    assert {c.data.metrics["silhouette_sample_size"] for c in cells} == {1797.0}
+    # the PCA is fitted once, at 10 components; size 5 is its first five
+    assert sorted(c.data.tags["preprocess_source"].split(" (")[0] for c in cells) == [
+        "fitted", "fitted", "sliced from PCA 10", "sliced from PCA 10"]
+    # cells differ in PCA size, so they are ranked in the reference space
+    assert parent.data.tags["sweep.rank_metric"] == "silhouette_ref"
+    best = max(cells, key=lambda c: c.data.metrics["silhouette_ref"])
+    assert best.info.run_id == best_id
+    # completing the best cell reproduces the labels and scores it was ranked by
+    history = client.get_metric_history(best_id, "silhouette")
+    assert len(history) == 2 and history[0].value == pytest.approx(history[1].value, abs=1e-12)
+    assert best.data.tags.get("sweep_best") == "true"
+
+
+def test_reference_space_ranks_full_dimension_cells_fairly(run_cli, tmp_path):
+    # Four clusters separated in 18 dimensions, two high-variance noise dimensions. PCA-2 keeps
+    # part of the structure with a much higher in-space silhouette at the wrong k; the
+    # reference space ranks the full-dimension, true-k cell first.
+    rng = np.random.default_rng(0)
+    n, k = 1200, 4
+    truth = rng.integers(0, k, n)
+    centers = rng.choice([-2.5, 2.5], size=(k, 18))
+    X = np.hstack([rng.normal(scale=5, size=(n, 2)), centers[truth] + rng.normal(scale=0.7, size=(n, 18))])
+    np.save(tmp_path / "X.npy", X.astype(np.float32))
+    np.save(tmp_path / "y.npy", truth)
+    res = run_cli("-m", "dataset=npy", f"dataset.path={tmp_path / 'X.npy'}", f"dataset.labels_path={tmp_path / 'y.npy'}",
+                  "reducer=none", "preprocess.normalize=none", "preprocess.pca_components=null,2",
+                  "clusterer.n_clusters=3,4,5", "clusterer.n_init=4", "analysis.explain.enabled=false")
+    assert res.returncode == 0, res.stderr[-3000:]
+    parent, cells = _children(res)
+    by_space = max(cells, key=lambda c: c.data.metrics["silhouette"])
+    assert by_space.data.params["preprocess.pca_components"] == "2"  # what in-space ranking would pick
+    best = next(c for c in cells if c.info.run_id == parent.data.tags["best_run_id"])
+    assert best.data.params["preprocess.pca_components"] == "None"
+    assert best.data.params["clusterer.n_clusters"] == "4"
+    assert best.data.metrics["ari"] == pytest.approx(1.0)
+    table = pl.read_csv(mlflow.artifacts.download_artifacts(run_id=parent.info.run_id, artifact_path="leaderboard.csv"))
+    assert table["run_id"][0] == best.info.run_id and "silhouette_ref" in table.columns
+
+
+def test_every_cell_failing_exits_non_zero_with_a_leaderboard(run_cli):
+    res = run_cli("-m", "reducer=none", "clusterer.n_clusters=5000,6000")
+    assert res.returncode != 0
+    parent, cells = _children(res)
+    assert parent.info.status == "FAILED" and "all 2 cells failed" in parent.data.tags["error"]
+    assert {c.info.status for c in cells} == {"FAILED"}
+    table = pl.read_csv(mlflow.artifacts.download_artifacts(run_id=parent.info.run_id, artifact_path="leaderboard.csv"))
+    assert table.height == 2 and all("n_clusters=5000" in e or "n_clusters=6000" in e for e in table["error"])
+    assert not [r for r in res.runs() if r.info.status == "RUNNING"]
+
+
+def test_all_noise_cells_are_summarised_without_a_best_cell(run_cli):
+    res = run_cli("-m", "reducer=none", "clusterer=hdbscan", "clusterer.min_cluster_size=1500,1700")
+    parent, cells = _children(res)
+    assert parent.info.status == "FINISHED", res.stderr[-2000:]
+    assert "best_run_id" not in parent.data.tags
+    assert all(c.data.metrics["noise_fraction"] > 0.5 for c in cells)
