@@ -318,12 +318,15 @@ def read_sweep(store: Path) -> tuple[dict[tuple[int, int], dict], dict]:
         key = (int(float(params["preprocess.pca_components"])), int(float(params["clusterer.n_clusters"])))
         if key in cells:  # the first run of a cell is the sweep's; later ones re-run it (e.g. the best in full)
             continue
-        local = mlflow.artifacts.download_artifacts(
-            run_id=run.info.run_id,
-            artifact_path="labels.parquet",
-            dst_path=str(store / "downloads" / run.info.run_id),
-            tracking_uri=client.tracking_uri,
-        )
+        try:
+            local = mlflow.artifacts.download_artifacts(
+                run_id=run.info.run_id,
+                artifact_path="labels.parquet",
+                dst_path=str(store / "downloads" / run.info.run_id),
+                tracking_uri=client.tracking_uri,
+            )
+        except Exception as exc:  # noqa: BLE001 - MLflow raises several types for a missing artifact
+            sys.exit(f"bench_sweep: cell pca={key[0]} k={key[1]} (run {run.info.run_id}) has no labels.parquet: {exc}")
         table = pl.read_parquet(local, columns=["id", "cluster"]).sort("id")
         cells[key] = {
             "metrics": dict(run.data.metrics),
@@ -337,6 +340,7 @@ def read_sweep(store: Path) -> tuple[dict[tuple[int, int], dict], dict]:
         location = e.artifact_location.removeprefix("file://")
         if Path(location).is_dir():
             roots.add(Path(location).resolve())
+    roots = {r for r in roots if not any(other in r.parents for other in roots)}  # count nested folders once
     store_bytes = (store / "mlflow.db").stat().st_size + sum(_folder_bytes(r) for r in roots)
     return cells, {"parent_id": parent_id, "store_bytes": store_bytes, "n_children": len(children[parent_id])}
 

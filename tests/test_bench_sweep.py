@@ -47,3 +47,19 @@ def test_within_cluster_ss_equals_kmeans_inertia(bench):
     Xp = bench.reduce(X, 10, seed=0)
     km = KMeans(n_clusters=15, n_init=1, random_state=0).fit(Xp)
     assert bench.within_cluster_ss(Xp, km.labels_) == pytest.approx(km.inertia_, rel=1e-4)
+
+
+def test_compare_reports_a_missing_inertia_as_na(bench, tmp_path):
+    X, _ = bench.make_embedding_like(600, 16, seed=1)
+    Xp = bench.reduce(X, 5, seed=1)
+    km = KMeans(n_clusters=8, n_init=2, random_state=1).fit(Xp)
+    np.save(tmp_path / "labels_pca5_k8.npy", km.labels_)
+    notebook = {(5, 8): {"inertia": km.inertia_, "silhouette": 0.20}}
+    # A sweep cell that logged no inertia and a silhouette 0.005 off (its sample).
+    metrics = {"silhouette": 0.205, "calinski_harabasz": 1.0, "davies_bouldin": 1.0}
+    cells = {(5, 8): {"metrics": metrics, "ids": np.arange(600), "labels": km.labels_}}
+    rows, lines = bench.compare(X, notebook, cells, tmp_path, seed=1)
+    assert rows[0]["gap_logged"] is None
+    assert rows[0]["gap_labels"] == pytest.approx(0.0, abs=1e-6)
+    assert rows[0]["dsil"] == pytest.approx(0.005)
+    assert lines[-1].startswith("| 5 | 8 | n/a | +0.000 | 1.000 |")
