@@ -146,3 +146,14 @@ def test_all_noise_cells_are_summarised_without_a_best_cell(run_cli):
     assert parent.info.status == "FINISHED", res.stderr[-2000:]
     assert "best_run_id" not in parent.data.tags
     assert all(c.data.metrics["noise_fraction"] > 0.5 for c in cells)
+
+
+def test_optuna_search_goes_on_after_a_failed_trial(run_cli):
+    res = run_cli("-m", "hydra/sweeper=optuna", "reducer=none", "clusterer.n_clusters=choice(5,3000)",
+                  "hydra.sweeper.n_trials=4", "hydra.sweeper.sampler.seed=1", "hydra.sweeper.max_failure_rate=1.0",
+                  "analysis.explain.enabled=false")
+    assert res.returncode == 0, res.stderr[-3000:]
+    parent, cells = _children(res)
+    status = sorted(c.info.status for c in cells)
+    assert len(cells) == 4 and "FAILED" in status and "FINISHED" in status
+    assert parent.info.status == "FINISHED" and parent.data.tags["best_cell"]

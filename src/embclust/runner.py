@@ -344,9 +344,9 @@ def run(cfg: DictConfig) -> float:
             with tempfile.TemporaryDirectory(prefix="embclust-") as tmp, threadpool_limits(limits=threads):
                 result = execute(cfg, Path(tmp), timer, plan=plan, in_sweep=in_sweep)
         except Exception as exc:  # noqa: BLE001 - every failure must be recorded before exiting
-            _record_failure(exc, timer, active.info.run_id, f"{cell.position}: " if cell else "")
+            message = _record_failure(exc, timer, active.info.run_id, f"{cell.position}: " if cell else "")
             if in_sweep:
-                return math.nan
+                return sweep.failed_cell_value(message)
             raise SystemExit(1) from None
     metric = plan.rank_metric if plan else cfg.sweep.metric
     value = result.metrics.get(metric, math.nan)

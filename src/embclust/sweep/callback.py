@@ -21,6 +21,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from embclust import tracking
+from embclust.errors import EmbclustError
 from embclust.sweep import compare
 from embclust.sweep.cache import stable_hash
 from embclust.sweep.plan import ENV_VAR, PREPROCESS_PREFIX, SweepPlan, largest_pca, sweep_values
@@ -272,6 +273,24 @@ def _close_on_exit(parent_run_id: str) -> None:
 
     if signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, None):
         signal.signal(signal.SIGTERM, on_sigterm)
+
+
+class CellFailed(EmbclustError):
+    """A sweep cell failed; raised only to sweepers that record failed trials (Optuna)."""
+
+
+def failed_cell_value(message: str) -> float:
+    """What a failed cell returns to its sweeper: NaN, or for Optuna a failure it records as FAIL.
+
+    Hydra's grid sweeper stops at the first job that raises, so failed cells return NaN there.
+    Optuna's sweeper cannot take NaN as a value, but marks a trial whose job raised as failed and
+    goes on (with ``hydra.sweeper.max_failure_rate`` above the share of failures).
+    """
+    from hydra.core.hydra_config import HydraConfig
+
+    if HydraConfig.initialized() and "optuna" in str(HydraConfig.get().sweeper.get("_target_", "")).lower():
+        raise CellFailed(message)
+    return math.nan
 
 
 def cell_metric(run: mlflow.entities.Run, metric: str) -> float:

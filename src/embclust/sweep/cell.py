@@ -23,7 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from embclust import stages
 from embclust.errors import user_error
-from embclust.sweep.callback import SweepCell
+from embclust.sweep.callback import SweepCell, failed_cell_value
 from embclust.sweep.plan import SweepPlan
 from embclust.tracking.store import flatten_config
 
@@ -73,6 +73,10 @@ def run_light_cell(cfg: DictConfig, plan: SweepPlan, cell: SweepCell, threads: i
     )
     run_id = run.info.run_id
     try:
+        params = [Param(k, v) for k, v in identity_params(cfg, cell.overrides.split()).items()]
+    except Exception:  # noqa: BLE001 - an unresolvable config is reported by the run itself
+        params = []
+    try:
         from threadpoolctl import threadpool_limits
 
         with threadpool_limits(limits=threads):
@@ -83,7 +87,7 @@ def run_light_cell(cfg: DictConfig, plan: SweepPlan, cell: SweepCell, threads: i
             client.log_batch(
                 run_id,
                 metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items() if v is not None],
-                params=[Param(k, v) for k, v in identity_params(cfg, cell.overrides.split()).items()],
+                params=params,
                 tags=[RunTag(k, str(v)) for k, v in tags.items()],
             )
             with tempfile.TemporaryDirectory(prefix="embclust-cell-") as tmp:
@@ -95,12 +99,12 @@ def run_light_cell(cfg: DictConfig, plan: SweepPlan, cell: SweepCell, threads: i
     except Exception as exc:  # noqa: BLE001 - a failed cell is recorded and the sweep goes on
         err = user_error(exc)
         message = str(err) if err else f"{type(exc).__name__}: {exc}".replace("\n", " ")
-        client.set_tag(run_id, "error", message[:5000])
+        client.log_batch(run_id, params=params, tags=[RunTag("error", message[:5000])])
         if err is None:
             client.log_text(run_id, traceback.format_exc(), "error.txt")
         client.set_terminated(run_id, "FAILED")
         log.error("%s: run %s FAILED: %s", cell.position, run_id, message)
-        return math.nan
+        return failed_cell_value(message)
     except BaseException as exc:
         client.set_tag(run_id, "error", f"stopped: {type(exc).__name__} {exc}".strip()[:5000])
         client.set_terminated(run_id, "KILLED")
