@@ -157,3 +157,70 @@ def test_optuna_search_goes_on_after_a_failed_trial(run_cli):
     status = sorted(c.info.status for c in cells)
     assert len(cells) == 4 and "FAILED" in status and "FINISHED" in status
     assert parent.info.status == "FINISHED" and parent.data.tags["best_cell"]
+
+
+def _start_sweep(tmp_path, tracking_uri, *overrides):
+    import os
+    import subprocess
+    import sys
+
+    from conftest import RUN_PY
+
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    cmd = [sys.executable, str(RUN_PY), "-m", *overrides, f"mlflow.tracking_uri={tracking_uri}",
+           f"hydra.sweep.dir={tmp_path / 'multirun'}"]
+    return subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _wait_for_running_cell(tracking_uri, timeout=180):
+    import time
+
+    mlflow.set_tracking_uri(tracking_uri)
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            runs = mlflow.search_runs(search_all_experiments=True, output_format="list")
+        except Exception:  # noqa: BLE001 - the store may not exist yet
+            runs = []
+        if any(r.data.tags.get("sweep_role") == "cell" and r.info.status == "RUNNING" for r in runs):
+            return
+        time.sleep(0.3)
+    raise AssertionError("no cell started")
+
+
+SLOW_GRID = ("dataset=synthetic", "dataset.n_samples=30000", "dataset.n_features=64", "reducer=none",
+             "clusterer.n_clusters=30,40", "clusterer.n_init=5", "analysis.explain.enabled=false")
+
+
+@pytest.mark.slow
+def test_sigterm_ends_the_cell_and_the_parent(tmp_path, tracking_uri):
+    import signal
+
+    proc = _start_sweep(tmp_path, tracking_uri, *SLOW_GRID)
+    _wait_for_running_cell(tracking_uri)
+    proc.send_signal(signal.SIGTERM)
+    proc.communicate(timeout=120)
+    assert proc.returncode != 0
+    runs = mlflow.search_runs(search_all_experiments=True, output_format="list")
+    assert runs and not [r for r in runs if r.info.status == "RUNNING"]
+    assert {r.info.status for r in runs} <= {"KILLED", "FINISHED"}
+
+
+@pytest.mark.slow
+def test_resume_after_kill_9_closes_the_orphaned_cell(tmp_path, tracking_uri):
+    import signal
+
+    proc = _start_sweep(tmp_path, tracking_uri, *SLOW_GRID)
+    _wait_for_running_cell(tracking_uri)
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate(timeout=60)
+    orphan = next(r for r in mlflow.search_runs(search_all_experiments=True, output_format="list")
+                  if r.info.status == "RUNNING" and r.data.tags.get("sweep_role") == "cell")
+    again = _start_sweep(tmp_path, tracking_uri, *SLOW_GRID)
+    out, err = again.communicate(timeout=900)
+    assert again.returncode == 0, err[-3000:]
+    # re-running the interrupted sweep closes the orphan and runs its cell again
+    closed = mlflow.get_run(orphan.info.run_id)
+    assert closed.info.status == "KILLED" and "orphaned" in closed.data.tags["error"]
+    assert not [r for r in mlflow.search_runs(search_all_experiments=True, output_format="list")
+                if r.info.status == "RUNNING"]
