@@ -255,6 +255,8 @@ def execute(cfg: DictConfig, workdir: Path, timer: _StageTimer) -> RunResult:
             ds = select_drill_cluster(ds, drill.parent_run, drill.cluster)
             mlflow.set_tags({"drill_parent_run": str(drill.parent_run), "drill_cluster": str(drill.cluster)})
     with timer("validate"):
+        cfg.preprocess.normalize = preprocess.choose_normalize(cfg.preprocess.normalize, ds.n_features, ds.from_tabular)
+        mlflow.set_tag("normalize", cfg.preprocess.normalize)
         preprocessing = instantiate(cfg.preprocess)
         clusterer = instantiate(cfg.clusterer)
         reducer, max_points = build_reducer(cfg.get("reducer"))
