@@ -139,7 +139,7 @@ def test_missing_file_fails(run_cli, tmp_path):
 
 def test_dedupe_drops_planted_near_duplicates(run_cli, tmp_path):
     rng = np.random.default_rng(0)
-    X = rng.normal(size=(300, 16)).astype(np.float32)
+    X = rng.normal(size=(300, 32)).astype(np.float32)
     X[[5, 6, 7]] = X[4] * np.array([[1.0], [2.0], [3.0]], dtype=np.float32)  # 3 copies of row 4
     X[100] = X[50] + 1e-4
     np.save(tmp_path / "dups.npy", X)
