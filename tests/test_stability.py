@@ -76,3 +76,13 @@ def test_noise_counts_as_its_own_cluster(blobs):
 def test_bad_settings_name_the_key(blobs, key, value, message):
     with pytest.raises(ConfigError, match=message):
         stability_from_config(_kmeans_cfg(5), blobs, _cell(blobs, 5), {**STABILITY, key: value}, seed=0)
+
+
+def test_run_logs_stability_when_enabled(run_cli):
+    res = run_cli(
+        "reducer=pca", "analysis.explain.enabled=false", "dataset=synthetic", "dataset.n_samples=1500",
+        "dataset.n_features=32", "dataset.n_clusters=5", "clusterer.n_clusters=5", "metrics.stability.enabled=true",
+    )
+    assert res.returncode == 0, res.stderr[-2000:]
+    (run,) = res.runs()
+    assert run.data.metrics["stability"] >= 0.95 and run.data.metrics["time/stability_s"] > 0

@@ -29,7 +29,7 @@ from embclust.sweep import callback as sweep
 from embclust.errors import ConfigError, EmbclustError
 from embclust.explain import duplicates
 from embclust.explain import steps as explain_steps
-from embclust.scoring import metrics, torch_backend
+from embclust.scoring import metrics, stability, torch_backend
 from embclust.sweep import cache
 from embclust.tracking import plots
 from embclust.tracking.report import Report
@@ -291,6 +291,7 @@ def execute(cfg: DictConfig, workdir: Path, timer: _StageTimer) -> RunResult:
         )
         if hasattr(clusterer, "inertia_"):
             scores["inertia"] = float(clusterer.inertia_)
+        scores.update(stability.stability_from_config(cfg.clusterer, Xp, labels, cfg.metrics.get("stability"), seed))
         mlflow.log_metrics(scores)
         log.info("scores: %s", ", ".join(f"{k}={v:.4g}" for k, v in scores.items()))
     with timer("map"):
