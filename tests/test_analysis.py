@@ -117,3 +117,39 @@ def test_map_draws_a_seeded_sample_of_at_most_max_points():
     assert sum(len(t.x) for t in meta.data) == 50 and "50 of 990 points drawn" in meta.layout.title.text
     with pytest.raises(ConfigError, match=r"analysis.maps.max_points=0 must be null or an integer >= 1"):
         plots.cluster_map_figure(coords, clusters, ids, max_points=0)
+
+
+def test_duplicate_search_is_bounded_per_row_on_clumped_data():
+    # 3,000 copies of one direction: a radius search would return ~4.5 million pairs
+    X = np.tile(np.array([[1.0, 2.0, 0.5] * 6], dtype=np.float32), (3000, 1))
+    X *= np.random.default_rng(0).uniform(1, 5, size=(3000, 1)).astype(np.float32)
+    pairs = duplicates.near_duplicate_pairs(X, threshold=0.98, n_neighbors=10)
+    assert 0 < len(pairs) <= 3000 * 11
+    assert duplicates.rows_to_drop(pairs, 3000).size > 0
+
+
+def test_duplicates_step_skips_low_dimensional_data_quickly_and_writes_nothing(tmp_path):
+    import time
+
+    from omegaconf import OmegaConf
+
+    from embclust.data.dataset import Dataset
+    from embclust.explain.steps import RunState, run_analyses
+    from embclust.preprocess import build_preprocessing
+    from embclust.tracking.report import Report
+
+    X = np.random.default_rng(0).normal(size=(5000, 2)).astype(np.float32)
+    ds = Dataset(name="xy", X=X, ids=np.arange(5000))
+    labels = (X[:, 0] > 0).astype(np.int64)
+    cfg = OmegaConf.load("conf/analysis/default.yaml")
+    for step in ("silhouette", "profile", "composition", "pca_variance", "explain", "keywords"):
+        cfg[step].enabled = False
+    cfg.dendrogram.enabled = False
+    state = RunState(ds, X, labels, X, build_preprocessing("none"), None, seed=0)
+    report = Report(title="")
+    start = time.perf_counter()
+    run_analyses(state, OmegaConf.create({"analysis": cfg}), tmp_path, report, in_sweep=False)
+    assert time.perf_counter() - start < 2.0
+    assert not (tmp_path / "near_duplicates.csv").exists()
+    assert "near_duplicate_pairs" not in state.metrics
+    assert any("near-duplicates skipped: data with 2 columns" in str(section) for section in report.sections)

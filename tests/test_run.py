@@ -113,7 +113,7 @@ def _assert_failed(res, expected: str):
 @pytest.mark.parametrize(
     "overrides, expected",
     [
-        (("preprocess.normalize=max",), "preprocess.normalize='max' is not allowed (allowed: l2, standard, none)"),
+        (("preprocess.normalize=max",), "preprocess.normalize='max' is not allowed (allowed: auto, l2, standard, none)"),
         (("clusterer.n_clusters=1797",), "clusterer.n_clusters=1797 must be >= 2 and < the number of samples (1797)"),
         (("preprocess.pca_components=100",), "preprocess.pca_components=100 exceeds min(n_samples, n_features)=64"),
         (("dataset=synthetic", "dataset.n_samples=0"), "dataset 'synthetic' is empty: 0 rows"),
@@ -139,7 +139,7 @@ def test_missing_file_fails(run_cli, tmp_path):
 
 def test_dedupe_drops_planted_near_duplicates(run_cli, tmp_path):
     rng = np.random.default_rng(0)
-    X = rng.normal(size=(300, 16)).astype(np.float32)
+    X = rng.normal(size=(300, 32)).astype(np.float32)
     X[[5, 6, 7]] = X[4] * np.array([[1.0], [2.0], [3.0]], dtype=np.float32)  # 3 copies of row 4
     X[100] = X[50] + 1e-4
     np.save(tmp_path / "dups.npy", X)
@@ -164,3 +164,33 @@ def test_drill_down_reclusters_one_cluster_of_an_earlier_run(run_cli, tmp_path):
     assert child.data.tags["data_n_samples"] == str(size)
     bad = run_cli(*FAST, f"+drill.parent_run={parent.info.run_id}", "+drill.cluster=99")
     assert bad.returncode == 1 and "drill.cluster=99: 0 members" in bad.stderr
+
+
+@pytest.fixture
+def rings_on_a_ray(tmp_path):
+    """2-d blobs, three of them on one ray from the origin: L2 maps those onto one point."""
+    rng = np.random.default_rng(0)
+    centers = np.array([[2, 2], [6, 6], [10, 10], [6, -2]], dtype=float)
+    y = np.repeat(np.arange(4), 150)
+    np.save(tmp_path / "xy.npy", (centers[y] + rng.normal(scale=0.6, size=(600, 2))).astype(np.float32))
+    np.save(tmp_path / "y.npy", y)
+    return ("dataset=npy", f"dataset.path={tmp_path / 'xy.npy'}", f"dataset.labels_path={tmp_path / 'y.npy'}",
+            "clusterer.n_clusters=4", "analysis.duplicates.enabled=false")
+
+
+def test_low_dimensional_data_is_standardised_and_says_so(run_cli, rings_on_a_ray):
+    res = run_cli(*FAST, *rings_on_a_ray)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "preprocess.normalize=auto: standard (StandardScaler) for data with 2 columns (<= 16)" in res.stderr
+    (run,) = res.runs()
+    assert run.data.tags["normalize"] == "standard"
+    assert run.data.metrics["ari"] > 0.95
+
+
+def test_explicit_l2_on_low_dimensional_data_warns(run_cli, rings_on_a_ray):
+    res = run_cli(*FAST, *rings_on_a_ray, "preprocess.normalize=l2")
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "preprocess.normalize=l2 on data with 2 columns (<= 16) puts every row on the unit sphere" in res.stderr
+    assert "use preprocess.normalize=standard" in res.stderr
+    (run,) = res.runs()
+    assert run.data.tags["normalize"] == "l2" and run.data.metrics["ari"] < 0.6

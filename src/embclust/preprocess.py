@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 from sklearn.decomposition import PCA
 from sklearn.pipeline import Pipeline
@@ -9,7 +11,49 @@ from sklearn.preprocessing import Normalizer, StandardScaler
 
 from embclust.errors import ConfigError
 
-NORMALIZE_CHOICES = ("l2", "standard", "none")
+log = logging.getLogger(__name__)
+
+NORMALIZE_CHOICES = ("auto", "l2", "standard", "none")
+# At or below this many columns data is not an embedding: L2 would project it onto a sphere
+# (2-d points onto a circle) and throw away the radial information that separates clusters.
+LOW_DIM_FEATURES = 16
+_warned: set[str] = set()
+
+
+def resolve_normalize(normalize: str, n_features: int, from_tabular: bool = False) -> tuple[str, str | None]:
+    """The row normalisation to apply, and the line that explains it (None when nothing to say).
+
+    ``auto`` is ``l2`` for embeddings (more than ``LOW_DIM_FEATURES`` columns, not tabular) and
+    ``standard`` otherwise. An explicit ``l2`` on low-dimensional or tabular data is kept, with
+    a warning naming the setting to use instead.
+    """
+    if normalize not in NORMALIZE_CHOICES:
+        raise ConfigError(
+            f"preprocess.normalize={normalize!r} is not allowed (allowed: {', '.join(NORMALIZE_CHOICES)})"
+        )
+    low = n_features <= LOW_DIM_FEATURES
+    what = "tabular data" if from_tabular else f"data with {n_features} columns (<= {LOW_DIM_FEATURES})"
+    if normalize == "auto":
+        if low or from_tabular:
+            return "standard", f"preprocess.normalize=auto: standard (StandardScaler) for {what}"
+        return "l2", f"preprocess.normalize=auto: l2 for embeddings ({n_features} columns)"
+    if normalize == "l2" and (low or from_tabular):
+        return "l2", (
+            f"preprocess.normalize=l2 on {what} puts every row on the unit sphere and discards its length; "
+            "use preprocess.normalize=standard (or auto)"
+        )
+    return normalize, None
+
+
+def choose_normalize(normalize: str, n_features: int, from_tabular: bool = False) -> str:
+    """``resolve_normalize``, logging its line: INFO for ``auto``, a WARNING (once) for ``l2``."""
+    choice, message = resolve_normalize(normalize, n_features, from_tabular)
+    if message and normalize == "auto":
+        log.info(message)
+    elif message and message not in _warned:
+        _warned.add(message)
+        log.warning(message)
+    return choice
 
 
 def build_preprocessing(
@@ -31,6 +75,9 @@ def build_preprocessing(
         raise ConfigError(
             f"preprocess.normalize={normalize!r} is not allowed (allowed: {', '.join(NORMALIZE_CHOICES)})"
         )
+    if normalize == "auto":
+        # auto depends on the data; choose_normalize resolves it once the data is loaded.
+        raise ConfigError("preprocess.normalize=auto must be resolved against the data (choose_normalize) first")
     if pca_components is not None and (
         isinstance(pca_components, bool) or not isinstance(pca_components, int) or pca_components < 1
     ):

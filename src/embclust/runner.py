@@ -25,7 +25,7 @@ from threadpoolctl import threadpool_limits
 from embclust import cluster, data, preprocess, stages, tracking
 from embclust.errors import ConfigError, user_error
 from embclust.explain import steps as explain_steps
-from embclust.scoring import torch_backend
+from embclust.scoring import stability, torch_backend
 from embclust.sweep import callback as sweep
 from embclust.sweep.plan import SweepPlan
 from embclust.tracking import plots
@@ -138,7 +138,9 @@ def execute(
             ds = select_drill_cluster(ds, drill.parent_run, drill.cluster)
             mlflow.set_tags({"drill_parent_run": str(drill.parent_run), "drill_cluster": str(drill.cluster)})
     with timer("validate"):
-        pre_cfg = stages.preprocess_config(cfg)
+        cfg.preprocess.normalize = preprocess.choose_normalize(cfg.preprocess.normalize, ds.n_features, ds.from_tabular)
+        mlflow.set_tag("normalize", cfg.preprocess.normalize)
+        pre_cfg = stages.preprocess_config(cfg, ds)
         preprocessing = instantiate(cfg.preprocess)
         clusterer = instantiate(cfg.clusterer)
         reducer, max_points = stages.build_reducer(cfg.get("reducer"))
@@ -171,6 +173,7 @@ def execute(
         scoring = stages.scoring_for(cfg, ds, pre_cfg.get("normalize", "l2"), backend)
         scored = stages.score(Xp, clustering, ds.labels, scoring)
         scores = scored.values
+        scores.update(stability.stability_from_config(cfg.clusterer, Xp, labels, cfg.metrics.get("stability"), seed))
         mlflow.log_metrics(scores)
         log.info("scores: %s", ", ".join(f"{k}={v:.4g}" for k, v in scores.items()))
     with timer("map"):

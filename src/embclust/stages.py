@@ -111,9 +111,17 @@ def drop_near_duplicates(ds: data.Dataset, threshold: float, seed: int) -> data.
     return out
 
 
-def preprocess_config(cfg: DictConfig) -> dict:
-    """The resolved ``preprocess`` node as a plain dict (what decides the clustered space)."""
-    return OmegaConf.to_container(cfg.preprocess, resolve=True)
+def preprocess_config(cfg: DictConfig, ds: data.Dataset) -> dict:
+    """The resolved ``preprocess`` node as a plain dict (what decides the clustered space).
+
+    ``normalize: auto`` becomes the normalisation chosen for this data (see
+    :func:`embclust.preprocess.resolve_normalize`).
+    """
+    from embclust import preprocess
+
+    pre_cfg = OmegaConf.to_container(cfg.preprocess, resolve=True)
+    pre_cfg["normalize"], _ = preprocess.resolve_normalize(pre_cfg.get("normalize", "l2"), ds.n_features, ds.from_tabular)
+    return pre_cfg
 
 
 def fit_features(

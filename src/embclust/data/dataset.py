@@ -29,6 +29,7 @@ class Dataset:
     texts : optional array of shape (n_samples,) of documents, for hover text and keywords.
     feature_names : optional names of the columns of ``X`` (tabular data).
     metadata : extra per-row columns (e.g. a category) to colour maps by.
+    from_tabular : built from user features by the ``tabular`` loader, not an embedding model.
     """
 
     name: str
@@ -42,6 +43,7 @@ class Dataset:
     n_dropped_invalid: int = 0
     n_duplicate_ids: int = 0
     n_dropped_duplicates: int = 0
+    from_tabular: bool = False
     _fingerprint: str | None = field(default=None, repr=False)
 
     @property
@@ -158,6 +160,7 @@ def take_rows(ds: Dataset, rows: np.ndarray) -> Dataset:
         n_dropped_invalid=ds.n_dropped_invalid,
         n_duplicate_ids=ds.n_duplicate_ids,
         n_dropped_duplicates=ds.n_dropped_duplicates,
+        from_tabular=ds.from_tabular,
     )
 
 

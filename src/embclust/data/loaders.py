@@ -258,4 +258,4 @@ def load_tabular(
         names += [str(n) for n in enc.get_feature_names_out(categorical_columns)]
     X = np.hstack(parts) if len(parts) > 1 else parts[0]
     ids, labels = ids_and_labels(df, id_column, label_column)
-    return Dataset(name=name, X=as_float32(X), ids=ids, labels=labels, feature_names=names)
+    return Dataset(name=name, X=as_float32(X), ids=ids, labels=labels, feature_names=names, from_tabular=True)

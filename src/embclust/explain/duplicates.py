@@ -1,8 +1,12 @@
 """Near-duplicate rows: pairs whose cosine similarity reaches a threshold.
 
-Found with a nearest-neighbour index, never an n x n matrix: exact radius search (scikit-learn,
-distances computed in bounded chunks) up to ``exact_max_rows`` rows, approximate k-nearest
-neighbours (pynndescent, as used by UMAP) above.
+Found with a nearest-neighbour index, never an n x n matrix: exact k-nearest neighbours
+(scikit-learn, distances computed in bounded chunks) up to ``exact_max_rows`` rows, approximate
+k-nearest neighbours (pynndescent, as used by UMAP) above. Each row contributes at most
+``n_neighbors + 1`` pairs, so the result is bounded by n x (n_neighbors + 1) whatever the data.
+
+On data with few columns (tabular features, 2-d points) cosine similarity says nothing about
+duplicates: thousands of unrelated points share a direction. ``skip_reason`` says when to skip.
 """
 
 from __future__ import annotations
@@ -14,6 +18,20 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
 log = logging.getLogger(__name__)
+
+
+# At or below this many columns the check is skipped (see the module docstring).
+MIN_FEATURES = 17
+
+
+def skip_reason(n_features: int) -> str | None:
+    """One line saying why the near-duplicate check is skipped for this data, or None."""
+    if n_features < MIN_FEATURES:
+        return (
+            f"near-duplicates skipped: data with {n_features} columns (<= {MIN_FEATURES - 1}); "
+            "cosine similarity does not identify duplicates there"
+        )
+    return None
 
 
 def _unit_rows(X: np.ndarray) -> np.ndarray:
@@ -30,32 +48,37 @@ def near_duplicate_pairs(
     n_neighbors: int = 10,
     seed: int = 0,
 ) -> np.ndarray:
-    """Array of shape (n_pairs, 3): row i, row j (i < j), cosine similarity >= ``threshold``."""
+    """Array of shape (n_pairs, 3): row i, row j (i < j), cosine similarity >= ``threshold``.
+
+    Each row is paired only with its ``n_neighbors + 1`` nearest rows, so there are at most
+    n x (n_neighbors + 1) pairs.
+    """
     if not 0 < threshold <= 1:
         raise ValueError(f"near-duplicate threshold must be in (0, 1], got {threshold}")
     Xn = _unit_rows(X)
     n = Xn.shape[0]
     # On unit vectors, cosine >= t  <=>  euclidean distance <= sqrt(2 - 2t).
     radius = float(np.sqrt(max(2.0 - 2.0 * threshold, 0.0))) + 1e-6
+    if n < 2:
+        return np.empty((0, 3))
     if n <= exact_max_rows:
         from sklearn.neighbors import NearestNeighbors
 
-        index = NearestNeighbors(radius=radius, algorithm="brute").fit(Xn)
-        graph = index.radius_neighbors_graph(Xn, mode="distance", sort_results=False)
+        # k nearest, not every row within the radius: a radius search on clumped data returns
+        # millions of pairs (4.2 million for 5,000 2-d points).
+        dists, nbrs = NearestNeighbors(n_neighbors=min(n_neighbors + 1, n), algorithm="brute").fit(Xn).kneighbors(Xn)
     else:
         from pynndescent import NNDescent
 
         log.info("duplicates: approximate %d-NN index over %d rows", n_neighbors, n)
         index = NNDescent(Xn, n_neighbors=n_neighbors + 1, metric="euclidean", random_state=seed, verbose=False)
         nbrs, dists = index.neighbor_graph
-        rows = np.repeat(np.arange(n), nbrs.shape[1])
-        keep = (dists.ravel() <= radius) & (nbrs.ravel() >= 0)
-        graph = coo_matrix((dists.ravel()[keep], (rows[keep], nbrs.ravel()[keep])), shape=(n, n)).tocsr()
-    coo = graph.tocoo()
-    off = coo.row != coo.col
-    if not off.any():
+    rows = np.repeat(np.arange(n), nbrs.shape[1])
+    cols = nbrs.ravel()
+    keep = (dists.ravel() <= radius) & (cols >= 0) & (cols != rows)
+    if not keep.any():
         return np.empty((0, 3))
-    i, j = np.minimum(coo.row[off], coo.col[off]), np.maximum(coo.row[off], coo.col[off])
+    i, j = np.minimum(rows[keep], cols[keep]), np.maximum(rows[keep], cols[keep])
     pairs = np.unique(np.column_stack([i, j]), axis=0)
     sims = np.einsum("ij,ij->i", Xn[pairs[:, 0]], Xn[pairs[:, 1]])
     keep = sims >= threshold - 1e-6

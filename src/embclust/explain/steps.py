@@ -203,7 +203,11 @@ def run_analyses(state: RunState, cfg: DictConfig, folder: Path, report: Report,
                 (folder / "explain_skipped.txt").write_text(skipped + "\n")
                 report.add_text("Clusters not explained", skipped)
 
-    if a.duplicates.enabled and not light:
+    skip_duplicates = duplicates.skip_reason(ds.n_features) if a.duplicates.enabled and not light else None
+    if skip_duplicates:
+        log.info(skip_duplicates)
+        report.add_text("Near-duplicates", skip_duplicates)
+    if a.duplicates.enabled and not light and not skip_duplicates:
         with _step(state, "duplicates"):
             rows = tables.seeded_sample(ds.n_samples, int(a.duplicates.max_rows), state.seed)
             pairs = duplicates.near_duplicate_pairs(ds.X[rows], threshold=float(a.duplicates.threshold), seed=state.seed)

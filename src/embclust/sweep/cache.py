@@ -96,6 +96,7 @@ def cached_dataset(dataset_config: dict, cache_dir: Path, load: Callable[[], Dat
             "n_dropped_invalid": ds.n_dropped_invalid,
             "n_duplicate_ids": ds.n_duplicate_ids,
             "n_dropped_duplicates": ds.n_dropped_duplicates,
+            "from_tabular": ds.from_tabular,
         }
         (tmp / "meta.json").write_text(json.dumps(meta))
 
@@ -112,6 +113,7 @@ def cached_dataset(dataset_config: dict, cache_dir: Path, load: Callable[[], Dat
         n_dropped_invalid=meta["n_dropped_invalid"],
         n_duplicate_ids=meta["n_duplicate_ids"],
         n_dropped_duplicates=meta["n_dropped_duplicates"],
+        from_tabular=meta.get("from_tabular", False),
         _fingerprint=meta["fingerprint"],
         **optional,
     )

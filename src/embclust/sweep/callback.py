@@ -242,6 +242,8 @@ class MlflowSweepCallback(Callback):
         url = tracking.runs_page_url(config.mlflow.tracking_uri, self.plan.experiment_id)
         if summary.best:
             log.info("sweep done: best %s", summary.best)
+        if summary.advice:
+            log.info("sweep: %s", summary.advice)
         if url:
             log.info("compare the cells in the MLflow UI: %s", url)
         if failed_all:

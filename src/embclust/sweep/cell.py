@@ -22,6 +22,7 @@ from mlflow.entities import Metric, Param, RunTag
 from omegaconf import DictConfig, OmegaConf
 
 from embclust import stages
+from embclust.scoring import stability
 from embclust.errors import user_error
 from embclust.sweep.callback import SweepCell, failed_cell_value
 from embclust.sweep.plan import SweepPlan
@@ -125,7 +126,7 @@ def _fit_and_score(cfg: DictConfig, plan: SweepPlan, timer: stages.StageTimer):
 
         cluster.check_clusterer(clusterer, ds.n_samples)
     with timer("preprocess"):
-        pre_cfg = stages.preprocess_config(cfg)
+        pre_cfg = stages.preprocess_config(cfg, ds)
         features = stages.fit_features(pre_cfg, ds, cache_dir, plan.max_pca_components)
     with timer("cluster"):
         backend = _backend(cfg)
@@ -133,6 +134,9 @@ def _fit_and_score(cfg: DictConfig, plan: SweepPlan, timer: stages.StageTimer):
     with timer("score"):
         scoring = stages.scoring_for(cfg, ds, pre_cfg.get("normalize", "l2"), backend)
         scores = stages.score(features.X, clustering, ds.labels, scoring)
+        scores.values.update(
+            stability.stability_from_config(cfg.clusterer, features.X, clustering.labels, cfg.metrics.get("stability"), int(cfg.seed))
+        )
         pca = features.preprocessing.named_steps.get("pca")
         if pca is not None and pca != "passthrough":
             scores.values["pca_explained_variance"] = float(np.sum(pca.explained_variance_ratio_))
@@ -143,6 +147,7 @@ def _fit_and_score(cfg: DictConfig, plan: SweepPlan, timer: stages.StageTimer):
         "preprocess_source": features.how + (" (cached)" if features.cache_hit else ""),
         "cluster_implementation": clustering.implementation,
         "backend": backend,
+        "normalize": pre_cfg["normalize"],
     }
     if hit is not None:
         tags["data_cache"] = "hit" if hit else "miss"

@@ -15,14 +15,13 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from embclust.sweep import compare
+from embclust.sweep import advice, compare
 from embclust.tracking import plots
 from embclust.tracking.report import Report
 
 log = logging.getLogger(__name__)
 
 _HEATMAP_METRICS = ("silhouette", "calinski_harabasz", "davies_bouldin")
-_CURVE_METRICS = ("silhouette", "calinski_harabasz", "davies_bouldin", "inertia")
 _K_PARAMS = ("clusterer.n_clusters", "clusterer.min_cluster_size")
 
 
@@ -35,6 +34,7 @@ class SweepSummary:
     n_scored: int = 0
     best_run_id: str | None = None
     best: str | None = None
+    advice: str | None = None
 
 
 def summarize_sweep(parent_run_id: str, experiment_name: str, metric: str) -> SweepSummary:
@@ -88,10 +88,26 @@ def summarize_sweep(parent_run_id: str, experiment_name: str, metric: str) -> Sw
             k_param = next((p for p in _K_PARAMS if p in swept), None)
             if k_param:
                 group = next((p for p in swept if p != k_param), None)
-                figures["sweep_curves"] = (f"Metrics against {k_param}", metric_curves(table, k_param, group))
+                figures["sweep_curves"] = (
+                    f"Metrics against {k_param} (stars: knees)", advice.metric_curves(table, k_param, group)
+                )
+                if "inertia" in table and table["inertia"].notna().any():
+                    knees = advice.knee_points(table, k_param, group, "inertia")
+                    knee_metrics = advice.knee_metric_names(knees, group)
+                    if knee_metrics:
+                        client.log_batch(parent_run_id, metrics=[Metric(k, v, _now(), 0) for k, v in knee_metrics.items()])
+                    summary.advice = advice.knee_advice(knees, k_param, group)
+                    report.add_text("Knee (advice)", summary.advice)
             variance = _pca_variance_curve(runs)
             if variance is not None:
                 figures["pca_variance"] = ("PCA explained variance", variance)
+                variance_by_pca = _variance_by_pca(runs)
+                ranked = metric if metric.endswith("_ref") else "silhouette_ref"
+                if len(variance_by_pca) > 1 and ranked in table:
+                    figures["sweep_tradeoff"] = (
+                        "Silhouette (reference space) against explained variance",
+                        advice.tradeoff_figure(table, variance_by_pca, metric=ranked),
+                    )
         for stem, (heading, fig) in figures.items():
             plots.write_html(fig, folder / f"{stem}.html")
             report.add_figure(heading, fig)
@@ -153,32 +169,13 @@ def grid_heatmaps(table: pd.DataFrame, swept: list[str], metrics: tuple[str, ...
     return fig
 
 
-def metric_curves(table: pd.DataFrame, k_param: str, group: str | None) -> go.Figure:
-    """Each metric against k, one line per value of ``group`` (e.g. PCA size): elbow plots."""
-    metrics = [m for m in _CURVE_METRICS if m in table and table[m].notna().any()]
-    fig = make_subplots(rows=1, cols=len(metrics), subplot_titles=metrics, horizontal_spacing=0.06)
-    done = table[table["status"] == "FINISHED"].copy()
-    done["_k"] = done[k_param].astype(float)
-    groups = _axis_values(done[group]) if group else [None]
-    for g in groups:
-        part = done if g is None else done[done[group] == g]
-        part = part.sort_values("_k")
-        for col, metric in enumerate(metrics, start=1):
-            fig.add_trace(
-                go.Scatter(
-                    x=part["_k"],
-                    y=part[metric],
-                    mode="lines+markers",
-                    name=f"{group}={g}" if group else metric,
-                    legendgroup=str(g),
-                    showlegend=col == 1,
-                ),
-                row=1,
-                col=col,
-            )
-            fig.update_xaxes(title_text=k_param, row=1, col=col)
-    fig.update_layout(title=f"Metrics against {k_param}", height=450)
-    return fig
+def _variance_by_pca(runs: pd.DataFrame) -> dict[int, float]:
+    """Cumulative explained variance of each PCA size the sweep's cells logged."""
+    col, metric = "params.preprocess.pca_components", "metrics.pca_explained_variance"
+    if col not in runs or metric not in runs:
+        return {}
+    done = runs[runs[col].notna() & (runs[col] != "None") & runs[metric].notna()]
+    return {int(k): float(v) for k, v in done.groupby(done[col].astype(int))[metric].first().items()}
 
 
 def _pca_variance_curve(runs: pd.DataFrame) -> go.Figure | None:

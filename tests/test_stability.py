@@ -1,0 +1,88 @@
+"""Stability (mean ARI of seeded refits) separates a real k from a wrong one."""
+
+import numpy as np
+import pytest
+from omegaconf import OmegaConf
+from sklearn.cluster import KMeans
+from sklearn.datasets import make_blobs
+
+from embclust.errors import ConfigError
+from embclust.scoring.stability import stability_from_config, stability_score
+
+
+@pytest.fixture(scope="module")
+def blobs():
+    X, _ = make_blobs(n_samples=1500, centers=5, n_features=10, cluster_std=1.0, random_state=3)
+    return X.astype(np.float32)
+
+
+def _kmeans_cfg(k):
+    return OmegaConf.create({"_target_": "sklearn.cluster.KMeans", "n_clusters": k, "n_init": 1, "random_state": 0})
+
+
+def _cell(X, k):
+    return KMeans(k, n_init=1, random_state=0).fit_predict(X)
+
+
+STABILITY = {"enabled": True, "n_resamples": 3, "fraction": 0.8, "max_samples": 20000}
+
+
+def test_true_k_is_stable_and_a_wrong_k_is_not(blobs):
+    right = stability_from_config(_kmeans_cfg(5), blobs, _cell(blobs, 5), STABILITY, seed=0)
+    wrong = stability_from_config(_kmeans_cfg(13), blobs, _cell(blobs, 13), STABILITY, seed=0)
+    assert right["stability"] >= 0.95
+    assert wrong["stability"] < right["stability"] - 0.1
+    assert right["time/stability_s"] > 0
+
+
+def test_disabled_by_default_logs_nothing(blobs):
+    cfg = OmegaConf.load("conf/metrics/default.yaml").stability
+    assert cfg.enabled is False
+    assert stability_from_config(_kmeans_cfg(5), blobs, _cell(blobs, 5), cfg, seed=0) == {}
+
+
+def test_refits_use_other_seeds_and_at_most_max_samples_rows(blobs):
+    seen = []
+
+    class Recorder(KMeans):
+        def fit_predict(self, X, y=None, sample_weight=None):
+            seen.append((self.random_state, X.shape[0]))
+            return super().fit_predict(X)
+
+    stability_score(lambda s: Recorder(5, n_init=1, random_state=s), blobs, _cell(blobs, 5),
+                    n_resamples=3, fraction=0.5, max_samples=400, seed=7)
+    assert seen == [(8, 200), (9, 200), (10, 200)]
+
+
+def test_noise_counts_as_its_own_cluster(blobs):
+    labels = _cell(blobs, 5)
+
+    class AllNoise:
+        def fit_predict(self, X):
+            return np.full(X.shape[0], -1)
+
+    score, _ = stability_score(lambda s: AllNoise(), blobs, labels, n_resamples=2)
+    assert score == pytest.approx(0.0, abs=1e-9)
+
+
+@pytest.mark.parametrize(
+    "key, value, message",
+    [
+        ("n_resamples", 0, "metrics.stability.n_resamples=0 must be an integer >= 1"),
+        ("fraction", 1.0, r"metrics.stability.fraction=1.0 must be a number in \(0, 1\)"),
+        ("max_samples", 1, "metrics.stability.max_samples=1 must be null or an integer >= 2"),
+    ],
+)
+def test_bad_settings_name_the_key(blobs, key, value, message):
+    with pytest.raises(ConfigError, match=message):
+        stability_from_config(_kmeans_cfg(5), blobs, _cell(blobs, 5), {**STABILITY, key: value}, seed=0)
+
+
+def test_run_logs_stability_when_enabled(run_cli):
+    res = run_cli(
+        "reducer=pca", "analysis.explain.enabled=false", "dataset=synthetic", "dataset.n_samples=1500",
+        "dataset.n_features=32", "dataset.n_clusters=5", "clusterer.n_clusters=5", "metrics.stability.enabled=true",
+    )
+    assert res.returncode == 0, res.stderr[-2000:]
+    (run,) = res.runs()
+    assert run.data.metrics["stability"] >= 0.95 and run.data.metrics["time/stability_s"] > 0
