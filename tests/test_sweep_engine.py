@@ -224,3 +224,20 @@ def test_resume_after_kill_9_closes_the_orphaned_cell(tmp_path, tracking_uri):
     assert closed.info.status == "KILLED" and "orphaned" in closed.data.tags["error"]
     assert not [r for r in mlflow.search_runs(search_all_experiments=True, output_format="list")
                 if r.info.status == "RUNNING"]
+
+
+def test_knee_of_a_k_sweep_is_logged_on_the_parent(run_cli, tmp_path):
+    from sklearn.datasets import make_blobs
+
+    # six equally separated clusters: the elbow of inertia is unambiguous
+    X, y = make_blobs(n_samples=1500, centers=np.eye(10)[:6] * 8, cluster_std=0.8, random_state=3)
+    np.save(tmp_path / "X.npy", X.astype(np.float32))
+    res = run_cli("-m", "dataset=npy", f"dataset.path={tmp_path / 'X.npy'}", "reducer=none",
+                  "preprocess.normalize=none", "clusterer.n_clusters=2,3,4,5,6,7,8,9,10", "clusterer.n_init=3",
+                  "analysis.explain.enabled=false")
+    assert res.returncode == 0, res.stderr[-3000:]
+    parent, cells = _children(res)
+    assert parent.data.metrics["knee_k"] == 6
+    assert "knee of inertia" in res.stderr
+    names = {a.path for a in mlflow.MlflowClient().list_artifacts(parent.info.run_id)}
+    assert "sweep_curves.html" in names
