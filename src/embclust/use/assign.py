@@ -165,15 +165,15 @@ def explain_rows(run, ds: Dataset, X: np.ndarray, cluster: np.ndarray) -> pl.Dat
         run_id=run.info.run_id, artifact_path=EXPLAINERS_FOLDER, dst_path=tempfile.mkdtemp(prefix="embclust-")
     ))
     models, names, source = load_models(folder)
-    given = ds.feature_names or []
-    if source == "PCA components" or any(n not in given for n in names):
+    # Columns of X: the run's feature order when it was logged, else the input file's own.
+    trained = list(ds.feature_names or []) if not runs.has_artifact(run, FEATURE_NAMES_ARTIFACT) else json.loads(
+        runs.download(run, FEATURE_NAMES_ARTIFACT).read_text()
+    )
+    if source == "PCA components" or any(n not in trained for n in names):
         raise DataError(
             f"run {run.info.run_id} explained {source} ({', '.join(names[:5])}...), not columns of the input: "
             "--explain works for tabular runs explained on their input columns"
         )
-    trained = list(given) if not runs.has_artifact(run, FEATURE_NAMES_ARTIFACT) else json.loads(
-        runs.download(run, FEATURE_NAMES_ARTIFACT).read_text()
-    )
     features = X[:, [trained.index(n) for n in names]]
     columns = {f"{kind}_{i}": [None] * len(cluster) for i in range(1, TOP_DRIVERS + 1) for kind in ("feature", "shap")}
     for c, model in models.items():
@@ -185,7 +185,7 @@ def explain_rows(run, ds: Dataset, X: np.ndarray, cluster: np.ndarray) -> pl.Dat
         for i in range(order.shape[1]):
             for r, row in enumerate(rows):
                 columns[f"feature_{i + 1}"][row] = names[order[r, i]]
-                columns[f"shap_{i + 1}"][row] = float(values[r, order[r, i]])
+                columns[f"shap_{i + 1}"][row] = round(float(values[r, order[r, i]]), 4)
     ordered = {k: columns[k] for i in range(1, TOP_DRIVERS + 1) for k in (f"feature_{i}", f"shap_{i}")}
     return pl.DataFrame(ordered, schema={k: (pl.String if k.startswith("feature") else pl.Float64) for k in ordered})
 

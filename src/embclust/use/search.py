@@ -37,9 +37,9 @@ def search(run_id: str, query: str, top: int = 10, probe: int = 3) -> pd.DataFra
     index = RoutingIndex.build(ds.X[rows], cluster)
     vector = embed_texts(np.asarray([query]), model=cfg.dataset.model, device=cfg.dataset.get("device", "cpu"), cache_dir=None)
     found, scores = index.search(vector[0], top, probe)
-    probed = index.clusters[index.route(vector, probe)[0]]
-    log.info("query routed to clusters %s (%d of %d documents scanned)", ", ".join(map(str, probed)),
-             int(np.isin(index.lists, index.route(vector, probe)[0]).sum()), cluster.size)
+    probed = index.route(vector, probe)[0]
+    log.info("query routed to clusters %s (%d of %d documents scanned)", ", ".join(map(str, index.clusters[probed])),
+             int(np.isin(index.lists, probed).sum()), cluster.size)
     texts = ds.texts[rows] if ds.texts is not None else np.full(cluster.size, "")
     return pd.DataFrame(
         {
