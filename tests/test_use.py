@@ -218,3 +218,30 @@ def test_search_finds_a_planted_near_copy_first(run_cli, tracking_uri, tmp_path,
     assert lines[1].split()[3] == "planted" and float(lines[1].split()[1]) > 0.8
     code, out, err = _embclust(capsys, "search", run.info.run_id, "x", "--probe", "0", "--tracking-uri", tracking_uri)
     assert code == 1 and out == "" and err.strip() == "error: --top-k=10 and --probe=0 must both be >= 1"
+
+
+def test_light_sweep_cells_export_and_refuse_assign_with_one_line(tracking_uri, tmp_path, capsys):
+    """Cells that logged only labels.parquet and config.yaml (no model, no map) still export."""
+    mlflow.set_tracking_uri(tracking_uri)
+    mlflow.set_experiment("embclust")
+    ids = [f"d{k}" for k in range(6)]
+    with mlflow.start_run(tags={"sweep_role": "parent"}) as parent:
+        pass
+    cells = {}
+    for k, clusters in ((3, [0, 0, 1, 1, 2, 2]), (2, [0, 0, 0, 1, 1, 1])):
+        with mlflow.start_run(tags={"mlflow.parentRunId": parent.info.run_id, "sweep_cell": f"clusterer.n_clusters={k} seed=1"}) as cell:
+            pl.DataFrame({"id": ids, "cluster": clusters}).write_parquet(tmp_path / "labels.parquet")
+            mlflow.log_artifact(str(tmp_path / "labels.parquet"))
+            mlflow.log_text("dataset:\n  name: npy\n  path: e.npy\n", "config.yaml")
+        cells[k] = cell.info.run_id
+    mlflow.MlflowClient().set_tag(parent.info.run_id, "best_run_id", cells[3])
+    code, out, _ = _embclust(capsys, "export", parent.info.run_id, "--output", tmp_path / "s.parquet", "--tracking-uri", tracking_uri)
+    assert code == 0, out
+    table = pl.read_parquet(tmp_path / "s.parquet")
+    assert table.columns == ["id", "clusterer.n_clusters=3", "clusterer.n_clusters=2"]
+    assert table["clusterer.n_clusters=2"].to_list() == [0, 0, 0, 1, 1, 1]
+    code, _, err = _embclust(capsys, "assign", cells[2], "--input", tmp_path / "e.npy", "--output", tmp_path / "a.csv", "--tracking-uri", tracking_uri)
+    assert code == 1 and err.strip() == (
+        f"error: run {cells[2]} has no model: it is a sweep cell logged without its model; use the sweep's best cell "
+        f"(pass the sweep id {parent.info.run_id}) or a single run (python run.py with this cell's overrides)"
+    )

@@ -26,6 +26,9 @@ def normalize_rows(X: np.ndarray) -> np.ndarray:
     """Rows scaled to unit L2 norm (zero rows stay zero), as float32."""
     X = np.asarray(X, dtype=np.float32)
     norms = np.linalg.norm(X, axis=1, keepdims=True)
+    if np.allclose(norms, 1.0, atol=1e-4):
+        # Sentence-transformer embeddings usually come normalised: no second corpus-sized copy.
+        return X
     return X / np.where(norms > 0, norms, 1.0)
 
 
