@@ -246,7 +246,6 @@ def run_analyses(state: RunState, cfg: DictConfig, folder: Path, report: Report,
             plots.write_html(fig, folder / f"map_by_{column}.html")
             report.add_figure(f"Map coloured by {column}", fig)
 
-
     # What `embclust assign` needs to place new rows: the feature order and the centroids in the
     # clustered space (agglomerative and HDBSCAN models keep no centres of their own).
     if ds.feature_names is not None:
@@ -256,7 +255,9 @@ def run_analyses(state: RunState, cfg: DictConfig, folder: Path, report: Report,
         np.savez(folder / "cluster_centroids.npz", cluster=clusters, centroid=centroids)
 
     fp = a.get("feature_profile")
-    if fp is not None and fp.enabled and (ds.feature_names is not None or a.explain.features != "auto"):
+    # auto: input columns only (wide embedding tables would be profiled as PCA components, not columns).
+    columns = ds.feature_names is not None and len(ds.feature_names) <= 200
+    if fp is not None and fp.enabled and (columns or a.explain.features != "auto"):
         features, names, source = explain_features(state, a.explain)
         if source != "PCA components":
             with _step(state, "feature_profile"):
