@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -17,12 +19,15 @@ NOISE = -1
 
 @dataclass
 class Explanations:
-    """Mean |SHAP| per feature for each explained cluster, plus held-out F1 and what was skipped."""
+    """Mean |SHAP| per feature for each explained cluster, its model, held-out scores and what was skipped."""
 
     feature_names: list[str]
     importance: dict[int, np.ndarray] = field(default_factory=dict)
     f1: dict[int, float] = field(default_factory=dict)
     skipped: dict[int, str] = field(default_factory=dict)
+    models: dict[int, object] = field(default_factory=dict)
+    # cluster -> held-out precision, recall, f1 and support of the cluster-vs-rest model
+    scores: dict[int, dict[str, float]] = field(default_factory=dict)
 
     def table(self) -> pd.DataFrame:
         """Long table: cluster, feature, mean |SHAP|, rank, held-out F1."""
@@ -35,6 +40,32 @@ class Explanations:
                      "f1_heldout": self.f1[c]}
                 )
         return pd.DataFrame(rows)
+
+    def classification_table(self) -> pd.DataFrame:
+        """One row per explained cluster: held-out precision, recall, F1 and support (members held out)."""
+        return pd.DataFrame([{"cluster": c, **s} for c, s in self.scores.items()])
+
+    def save_models(self, folder: Path, source: str) -> None:
+        """Write each cluster's model as XGBoost JSON (``cluster_<c>.json``) and ``features.json``."""
+        folder.mkdir(parents=True, exist_ok=True)
+        for c, model in self.models.items():
+            model.save_model(folder / f"cluster_{c}.json")
+        (folder / "features.json").write_text(
+            json.dumps({"feature_names": self.feature_names, "source": source, "clusters": sorted(self.models)}, indent=1)
+        )
+
+
+def load_models(folder: Path) -> tuple[dict[int, object], list[str], str]:
+    """Read the models written by :meth:`Explanations.save_models`: (models, feature names, source)."""
+    from xgboost import XGBClassifier
+
+    meta = json.loads((folder / "features.json").read_text())
+    models = {}
+    for c in meta["clusters"]:
+        model = XGBClassifier()
+        model.load_model(folder / f"cluster_{c}.json")
+        models[int(c)] = model
+    return models, list(meta["feature_names"]), str(meta["source"])
 
 
 def explain_clusters(
@@ -57,7 +88,7 @@ def explain_clusters(
     largest are skipped with the reason recorded.
     """
     import shap
-    from sklearn.metrics import f1_score
+    from sklearn.metrics import precision_recall_fscore_support
     from sklearn.model_selection import train_test_split
     from xgboost import XGBClassifier
 
@@ -86,7 +117,12 @@ def explain_clusters(
             n_jobs=1, tree_method="hist", eval_metric="logloss",
         )
         model.fit(X_tr, y_tr)
-        out.f1[c] = float(f1_score(y_te, model.predict(X_te)))
+        precision, recall, f1, _ = precision_recall_fscore_support(
+            y_te, model.predict(X_te), average="binary", zero_division=0
+        )
+        out.f1[c] = float(f1)
+        out.scores[c] = {"precision": float(precision), "recall": float(recall), "f1": float(f1), "support": int(y_te.sum())}
+        out.models[c] = model
         sample = X_te[: shap_samples]
         values = shap.TreeExplainer(model).shap_values(sample)
         out.importance[c] = np.abs(np.asarray(values)).mean(axis=0)

@@ -6,6 +6,7 @@ returns metrics; its wall time is recorded as ``time_analysis_<step>_s``.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from contextlib import contextmanager
@@ -18,11 +19,12 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from embclust.explain import duplicates, keywords
-from embclust.explain import shap_models, tables
+from embclust.explain import profiles, shap_models, tables
 from embclust.tracking import plots
 from embclust.data.dataset import Dataset
 from embclust.errors import ConfigError
 from embclust.tracking.report import Report
+from embclust.use import retrieval
 
 log = logging.getLogger(__name__)
 
@@ -198,6 +200,11 @@ def run_analyses(state: RunState, cfg: DictConfig, folder: Path, report: Report,
                 plots.write_html(heat, folder / "shap_summary.html")
                 report.add_figure(f"SHAP per cluster ({source})", bars)
                 report.add_figure("SHAP summary", heat)
+                # Kept so that new rows can be explained by the model of the cluster they join.
+                ex.save_models(folder / "explainers", source)
+                scores = ex.classification_table()
+                _save_table(scores, folder, "explain_classification")
+                report.add_table("Cluster-vs-rest models, held-out scores", scores)
             if ex.skipped:
                 skipped = "; ".join(f"cluster {c}: {why}" for c, why in ex.skipped.items())
                 (folder / "explain_skipped.txt").write_text(skipped + "\n")
@@ -243,3 +250,39 @@ def run_analyses(state: RunState, cfg: DictConfig, folder: Path, report: Report,
             plots.write_html(fig, folder / f"map_by_{column}.html")
             report.add_figure(f"Map coloured by {column}", fig)
 
+    # What `embclust assign` needs to place new rows: the feature order and the centroids in the
+    # clustered space (agglomerative and HDBSCAN models keep no centres of their own).
+    if ds.feature_names is not None:
+        (folder / "feature_names.json").write_text(json.dumps(list(ds.feature_names)))
+    if (labels != -1).any():
+        clusters, centroids = retrieval.cluster_centroids(X, labels)
+        np.savez(folder / "cluster_centroids.npz", cluster=clusters, centroid=centroids)
+
+    fp = a.get("feature_profile")
+    # auto: input columns only (wide embedding tables would be profiled as PCA components, not columns).
+    columns = ds.feature_names is not None and len(ds.feature_names) <= 200
+    if fp is not None and fp.enabled and (columns or a.explain.features != "auto"):
+        features, names, source = explain_features(state, a.explain)
+        if source != "PCA components":
+            with _step(state, "feature_profile"):
+                profile = profiles.feature_profile_table(features, names, labels)
+                _save_table(profile, folder, "feature_profile")
+                top = profiles.top_features_table(profile, top=int(fp.top))
+                _save_table(top, folder, "feature_profile_top")
+                fig = profiles.distributions_figure(
+                    features, names, labels, profile, max_features=int(fp.max_features),
+                    sample_size=int(fp.sample_size), seed=state.seed,
+                )
+                plots.write_html(fig, folder / "feature_distributions.html")
+                report.add_table(
+                    f"Features that differ most per cluster ({source})", top,
+                    note="standardised mean difference: (cluster mean - overall mean) / overall std",
+                )
+                report.add_figure("Feature distributions per cluster", fig)
+
+    routing = a.get("routing")
+    if routing is not None and routing.enabled and texts is not None and (labels != -1).any():
+        with _step(state, "routing"):
+            state.metrics.update(
+                retrieval.routing_recall(ds.X, labels, probes=(1, 3), k=10, n_queries=int(routing.n_queries), seed=state.seed)
+            )

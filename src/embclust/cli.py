@@ -1,0 +1,94 @@
+"""The ``embclust`` command: use the clusters of logged runs (assign, search, export, compare)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+from embclust.errors import EmbclustError
+
+log = logging.getLogger("embclust")
+
+
+def _parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--tracking-uri", default=None, help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)"
+    )
+    common.add_argument("-q", "--quiet", action="store_true", help="log only warnings and errors")
+    parser = argparse.ArgumentParser(prog="embclust", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{assign,search,export,compare}")
+
+    p = sub.add_parser("assign", parents=[common], help="assign the rows of a new file to a run's clusters")
+    p.add_argument("run", help="run id, or a sweep's parent id (its best cell is used)")
+    p.add_argument("--input", required=True, help="file to assign, read like the run's dataset (same loader and columns)")
+    p.add_argument("--output", required=True, help="output table, .parquet or .csv")
+    p.add_argument("--explain", action="store_true", help="tabular runs: top 3 features (SHAP) behind each assignment")
+
+    p = sub.add_parser("search", parents=[common], help="cluster-routed search of a text run's documents")
+    p.add_argument("run", help="run id of a dataset=texts run, or a sweep's parent id")
+    p.add_argument("query", help="query text")
+    p.add_argument("--top-k", type=int, default=10, help="documents to return (default 10)")
+    p.add_argument("--probe", type=int, default=3, help="nearest clusters to search in (default 3)")
+
+    p = sub.add_parser("export", parents=[common], help="one table of a sweep: a cluster column per cell")
+    p.add_argument("sweep", help="the sweep's parent run id")
+    p.add_argument("--output", required=True, help="output table, .parquet or .csv")
+
+    sub.add_parser("compare", add_help=False, help="leaderboard of a sweep (see embclust compare --help)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run one subcommand; user errors print one line on stderr and return 1."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "compare":
+        from embclust.sweep import compare
+
+        return compare.main(argv[1:])
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(message)s")
+    log.setLevel(logging.WARNING if args.quiet else logging.INFO)
+
+    # Artifact downloads would draw progress bars on stderr for every small file.
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    from embclust.tracking.store import default_tracking_uri
+
+    mlflow.set_tracking_uri(args.tracking_uri or default_tracking_uri())
+    try:
+        if args.command == "assign":
+            from embclust.use.assign import assign
+
+            table = assign(args.run, args.input, args.output, explain=args.explain)
+            counts = table["cluster"].value_counts().sort("cluster")
+            summary = ", ".join(f"{c}: {n}" for c, n in counts.iter_rows())
+            print(f"assigned {table.height} rows ({table['method'][0]}) to {args.output}; rows per cluster: {summary}")
+        elif args.command == "search":
+            import pandas as pd
+
+            from embclust.use.search import search
+
+            table = search(args.run, args.query, top=args.top_k, probe=args.probe)
+            table["text"] = table["text"].map(lambda t: t if len(t) <= 70 else t[:67] + "...")
+            with pd.option_context("display.width", 200, "display.max_colwidth", 80):
+                print(table.to_string(index=False))
+        elif args.command == "export":
+            from embclust.use.export import export_sweep
+
+            table = export_sweep(args.sweep, args.output)
+            cells = [c for c in table.columns if c not in ("id", "label", "x", "y")]
+            print(f"wrote {args.output}: {table.height} rows, {len(cells)} cell columns ({', '.join(cells)})")
+    except (EmbclustError, MlflowException) as exc:
+        message = exc.message if isinstance(exc, MlflowException) else str(exc)
+        print(f"error: {str(message).splitlines()[0] if message else type(exc).__name__}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

