@@ -24,7 +24,7 @@ from mlflow.models import infer_signature
 from omegaconf import DictConfig, OmegaConf
 from threadpoolctl import threadpool_limits
 
-from embclust import cluster, data, maps, preprocess, tracking
+from embclust import cluster, data, maps, preprocess, signals, tracking, validate
 from embclust.sweep import callback as sweep
 from embclust.errors import ConfigError, EmbclustError
 from embclust.explain import duplicates
@@ -262,6 +262,7 @@ def execute(cfg: DictConfig, workdir: Path, timer: _StageTimer) -> RunResult:
         mlflow.set_tag("backend", backend)
         preprocess.check_preprocessing(preprocessing, ds.n_samples, ds.n_features)
         cluster.check_clusterer(clusterer, ds.n_samples)
+        validate.check_quadratic_work(cfg, ds.n_samples)
         plots.check_max_points(cfg.analysis.maps.max_points)
         mlflow.set_tags(
             tracking.reproducibility_tags(ds.fingerprint, _hydra_overrides(), Path(__file__).resolve().parent)
@@ -393,7 +394,7 @@ def run(cfg: DictConfig) -> float:
     """
     try:
         experiment_id = tracking.setup_tracking(cfg.mlflow.tracking_uri, cfg.mlflow.experiment_name)
-    except tracking.TrackingServerUnreachable as exc:
+    except EmbclustError as exc:
         log.error("%s", exc)
         if _is_multirun():
             return math.nan
@@ -411,11 +412,15 @@ def run(cfg: DictConfig) -> float:
     with mlflow.start_run(
         run_name=_run_name(cfg), parent_run_id=cell.parent_run_id if cell else None, tags=tags
     ) as active:
-        mlflow.log_params(tracking.flatten_config(cfg))
         try:
+            validate.validate_config(cfg)
+            mlflow.log_params(tracking.flatten_config(cfg))
             threads = _threads_per_cell()
-            with tempfile.TemporaryDirectory(prefix="embclust-") as tmp, threadpool_limits(limits=threads):
+            with signals.stop_on_signals(), tempfile.TemporaryDirectory(prefix="embclust-") as tmp, threadpool_limits(limits=threads):
                 result = execute(cfg, Path(tmp), timer)
+        except signals.Stopped as stopped:
+            signals.end_run_killed(stopped, f"{cell.position}: " if cell else "")
+            raise SystemExit(stopped.exit_code) from None
         except Exception as exc:  # noqa: BLE001 - every failure must be recorded before exiting
             user_error = _user_error(exc)
             message = str(user_error) if user_error else f"{type(exc).__name__}: {exc}".replace("\n", " ")
