@@ -119,6 +119,8 @@ def validate_config(cfg: DictConfig) -> None:
         value = _value(cfg, key)
         if value is _MISSING or (value is None and nullable):
             continue
+        if key == "clusterer.n_init" and value == "auto":  # scikit-learn's KMeans accepts "auto"
+            continue
         if not _is_int(value) or value < minimum:
             allowed = f"{'null or ' if nullable else ''}an integer >= {minimum}"
             raise ConfigError(f"{key}={value!r} must be {allowed}")
