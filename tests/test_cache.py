@@ -1,7 +1,13 @@
+import json
+import logging
+import os
 import threading
 
+import joblib
 import numpy as np
+import pytest
 
+from embclust.sweep import cache as cache_module
 from embclust.sweep.cache import cached_dataset, cached_preprocessing, file_stamps
 from embclust.data import make_synthetic
 from embclust.preprocess import build_preprocessing, fit_preprocessing
@@ -69,3 +75,127 @@ def test_file_stamps_change_when_file_changes(tmp_path):
     before = file_stamps({"path": str(f), "other": 1})
     np.save(f, np.zeros(5))
     assert before != file_stamps({"path": str(f), "other": 1})
+
+
+def _fit_counter(X, fits, pca=4, normalize="l2"):
+    def _fit():
+        fits.append(pca)
+        pipe = build_preprocessing(normalize, pca)
+        return pipe, fit_preprocessing(pipe, X)
+
+    return _fit
+
+
+def _entry(tmp_path, kind):
+    (entry,) = [p for p in (tmp_path / kind).iterdir() if p.is_dir()]
+    return entry
+
+
+def test_cached_pipeline_is_rebuilt_from_arrays_and_transforms_like_the_fitted_one(tmp_path):
+    X = make_synthetic(n_samples=400, n_features=16, seed=0).X
+    fits = []
+    fitted, Xp, _ = cached_preprocessing("fp", {"normalize": "standard", "pca_components": 5}, tmp_path, _fit_counter(X, fits, 5, "standard"))
+    loaded, Xp2, hit = cached_preprocessing("fp", {"normalize": "standard", "pca_components": 5}, tmp_path, _fit_counter(X, fits, 5, "standard"))
+    assert hit and fits == [5]
+    assert type(loaded.named_steps["normalize"]).__name__ == "StandardScaler"
+    np.testing.assert_allclose(loaded.transform(X[:20]), fitted.transform(X[:20]), rtol=1e-6)
+    assert {p.name for p in _entry(tmp_path, "preprocess").iterdir()} == {"Xp.npy", "pipeline.json", "pipeline.npz", "manifest.json"}
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        lambda e: os.truncate(e / "Xp.npy", 200),  # truncated array
+        lambda e: (e / "pipeline.npz").write_bytes(b"garbage"),  # corrupt pipeline file
+        lambda e: _flip_byte(e / "Xp.npy"),  # one flipped byte, same size
+        lambda e: (e / "manifest.json").unlink(),  # never finished writing
+        lambda e: (e / "pipeline.json").unlink(),  # a file missing
+    ],
+)
+def test_damaged_preprocessing_entry_is_rebuilt_with_a_warning(tmp_path, caplog, damage):
+    X = make_synthetic(n_samples=300, n_features=16, seed=0).X
+    fits = []
+    _, Xp, _ = cached_preprocessing("fp", {"pca_components": 4}, tmp_path, _fit_counter(X, fits))
+    Xp = np.array(Xp)  # a copy: Xp is a memory map of the file damaged below
+    entry = _entry(tmp_path, "preprocess")
+    damage(entry)
+    with caplog.at_level(logging.WARNING, logger="embclust.sweep.cache"):
+        pipe, Xp2, hit = cached_preprocessing("fp", {"pca_components": 4}, tmp_path, _fit_counter(X, fits))
+    assert not hit and fits == [4, 4]
+    np.testing.assert_array_equal(Xp, Xp2)
+    (record,) = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert f"cache entry {entry}" in record.getMessage() and "rebuilding it" in record.getMessage()
+    # The rebuilt entry is used as is next time.
+    assert cached_preprocessing("fp", {"pca_components": 4}, tmp_path, _fit_counter(X, fits))[2] and fits == [4, 4]
+
+
+def _flip_byte(path):
+    data = bytearray(path.read_bytes())
+    data[-3] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def test_truncated_dataset_array_is_rebuilt_not_loaded(tmp_path, caplog):
+    ds = make_synthetic(n_samples=300, n_features=8, seed=1)
+    cached_dataset({"n": 300}, tmp_path, lambda: ds)
+    entry = _entry(tmp_path, "data")
+    os.truncate(entry / "X.npy", 1000)
+    with caplog.at_level(logging.WARNING, logger="embclust.sweep.cache"):
+        again, hit = cached_dataset({"n": 300}, tmp_path, lambda: ds)
+    assert not hit and np.array_equal(np.asarray(again.X), ds.X)
+    assert any("X.npy does not match its checksum" in r.getMessage() for r in caplog.records)
+
+
+class _Payload:
+    """Unpickling this creates the marker file: the code an attacker would run."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def _forge(entry, name, payload):
+    """Plant a pickle in an entry and forge a matching manifest, as someone with write access could."""
+    np.save(entry / name, np.array([payload, 1], dtype=object), allow_pickle=True)
+    manifest = json.loads((entry / "manifest.json").read_text())
+    manifest["files"][name] = cache_module._file_hash(entry / name)
+    (entry / "manifest.json").write_text(json.dumps(manifest))
+
+
+def test_planted_pickles_are_never_executed(tmp_path, caplog):
+    marker = tmp_path / "pwned"
+    X = make_synthetic(n_samples=300, n_features=16, seed=0).X
+    fits = []
+    _, Xp, _ = cached_preprocessing("fp", {"pca_components": 4}, tmp_path, _fit_counter(X, fits))
+    Xp = np.array(Xp)
+    entry = _entry(tmp_path, "preprocess")
+    joblib.dump(_Payload(marker), entry / "pipeline.joblib")  # the old pickle format: never read
+    _forge(entry, "Xp.npy", _Payload(marker))
+    with caplog.at_level(logging.WARNING, logger="embclust.sweep.cache"):
+        _, Xp2, hit = cached_preprocessing("fp", {"pca_components": 4}, tmp_path, _fit_counter(X, fits))
+    assert not marker.exists()
+    assert not hit and np.array_equal(Xp, Xp2)
+    assert any("damaged" in r.getMessage() for r in caplog.records)
+
+    ds = make_synthetic(n_samples=200, n_features=8, seed=2)
+    cached_dataset({"n": 200}, tmp_path, lambda: ds)
+    _forge(_entry(tmp_path, "data"), "ids.npy", _Payload(marker))
+    again, _ = cached_dataset({"n": 200}, tmp_path, lambda: ds)
+    assert not marker.exists() and np.array_equal(again.ids, ds.ids)
+
+
+def test_umap_preprocessing_is_fitted_and_not_cached(tmp_path):
+    X = make_synthetic(n_samples=200, n_features=8, seed=0).X
+    calls = []
+
+    def fit():
+        calls.append(1)
+        pipe = build_preprocessing("l2", None)
+        return pipe, fit_preprocessing(pipe, X)
+
+    for _ in range(2):
+        _, _, hit = cached_preprocessing("fp", {"umap_components": 5}, tmp_path, fit)
+        assert not hit
+    assert len(calls) == 2 and not (tmp_path / "preprocess").exists()

@@ -22,8 +22,8 @@ from mlflow.models import infer_signature
 from omegaconf import DictConfig, OmegaConf
 from threadpoolctl import threadpool_limits
 
-from embclust import cluster, data, preprocess, stages, tracking
-from embclust.errors import ConfigError, user_error
+from embclust import cluster, data, preprocess, signals, stages, tracking, validate
+from embclust.errors import ConfigError, EmbclustError, user_error
 from embclust.explain import steps as explain_steps
 from embclust.scoring import stability, torch_backend
 from embclust.sweep import callback as sweep
@@ -147,6 +147,7 @@ def execute(
         backend = torch_backend.resolve_backend(cfg.get("backend"))
         preprocess.check_preprocessing(preprocessing, ds.n_samples, ds.n_features)
         cluster.check_clusterer(clusterer, ds.n_samples)
+        validate.check_quadratic_work(cfg, ds.n_samples)
         plots.check_max_points(cfg.analysis.maps.max_points)
         tags = tracking.reproducibility_tags(ds.fingerprint, overrides if overrides is not None else _hydra_overrides(),
                                              Path(__file__).resolve().parent)
@@ -319,7 +320,7 @@ def run(cfg: DictConfig) -> float:
     plan = SweepPlan.from_env() if in_sweep else None
     try:
         tracking.setup_tracking(cfg.mlflow.tracking_uri, cfg.mlflow.experiment_name)
-    except tracking.TrackingServerUnreachable as exc:
+    except EmbclustError as exc:
         log.error("%s", exc)
         if in_sweep:
             return math.nan
@@ -335,17 +336,26 @@ def run(cfg: DictConfig) -> float:
         if cfg.analysis.get("in_sweeps", "light") == "light":
             from embclust.sweep.cell import run_light_cell
 
-            return run_light_cell(cfg, plan, cell, threads)
+            try:
+                with signals.stop_on_signals():
+                    return run_light_cell(cfg, plan, cell, threads)
+            except signals.Stopped as stopped:
+                raise SystemExit(stopped.exit_code) from None
         log.info("%s: %s", cell.position, cell.overrides or "(no overrides)")
         tags = {"sweep_cell": cell.overrides, "sweep_cell_key": cell.config_key}
     timer = stages.StageTimer(STAGES, prefix=f"{cell.position} " if cell else "")
     with mlflow.start_run(
         run_name=_run_name(cfg), parent_run_id=cell.parent_run_id if cell else None, tags=tags
     ) as active:
-        mlflow.log_params(tracking.flatten_config(cfg))
         try:
-            with tempfile.TemporaryDirectory(prefix="embclust-") as tmp, threadpool_limits(limits=threads):
+            validate.validate_config(cfg)
+            mlflow.log_params(tracking.flatten_config(cfg))
+            with signals.stop_on_signals(), tempfile.TemporaryDirectory(prefix="embclust-") as tmp, \
+                    threadpool_limits(limits=threads):
                 result = execute(cfg, Path(tmp), timer, plan=plan, in_sweep=in_sweep)
+        except signals.Stopped as stopped:
+            signals.end_run_killed(stopped, f"{cell.position}: " if cell else "")
+            raise SystemExit(stopped.exit_code) from None
         except Exception as exc:  # noqa: BLE001 - every failure must be recorded before exiting
             message = _record_failure(exc, timer, active.info.run_id, f"{cell.position}: " if cell else "")
             if in_sweep:

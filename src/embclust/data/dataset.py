@@ -12,6 +12,10 @@ from embclust.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 
+# Shown for negative (unknown) integer labels.
+UNKNOWN_LABEL = "unknown"
+# Largest squared row norm float32 arithmetic holds (normalising, distances); above it, inf.
+FLOAT32_MAX = float(np.finfo(np.float32).max)
 # Rows per step when hashing or checking values, so large matrices need no full-size temporaries.
 _HASH_CHUNK_ROWS = 16_384
 
@@ -66,8 +70,10 @@ class Dataset:
         if self.labels is None:
             return None
         if self.label_names is not None and np.issubdtype(self.labels.dtype, np.integer):
-            names = np.asarray(self.label_names, dtype=object)
-            return names[self.labels].astype(str)
+            # Negative labels mean unknown; indexing with them would pick the last names.
+            names = np.asarray([*self.label_names, UNKNOWN_LABEL], dtype=object)
+            codes = np.where(self.labels < 0, len(self.label_names), self.labels)
+            return names[codes].astype(str)
         return self.labels.astype(str)
 
 
@@ -105,10 +111,20 @@ def validate_dataset(ds: Dataset, on_invalid: str = "error") -> Dataset:
             raise DataError(
                 f"dataset '{ds.name}': {name} has {len(arr)} entries but the matrix has {X.shape[0]} rows"
             )
-    bad_rows = _non_finite_rows(X)
-    if bad_rows.size:
-        first = ", ".join(str(i) for i in ds.ids[bad_rows[:5]])
-        where = f"NaN or inf in {bad_rows.size} of {X.shape[0]} rows (first ids: {first})"
+    bad_rows, huge_rows = _invalid_rows(X)
+    if bad_rows.size or huge_rows.size:
+        parts = []
+        if bad_rows.size:
+            first = ", ".join(str(i) for i in ds.ids[bad_rows[:5]])
+            parts.append(f"NaN or inf in {bad_rows.size} of {X.shape[0]} rows (first ids: {first})")
+        if huge_rows.size:
+            first = ", ".join(str(i) for i in ds.ids[huge_rows[:5]])
+            parts.append(
+                f"values too large for float32 arithmetic (squared norm above {FLOAT32_MAX:.3g}) in "
+                f"{huge_rows.size} of {X.shape[0]} rows (first ids: {first})"
+            )
+        where = " and ".join(parts)
+        bad_rows = np.union1d(bad_rows, huge_rows)
         if on_invalid == "error":
             raise DataError(
                 f"dataset '{ds.name}' has {where}; clean the data or set dataset.on_invalid=drop"
@@ -164,15 +180,22 @@ def take_rows(ds: Dataset, rows: np.ndarray) -> Dataset:
     )
 
 
-def _non_finite_rows(X: np.ndarray) -> np.ndarray:
-    """Indices of rows holding NaN or inf, computed chunk by chunk to bound memory."""
-    bad = []
+def _invalid_rows(X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Rows holding NaN or inf, and finite rows whose squared norm overflows float32.
+
+    The second kind (values near 1e20 and above) turn into inf while normalising or computing
+    distances and silently collapse the clustering. Computed chunk by chunk to bound memory.
+    """
+    bad, huge = [], []
     for start in range(0, X.shape[0], _HASH_CHUNK_ROWS):
-        block = X[start : start + _HASH_CHUNK_ROWS]
-        rows = np.flatnonzero(~np.isfinite(block).all(axis=1))
-        if rows.size:
-            bad.append(rows + start)
-    return np.concatenate(bad) if bad else np.empty(0, dtype=np.int64)
+        block = np.asarray(X[start : start + _HASH_CHUNK_ROWS])
+        finite = np.isfinite(block).all(axis=1)
+        bad.append(np.flatnonzero(~finite) + start)
+        with np.errstate(over="ignore", invalid="ignore"):
+            squared = np.einsum("ij,ij->i", block, block, dtype=np.float64)
+        huge.append(np.flatnonzero(finite & (squared > FLOAT32_MAX)) + start)
+    empty = np.empty(0, dtype=np.int64)
+    return (np.concatenate(bad) if bad else empty), (np.concatenate(huge) if huge else empty)
 
 
 def as_float32(X: np.ndarray) -> np.ndarray:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from pathlib import Path
 
 import numpy as np
@@ -21,14 +22,24 @@ log = logging.getLogger(__name__)
 TABLE_SUFFIXES = (".parquet", ".csv")
 
 
-def check_file(path: str | None, allowed: tuple[str, ...], what: str = "dataset.path") -> Path:
+def check_file(path: str | None, allowed: tuple[str, ...] | None, what: str = "dataset.path") -> Path:
+    """The path of an existing, readable, non-empty file with an allowed extension, else one-line errors."""
     if not path:
-        raise ConfigError(f"{what} is required (a {' or '.join(allowed)} file)")
+        raise ConfigError(f"{what} is required (a {' or '.join(allowed or ('data',))} file)")
     p = Path(path)
     if not p.is_file():
         raise DataError(f"file not found: {path} ({what})")
-    if p.suffix.lower() not in allowed:
+    if allowed is not None and p.suffix.lower() not in allowed:
         raise DataError(f"{path}: unsupported extension '{p.suffix}' (allowed: {', '.join(allowed)})")
+    try:
+        fd = os.open(p, os.O_RDONLY)
+    except OSError as exc:
+        raise DataError(f"{path}: cannot be read ({exc.strerror}) ({what})") from None
+    try:
+        if os.fstat(fd).st_size == 0:
+            raise DataError(f"{path} is empty (0 bytes) ({what})")
+    finally:
+        os.close(fd)
     return p
 
 
@@ -53,9 +64,7 @@ def _load_array(path: str, what: str, mmap: bool = False, key: str | None = None
 
 def _load_names(path: str) -> list[str]:
     """Label names from a .json list, a .txt (one per line) or a .npy of strings."""
-    p = Path(path)
-    if not p.is_file():
-        raise DataError(f"file not found: {path} (dataset.label_names_path)")
+    p = check_file(path, None, "dataset.label_names_path")
     if p.suffix == ".json":
         return [str(x) for x in json.loads(p.read_text())]
     if p.suffix == ".npy":
@@ -80,7 +89,36 @@ def load_npy(
     ids = _load_array(ids_path, "dataset.ids_path") if ids_path else np.arange(X.shape[0])
     labels = _load_array(labels_path, "dataset.labels_path") if labels_path else None
     label_names = _load_names(label_names_path) if label_names_path else None
+    if labels is not None:
+        labels = _check_labels(labels, labels_path, label_names, label_names_path, ids)
     return Dataset(name=name, X=as_float32(X), ids=np.asarray(ids), labels=labels, label_names=label_names)
+
+
+def _check_labels(labels: np.ndarray, path: str, names: list[str] | None, names_path: str | None, ids) -> np.ndarray:
+    """Reject NaN labels and labels without a name; whole-number float labels become integers.
+
+    Negative integer labels mean "unknown" and are kept (shown as unknown, left out of ARI/NMI/purity).
+    """
+    if labels.ndim != 1:
+        raise DataError(f"{path}: labels must be 1-D, got shape {labels.shape} (dataset.labels_path)")
+    if np.issubdtype(labels.dtype, np.floating):
+        bad = np.flatnonzero(~np.isfinite(labels))
+        if bad.size:
+            first = ", ".join(str(i) for i in np.asarray(ids)[bad[:5]]) if len(ids) == len(labels) else ""
+            raise DataError(
+                f"{path}: {bad.size} of {labels.size} labels are NaN or inf (first ids: {first}) "
+                "(dataset.labels_path); use -1 for unknown labels"
+            )
+        if np.all(labels == np.round(labels)):
+            labels = labels.astype(np.int64)
+    if names is not None and np.issubdtype(labels.dtype, np.integer) and labels.size:
+        top = int(labels.max())
+        if top >= len(names):
+            raise DataError(
+                f"{path}: label {top} has no name: {names_path} holds {len(names)} names "
+                f"(labels 0..{len(names) - 1}; negative = unknown)"
+            )
+    return labels
 
 
 # ---------------------------------------------------------------------------- tables
@@ -116,7 +154,18 @@ def open_table(path: str, columns: dict[str, str | None]) -> tuple[Path, dict[st
     schema = table_schema(p)
     for key, column in columns.items():
         require_column(schema, column, key, p)
+    if _first_rows(p).height == 0:
+        # Checked before column types: a header-only CSV has no values to infer them from.
+        raise DataError(f"{p}: 0 rows (the file holds {'only a header' if p.suffix.lower() == '.csv' else 'no rows'})")
     return p, schema
+
+
+def _first_rows(p: Path) -> pl.DataFrame:
+    lazy = pl.scan_parquet(p) if p.suffix.lower() == ".parquet" else pl.scan_csv(p, infer_schema_length=1000)
+    try:
+        return lazy.head(1).collect()
+    except pl.exceptions.PolarsError as exc:
+        raise DataError(f"{p}: cannot be read as {p.suffix[1:]} ({exc})") from exc
 
 
 def as_strings(series: pl.Series) -> np.ndarray:

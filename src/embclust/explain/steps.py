@@ -20,7 +20,7 @@ from omegaconf import DictConfig
 
 from embclust.explain import duplicates, keywords
 from embclust.explain import profiles, shap_models, tables
-from embclust.tracking import plots
+from embclust.tracking import plots, safe_csv
 from embclust.data.dataset import Dataset
 from embclust.errors import ConfigError
 from embclust.tracking.report import Report
@@ -60,7 +60,7 @@ def _step(state: RunState, name: str):
 
 
 def _save_table(table: pd.DataFrame, folder: Path, stem: str) -> None:
-    table.to_csv(folder / f"{stem}.csv", index=False)
+    safe_csv.write_csv(table, folder / f"{stem}.csv")
     table.to_html(folder / f"{stem}.html", index=False, escape=True, na_rep="", float_format=lambda v: f"{v:.4g}")
 
 
@@ -228,7 +228,7 @@ def run_analyses(state: RunState, cfg: DictConfig, folder: Path, report: Report,
                     "cosine": shown[:, 2] if len(shown) else [],
                 }
             )
-            table.to_csv(folder / "near_duplicates.csv", index=False)
+            safe_csv.write_csv(table, folder / "near_duplicates.csv")
             report.add_text(
                 "Near-duplicates",
                 f"{len(pairs)} pairs with cosine >= {a.duplicates.threshold} among {rows.size} rows; the "

@@ -223,7 +223,19 @@ def score_clustering(
 
 
 def agreement_scores(true_labels: np.ndarray, labels: np.ndarray) -> dict[str, float]:
-    """ARI, NMI, V-measure and purity against true labels (noise counts as one more cluster)."""
+    """ARI, NMI, V-measure and purity against true labels (noise counts as one more cluster).
+
+    Negative integer true labels mean unknown: those rows are left out.
+    """
+    true_labels, labels = np.asarray(true_labels), np.asarray(labels)
+    if np.issubdtype(true_labels.dtype, np.integer):
+        known = true_labels >= 0
+        if not known.all():
+            log.info("agreement scores on the %d of %d rows with a known label", int(known.sum()), known.size)
+            true_labels, labels = true_labels[known], labels[known]
+        if true_labels.size == 0:
+            log.warning("every true label is unknown (negative): ARI, NMI, V-measure and purity not scored")
+            return {}
     return {
         "ari": float(skm.adjusted_rand_score(true_labels, labels)),
         "nmi": float(skm.normalized_mutual_info_score(true_labels, labels)),

@@ -4,6 +4,13 @@ Entries are keyed by a hash of everything that decides their content (dataset co
 file stamps; data fingerprint and preprocessing config), so changed data or config never hit
 a stale entry. Each entry is written to a temporary folder and renamed into place under a file
 lock, so parallel workers compute it once and never see a half-written entry.
+
+Every entry ends with ``manifest.json``, written last, holding the blake2b checksum of each of
+its files; an entry whose manifest is missing or does not match its files (truncated, edited,
+half-copied) is rebuilt with a warning naming it. Nothing in the cache is unpickled: arrays are
+loaded with ``allow_pickle=False`` and fitted preprocessing is stored as the parameters (JSON)
+and fitted arrays (npz) of a fixed list of scikit-learn classes, then rebuilt. Preprocessing
+with other steps (UMAP) is not cached and is fitted again by each cell.
 """
 
 from __future__ import annotations
@@ -19,8 +26,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable
 
-import joblib
 import numpy as np
+from sklearn.decomposition import PCA
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import Normalizer, StandardScaler
 
 from embclust.data.dataset import Dataset
 
@@ -54,21 +63,96 @@ def _locked(lock_path: Path):
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
+MANIFEST = "manifest.json"
+_READ_CHUNK = 1 << 22
+
+
+def _file_hash(path: Path) -> str:
+    h = hashlib.blake2b(digest_size=16)
+    with open(path, "rb") as fh:
+        while chunk := fh.read(_READ_CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _write_manifest(folder: Path) -> None:
+    """Record the checksum of every file of an entry; written last, so it vouches for complete files."""
+    files = {p.name: _file_hash(p) for p in sorted(folder.iterdir()) if p.is_file() and p.name != MANIFEST}
+    (folder / MANIFEST).write_text(json.dumps({"files": files}))
+
+
+def entry_problem(entry: Path) -> str | None:
+    """Why ``entry`` cannot be used (missing, no manifest, a file missing or changed), or None."""
+    if not entry.is_dir():
+        return "missing"
+    try:
+        files = json.loads((entry / MANIFEST).read_text())["files"]
+    except FileNotFoundError:
+        return "incomplete (no manifest)"
+    except (ValueError, KeyError, TypeError):
+        return "damaged (unreadable manifest)"
+    for name, digest in files.items():
+        path = entry / name
+        if not path.is_file() or Path(name).name != name:
+            return f"damaged ({name} is missing)"
+        if _file_hash(path) != digest:
+            return f"damaged ({name} does not match its checksum)"
+    return None
+
+
 def _get_or_create(entry: Path, create: Callable[[Path], None]) -> bool:
-    """Make sure ``entry`` exists, calling ``create(tmpdir)`` once if not; True on a hit."""
-    if entry.is_dir():
+    """Make sure a verified ``entry`` exists, calling ``create(tmpdir)`` once if not; True on a hit.
+
+    A damaged entry is moved aside and rebuilt, with a warning naming it.
+    """
+    if entry_problem(entry) is None:
         return True
     with _locked(entry.with_name(entry.name + ".lock")):
-        if entry.is_dir():
+        problem = entry_problem(entry)
+        if problem is None:
             return True
+        if problem != "missing":
+            log.warning("cache entry %s is %s: rebuilding it", entry, problem)
+            _discard(entry)
         tmp = Path(tempfile.mkdtemp(prefix=entry.name + ".tmp-", dir=entry.parent))
         try:
             create(tmp)
+            _write_manifest(tmp)
             os.rename(tmp, entry)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
     return False
+
+
+def _discard(entry: Path) -> None:
+    """Move a damaged entry aside (atomically, so readers never see it half-deleted) and delete it."""
+    trash = Path(tempfile.mkdtemp(prefix=entry.name + ".bad-", dir=entry.parent))
+    os.rename(entry, trash / "entry")
+    shutil.rmtree(trash, ignore_errors=True)
+
+
+# What reading an entry that passed its checksum may still raise when its files were forged
+# with a matching manifest (object arrays, which are refused, or an unexpected layout).
+_READ_ERRORS = (ValueError, KeyError, TypeError, OSError)
+
+
+def _cached(entry: Path, create: Callable[[Path], None], read: Callable[[Path], Any]) -> tuple[Any, bool]:
+    """``(read(entry), hit)`` for a verified entry, rebuilding once when it cannot be read."""
+    hit = _get_or_create(entry, create)
+    try:
+        return read(entry), hit
+    except _READ_ERRORS as exc:
+        log.warning("cache entry %s is damaged (%s): rebuilding it", entry, str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+        with _locked(entry.with_name(entry.name + ".lock")):
+            if entry.is_dir():
+                _discard(entry)
+    hit = _get_or_create(entry, create)
+    return read(entry), hit
+
+
+def _load(path: Path, mmap: bool = False) -> np.ndarray:
+    return np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
 
 
 def cached_dataset(dataset_config: dict, cache_dir: Path, load: Callable[[], Dataset]) -> tuple[Dataset, bool]:
@@ -100,16 +184,19 @@ def cached_dataset(dataset_config: dict, cache_dir: Path, load: Callable[[], Dat
         }
         (tmp / "meta.json").write_text(json.dumps(meta))
 
-    hit = _get_or_create(entry, create)
+    return _cached(entry, create, _read_dataset)
+
+
+def _read_dataset(entry: Path) -> Dataset:
     meta = json.loads((entry / "meta.json").read_text())
-    optional = {f: np.load(entry / f"{f}.npy") if (entry / f"{f}.npy").exists() else None for f in ("labels", "texts")}
-    ds = Dataset(
+    optional = {f: _load(entry / f"{f}.npy") if (entry / f"{f}.npy").exists() else None for f in ("labels", "texts")}
+    return Dataset(
         name=meta["name"],
-        X=np.load(entry / "X.npy", mmap_mode="r"),
-        ids=np.load(entry / "ids.npy"),
+        X=_load(entry / "X.npy", mmap=True),
+        ids=_load(entry / "ids.npy"),
         label_names=meta["label_names"],
         feature_names=meta["feature_names"],
-        metadata={name: np.load(entry / f"metadata_{i}.npy") for i, name in enumerate(meta["metadata"])},
+        metadata={name: _load(entry / f"metadata_{i}.npy") for i, name in enumerate(meta["metadata"])},
         n_dropped_invalid=meta["n_dropped_invalid"],
         n_duplicate_ids=meta["n_duplicate_ids"],
         n_dropped_duplicates=meta["n_dropped_duplicates"],
@@ -117,23 +204,103 @@ def cached_dataset(dataset_config: dict, cache_dir: Path, load: Callable[[], Dat
         _fingerprint=meta["fingerprint"],
         **optional,
     )
-    return ds, hit
 
 
 def cached_preprocessing(
     data_fingerprint: str, preprocess_config: dict, cache_dir: Path, fit: Callable[[], tuple[Any, np.ndarray]]
 ) -> tuple[Any, np.ndarray, bool]:
-    """Return ``(fitted pipeline, transformed matrix, hit)``, fitting with ``fit`` on a miss."""
+    """Return ``(fitted pipeline, transformed matrix, hit)``, fitting with ``fit`` on a miss.
+
+    Pipelines with a step that cannot be stored as arrays (UMAP) are fitted and not cached.
+    """
+    if preprocess_config.get("umap_components") is not None:
+        # UMAP is not storable as arrays; fitting it here, outside the lock, lets workers run in parallel.
+        log.info("preprocessing with UMAP is not cached: fitted in this run")
+        pipeline, Xp = fit()
+        return pipeline, Xp, False
     key = stable_hash({"data": data_fingerprint, "preprocess": preprocess_config})
     entry = Path(cache_dir) / "preprocess" / key
+    fitted: list = []
 
     def create(tmp: Path) -> None:
         pipeline, Xp = fit()
+        fitted.append((pipeline, Xp))
+        try:
+            save_pipeline(pipeline, tmp)
+        except NotStorable as exc:
+            raise _Uncached(str(exc)) from None
         np.save(tmp / "Xp.npy", np.ascontiguousarray(Xp, dtype=np.float32))
-        joblib.dump(pipeline, tmp / "pipeline.joblib")
 
-    hit = _get_or_create(entry, create)
-    return joblib.load(entry / "pipeline.joblib"), np.load(entry / "Xp.npy", mmap_mode="r"), hit
+    try:
+        (pipeline, Xp), hit = _cached(entry, create, lambda e: (load_pipeline(e), _load(e / "Xp.npy", mmap=True)))
+    except _Uncached as exc:
+        log.info("preprocessing not cached (%s): fitted in this run", exc)
+        pipeline, Xp = fitted[-1]
+        return pipeline, Xp, False
+    return pipeline, Xp, hit
+
+
+class NotStorable(Exception):
+    """A fitted step that cannot be stored as parameters and arrays."""
+
+
+class _Uncached(Exception):
+    """The entry is not cached; the freshly fitted value is used instead."""
+
+
+# The only classes rebuilt from the cache: plain parameters and arrays, no code.
+TRUSTED_STEPS = {cls.__name__: cls for cls in (Normalizer, StandardScaler, PCA)}
+_JSON_SCALARS = (bool, int, float, str, type(None))
+
+
+def save_pipeline(pipeline: Pipeline, folder: Path) -> None:
+    """Write a fitted preprocessing Pipeline as ``pipeline.json`` plus ``pipeline.npz`` (no pickle)."""
+    steps, arrays = [], {}
+    for name, step in pipeline.steps:
+        if isinstance(step, str):
+            steps.append({"name": name, "passthrough": step})
+            continue
+        cls = type(step)
+        if TRUSTED_STEPS.get(cls.__name__) is not cls:
+            raise NotStorable(f"step {name!r} is {cls.__name__}, not one of {', '.join(TRUSTED_STEPS)}")
+        params, attrs = step.get_params(deep=False), {}
+        for attr, value in vars(step).items():
+            if attr in params:
+                continue
+            if isinstance(value, (np.ndarray, np.generic)) and np.asarray(value).dtype != object:
+                arrays[f"{name}.{attr}"] = np.asarray(value)
+            elif isinstance(value, _JSON_SCALARS):
+                attrs[attr] = value
+            else:
+                raise NotStorable(f"step {name!r} attribute {attr} is {type(value).__name__}")
+        if not all(isinstance(v, _JSON_SCALARS) for v in params.values()):
+            raise NotStorable(f"step {name!r} has parameters that are not plain values")
+        steps.append({"name": name, "class": cls.__name__, "params": params, "attrs": attrs})
+    (folder / "pipeline.json").write_text(json.dumps({"steps": steps}))
+    np.savez(folder / "pipeline.npz", **arrays)
+
+
+def load_pipeline(folder: Path) -> Pipeline:
+    """Rebuild a Pipeline written by :func:`save_pipeline`; only :data:`TRUSTED_STEPS` classes."""
+    spec = json.loads((folder / "pipeline.json").read_text())
+    with np.load(folder / "pipeline.npz", allow_pickle=False) as npz:
+        arrays = {k: npz[k] for k in npz.files}
+    steps = []
+    for item in spec["steps"]:
+        if "passthrough" in item:
+            steps.append((item["name"], item["passthrough"]))
+            continue
+        if item["class"] not in TRUSTED_STEPS:
+            raise ValueError(f"step class {item['class']!r} is not one of {', '.join(TRUSTED_STEPS)}")
+        step = TRUSTED_STEPS[item["class"]](**item["params"])
+        for attr, value in item["attrs"].items():
+            setattr(step, attr, value)
+        prefix = item["name"] + "."
+        for key, value in arrays.items():
+            if key.startswith(prefix):
+                setattr(step, key[len(prefix):], value[()] if value.ndim == 0 else value)
+        steps.append((item["name"], step))
+    return Pipeline(steps)
 
 
 def cached_map(
@@ -147,5 +314,4 @@ def cached_map(
     def create(tmp: Path) -> None:
         np.save(tmp / "coords.npy", np.asarray(compute(), dtype=np.float32))
 
-    hit = _get_or_create(entry, create)
-    return np.load(entry / "coords.npy"), hit
+    return _cached(entry, create, lambda e: _load(e / "coords.npy"))

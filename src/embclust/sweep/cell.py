@@ -118,13 +118,15 @@ def run_light_cell(cfg: DictConfig, plan: SweepPlan, cell: SweepCell, threads: i
 
 
 def _fit_and_score(cfg: DictConfig, plan: SweepPlan, timer: stages.StageTimer):
+    from embclust import cluster, validate
+
+    validate.validate_config(cfg)
     cache_dir = stages.cache_dir(cfg, in_sweep=True)
     with timer("load"):
         ds, hit = stages.load_dataset(cfg, cache_dir)
         clusterer = instantiate(cfg.clusterer)
-        from embclust import cluster
-
         cluster.check_clusterer(clusterer, ds.n_samples)
+        validate.check_quadratic_work(cfg, ds.n_samples)
     with timer("preprocess"):
         pre_cfg = stages.preprocess_config(cfg, ds)
         features = stages.fit_features(pre_cfg, ds, cache_dir, plan.max_pca_components)

@@ -11,6 +11,8 @@ from pathlib import Path
 import mlflow
 import pandas as pd
 
+from embclust.tracking import safe_csv
+
 # Metrics where smaller is better; every other metric is maximised.
 LOWER_IS_BETTER = frozenset({"davies_bouldin", "davies_bouldin_ref", "inertia", "noise_fraction"})
 SCORE_COLUMNS = (
@@ -111,7 +113,7 @@ def leaderboard(runs: pd.DataFrame, metric: str = "silhouette", swept: list[str]
 def write_leaderboard(table: pd.DataFrame, folder: Path, title: str) -> list[Path]:
     """Write ``leaderboard.csv`` and ``leaderboard.html`` into ``folder``."""
     csv_path, html_path = folder / "leaderboard.csv", folder / "leaderboard.html"
-    table.to_csv(csv_path, index=False)
+    safe_csv.write_csv(table, csv_path)
     body = table.to_html(index=False, float_format=lambda v: f"{v:.4g}", na_rep="", escape=True, border=0)
     html_path.write_text(
         "<!doctype html><html><head><meta charset='utf-8'><title>leaderboard</title>"

@@ -2,19 +2,23 @@
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
 import subprocess
 import urllib.error
+import urllib.parse
 import urllib.request
+from contextlib import contextmanager
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import mlflow
+from mlflow.exceptions import MlflowException
 from omegaconf import DictConfig, OmegaConf
 
-from embclust.errors import EmbclustError
+from embclust.errors import ConfigError, EmbclustError
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +42,10 @@ TRACKED_PACKAGES = (
 
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
+# URI schemes MLflow's tracking stores accept ("" is a plain folder path).
+KNOWN_SCHEMES = frozenset(
+    {"", "file", "sqlite", "http", "https", "databricks", "databricks-uc", "uc", "postgresql", "mysql", "mssql"}
+)
 
 
 def default_tracking_uri() -> str:
@@ -73,14 +81,66 @@ def check_server(tracking_uri: str, timeout: float = SERVER_CHECK_TIMEOUT_S) -> 
         ) from exc
 
 
+def sqlite_path(tracking_uri: str) -> Path | None:
+    """The database file of a ``sqlite:///`` tracking URI, None for other URIs."""
+    if not tracking_uri.lower().startswith("sqlite:///"):
+        return None
+    path = tracking_uri[len("sqlite:///"):].split("?", 1)[0]
+    return Path(path) if path and path != ":memory:" else None
+
+
+@contextmanager
+def store_lock(tracking_uri: str):
+    """Hold an exclusive file lock next to a SQLite store (``<db>.lock``); no-op for other stores.
+
+    MLflow creates or migrates the schema when a process first opens the store; two processes
+    doing it at once on a new file break it for good (``_alembic_tmp_... already exists``).
+    """
+    db = sqlite_path(tracking_uri)
+    if db is None:
+        yield
+        return
+    db.parent.mkdir(parents=True, exist_ok=True)
+    with open(db.with_name(db.name + ".lock"), "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
 def setup_tracking(tracking_uri: str, experiment_name: str) -> str:
     """Point MLflow at ``tracking_uri`` and return the id of ``experiment_name`` (created if new).
 
-    Raises :class:`TrackingServerUnreachable` when ``tracking_uri`` is a server that does not answer.
+    The store is opened (created or upgraded by MLflow) under :func:`store_lock`, so parallel
+    workers never race on the schema; once open, MLflow keeps it for the process. Raises
+    :class:`ConfigError` for an unknown URI scheme or a deleted experiment and
+    :class:`TrackingServerUnreachable` when ``tracking_uri`` is a server that does not answer.
     """
     check_server(tracking_uri)
+    scheme = urllib.parse.urlparse(tracking_uri).scheme.lower()
+    # "postgresql+psycopg2" names a database driver after the "+".
+    if scheme.split("+", 1)[0] not in KNOWN_SCHEMES:
+        raise ConfigError(
+            f"mlflow.tracking_uri={tracking_uri!r}: unknown scheme {scheme + ':' if scheme else '(none)'} "
+            "(allowed: sqlite:///FILE, a folder or file:///FOLDER, http(s)://HOST:PORT, databricks, "
+            "postgresql/mysql/mssql://...)"
+        )
     mlflow.set_tracking_uri(tracking_uri)
-    experiment = mlflow.set_experiment(experiment_name)
+    with store_lock(tracking_uri):
+        try:
+            client = mlflow.MlflowClient()
+            experiment = client.get_experiment_by_name(experiment_name)
+            if experiment is not None and experiment.lifecycle_stage == "deleted":
+                raise ConfigError(
+                    f"experiment {experiment_name!r} (mlflow.experiment_name) was deleted: restore it with "
+                    f"'mlflow experiments restore --experiment-id {experiment.experiment_id}' "
+                    "or choose another mlflow.experiment_name"
+                )
+            experiment = mlflow.set_experiment(experiment_name)
+        except MlflowException as exc:
+            first_line = str(exc.message).strip().splitlines()[0] if str(exc.message).strip() else type(exc).__name__
+            raise ConfigError(f"MLflow store mlflow.tracking_uri={tracking_uri!r} cannot be used: {first_line}") from exc
     return experiment.experiment_id
 
 

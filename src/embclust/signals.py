@@ -1,0 +1,70 @@
+"""SIGTERM / SIGINT during a run: stop it, record it as KILLED with the reason, exit 128 + signal."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from contextlib import contextmanager
+
+import mlflow
+
+log = logging.getLogger(__name__)
+
+HANDLED = (signal.SIGTERM, signal.SIGINT)
+
+
+class Stopped(BaseException):
+    """The process received a stop signal; a BaseException so ``except Exception`` lets it pass."""
+
+    def __init__(self, signum: int):
+        self.signum = signum
+        self.name = signal.Signals(signum).name
+        super().__init__(f"stopped by {self.name}")
+
+    @property
+    def exit_code(self) -> int:
+        """Shell convention for a process ended by a signal: 128 + its number (130, 143)."""
+        return 128 + self.signum
+
+
+def _raise_stopped(signum, frame):
+    raise Stopped(signum)
+
+
+@contextmanager
+def stop_on_signals():
+    """Turn SIGTERM and SIGINT into :class:`Stopped` inside the block; restore the old handlers after.
+
+    Outside the main thread (where Python cannot install handlers) the block runs unchanged.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {sig: signal.signal(sig, _raise_stopped) for sig in HANDLED}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def end_run_killed(stopped: Stopped, prefix: str = "") -> None:
+    """End the active MLflow run as KILLED with the reason in tag ``error`` and say so in one line."""
+    # A second signal while recording must not leave the run RUNNING.
+    previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in HANDLED} if _main() else {}
+    try:
+        run = mlflow.active_run()
+        if run is not None:
+            mlflow.set_tag("error", str(stopped))
+            mlflow.end_run(status="KILLED")
+            log.error("%srun %s KILLED: %s", prefix, run.info.run_id, stopped)
+        else:
+            log.error("%s%s", prefix, stopped)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _main() -> bool:
+    return threading.current_thread() is threading.main_thread()

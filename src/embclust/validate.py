@@ -1,0 +1,186 @@
+"""Checks of the configuration before any expensive stage, each failing with one line.
+
+``validate_config`` runs before the MLflow run starts and checks every value a user can set;
+``check_quadratic_work`` runs once the number of rows is known and refuses work whose memory
+or time grows with the square of the rows, before it starts.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import InterpolationResolutionError, MissingMandatoryValue
+
+from embclust.errors import ConfigError
+
+# Metrics that a run logs and that can rank sweep cells (sweep.metric).
+KNOWN_METRICS = (
+    "silhouette",
+    "calinski_harabasz",
+    "davies_bouldin",
+    "ari",
+    "nmi",
+    "v_measure",
+    "purity",
+    "n_clusters",
+    "noise_fraction",
+    "inertia",
+)
+BACKENDS = ("cpu", "torch", "auto")
+LINKAGES = ("ward", "complete", "average", "single")
+# Defaults of the bounds when a config does not set them (conf/metrics/default.yaml does).
+DEFAULT_MAX_QUADRATIC_ROWS = 25_000
+DEFAULT_MAX_FULL_SILHOUETTE_ROWS = 50_000
+
+# (key, smallest allowed int, null allowed): integer options checked when the key exists.
+_INT_KEYS = (
+    ("seed", 0, False),
+    ("dataset.sample_size", 2, True),
+    ("preprocess.pca_components", 1, True),
+    ("preprocess.umap_components", 1, True),
+    ("preprocess.umap_n_neighbors", 2, False),
+    ("clusterer.n_clusters", 2, False),
+    ("clusterer.min_cluster_size", 2, False),
+    ("clusterer.min_samples", 1, True),
+    ("clusterer.n_init", 1, False),
+    ("clusterer.max_iter", 1, False),
+    ("clusterer.batch_size", 1, False),
+    ("reducer.max_points", 2, True),
+    ("reducer.n_neighbors", 2, False),
+    ("metrics.silhouette_sample_size", 2, True),
+    ("metrics.max_quadratic_rows", 2, False),
+    ("metrics.max_full_silhouette_rows", 2, False),
+    ("analysis.maps.max_points", 1, True),
+    ("analysis.silhouette.sample_size", 1, False),
+    ("analysis.dendrogram.sample_size", 2, False),
+    ("analysis.duplicates.max_rows", 2, False),
+    ("analysis.duplicates.max_export", 0, False),
+    ("analysis.explain.max_samples", 2, False),
+    ("analysis.keywords.top_n", 1, False),
+)
+# (key, allowed values): choices checked when the key exists.
+_CHOICE_KEYS = (
+    ("backend", BACKENDS),
+    ("sweep.metric", KNOWN_METRICS),
+    ("dataset.on_invalid", ("error", "drop")),
+    ("dataset.encoding", ("onehot", "ordinal")),
+    ("preprocess.normalize", ("l2", "standard", "none")),
+    ("clusterer.linkage", LINKAGES),
+    ("analysis.in_sweeps", ("light", "full")),
+)
+_BOOL_KEYS = ("sweep.resume", "dataset.dedupe", "analysis.report.enabled")
+_MISSING = object()
+
+
+def _value(cfg: DictConfig, key: str) -> Any:
+    """The resolved value at dotted ``key``, ``_MISSING`` when the key is absent."""
+    node: Any = cfg
+    parts = key.split(".")
+    for i, part in enumerate(parts):
+        if not isinstance(node, DictConfig) or part not in node:
+            return _MISSING
+        try:
+            node = node[part]
+        except MissingMandatoryValue:
+            raise ConfigError(_missing_message(".".join(parts[: i + 1]))) from None
+        except InterpolationResolutionError as exc:
+            raise ConfigError(f"{key}: cannot be resolved ({exc.msg if hasattr(exc, 'msg') else exc})") from None
+    return node
+
+
+def _missing_message(key: str) -> str:
+    if key.endswith("path"):
+        return f"{key} is required: pass {key}=FILE"
+    return f"{key} is required: pass {key}=VALUE"
+
+
+def _check_missing(node: DictConfig, prefix: str = "") -> None:
+    """Raise for the first ``???`` value, naming its key (OmegaConf would raise a raw error later)."""
+    for key in node.keys():
+        name = f"{prefix}{key}"
+        if OmegaConf.is_missing(node, key):
+            raise ConfigError(_missing_message(name))
+        child = node._get_node(key)
+        if isinstance(child, DictConfig):
+            _check_missing(child, f"{name}.")
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def validate_config(cfg: DictConfig) -> None:
+    """Raise :class:`ConfigError` naming the first config value that is missing or not allowed."""
+    if "hydra" in cfg:  # Hydra's own node is checked by Hydra
+        cfg = OmegaConf.masked_copy(cfg, [k for k in cfg.keys() if k != "hydra"])
+    _check_missing(cfg)
+    for key, minimum, nullable in _INT_KEYS:
+        value = _value(cfg, key)
+        if value is _MISSING or (value is None and nullable):
+            continue
+        if key == "clusterer.n_init" and value == "auto":  # scikit-learn's KMeans accepts "auto"
+            continue
+        if not _is_int(value) or value < minimum:
+            allowed = f"{'null or ' if nullable else ''}an integer >= {minimum}"
+            raise ConfigError(f"{key}={value!r} must be {allowed}")
+    for key, choices in _CHOICE_KEYS:
+        value = _value(cfg, key)
+        if value is not _MISSING and value not in choices:
+            raise ConfigError(f"{key}={value!r} is not allowed (allowed: {', '.join(choices)})")
+    for key in _BOOL_KEYS:
+        value = _value(cfg, key)
+        if value is not _MISSING and not isinstance(value, bool):
+            raise ConfigError(f"{key}={value!r} is not allowed: must be true or false")
+    enabled = _value(cfg, "cache.enabled")
+    if enabled is not _MISSING and enabled is not None and not isinstance(enabled, bool):
+        raise ConfigError(f"cache.enabled={enabled!r} is not allowed: must be null, true or false")
+    threshold = _value(cfg, "analysis.duplicates.threshold")
+    if threshold is not _MISSING and (
+        isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0 < threshold <= 1
+    ):
+        raise ConfigError(f"analysis.duplicates.threshold={threshold!r} is not allowed: must be a number in (0, 1]")
+    name = _value(cfg, "mlflow.experiment_name")
+    if name is not _MISSING and (not isinstance(name, str) or not name.strip()):
+        raise ConfigError(f"mlflow.experiment_name={name!r} is not allowed: must be a non-empty name")
+    uri = _value(cfg, "mlflow.tracking_uri")
+    if uri is not _MISSING and (not isinstance(uri, str) or not uri.strip()):
+        raise ConfigError(f"mlflow.tracking_uri={uri!r} is not allowed: must be a tracking URI such as sqlite:///mlflow.db")
+
+
+def _size(n_bytes: float) -> str:
+    return f"{n_bytes / 1e9:.1f} GB" if n_bytes >= 1e9 else f"{n_bytes / 1e6:.0f} MB"
+
+
+def check_quadratic_work(cfg: DictConfig, n_samples: int) -> None:
+    """Refuse agglomerative linkage and full silhouette above their row bounds, before they start.
+
+    Agglomerative clustering (all linkages but single) holds the condensed distance matrix,
+    n (n - 1) / 2 float64 values; silhouette on all points computes n^2 distances.
+    """
+    metrics_cfg = cfg.get("metrics") or {}
+    max_rows = int(metrics_cfg.get("max_quadratic_rows", DEFAULT_MAX_QUADRATIC_ROWS))
+    clusterer = cfg.get("clusterer") or {}
+    target = str(clusterer.get("_target_", ""))
+    if target.rsplit(".", 1)[-1] == "AgglomerativeClustering" and clusterer.get("linkage", "ward") != "single":
+        if n_samples > max_rows:
+            need = bytes_needed_for_linkage(n_samples)
+            raise ConfigError(
+                f"clusterer=agglomerative (linkage={clusterer.get('linkage', 'ward')}) on {n_samples} rows needs "
+                f"about {_size(need)} for its distance matrix; refused above metrics.max_quadratic_rows="
+                f"{max_rows}: set dataset.sample_size={max_rows} (or fewer) or use clusterer=kmeans"
+            )
+    max_full = int(metrics_cfg.get("max_full_silhouette_rows", DEFAULT_MAX_FULL_SILHOUETTE_ROWS))
+    if "silhouette_sample_size" in metrics_cfg and metrics_cfg.get("silhouette_sample_size") is None and n_samples > max_full:
+        pairs = float(n_samples) ** 2
+        raise ConfigError(
+            f"metrics.silhouette_sample_size=null scores silhouette on all {n_samples} rows "
+            f"({pairs:.2g} distances); refused above metrics.max_full_silhouette_rows={max_full}: "
+            f"set metrics.silhouette_sample_size={min(10_000, max_full)} (a seeded sample)"
+        )
+
+
+def bytes_needed_for_linkage(n_samples: int) -> float:
+    """Bytes of the condensed float64 distance matrix of ``n_samples`` rows."""
+    return n_samples * (n_samples - 1) / 2 * 8 if n_samples > 1 else 0.0
+

@@ -1,0 +1,81 @@
+"""The MLflow store: created once under a lock, and bad URIs / deleted experiments as one line."""
+
+import os
+import socket
+import subprocess
+import sys
+
+import mlflow
+import pytest
+from conftest import RUN_PY
+
+from embclust.errors import ConfigError
+from embclust.tracking import setup_tracking
+from embclust.tracking.store import TrackingServerUnreachable
+
+_SETUP = "import sys; from embclust.tracking import setup_tracking; print(setup_tracking(sys.argv[1], 'embclust'))"
+
+
+def test_processes_started_together_on_a_fresh_sqlite_store_all_succeed(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'fresh' / 'mlflow.db'}"
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    procs = [
+        subprocess.Popen([sys.executable, "-c", _SETUP, uri], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for _ in range(3)
+    ]
+    outs = [p.communicate(timeout=180) for p in procs]
+    for proc, (out, err) in zip(procs, outs):
+        assert proc.returncode == 0, err[-2000:]
+    assert len({out.strip() for out, _ in outs}) == 1  # one experiment, the same id everywhere
+    # A later run into that store works.
+    assert setup_tracking(uri, "embclust") == outs[0][0].strip()
+    with mlflow.start_run() as run:
+        mlflow.log_metric("m", 1.0)
+    assert mlflow.get_run(run.info.run_id).info.status == "FINISHED"
+
+
+def test_unknown_scheme_is_one_clear_line():
+    with pytest.raises(ConfigError, match=r"mlflow.tracking_uri='sqlit:///x.db': unknown scheme sqlit:"):
+        setup_tracking("sqlit:///x.db", "embclust")
+
+
+def test_deleted_experiment_says_how_to_restore(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    experiment_id = setup_tracking(uri, "gone")
+    mlflow.delete_experiment(experiment_id)
+    with pytest.raises(ConfigError) as info:
+        setup_tracking(uri, "gone")
+    assert str(info.value) == (
+        f"experiment 'gone' (mlflow.experiment_name) was deleted: restore it with "
+        f"'mlflow experiments restore --experiment-id {experiment_id}' or choose another mlflow.experiment_name"
+    )
+
+
+def _one_line_exit_1(res, expected):
+    assert res.returncode == 1
+    assert expected in res.stderr
+    assert "Traceback" not in res.stderr and "Error executing job" not in res.stderr
+
+
+def _run(tmp_path, uri):
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    cmd = [sys.executable, str(RUN_PY), "reducer=none", f"mlflow.tracking_uri={uri}", f"hydra.run.dir={tmp_path / 'out'}"]
+    return subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240)
+
+
+def test_cli_mistyped_scheme_deleted_experiment_and_unreachable_server(tracking_uri, tmp_path):
+    _one_line_exit_1(_run(tmp_path, "htp://localhost:5000"), "unknown scheme htp:")
+
+    mlflow.delete_experiment(setup_tracking(tracking_uri, "embclust"))
+    res = _run(tmp_path, tracking_uri)
+    _one_line_exit_1(res, "experiment 'embclust' (mlflow.experiment_name) was deleted: restore it with")
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    _one_line_exit_1(_run(tmp_path, f"http://127.0.0.1:{port}"), f"MLflow tracking server http://127.0.0.1:{port} is unreachable")
+
+
+def test_unreachable_server_raises_before_any_work():
+    with pytest.raises(TrackingServerUnreachable):
+        setup_tracking("http://127.0.0.1:9", "embclust")

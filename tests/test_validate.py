@@ -1,0 +1,109 @@
+"""Config checks before the expensive stages: one line naming the key and what is allowed."""
+
+import pytest
+from omegaconf import OmegaConf
+
+from embclust.errors import ConfigError
+from embclust.validate import check_quadratic_work, validate_config
+
+FAST = ("reducer=none", "analysis.explain.enabled=false")
+
+
+def _cfg():
+    base = {
+        "seed": 42,
+        "backend": "cpu",
+        "dataset": {"_target_": "x", "path": "e.npy", "sample_size": None, "on_invalid": "error"},
+        "preprocess": {"normalize": "l2", "pca_components": None},
+        "clusterer": {"_target_": "sklearn.cluster.KMeans", "n_clusters": 10},
+        "reducer": {"max_points": 20000},
+        "metrics": {"silhouette_sample_size": 10000, "max_quadratic_rows": 25000, "max_full_silhouette_rows": 50000},
+        "analysis": {"maps": {"max_points": 50000}},
+        "sweep": {"metric": "silhouette", "resume": True},
+        "mlflow": {"tracking_uri": "sqlite:///mlflow.db", "experiment_name": "embclust"},
+    }
+    return OmegaConf.create(base)
+
+
+def test_a_valid_config_passes():
+    validate_config(_cfg())
+
+
+@pytest.mark.parametrize(
+    "key, value, expected",
+    [
+        ("clusterer.n_clusters", "abc", "clusterer.n_clusters='abc' must be an integer >= 2"),
+        ("seed", "abc", "seed='abc' must be an integer >= 0"),
+        ("metrics.silhouette_sample_size", 0, "metrics.silhouette_sample_size=0 must be null or an integer >= 2"),
+        ("metrics.silhouette_sample_size", 1, "metrics.silhouette_sample_size=1 must be null or an integer >= 2"),
+        ("metrics.silhouette_sample_size", -3, "metrics.silhouette_sample_size=-3 must be null or an integer >= 2"),
+        ("metrics.silhouette_sample_size", "abc", "metrics.silhouette_sample_size='abc' must be null"),
+        ("dataset.sample_size", 1, "dataset.sample_size=1 must be null or an integer >= 2"),
+        ("preprocess.pca_components", 2.5, "preprocess.pca_components=2.5 must be null or an integer >= 1"),
+        ("reducer.max_points", "all", "reducer.max_points='all' must be null or an integer >= 2"),
+        ("analysis.maps.max_points", 0, "analysis.maps.max_points=0 must be null or an integer >= 1"),
+        ("dataset.path", "???", "dataset.path is required: pass dataset.path=FILE"),
+        ("sweep.metric", "accuracy", "sweep.metric='accuracy' is not allowed (allowed: silhouette, calinski_harabasz"),
+        ("backend", "gpu", "backend='gpu' is not allowed (allowed: cpu, torch, auto)"),
+        ("sweep.resume", "maybe", "sweep.resume='maybe' is not allowed: must be true or false"),
+    ],
+)
+def test_bad_values_name_the_key_and_what_is_allowed(key, value, expected):
+    cfg = _cfg()
+    OmegaConf.update(cfg, key, value, merge=False)
+    with pytest.raises(ConfigError) as info:
+        validate_config(cfg)
+    assert expected in str(info.value)
+
+
+def test_agglomerative_above_the_bound_is_refused_with_the_memory_it_would_need():
+    cfg = _cfg()
+    OmegaConf.update(cfg, "clusterer._target_", "sklearn.cluster.AgglomerativeClustering", merge=False)
+    check_quadratic_work(cfg, 25_000)  # at the bound: allowed
+    with pytest.raises(ConfigError) as info:
+        check_quadratic_work(cfg, 40_000)
+    message = str(info.value)
+    assert "40000 rows needs about 6.4 GB" in message and "dataset.sample_size=25000" in message
+    OmegaConf.update(cfg, "metrics.max_quadratic_rows", 50_000, merge=False)
+    check_quadratic_work(cfg, 40_000)  # the bound is configurable
+    OmegaConf.update(cfg, "clusterer._target_", "sklearn.cluster.KMeans", merge=False)
+    check_quadratic_work(cfg, 1_000_000)
+
+
+def test_full_silhouette_above_the_bound_points_at_the_sample_size_key():
+    cfg = _cfg()
+    OmegaConf.update(cfg, "metrics.silhouette_sample_size", None, merge=False)
+    check_quadratic_work(cfg, 50_000)
+    with pytest.raises(ConfigError, match="set metrics.silhouette_sample_size=10000"):
+        check_quadratic_work(cfg, 50_001)
+
+
+def _assert_one_line_failure(res, expected):
+    assert res.returncode == 1, res.stderr[-2000:]
+    assert expected in res.stderr
+    assert "Traceback" not in res.stderr and "Error executing job" not in res.stderr
+    (run,) = res.runs()
+    assert run.info.status == "FAILED" and expected in run.data.tags["error"]
+    assert "silhouette" not in run.data.metrics and "time_cluster_s" not in run.data.metrics
+
+
+@pytest.mark.parametrize(
+    "overrides, expected",
+    [
+        (("clusterer.n_clusters=abc",), "clusterer.n_clusters='abc' must be an integer >= 2"),
+        (("seed=abc",), "seed='abc' must be an integer >= 0"),
+        (("metrics.silhouette_sample_size=1",), "metrics.silhouette_sample_size=1 must be null or an integer >= 2"),
+        (("dataset=npy",), "dataset.path is required: pass dataset.path=FILE"),
+        (("sweep.metric=accuracy",), "sweep.metric='accuracy' is not allowed"),
+    ],
+)
+def test_cli_bad_config_fails_before_any_work(run_cli, overrides, expected):
+    _assert_one_line_failure(run_cli(*FAST, *overrides), expected)
+
+
+def test_cli_refuses_agglomerative_above_the_bound(run_cli):
+    res = run_cli(
+        *FAST, "dataset=synthetic", "dataset.n_samples=3000", "dataset.n_features=8", "clusterer=agglomerative",
+        "metrics.max_quadratic_rows=2000",
+    )
+    _assert_one_line_failure(res, "clusterer=agglomerative (linkage=ward) on 3000 rows needs about 36 MB")
