@@ -65,7 +65,7 @@ _CHOICE_KEYS = (
     ("sweep.metric", KNOWN_METRICS),
     ("dataset.on_invalid", ("error", "drop")),
     ("dataset.encoding", ("onehot", "ordinal")),
-    ("preprocess.normalize", ("l2", "standard", "none")),
+    ("preprocess.normalize", ("auto", "l2", "standard", "none")),
     ("clusterer.linkage", LINKAGES),
     ("analysis.in_sweeps", ("light", "full")),
 )
