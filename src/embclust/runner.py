@@ -262,6 +262,7 @@ def execute(cfg: DictConfig, workdir: Path, timer: _StageTimer) -> RunResult:
         mlflow.set_tag("backend", backend)
         preprocess.check_preprocessing(preprocessing, ds.n_samples, ds.n_features)
         cluster.check_clusterer(clusterer, ds.n_samples)
+        cluster.check_implementation(cfg.get("cluster_implementation"))
         plots.check_max_points(cfg.analysis.maps.max_points)
         mlflow.set_tags(
             tracking.reproducibility_tags(ds.fingerprint, _hydra_overrides(), Path(__file__).resolve().parent)
@@ -279,7 +280,9 @@ def execute(cfg: DictConfig, workdir: Path, timer: _StageTimer) -> RunResult:
         preprocessing, Xp = fit_preprocessing(cfg, preprocessing, ds)
         _log_pca_variance(preprocessing)
     with timer("cluster"):
-        labels = (torch_backend.fit_clusterer if backend == "torch" else cluster.fit_clusterer)(clusterer, Xp)
+        fitted = None if backend == "torch" else cluster.fit(clusterer, Xp, cfg.get("cluster_implementation"))
+        labels = torch_backend.fit_clusterer(clusterer, Xp) if fitted is None else fitted.labels
+        mlflow.set_tag("cluster_implementation", "torch" if fitted is None else fitted.implementation)
     with timer("score"):
         score = torch_backend.score_clustering if backend == "torch" else metrics.score_clustering
         # silhouette: per-point values of the scored sample, reused by the silhouette diagram
