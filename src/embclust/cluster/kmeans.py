@@ -4,9 +4,12 @@
 oneDAL. Its fitted state is copied into the configured ``sklearn.cluster.KMeans``, so the
 logged model is a plain scikit-learn object that loads and predicts without sklearnex.
 
-Threads: oneDAL does not obey threadpoolctl. By default sklearnex sizes its pool from joblib's
-hints (``OMP_NUM_THREADS`` and the like, which joblib's loky workers set to their share of the
-cores); :func:`limit_threads` sets it explicitly for a block of code.
+Threads: oneDAL has its own thread pool, which threadpoolctl does not list. sklearnex sizes it
+per call from the OpenMP limit that threadpoolctl reports (daal4py/sklearn/_n_jobs_support.py,
+2026.2): inside ``threadpool_limits(n)`` or a joblib loky worker (``OMP_NUM_THREADS`` = its
+share of the cores) a fit uses that many threads, as its debug log says ("setting 1 threads").
+Under joblib's threading backend it uses all cores. :func:`limit_threads` sets the pool's size
+directly (``daal4py.daalinit``) for a block of code.
 """
 
 from __future__ import annotations
