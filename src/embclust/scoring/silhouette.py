@@ -44,7 +44,7 @@ def silhouette_samples(X: np.ndarray, labels: np.ndarray, block_bytes: int = BLO
     order = np.argsort(codes, kind="stable")
     codes_sorted = codes[order]
     starts = np.concatenate(([0], np.cumsum(counts)[:-1]))
-    left, right = _augmented_rows(X, order)
+    right = _augmented_rows(X, order)
 
     tile = _tile_size(n, block_bytes)
     # sums[i, c]: sum of the distances from sorted row i to the rows of cluster c.
@@ -53,10 +53,11 @@ def silhouette_samples(X: np.ndarray, labels: np.ndarray, block_bytes: int = BLO
     for bi in range(len(bounds) - 1):
         r0, r1 = bounds[bi], bounds[bi + 1]
         row_seg, row_ids = _segments(starts, r0, r1)
+        left = _left_rows(right[r0:r1])
         # Distances are symmetric: tile (I, J) also gives J's sums over I's clusters.
         for bj in range(bi, len(bounds) - 1):
             c0, c1 = bounds[bj], bounds[bj + 1]
-            D = _squared_distances(left, right, r0, r1, c0, c1)
+            D = _squared_distances(left, right, r0, c0, c1)
             np.sqrt(D, out=D)
             col_seg, col_ids = _segments(starts, c0, c1)
             sums[r0:r1, col_ids] += np.add.reduceat(D, col_seg, axis=1, dtype=np.float64)
@@ -76,8 +77,8 @@ def silhouette_samples(X: np.ndarray, labels: np.ndarray, block_bytes: int = BLO
     return out
 
 
-def _augmented_rows(X: np.ndarray, order: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Centred rows ``X[order]`` as ``[-2x, |x|^2, 1]`` and ``[x, 1, |x|^2]``: their product is ``|x - y|^2``.
+def _augmented_rows(X: np.ndarray, order: np.ndarray) -> np.ndarray:
+    """Centred rows ``X[order]`` as float64 ``[x, 1, |x|^2]`` (see :func:`_left_rows`).
 
     Centring changes no distance but shrinks the norms, and with them the cancellation in
     ``|x|^2 + |y|^2 - 2 x.y`` for close points.
@@ -88,17 +89,24 @@ def _augmented_rows(X: np.ndarray, order: np.ndarray) -> tuple[np.ndarray, np.nd
     for s in range(0, n, step):
         mean += np.asarray(X[s : s + step], dtype=np.float64).sum(axis=0)
     mean /= n
-    left = np.empty((n, d + 2), dtype=np.float64)
     right = np.empty((n, d + 2), dtype=np.float64)
     for s in range(0, n, step):
         rows = np.asarray(X[order[s : s + step]], dtype=np.float64) - mean
         e = s + rows.shape[0]
         right[s:e, :d] = rows
-        np.multiply(rows, -2.0, out=left[s:e, :d])
-        left[s:e, d] = right[s:e, d + 1] = np.einsum("ij,ij->i", rows, rows)
-    left[:, d + 1] = 1.0
+        right[s:e, d + 1] = np.einsum("ij,ij->i", rows, rows)
     right[:, d] = 1.0
-    return left, right
+    return right
+
+
+def _left_rows(right: np.ndarray) -> np.ndarray:
+    """``[-2x, |x|^2, 1]`` for rows ``[x, 1, |x|^2]``: ``left @ right.T`` is ``|x - y|^2``."""
+    d = right.shape[1] - 2
+    left = np.empty_like(right)
+    np.multiply(right[:, :d], -2.0, out=left[:, :d])
+    left[:, d] = right[:, d + 1]
+    left[:, d + 1] = 1.0
+    return left
 
 
 def _tile_size(n: int, block_bytes: int) -> int:
@@ -126,10 +134,10 @@ def _column_sums_by_segment(D: np.ndarray, offsets: np.ndarray) -> np.ndarray:
     return np.stack([D[a:b].sum(axis=0, dtype=np.float64) for a, b in zip(offsets, ends)])
 
 
-def _squared_distances(left: np.ndarray, right: np.ndarray, r0: int, r1: int, c0: int, c1: int) -> np.ndarray:
-    """Squared distances of rows ``r0:r1`` to rows ``c0:c1`` by one GEMM, clipped at 0, self-distance 0."""
-    D = left[r0:r1] @ right[c0:c1].T
+def _squared_distances(left: np.ndarray, right: np.ndarray, r0: int, c0: int, c1: int) -> np.ndarray:
+    """Squared distances of the ``left`` rows (from row ``r0``) to rows ``c0:c1``, clipped at 0."""
+    D = left @ right[c0:c1].T
     np.maximum(D, 0.0, out=D)
     if r0 == c0:
-        np.fill_diagonal(D, 0.0)
+        np.fill_diagonal(D, 0.0)  # self-distance: exactly 0, as scikit-learn sets it
     return D
