@@ -84,7 +84,7 @@ def _augmented_rows(X: np.ndarray, order: np.ndarray) -> np.ndarray:
     ``|x|^2 + |y|^2 - 2 x.y`` for close points.
     """
     n, d = X.shape
-    step = max(1, (8 * 2**20) // max(1, d))
+    step = max(1, 2**20 // max(1, d))  # float64 temporaries of at most 8 MB
     mean = np.zeros(d, dtype=np.float64)
     for s in range(0, n, step):
         mean += np.asarray(X[s : s + step], dtype=np.float64).sum(axis=0)
