@@ -1,9 +1,21 @@
+import pickle
+
 import numpy as np
 import pytest
 from hdbscan import HDBSCAN
-from sklearn.cluster import AgglomerativeClustering, KMeans
+from sklearn.cluster import AgglomerativeClustering, KMeans, MiniBatchKMeans
+from sklearn.decomposition import PCA
 
-from embclust.cluster import build_model, check_clusterer, fit_clusterer, supports_predict
+from embclust.cluster import (
+    FittedClustering,
+    build_model,
+    check_clusterer,
+    fit,
+    fit_clusterer,
+    kmeans,
+    supports_predict,
+)
+from embclust.data import make_synthetic
 from embclust.errors import ConfigError
 from embclust.preprocess import build_preprocessing, fit_preprocessing
 
@@ -35,3 +47,87 @@ def test_model_chains_preprocessing_and_predicts_fitted_labels():
     assert supports_predict(model)
     np.testing.assert_array_equal(model.predict(X), labels)
     assert not supports_predict(build_model(pre, AgglomerativeClustering(3)))
+
+
+# --- KMeans through sklearnex (Intel's scikit-learn extension) -------------------------------
+
+@pytest.fixture(scope="module")
+def embeddings_pca():
+    """Embedding-like rows (L2-normalised, 256-d) reduced to 20 PCA components, as a sweep cell sees them."""
+    ds = make_synthetic(n_samples=4000, n_features=256, n_clusters=15, seed=2)
+    return PCA(20, random_state=0).fit_transform(ds.X).astype(np.float32)
+
+
+def _needs_sklearnex():
+    pytest.importorskip("sklearnex", reason="scikit-learn-intelex is not installed on this platform")
+
+
+def test_sklearnex_kmeans_is_seeded_and_logged_as_plain_scikit_learn(embeddings_pca):
+    _needs_sklearnex()
+    X = embeddings_pca
+    a = fit(KMeans(12, n_init=3, random_state=7), X)
+    b = fit(KMeans(12, n_init=3, random_state=7), X)
+    assert isinstance(a, FittedClustering) and a.implementation == "sklearnex"
+    assert a.labels.dtype == np.int64
+    np.testing.assert_array_equal(a.labels, b.labels)
+    # The estimator is scikit-learn's own class, so a logged model needs no sklearnex to predict.
+    assert type(a.estimator) is KMeans
+    restored = pickle.loads(pickle.dumps(a.estimator))
+    np.testing.assert_array_equal(restored.predict(X), a.labels)
+    assert restored.cluster_centers_.shape == (12, 20) and restored.n_iter_ >= 1
+    np.testing.assert_allclose(-restored.score(X), a.estimator.inertia_, rtol=1e-4)
+
+
+def test_sklearnex_inertia_is_within_half_a_percent_of_scikit_learn(embeddings_pca):
+    _needs_sklearnex()
+    X = embeddings_pca
+    for k in (10, 30):
+        fast = fit(KMeans(k, n_init=5, random_state=0), X, implementation="sklearnex")
+        ref = fit(KMeans(k, n_init=5, random_state=0), X, implementation="scikit-learn")
+        assert (fast.implementation, ref.implementation) == ("sklearnex", "scikit-learn")
+        assert fast.estimator.inertia_ <= ref.estimator.inertia_ * 1.005, k
+
+
+def test_falls_back_to_scikit_learn_when_sklearnex_is_missing(monkeypatch, caplog, embeddings_pca):
+    monkeypatch.setattr(kmeans, "_sklearnex_kmeans", lambda: (None, "sklearnex is not importable (test)"))
+    monkeypatch.setattr(kmeans, "_fallbacks_logged", set())
+    X = embeddings_pca
+    with caplog.at_level("INFO", logger="embclust.cluster.kmeans"):
+        first = fit(KMeans(8, n_init=2, random_state=0), X)
+        fit(KMeans(8, n_init=2, random_state=0), X, implementation="sklearnex")
+    assert first.implementation == "scikit-learn"
+    reference = KMeans(8, n_init=2, random_state=0).fit_predict(X)
+    np.testing.assert_array_equal(first.labels, reference)
+    assert sum("sklearnex is not importable" in r.getMessage() for r in caplog.records) == 1  # once
+
+
+def test_unsupported_parameter_falls_back(embeddings_pca):
+    _needs_sklearnex()
+    fitted = fit(KMeans(6, n_init=2, random_state=0, algorithm="elkan"), embeddings_pca)
+    assert fitted.implementation == "scikit-learn"
+    assert fitted.estimator._algorithm == "elkan"
+
+
+def test_other_clusterers_are_fitted_by_their_own_library(embeddings_pca):
+    X = embeddings_pca[:600]
+    mb = fit(MiniBatchKMeans(5, n_init=2, random_state=0), X)
+    assert mb.implementation == "scikit-learn" and type(mb.estimator) is MiniBatchKMeans
+    np.testing.assert_array_equal(mb.labels, MiniBatchKMeans(5, n_init=2, random_state=0).fit_predict(X))
+    agg = fit(AgglomerativeClustering(4), X, implementation="sklearnex")
+    assert agg.implementation == "scikit-learn"
+    np.testing.assert_array_equal(agg.labels, AgglomerativeClustering(4).fit_predict(X))
+
+
+def test_unknown_implementation_is_a_config_error(embeddings_pca):
+    with pytest.raises(ConfigError, match=r"cluster_implementation='cuml' is not allowed \(allowed: auto, sklearnex, scikit-learn\)"):
+        fit(KMeans(3), embeddings_pca, implementation="cuml")
+
+
+def test_limit_threads_bounds_onedal_and_restores_it():
+    _needs_sklearnex()
+    import daal4py
+
+    before = daal4py.num_threads()
+    with kmeans.limit_threads(1):
+        assert daal4py.num_threads() == 1
+    assert daal4py.num_threads() == before

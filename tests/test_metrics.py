@@ -108,3 +108,16 @@ def test_degenerate_clusters_match_scikit_learn():
     assert davies_bouldin(X, labels) == skm.davies_bouldin_score(X, labels)
     with pytest.raises(ValueError):
         calinski_harabasz(X, np.zeros(4, dtype=int))
+
+
+@pytest.mark.parametrize("sample_size", [None, 250])
+def test_per_point_silhouette_equals_scikit_learn_on_the_scored_rows(blobs, sample_size):
+    X, _, labels = blobs
+    scores, (rows, values) = score_clustering(
+        X, labels, silhouette_sample_size=sample_size, seed=11, return_silhouette_values=True
+    )
+    assert rows.size == (600 if sample_size is None else 250)
+    np.testing.assert_allclose(values, skm.silhouette_samples(X[rows], labels[rows]), rtol=0, atol=1e-6)
+    assert scores["silhouette"] == pytest.approx(
+        skm.silhouette_score(X, labels, sample_size=sample_size, random_state=11), abs=1e-6
+    )

@@ -118,10 +118,29 @@ def _assert_failed(res, expected: str):
         (("preprocess.pca_components=100",), "preprocess.pca_components=100 exceeds min(n_samples, n_features)=64"),
         (("dataset=synthetic", "dataset.n_samples=0"), "dataset 'synthetic' is empty: 0 rows"),
         (("analysis.maps.max_points=-5",), "analysis.maps.max_points=-5 must be null or an integer >= 1"),
+        (("cluster_implementation=intel",), "cluster_implementation='intel' is not allowed (allowed: auto, sklearnex, scikit-learn)"),
     ],
 )
 def test_bad_config_fails_with_one_clear_line(run_cli, overrides, expected):
     _assert_failed(run_cli(*FAST, *overrides), expected)
+
+
+@pytest.mark.parametrize("implementation", ["auto", "scikit-learn"])
+def test_kmeans_implementation_is_tagged_and_the_model_predicts_without_it(run_cli, tmp_path, implementation):
+    import importlib.util
+
+    res = run_cli(*FAST, "reducer=none", "analysis.report.enabled=false", f"cluster_implementation={implementation}")
+    assert res.returncode == 0, res.stderr[-2000:]
+    (run,) = res.runs()
+    has_sklearnex = importlib.util.find_spec("sklearnex") is not None
+    expected = "sklearnex" if implementation == "auto" and has_sklearnex else "scikit-learn"
+    assert run.data.tags["cluster_implementation"] == expected
+    model = mlflow.sklearn.load_model(f"runs:/{run.info.run_id}/model")
+    assert type(model.steps[-1][1]).__module__.startswith("sklearn.")  # loads where sklearnex is absent
+    from sklearn.datasets import load_digits
+
+    X = load_digits().data.astype(np.float32)
+    np.testing.assert_array_equal(model.predict(X), _load_labels(run, tmp_path)["cluster"].to_numpy())
 
 
 def test_nan_in_data_fails_naming_rows(run_cli, tmp_path):

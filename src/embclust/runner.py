@@ -25,7 +25,7 @@ from threadpoolctl import threadpool_limits
 from embclust import cluster, data, preprocess, signals, stages, tracking, validate
 from embclust.errors import ConfigError, EmbclustError, user_error
 from embclust.explain import steps as explain_steps
-from embclust.scoring import stability, torch_backend
+from embclust.scoring import silhouette, stability, torch_backend
 from embclust.sweep import callback as sweep
 from embclust.sweep.plan import SweepPlan
 from embclust.tracking import plots
@@ -148,6 +148,7 @@ def execute(
         preprocess.check_preprocessing(preprocessing, ds.n_samples, ds.n_features)
         cluster.check_clusterer(clusterer, ds.n_samples)
         validate.check_quadratic_work(cfg, ds.n_samples)
+        cluster.check_implementation(cfg.get("cluster_implementation"))
         plots.check_max_points(cfg.analysis.maps.max_points)
         tags = tracking.reproducibility_tags(ds.fingerprint, overrides if overrides is not None else _hydra_overrides(),
                                              Path(__file__).resolve().parent)
@@ -169,7 +170,10 @@ def execute(
     with timer("cluster"):
         clustering = stages.fit_clustering(clusterer, Xp, backend, cfg.get("cluster_implementation", "auto"))
         clusterer, labels = clustering.estimator, clustering.labels
-        mlflow.set_tag("cluster_implementation", clustering.implementation)
+        mlflow.set_tags({
+            "cluster_implementation": clustering.implementation,
+            "silhouette_implementation": "torch" if backend == "torch" else silhouette.IMPLEMENTATION,
+        })
     with timer("score"):
         scoring = stages.scoring_for(cfg, ds, pre_cfg.get("normalize", "l2"), backend)
         scored = stages.score(Xp, clustering, ds.labels, scoring)

@@ -147,8 +147,8 @@ def fit_clustering(clusterer, X: np.ndarray, backend: str, implementation: str =
 
         labels = torch_backend.fit_clusterer(clusterer, X)
         return Clustering(clusterer, labels, "torch")
-    labels = cluster.fit_clusterer(clusterer, X)
-    return Clustering(clusterer, labels, "scikit-learn")
+    fitted = cluster.fit(clusterer, X, implementation)
+    return Clustering(fitted.estimator, fitted.labels, fitted.implementation)
 
 
 @dataclass

@@ -2,11 +2,24 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 from sklearn.base import BaseEstimator
+from sklearn.cluster import KMeans
 from sklearn.pipeline import Pipeline
 
+from embclust.cluster import kmeans
 from embclust.errors import ConfigError
+
+
+@dataclass
+class FittedClustering:
+    """Labels of a fit, the fitted scikit-learn estimator, and which implementation ran."""
+
+    labels: np.ndarray  # int64, -1 marks noise
+    estimator: BaseEstimator
+    implementation: str  # "sklearnex" or "scikit-learn" (the estimator's own fit)
 
 
 def check_clusterer(clusterer: BaseEstimator, n_samples: int) -> None:
@@ -25,10 +38,24 @@ def check_clusterer(clusterer: BaseEstimator, n_samples: int) -> None:
         )
 
 
+def fit(clusterer: BaseEstimator, X: np.ndarray, implementation: str = "auto") -> FittedClustering:
+    """Fit ``clusterer`` on ``X`` in place; KMeans through sklearnex where ``implementation`` allows.
+
+    ``implementation`` is ``auto`` (sklearnex when importable), ``sklearnex`` or
+    ``scikit-learn``; it only changes how an exact ``sklearn.cluster.KMeans`` is fitted.
+    """
+    implementation = kmeans.check_implementation(implementation)
+    check_clusterer(clusterer, X.shape[0])
+    if type(clusterer) is KMeans:  # subclasses may override fit: leave them to their own
+        ran = kmeans.fit_kmeans(clusterer, X, implementation)
+        return FittedClustering(np.asarray(clusterer.labels_, dtype=np.int64), clusterer, ran)
+    labels = np.asarray(clusterer.fit_predict(X), dtype=np.int64)
+    return FittedClustering(labels, clusterer, "scikit-learn")
+
+
 def fit_clusterer(clusterer: BaseEstimator, X: np.ndarray) -> np.ndarray:
     """Fit ``clusterer`` on ``X`` and return integer labels (``-1`` marks noise)."""
-    check_clusterer(clusterer, X.shape[0])
-    return np.asarray(clusterer.fit_predict(X), dtype=np.int64)
+    return fit(clusterer, X).labels
 
 
 def build_model(preprocessing: Pipeline, clusterer: BaseEstimator) -> Pipeline:

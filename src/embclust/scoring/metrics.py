@@ -12,16 +12,15 @@ from __future__ import annotations
 import logging
 
 import numpy as np
-import sklearn
 from sklearn import metrics as skm
 from sklearn.metrics.cluster import contingency_matrix
 from sklearn.utils import check_random_state
 
+from embclust.scoring import silhouette
+
 log = logging.getLogger(__name__)
 
 NOISE = -1
-# Distance chunk size for silhouette (scikit-learn's default is 1 GB).
-SILHOUETTE_WORKING_MEMORY_MB = 128
 # Rows per chunk: chunk_size x n_features float64 temporaries (65,536 x 768 x 8 B = 400 MB at most).
 CHUNK_ROWS = 65_536
 
@@ -145,15 +144,14 @@ def silhouette_values(
 
     Returns ``(scored rows, values)``. The sample is drawn exactly as ``silhouette_score(X[rows],
     labels[rows], sample_size=..., random_state=seed)`` draws it, so the mean of the values is
-    that score, but only the sampled rows are copied. scikit-learn computes the distances in
-    chunks of at most ``SILHOUETTE_WORKING_MEMORY_MB``.
+    that score, but only the sampled rows are copied. The values come from the blocked kernel in
+    :mod:`embclust.scoring.silhouette`, equal to scikit-learn's per sample within 1e-6.
     """
     if sample_size is not None and sample_size < rows.size:
         rows = rows[check_random_state(seed).permutation(rows.size)[:sample_size]]
-    with sklearn.config_context(working_memory=SILHOUETTE_WORKING_MEMORY_MB):
-        if rows.size == X.shape[0]:  # every row, in order: no copy
-            return rows, skm.silhouette_samples(X, labels)
-        return rows, skm.silhouette_samples(np.asarray(X[rows]), labels[rows])
+    if rows.size == X.shape[0]:  # every row, in order: no copy
+        return rows, silhouette.silhouette_samples(X, labels)
+    return rows, silhouette.silhouette_samples(np.asarray(X[rows]), labels[rows])
 
 
 def size_scores(labels: np.ndarray) -> dict[str, float]:

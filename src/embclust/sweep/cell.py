@@ -22,7 +22,7 @@ from mlflow.entities import Metric, Param, RunTag
 from omegaconf import DictConfig, OmegaConf
 
 from embclust import stages
-from embclust.scoring import stability
+from embclust.scoring import silhouette, stability
 from embclust.errors import user_error
 from embclust.sweep.callback import SweepCell, failed_cell_value
 from embclust.sweep.plan import SweepPlan
@@ -126,6 +126,7 @@ def _fit_and_score(cfg: DictConfig, plan: SweepPlan, timer: stages.StageTimer):
         ds, hit = stages.load_dataset(cfg, cache_dir)
         clusterer = instantiate(cfg.clusterer)
         cluster.check_clusterer(clusterer, ds.n_samples)
+        cluster.check_implementation(cfg.get("cluster_implementation"))
         validate.check_quadratic_work(cfg, ds.n_samples)
     with timer("preprocess"):
         pre_cfg = stages.preprocess_config(cfg, ds)
@@ -148,6 +149,7 @@ def _fit_and_score(cfg: DictConfig, plan: SweepPlan, timer: stages.StageTimer):
         "data_n_features": ds.n_features,
         "preprocess_source": features.how + (" (cached)" if features.cache_hit else ""),
         "cluster_implementation": clustering.implementation,
+        "silhouette_implementation": "torch" if backend == "torch" else silhouette.IMPLEMENTATION,
         "backend": backend,
         "normalize": pre_cfg["normalize"],
     }

@@ -28,6 +28,7 @@ TRACKED_PACKAGES = (
     "numpy",
     "scipy",
     "scikit-learn",
+    "scikit-learn-intelex",
     "umap-learn",
     "hdbscan",
     "xgboost",
