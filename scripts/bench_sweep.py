@@ -538,7 +538,7 @@ def run_benchmark(args, size: str, n: int, d: int, pca_grid, k_grid, tmp: Path) 
     stage_totals: dict[str, float] = {}
     for cell in cells.values():
         for name, value in cell["metrics"].items():
-            if name.startswith("time_") and name.endswith("_s"):
+            if name.startswith(("time/", "time_")) and name.endswith("_s"):
                 stage_totals[name[5:-2]] = stage_totals.get(name[5:-2], 0.0) + value
     if stage_totals:
         print("- (b) seconds per stage, summed over cells: "
@@ -546,7 +546,7 @@ def run_benchmark(args, size: str, n: int, d: int, pca_grid, k_grid, tmp: Path) 
     if cells:
         first = next(iter(cells.values()))
         sample = first["metrics"].get("silhouette_sample_size")
-        shown = {k: v for k, v in first["tags"].items() if k == "backend" or "kmeans" in k.lower()}
+        shown = {k: v for k, v in first["tags"].items() if k == "backend" or k.endswith("_implementation")}
         print(f"- (b) silhouette sample: {_fmt(sample, ',.0f')} of {n:,} rows; tags: "
               + (", ".join(f"{k}={v}" for k, v in sorted(shown.items())) or "none on backend / KMeans"))
 
