@@ -15,12 +15,10 @@ from pathlib import Path
 from typing import Any
 
 import mlflow
-import mlflow.sklearn
 import numpy as np
 import polars as pl
 from hydra.utils import instantiate
 from mlflow.entities import Metric
-from mlflow.models import infer_signature
 from omegaconf import DictConfig, OmegaConf
 from threadpoolctl import threadpool_limits
 
@@ -31,7 +29,7 @@ from embclust.explain import duplicates
 from embclust.explain import steps as explain_steps
 from embclust.scoring import metrics, torch_backend
 from embclust.sweep import cache
-from embclust.tracking import plots
+from embclust.tracking import datasets, models, plots
 from embclust.tracking.report import Report
 
 log = logging.getLogger(__name__)
@@ -68,7 +66,7 @@ class _StageTimer:
             self.seconds[stage] = time.perf_counter() - start
 
     def as_metrics(self) -> dict[str, float]:
-        return {f"time_{stage}_s": round(sec, 4) for stage, sec in self.seconds.items()}
+        return {f"time/{stage}_s": round(sec, 4) for stage, sec in self.seconds.items()}
 
 
 def _hydra_overrides() -> list[str]:
@@ -267,14 +265,15 @@ def execute(cfg: DictConfig, workdir: Path, timer: _StageTimer) -> RunResult:
             tracking.reproducibility_tags(ds.fingerprint, _hydra_overrides(), Path(__file__).resolve().parent)
         )
         mlflow.set_tags({"data_n_samples": ds.n_samples, "data_n_features": ds.n_features})
+        datasets.log_dataset_input(ds, cfg.dataset.get("path"))
         mlflow.log_metrics(
             {
-                "dropped_invalid_rows": ds.n_dropped_invalid,
-                "dropped_duplicate_rows": ds.n_dropped_duplicates,
-                "duplicate_ids": ds.n_duplicate_ids,
+                "data/dropped_invalid_rows": ds.n_dropped_invalid,
+                "data/dropped_duplicate_rows": ds.n_dropped_duplicates,
+                "data/duplicate_ids": ds.n_duplicate_ids,
             }
         )
-        log.info("dataset '%s': %d x %d, fingerprint %s", ds.name, ds.n_samples, ds.n_features, ds.fingerprint)
+        log.debug("dataset '%s': %d x %d, fingerprint %s", ds.name, ds.n_samples, ds.n_features, ds.fingerprint)
     with timer("preprocess"):
         preprocessing, Xp = fit_preprocessing(cfg, preprocessing, ds)
         _log_pca_variance(preprocessing)
@@ -290,7 +289,7 @@ def execute(cfg: DictConfig, workdir: Path, timer: _StageTimer) -> RunResult:
         if hasattr(clusterer, "inertia_"):
             scores["inertia"] = float(clusterer.inertia_)
         mlflow.log_metrics(scores)
-        log.info("scores: %s", ", ".join(f"{k}={v:.4g}" for k, v in scores.items()))
+        log.debug("scores: %s", ", ".join(f"{k}={v:.4g}" for k, v in scores.items()))
     with timer("map"):
         coords = compute_map(cfg, reducer, max_points, Xp, ds)
     map_title = _map_title(reducer, max_points, ds, scores)
@@ -312,14 +311,16 @@ def execute(cfg: DictConfig, workdir: Path, timer: _StageTimer) -> RunResult:
         pl.DataFrame(table).write_parquet(workdir / "labels.parquet")
         (workdir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
         sizes = plots.cluster_sizes_figure(labels)
-        plots.write_html(sizes, workdir / "cluster_sizes.html")
+        if not cfg.analysis.report.enabled:  # the report holds the figures; no plotly.js per file
+            plots.write_html(sizes, workdir / "cluster_sizes.html")
         if reducer is not None:
             names = {c: ", ".join(words[:3]) for c, words in state.cluster_keywords.items()}
             fig = plots.cluster_map_figure(
                 coords, labels, ds.ids, true_names, map_title, ds.texts, names,
                 max_points=cfg.analysis.maps.max_points, seed=seed,
             )
-            plots.write_html(fig, workdir / "cluster_map.html")
+            if not cfg.analysis.report.enabled:
+                plots.write_html(fig, workdir / "cluster_map.html")
             report.add_figure("Map", fig)
         report.add_figure("Cluster sizes", sizes)
     with timer("report"):
@@ -346,15 +347,7 @@ def _map_title(reducer, max_points: int | None, ds: data.Dataset, scores: dict) 
 def _log_model(preprocessing, clusterer, X: np.ndarray, labels: np.ndarray) -> None:
     """Log preprocessing + clusterer as one scikit-learn model under artifact path ``model``."""
     model = cluster.build_model(preprocessing, clusterer)
-    example = np.asarray(X[:5])
-    signature = infer_signature(example, labels[:5])
-    mlflow.sklearn.log_model(
-        model,
-        name="model",
-        signature=signature,
-        serialization_format="cloudpickle",
-        pip_requirements=tracking.model_requirements(model),
-    )
+    models.log_model(model, X[:5], labels[:5])
     mlflow.set_tag("model_predicts", str(cluster.supports_predict(model)).lower())
 
 
@@ -430,12 +423,14 @@ def run(cfg: DictConfig) -> float:
             raise SystemExit(1) from None
     value = result.metrics.get(cfg.sweep.metric, math.nan)
     prefix = f"{cell.position} done: " if cell else ""
+    url = None if cell else tracking.runs_page_url(cfg.mlflow.tracking_uri, experiment_id)
     log.info(
-        "%srun %s finished in %.1fs, %s=%.4g",
+        "%srun %s finished in %.1fs, %s=%.4g%s",
         prefix,
         result.run_id,
         sum(result.stage_seconds.values()),
         cfg.sweep.metric,
         value,
+        f"; runs: {url}" if url else "",
     )
     return value

@@ -178,7 +178,8 @@ class MlflowSweepCallback(Callback):
             raise
         client.set_terminated(self.parent_run_id, "FINISHED")
         if best:
-            log.info("sweep done: best %s", best)
+            url = tracking.runs_page_url(config.mlflow.tracking_uri, client.get_run(self.parent_run_id).info.experiment_id)
+            log.info("sweep done: best %s%s", best, f"; runs: {url}" if url else "")
 
 
 def cell_metric(run: mlflow.entities.Run, metric: str) -> float:

@@ -8,9 +8,9 @@ from embclust.tracking.store import (
     default_tracking_uri,
     flatten_config,
     git_state,
-    model_requirements,
     package_versions,
     reproducibility_tags,
+    runs_page_url,
     setup_tracking,
 )
 
@@ -22,8 +22,8 @@ __all__ = [
     "default_tracking_uri",
     "flatten_config",
     "git_state",
-    "model_requirements",
     "package_versions",
     "reproducibility_tags",
+    "runs_page_url",
     "setup_tracking",
 ]
