@@ -274,7 +274,7 @@ def main() -> None:
                 f" {ari:8.4f} {ch_rel:11.1e} {db_rel:11.1e}"
             )
         stages = ("load", "validate", "preprocess", "cluster", "score", "map", "analyse", "plots", "report", "log")
-        per_stage = {st: sum(c.get(f"time_{st}_s", 0.0) for c in cells.values()) for st in stages}
+        per_stage = {st: sum(c.get(f"time/{st}_s", 0.0) for c in cells.values()) for st in stages}
         print()
         print("(b) seconds per stage, summed over cells: " + ", ".join(f"{st} {v:.1f}" for st, v in per_stage.items()))
         print(f"(b) outside the stages (start-up, MLflow runs, sweep bookkeeping): "
