@@ -3,11 +3,12 @@
 import hydra
 from omegaconf import DictConfig
 
-from embclust import runner
+from embclust import console, runner
 
 
 @hydra.main(version_base=None, config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> float:
+    console.quiet_libraries(verbose=console.hydra_verbose())
     return runner.run(cfg)
 
 

@@ -79,7 +79,7 @@ def main() -> None:
                 f"{r.data.params.get('clusterer.n_clusters'):>4} {r.info.status:>8} {m.get('silhouette', float('nan')):10.4f}"
                 f" {m.get('silhouette_sample_size', 0):7.0f} {m.get('calinski_harabasz', float('nan')):10.1f}"
                 f" {m.get('davies_bouldin', float('nan')):7.4f} "
-                + " ".join(f"{m.get(f'time_{s}_s', float('nan')):9.1f}" for s in stages)
+                + " ".join(f"{m.get(f'time/{s}_s', float('nan')):9.1f}" for s in stages)
             )
             if r.info.status != "FINISHED":
                 print(f"     error: {r.data.tags.get('error', '')[:300]}")

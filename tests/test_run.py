@@ -6,6 +6,8 @@ import numpy as np
 import polars as pl
 import pytest
 
+from embclust.runner import STAGES
+
 FAST = ("reducer=pca", "analysis.explain.enabled=false")  # UMAP and XGBoost+SHAP are covered elsewhere
 
 
@@ -23,20 +25,37 @@ def test_default_job_logs_metrics_artifacts_and_model(run_cli, tmp_path):
     assert res.returncode == 0, res.stderr[-2000:]
     (run,) = res.runs()
     assert run.info.status == "FINISHED"
+    # Quiet console: nothing on stdout (no UMAP epochs, no tqdm), on stderr one line per stage
+    # and the closing line with the link to the runs page.
+    assert res.stdout == ""
+    lines = res.stderr.splitlines()
+    assert len(lines) == len(STAGES) + 1, res.stderr
+    assert all(f"[{i + 1}/{len(STAGES)}] {stage}" in line for i, (stage, line) in enumerate(zip(STAGES, lines)))
+    assert lines[-1].endswith(f"runs: http://127.0.0.1:5000/#/experiments/{run.info.experiment_id}/runs")
     m = run.data.metrics
     for name in ("silhouette", "calinski_harabasz", "davies_bouldin", "n_clusters", "ari", "nmi", "v_measure", "purity"):
         assert name in m, name
     assert m["n_clusters"] == 10 and m["ari"] > 0.4
-    assert {f"time_{s}_s" for s in ("load", "preprocess", "cluster", "score", "map", "plots")} <= set(m)
+    assert {f"time/{s}_s" for s in ("load", "preprocess", "cluster", "score", "map", "plots")} <= set(m)
     assert run.data.params["clusterer.n_clusters"] == "10"
     assert run.data.params["clusterer._target_"] == "sklearn.cluster.KMeans"
     tags = run.data.tags
     assert len(tags["data_fingerprint"]) == 32 and tags["version.scikit-learn"] != "not installed"
+    # MLflow's Dataset column: the dataset config's name, digest = the data fingerprint.
+    (entry,) = run.inputs.dataset_inputs
+    assert (entry.dataset.name, entry.dataset.digest) == ("digits", tags["data_fingerprint"])
+    assert "float32" in entry.dataset.schema and "[-1, 64]" in entry.dataset.schema
+    assert tags["model_format"] == "skops"
+    names = _artifact_names(run)
     assert {
-        "config.yaml", "labels.parquet", "cluster_map.html", "cluster_sizes.html", "report.html",
-        "silhouette.html", "silhouette_per_cluster.csv", "cluster_profile.csv", "cluster_composition.csv",
-        "composition_heatmap.html", "shap_per_cluster.html", "shap_summary.html", "near_duplicates.csv",
-    } <= _artifact_names(run)
+        "config.yaml", "labels.parquet", "report.html", "silhouette_per_cluster.csv", "cluster_profile.csv",
+        "cluster_composition.csv", "shap_importance.csv", "near_duplicates.csv",
+    } <= names
+    # One report holds every figure (plotly.js once), not one HTML file per figure.
+    assert [n for n in names if n.endswith(".html")] == ["report.html"]
+    client = mlflow.MlflowClient()
+    sizes = {a.path: a.file_size for a in client.list_artifacts(run.info.run_id) if not a.is_dir}
+    assert sum(sizes.values()) < 8_000_000, sizes
     assert m["composition_purity"] == pytest.approx(m["purity"])
     assert 0.5 < m["explain_mean_f1"] <= 1
     report = mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path="report.html", dst_path=str(tmp_path))
@@ -60,7 +79,7 @@ def test_same_seed_gives_identical_labels_and_metrics(run_cli, tmp_path):
     res = run_cli(*args)
     assert res.returncode == 0, res.stderr[-2000:]
     second, first = res.runs()
-    drop = lambda m: {k: v for k, v in m.items() if not k.startswith("time_")}  # noqa: E731
+    drop = lambda m: {k: v for k, v in m.items() if not k.startswith("time/")}  # noqa: E731
     assert drop(first.data.metrics) == drop(second.data.metrics)
     assert first.data.tags["data_fingerprint"] == second.data.tags["data_fingerprint"]
     a, b = _load_labels(first, tmp_path / "a"), _load_labels(second, tmp_path / "b")
@@ -86,7 +105,7 @@ def test_hdbscan_on_synthetic_scores_non_noise_points(run_cli, tmp_path):
     assert table["n_sampled"].sum() == m["silhouette_sample_size"] == 1000
     weighted = (table["mean_silhouette"] * table["n_sampled"]).sum() / 1000
     assert weighted == pytest.approx(m["silhouette"], abs=1e-6)
-    path = mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path="silhouette.html", dst_path=str(tmp_path))
+    path = mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path="report.html", dst_path=str(tmp_path))
     assert "seeded sample of 1000 of" in open(path).read() and "300 of them drawn" in open(path).read()
     assert run.data.tags["model_predicts"] == "false"
     assert run.data.params["clusterer._target_"] == "hdbscan.HDBSCAN"
@@ -165,9 +184,9 @@ def test_dedupe_drops_planted_near_duplicates(run_cli, tmp_path):
     res = run_cli(*FAST, "dataset=npy", f"dataset.path={tmp_path / 'dups.npy'}", "dataset.dedupe=true", "clusterer.n_clusters=4")
     assert res.returncode == 0, res.stderr[-2000:]
     (run,) = res.runs()
-    assert run.data.metrics["dropped_duplicate_rows"] == 4
+    assert run.data.metrics["data/dropped_duplicate_rows"] == 4
     assert run.data.tags["data_n_samples"] == "296"
-    assert run.data.metrics["near_duplicate_pairs"] == 0  # none left after dedupe
+    assert run.data.metrics["data/near_duplicate_pairs"] == 0  # none left after dedupe
 
 
 def test_drill_down_reclusters_one_cluster_of_an_earlier_run(run_cli, tmp_path):

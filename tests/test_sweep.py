@@ -68,8 +68,8 @@ def test_impossible_cell_fails_alone_and_is_marked(run_cli, tmp_path):
     assert parent.data.metrics["n_failed_cells"] == 1
     done = next(c for c in children if c.info.status == "FINISHED")
     artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(done.info.run_id)}
-    assert "silhouette.html" in artifacts and "report.html" in artifacts
-    assert "shap_per_cluster.html" not in artifacts and "near_duplicates.csv" not in artifacts  # in_sweeps=light
+    assert "silhouette_per_cluster.csv" in artifacts and "report.html" in artifacts
+    assert "shap_importance.csv" not in artifacts and "near_duplicates.csv" not in artifacts  # in_sweeps=light
 
 
 def test_rerun_resumes_only_missing_or_failed_cells(run_cli):

@@ -216,7 +216,7 @@ def test_ray_sweep_nests_cells_under_parent_on_tracking_server(ray_sweep, mlflow
     assert parent.data.tags["best_run_id"] in {c.info.run_id for c in children}
 
 
-def test_mlflow_ui_shows_runs_and_renders_plot_artifact(ray_sweep, mlflow_server, tmp_path):
+def test_mlflow_ui_shows_runs_datasets_and_renders_report(ray_sweep, mlflow_server, tmp_path):
     try:
         from playwright.sync_api import sync_playwright
     except ImportError:
@@ -238,10 +238,16 @@ def test_mlflow_ui_shows_runs_and_renders_plot_artifact(ray_sweep, mlflow_server
             page.goto(f"{mlflow_server}/#/experiments/{experiment_id}/runs")
             page.get_by_text(parent.info.run_name[:40]).first.wait_for()
             page.get_by_text("5 matching runs").first.wait_for()
+            # Expand the parent: its 4 cells show the dataset they clustered in the Dataset column.
+            page.locator('[col-id*="Run Name"] button[data-component-id*="runnamecellrenderer"]').first.click()
+            page.get_by_text(child.info.run_name, exact=True).first.wait_for()
+            dataset = f"synthetic ({child.data.tags['data_fingerprint']})"
+            cells = page.locator('[role=gridcell][col-id*="Dataset"]')
+            _wait_for(lambda: sum(dataset in cells.nth(i).inner_text() for i in range(cells.count())) == 4, 60, "Dataset column")
             shots["runs"] = tmp_path / "mlflow_ui_runs.png"
             page.screenshot(path=str(shots["runs"]))
-            # A cell's artifact view: the UI renders the HTML plot in a frame; Plotly draws SVG.
-            page.goto(f"{mlflow_server}/#/experiments/{experiment_id}/runs/{child.info.run_id}/artifacts/cluster_sizes.html")
+            # A cell's report: the UI renders the HTML artifact in a frame; Plotly draws SVG.
+            page.goto(f"{mlflow_server}/#/experiments/{experiment_id}/runs/{child.info.run_id}/artifacts/report.html")
             page.get_by_text(child.info.run_name, exact=True).first.wait_for()
             _wait_for(
                 lambda: any(f.locator(".main-svg").count() > 0 for f in page.frames), 60, "rendered Plotly artifact"
@@ -249,7 +255,7 @@ def test_mlflow_ui_shows_runs_and_renders_plot_artifact(ray_sweep, mlflow_server
             frame = next(f for f in page.frames if f.locator(".main-svg").count() > 0)
             assert frame.locator(".plotly").count() >= 1
             assert "Cluster sizes" in frame.inner_text("body")
-            shots["artifact"] = tmp_path / "mlflow_ui_cluster_sizes.png"
+            shots["artifact"] = tmp_path / "mlflow_ui_report.png"
             page.screenshot(path=str(shots["artifact"]))
         finally:
             browser.close()

@@ -13,12 +13,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import mlflow
-import mlflow.sklearn
 import numpy as np
 import polars as pl
 from hydra.utils import instantiate
 from mlflow.entities import Metric
-from mlflow.models import infer_signature
 from omegaconf import DictConfig, OmegaConf
 from threadpoolctl import threadpool_limits
 
@@ -28,7 +26,7 @@ from embclust.explain import steps as explain_steps
 from embclust.scoring import silhouette, stability, torch_backend
 from embclust.sweep import callback as sweep
 from embclust.sweep.plan import SweepPlan
-from embclust.tracking import plots
+from embclust.tracking import datasets, models, plots
 from embclust.tracking.report import Report
 
 log = logging.getLogger(__name__)
@@ -154,6 +152,7 @@ def execute(
                                              Path(__file__).resolve().parent)
         tags.update({"data_n_samples": ds.n_samples, "data_n_features": ds.n_features, "backend": backend})
         mlflow.set_tags(tags)
+        datasets.log_dataset_input(ds, cfg.dataset.get("path"))
         mlflow.log_metrics(
             {
                 "data/dropped_invalid_rows": ds.n_dropped_invalid,
@@ -161,7 +160,7 @@ def execute(
                 "data/duplicate_ids": ds.n_duplicate_ids,
             }
         )
-        log.info("dataset '%s': %d x %d, fingerprint %s", ds.name, ds.n_samples, ds.n_features, ds.fingerprint)
+        log.debug("dataset '%s': %d x %d, fingerprint %s", ds.name, ds.n_samples, ds.n_features, ds.fingerprint)
     with timer("preprocess"):
         features = stages.fit_features(pre_cfg, ds, cache_dir, plan.max_pca_components if plan else None)
         preprocessing, Xp = features.preprocessing, features.X
@@ -180,7 +179,7 @@ def execute(
         scores = scored.values
         scores.update(stability.stability_from_config(cfg.clusterer, Xp, labels, cfg.metrics.get("stability"), seed))
         mlflow.log_metrics(scores)
-        log.info("scores: %s", ", ".join(f"{k}={v:.4g}" for k, v in scores.items()))
+        log.debug("scores: %s", ", ".join(f"{k}={v:.4g}" for k, v in scores.items()))
     with timer("map"):
         coords = _compute_map(cfg, reducer, max_points, Xp, ds, pre_cfg, cache_dir)
     map_title = _map_title(reducer, max_points, ds, scores)
@@ -202,14 +201,16 @@ def execute(
         pl.DataFrame(table).write_parquet(workdir / "labels.parquet")
         (workdir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
         sizes = plots.cluster_sizes_figure(labels)
-        plots.write_html(sizes, workdir / "cluster_sizes.html")
+        if not cfg.analysis.report.enabled:  # the report holds the figures; no plotly.js per file
+            plots.write_html(sizes, workdir / "cluster_sizes.html")
         if reducer is not None:
             names = {c: ", ".join(words[:3]) for c, words in state.cluster_keywords.items()}
             fig = plots.cluster_map_figure(
                 coords, labels, ds.ids, true_names, map_title, ds.texts, names,
                 max_points=cfg.analysis.maps.max_points, seed=seed,
             )
-            plots.write_html(fig, workdir / "cluster_map.html")
+            if not cfg.analysis.report.enabled:
+                plots.write_html(fig, workdir / "cluster_map.html")
             report.add_figure("Map", fig)
         report.add_figure("Cluster sizes", sizes)
     with timer("report"):
@@ -270,15 +271,7 @@ def _map_title(reducer, max_points: int | None, ds: data.Dataset, scores: dict) 
 def _log_model(preprocessing, clusterer, X: np.ndarray, labels: np.ndarray) -> None:
     """Log preprocessing + clusterer as one scikit-learn model under artifact path ``model``."""
     model = cluster.build_model(preprocessing, clusterer)
-    example = np.asarray(X[:5])
-    signature = infer_signature(example, labels[:5])
-    mlflow.sklearn.log_model(
-        model,
-        name="model",
-        signature=signature,
-        serialization_format="cloudpickle",
-        pip_requirements=tracking.model_requirements(model),
-    )
+    models.log_model(model, X[:5], labels[:5])
     mlflow.set_tag("model_predicts", str(cluster.supports_predict(model)).lower())
 
 
@@ -368,10 +361,13 @@ def run(cfg: DictConfig) -> float:
     metric = plan.rank_metric if plan else cfg.sweep.metric
     value = result.metrics.get(metric, math.nan)
     prefix = f"{cell.position} done: " if cell else ""
-    log.info("%srun %s finished in %.1fs, %s=%.4g", prefix, result.run_id, sum(result.stage_seconds.values()), metric, value)
-    if not in_sweep:
-        experiment = mlflow.get_experiment_by_name(cfg.mlflow.experiment_name)
-        log.info("open it in the MLflow UI: %s", tracking.runs_page_url(cfg.mlflow.tracking_uri, experiment.experiment_id))
+    url = None if in_sweep else tracking.runs_page_url(
+        cfg.mlflow.tracking_uri, mlflow.get_experiment_by_name(cfg.mlflow.experiment_name).experiment_id
+    )
+    log.info(
+        "%srun %s finished in %.1fs, %s=%.4g%s", prefix, result.run_id, sum(result.stage_seconds.values()), metric, value,
+        f"; runs: {url}" if url else "",
+    )
     return value
 
 

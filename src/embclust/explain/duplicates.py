@@ -70,7 +70,7 @@ def near_duplicate_pairs(
     else:
         from pynndescent import NNDescent
 
-        log.info("duplicates: approximate %d-NN index over %d rows", n_neighbors, n)
+        log.debug("duplicates: approximate %d-NN index over %d rows", n_neighbors, n)
         index = NNDescent(Xn, n_neighbors=n_neighbors + 1, metric="euclidean", random_state=seed, verbose=False)
         nbrs, dists = index.neighbor_graph
     rows = np.repeat(np.arange(n), nbrs.shape[1])

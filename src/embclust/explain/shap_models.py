@@ -110,7 +110,7 @@ def explain_clusters(
         if y.sum() < 4 or (1 - y).sum() < 4:
             out.skipped[c] = "too few sampled points on one side for a held-out split"
             continue
-        log.info("explain: cluster %d (%d/%d)", c, len(out.importance) + 1, min(max_clusters, len(order)))
+        log.debug("explain: cluster %d (%d/%d)", c, len(out.importance) + 1, min(max_clusters, len(order)))
         X_tr, X_te, y_tr, y_te = train_test_split(X, y, test_size=0.25, stratify=y, random_state=seed)
         model = XGBClassifier(
             n_estimators=n_estimators, max_depth=max_depth, learning_rate=0.1, random_state=seed,

@@ -1,7 +1,8 @@
 """Run every analysis step the ``analysis`` config enables and collect its artifacts.
 
-Each step writes files into the run's artifact folder, adds a section to the report and
-returns metrics; its wall time is recorded as ``time_analysis_<step>_s``.
+Each step writes its tables (CSV) into the run's artifact folder, adds its tables and figures to
+the report (figures become files of their own only when ``analysis.report.enabled=false``) and
+returns metrics; its wall time is recorded as ``time/analysis_<step>_s``.
 """
 
 from __future__ import annotations
@@ -51,17 +52,28 @@ class RunState:
 
 @contextmanager
 def _step(state: RunState, name: str):
-    log.info("analysis: %s", name)
+    log.debug("analysis: %s", name)
     start = time.perf_counter()
     try:
         yield
     finally:
-        state.seconds[f"time_analysis_{name}_s"] = round(time.perf_counter() - start, 4)
+        state.seconds[f"time/analysis_{name}_s"] = round(time.perf_counter() - start, 4)
 
 
 def _save_table(table: pd.DataFrame, folder: Path, stem: str) -> None:
     safe_csv.write_csv(table, folder / f"{stem}.csv")
-    table.to_html(folder / f"{stem}.html", index=False, escape=True, na_rep="", float_format=lambda v: f"{v:.4g}")
+
+
+
+def _add_figure(report: Report, heading: str, fig, folder: Path, stem: str, as_file: bool) -> None:
+    """Put ``fig`` in the report; also write it as ``<stem>.html`` when there is no report.
+
+    Each standalone HTML file inlines plotly.js (about 4.6 MB), so a run with a report keeps its
+    figures there only.
+    """
+    report.add_figure(heading, fig)
+    if as_file:
+        plots.write_html(fig, folder / f"{stem}.html")
 
 
 def explain_features(state: RunState, acfg: DictConfig) -> tuple[np.ndarray, list[str], str]:
@@ -106,8 +118,9 @@ def run_analyses(state: RunState, cfg: DictConfig, folder: Path, report: Report,
     a = cfg.analysis
     light = in_sweep and a.get("in_sweeps", "light") == "light"
     if light:
-        log.info("analysis: sweep cell, skipping %s (analysis.in_sweeps=full runs them)", ", ".join(SWEEP_LIGHT_SKIPS))
+        log.debug("analysis: sweep cell, skipping %s (analysis.in_sweeps=full runs them)", ", ".join(SWEEP_LIGHT_SKIPS))
     ds, X, labels = state.ds, state.Xp, state.labels
+    as_file = not a.report.enabled
     texts = ds.texts
     true_names = ds.label_strings()
 
@@ -140,8 +153,7 @@ def run_analyses(state: RunState, cfg: DictConfig, folder: Path, report: Report,
                 if shown.size < rows.size:
                     title += f"; {shown.size} of them drawn"
                 fig = tables.silhouette_figure(labels[rows[shown]], values[shown], f"Silhouette per sample ({title})")
-                plots.write_html(fig, folder / "silhouette.html")
-                report.add_figure("Silhouette diagram", fig)
+                _add_figure(report, "Silhouette diagram", fig, folder, "silhouette", as_file)
 
     if a.profile.enabled:
         with _step(state, "profile"):
@@ -158,9 +170,8 @@ def run_analyses(state: RunState, cfg: DictConfig, folder: Path, report: Report,
             state.metrics["composition_purity"] = overall
             _save_table(table, folder, "cluster_composition")
             fig = tables.contingency_figure(labels, true_names)
-            plots.write_html(fig, folder / "composition_heatmap.html")
             report.add_table("Composition vs true labels", table, note=f"overall purity {overall:.4f}")
-            report.add_figure("Clusters vs true labels", fig)
+            _add_figure(report, "Clusters vs true labels", fig, folder, "composition_heatmap", as_file)
 
     linkage = getattr(state.clusterer, "linkage", None)
     want_dendrogram = not light and (
@@ -173,15 +184,13 @@ def run_analyses(state: RunState, cfg: DictConfig, folder: Path, report: Report,
                 X, method=method, sample_size=int(a.dendrogram.sample_size),
                 truncate_p=int(a.dendrogram.truncate_p), seed=state.seed,
             )
-            plots.write_html(fig, folder / "dendrogram.html")
-            report.add_figure("Dendrogram", fig)
+            _add_figure(report, "Dendrogram", fig, folder, "dendrogram", as_file)
 
     pca = state.preprocessing.named_steps["pca"]
     if a.pca_variance.enabled and pca != "passthrough":
         with _step(state, "pca_variance"):
             fig = tables.pca_pareto_figure(pca.explained_variance_ratio_)
-            plots.write_html(fig, folder / "pca_variance.html")
-            report.add_figure("PCA explained variance", fig)
+            _add_figure(report, "PCA explained variance", fig, folder, "pca_variance", as_file)
 
     if a.explain.enabled and not light and np.unique(labels[labels != -1]).size >= 2:
         with _step(state, "explain"):
@@ -196,10 +205,8 @@ def run_analyses(state: RunState, cfg: DictConfig, folder: Path, report: Report,
                 _save_table(table, folder, "shap_importance")
                 state.metrics["explain_mean_f1"] = float(np.mean(list(ex.f1.values())))
                 bars, heat = shap_models.importance_bars_figure(ex), shap_models.importance_heatmap_figure(ex)
-                plots.write_html(bars, folder / "shap_per_cluster.html")
-                plots.write_html(heat, folder / "shap_summary.html")
-                report.add_figure(f"SHAP per cluster ({source})", bars)
-                report.add_figure("SHAP summary", heat)
+                _add_figure(report, f"SHAP per cluster ({source})", bars, folder, "shap_per_cluster", as_file)
+                _add_figure(report, "SHAP summary", heat, folder, "shap_summary", as_file)
                 # Kept so that new rows can be explained by the model of the cluster they join.
                 ex.save_models(folder / "explainers", source)
                 scores = ex.classification_table()
@@ -218,8 +225,8 @@ def run_analyses(state: RunState, cfg: DictConfig, folder: Path, report: Report,
         with _step(state, "duplicates"):
             rows = tables.seeded_sample(ds.n_samples, int(a.duplicates.max_rows), state.seed)
             pairs = duplicates.near_duplicate_pairs(ds.X[rows], threshold=float(a.duplicates.threshold), seed=state.seed)
-            state.metrics["near_duplicate_pairs"] = float(len(pairs))
-            state.metrics["near_duplicate_rows_checked"] = float(rows.size)
+            state.metrics["data/near_duplicate_pairs"] = float(len(pairs))
+            state.metrics["data/near_duplicate_rows_checked"] = float(rows.size)
             shown = pairs[np.argsort(-pairs[:, 2], kind="stable")[: int(a.duplicates.max_export)]] if len(pairs) else pairs
             table = pd.DataFrame(
                 {
@@ -247,8 +254,7 @@ def run_analyses(state: RunState, cfg: DictConfig, folder: Path, report: Report,
                 title=f"{state.map_title} coloured by {column}", legend_title=column,
                 max_points=a.maps.max_points, seed=state.seed,
             )
-            plots.write_html(fig, folder / f"map_by_{column}.html")
-            report.add_figure(f"Map coloured by {column}", fig)
+            _add_figure(report, f"Map coloured by {column}", fig, folder, f"map_by_{column}", as_file)
 
     # What `embclust assign` needs to place new rows: the feature order and the centroids in the
     # clustered space (agglomerative and HDBSCAN models keep no centres of their own).

@@ -26,6 +26,7 @@ from embclust.scoring import silhouette, stability
 from embclust.errors import user_error
 from embclust.sweep.callback import SweepCell, failed_cell_value
 from embclust.sweep.plan import SweepPlan
+from embclust.tracking import datasets
 from embclust.tracking.store import flatten_config
 
 log = logging.getLogger(__name__)
@@ -81,7 +82,7 @@ def run_light_cell(cfg: DictConfig, plan: SweepPlan, cell: SweepCell, threads: i
         from threadpoolctl import threadpool_limits
 
         with threadpool_limits(limits=threads):
-            scores, tags, ids, labels = _fit_and_score(cfg, plan, timer)
+            scores, tags, ds, labels = _fit_and_score(cfg, plan, timer)
         with timer("log"):
             now = int(time.time() * 1000)
             metrics = {**scores.values, **timer.as_metrics()}
@@ -93,9 +94,10 @@ def run_light_cell(cfg: DictConfig, plan: SweepPlan, cell: SweepCell, threads: i
             )
             with tempfile.TemporaryDirectory(prefix="embclust-cell-") as tmp:
                 folder = Path(tmp)
-                pl.DataFrame({"id": ids, "cluster": labels}).write_parquet(folder / "labels.parquet")
+                pl.DataFrame({"id": np.asarray(ds.ids), "cluster": labels}).write_parquet(folder / "labels.parquet")
                 (folder / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
                 client.log_artifacts(run_id, str(folder))
+            datasets.log_dataset_input(ds, cfg.dataset.get("path"), run_id=run_id)
         client.set_terminated(run_id, "FINISHED")
     except Exception as exc:  # noqa: BLE001 - a failed cell is recorded and the sweep goes on
         err = user_error(exc)
@@ -155,7 +157,7 @@ def _fit_and_score(cfg: DictConfig, plan: SweepPlan, timer: stages.StageTimer):
     }
     if hit is not None:
         tags["data_cache"] = "hit" if hit else "miss"
-    return scores, tags, np.asarray(ds.ids), clustering.labels
+    return scores, tags, ds, clustering.labels
 
 
 def _backend(cfg: DictConfig) -> str:

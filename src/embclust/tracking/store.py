@@ -199,15 +199,23 @@ def reproducibility_tags(data_fingerprint: str, overrides: list[str], code_dir: 
     return tags
 
 
-def model_requirements(model) -> list[str]:
-    """Pinned pip requirements for loading ``model`` (skips MLflow's slow inference)."""
-    packages = ["scikit-learn", "numpy", "scipy", "cloudpickle"]
-    if any(type(step).__module__.startswith("hdbscan") for _, step in model.steps):
-        packages.append("hdbscan")
-    return [f"{pkg}=={ver}" for pkg, ver in package_versions(tuple(packages)).items() if ver != "not installed"]
+
+# Where `mlflow ui` serves a local (sqlite or file) store by default.
+LOCAL_UI_URL = "http://127.0.0.1:5000"
 
 
-def runs_page_url(tracking_uri: str, experiment_id: str) -> str:
-    """Address of the experiment's runs page in the MLflow UI (``mlflow ui`` for local stores)."""
-    base = tracking_uri.rstrip("/") if tracking_uri.lower().startswith(("http://", "https://")) else "http://127.0.0.1:5000"
+def runs_page_url(tracking_uri: str, experiment_id: str) -> str | None:
+    """Address of the experiment's runs table in the MLflow UI, or None when there is no UI.
+
+    A tracking server serves its own UI; a store file or database is shown by
+    ``mlflow ui --backend-store-uri <uri>`` at :data:`LOCAL_UI_URL`; Databricks has its own. The runs page is named explicitly because MLflow 3 may open an
+    experiment on its GenAI (traces) view.
+    """
+    uri = str(tracking_uri)
+    if uri.lower().startswith(("http://", "https://")):
+        base = uri.rstrip("/")
+    elif uri.startswith("databricks"):
+        return None
+    else:
+        base = LOCAL_UI_URL
     return f"{base}/#/experiments/{experiment_id}/runs"

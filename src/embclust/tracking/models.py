@@ -1,0 +1,125 @@
+"""Log a run's fitted Pipeline to MLflow: skops where it can be, cloudpickle (tagged) where not."""
+
+from __future__ import annotations
+
+import copy
+import logging
+
+import mlflow
+import numpy as np
+from sklearn.pipeline import Pipeline
+
+from embclust.tracking.store import package_versions
+
+log = logging.getLogger(__name__)
+
+SKOPS = "skops"
+CLOUDPICKLE = "cloudpickle"
+# Packages whose estimators skops stores as plain data (attributes, arrays); anything else, e.g.
+# UMAP with its compiled numba functions, is saved with cloudpickle.
+_SKOPS_PACKAGES = ("sklearn", "hdbscan")
+# Types any scikit-learn model may hold besides its own classes: arrays, scalars, dtypes.
+_DATA_PACKAGES = ("numpy", "scipy", "builtins")
+
+
+def _qualname(cls: type) -> str:
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def _top_package(cls: type) -> str:
+    return cls.__module__.split(".", 1)[0]
+
+
+def portable_model(model: Pipeline) -> Pipeline:
+    """The same fitted Pipeline with accelerated (sklearnex) steps as their scikit-learn class.
+
+    sklearnex estimators subclass the scikit-learn ones and keep the same fitted attributes, plus
+    a handle to a compiled oneDAL object that neither skops nor a machine without sklearnex can
+    load; the scikit-learn class predicts from the same centroids.
+    """
+    steps = []
+    for name, step in model.steps:
+        if _top_package(type(step)) in ("sklearnex", "daal4py"):
+            base = next(c for c in type(step).__mro__ if _top_package(c) == "sklearn")
+            plain = base.__new__(base)
+            plain.__dict__.update(
+                {k: copy.copy(v) for k, v in step.__dict__.items() if not k.startswith("_onedal")}
+            )
+            step = plain
+        steps.append((name, step))
+    return Pipeline(steps)
+
+
+def step_classes(model: Pipeline) -> list[type]:
+    """Classes of the Pipeline's fitted steps (``"passthrough"`` steps left out)."""
+    return [type(step) for _, step in model.steps if not isinstance(step, str) and step is not None]
+
+
+def skops_trusted_types(model: Pipeline) -> tuple[list[str] | None, str]:
+    """Types to trust when loading ``model`` with skops, or (None, why not) when it cannot be.
+
+    The list is built from the Pipeline's own classes: the types skops reports as unknown must
+    come from the packages of the steps or be numpy / scipy data.
+    """
+    classes = step_classes(model)
+    foreign = [c for c in classes if _top_package(c) not in _SKOPS_PACKAGES]
+    if foreign:
+        return None, f"{', '.join(_qualname(c) for c in foreign)} is not a scikit-learn or hdbscan estimator"
+    import skops.io
+
+    try:
+        untrusted = skops.io.get_untrusted_types(data=skops.io.dumps(model))
+    except Exception as exc:  # noqa: BLE001 - skops raises many types for objects it cannot store
+        return None, f"skops cannot store it ({type(exc).__name__}: {exc})"
+    own = {_top_package(c) for c in classes} | {"sklearn"}
+    refused = [t for t in untrusted if t.split(".", 1)[0] not in own | set(_DATA_PACKAGES)]
+    if refused:
+        return None, f"it holds {', '.join(refused)}, which is not one of the Pipeline's own types"
+    return sorted(set(untrusted) | {_qualname(c) for c in classes}), ""
+
+
+def model_requirements(model: Pipeline, serialization_format: str) -> list[str]:
+    """Pinned pip requirements for loading ``model`` (skips MLflow's slow inference)."""
+    packages = ["scikit-learn", "numpy", "scipy", serialization_format]
+    if any(_top_package(c) == "hdbscan" for c in step_classes(model)):
+        packages.append("hdbscan")
+    if any(_top_package(c) == "umap" for c in step_classes(model)):
+        packages.append("umap-learn")
+    return [f"{pkg}=={ver}" for pkg, ver in package_versions(tuple(packages)).items() if ver != "not installed"]
+
+
+def log_model(pipeline: Pipeline, X_example: np.ndarray, labels_example: np.ndarray) -> str:
+    """Log ``pipeline`` as the active run's model ``model``; return the format used.
+
+    skops with a trusted-type list where the Pipeline allows it (KMeans, MiniBatchKMeans,
+    Agglomerative); otherwise cloudpickle, said once on the log. Tag ``model_format`` records
+    which, tag ``model_format_reason`` why skops was not used.
+    """
+    import mlflow.sklearn
+    from mlflow.models import infer_signature
+
+    model = portable_model(pipeline)
+    trusted, why = skops_trusted_types(model)
+    fmt = SKOPS if trusted is not None else CLOUDPICKLE
+    tags = {"model_format": fmt}
+    if trusted is None:
+        tags["model_format_reason"] = why[:500]
+        log.info("model saved with cloudpickle, not skops: %s", why)
+    signature = infer_signature(np.asarray(X_example), np.asarray(labels_example))
+    mlflow_log = logging.getLogger("mlflow.sklearn")
+    level = mlflow_log.level
+    # MLflow warns on every cloudpickle save; the line above already says why it is used.
+    mlflow_log.setLevel(logging.ERROR)
+    try:
+        mlflow.sklearn.log_model(
+            model,
+            name="model",
+            signature=signature,
+            serialization_format=fmt,
+            skops_trusted_types=trusted,
+            pip_requirements=model_requirements(model, fmt),
+        )
+    finally:
+        mlflow_log.setLevel(level)
+    mlflow.set_tags(tags)
+    return fmt

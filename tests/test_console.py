@@ -1,0 +1,26 @@
+"""Command line: --help from the configs, hydra.verbose for more detail on stderr."""
+
+import subprocess
+import sys
+
+from conftest import REPO, RUN_PY
+
+
+def test_help_lists_config_groups_keys_and_examples():
+    out = subprocess.run([sys.executable, str(RUN_PY), "--help"], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "clusterer: agglomerative, hdbscan, kmeans, minibatch_kmeans" in out.stdout
+    assert "reducer: none, pca, tsne, umap" in out.stdout
+    assert "preprocess.pca_components" in out.stdout and "metrics.silhouette_sample_size" in out.stdout
+    assert "python run.py -m " in out.stdout
+
+
+def test_verbose_run_adds_step_details_that_a_default_run_keeps_off(run_cli):
+    args = ("dataset=synthetic", "dataset.n_samples=300", "dataset.n_features=8", "clusterer.n_clusters=3",
+            "reducer=none", "analysis.explain.enabled=false", "analysis.duplicates.enabled=false")
+    quiet = run_cli(*args)
+    loud = run_cli(*args, "hydra.verbose=embclust")
+    assert quiet.returncode == loud.returncode == 0, loud.stderr[-2000:]
+    assert "scores: n_clusters=3" not in quiet.stderr and "analysis: silhouette" not in quiet.stderr
+    assert "scores: n_clusters=3" in loud.stderr and "analysis: silhouette" in loud.stderr
+    assert quiet.stdout == loud.stdout == ""

@@ -1,0 +1,84 @@
+"""Model logging: skops with the Pipeline's own trusted types, explicit cloudpickle fallback."""
+
+import subprocess
+import sys
+
+import mlflow
+import mlflow.sklearn
+import numpy as np
+import pytest
+from sklearn.cluster import KMeans
+from sklearn.decomposition import PCA
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import Normalizer
+
+from embclust.cluster import build_model, fit_clusterer
+from embclust.data import make_synthetic
+from embclust.preprocess import build_preprocessing, fit_preprocessing
+from embclust.tracking.models import log_model
+
+
+@pytest.fixture
+def store(tracking_uri):
+    mlflow.set_tracking_uri(tracking_uri)
+    mlflow.set_experiment("models")
+    yield tracking_uri
+    mlflow.set_tracking_uri(None)
+
+
+def _fitted(clusterer, pca=8):
+    ds = make_synthetic(n_samples=400, n_features=24, n_clusters=4, seed=3)
+    pre = build_preprocessing("l2", pca, seed=0)
+    Xp = fit_preprocessing(pre, ds.X)
+    labels = fit_clusterer(clusterer, Xp)
+    return build_model(pre, clusterer), ds.X, labels
+
+
+def _log(model, X, labels):
+    with mlflow.start_run() as run:
+        fmt = log_model(model, X[:5], labels[:5])
+    return fmt, mlflow.get_run(run.info.run_id)
+
+
+def test_kmeans_pipeline_is_logged_with_skops_and_predicts_its_labels(store):
+    model, X, labels = _fitted(KMeans(4, n_init=2, random_state=0))
+    fmt, run = _log(model, X, labels)
+    assert fmt == "skops" and run.data.tags["model_format"] == "skops"
+    loaded = mlflow.sklearn.load_model(f"runs:/{run.info.run_id}/model")
+    np.testing.assert_array_equal(loaded.predict(X), labels)
+    mlmodel = mlflow.artifacts.load_text(f"runs:/{run.info.run_id}/model/MLmodel")
+    assert "serialization_format: skops" in mlmodel and "sklearn.cluster._kmeans.KMeans" in mlmodel
+
+
+def test_hdbscan_pipeline_falls_back_to_cloudpickle_and_says_why(store):
+    hdbscan = pytest.importorskip("hdbscan")
+    model, X, labels = _fitted(hdbscan.HDBSCAN(min_cluster_size=20))
+    fmt, run = _log(model, X, labels)
+    tags = run.data.tags
+    assert fmt == tags["model_format"]
+    loaded = mlflow.sklearn.load_model(f"runs:/{run.info.run_id}/model")
+    np.testing.assert_array_equal(loaded.steps[-1][1].labels_, labels)
+    if fmt == "cloudpickle":
+        assert "joblib.memory.Memory" in tags["model_format_reason"]
+
+
+def test_accelerated_kmeans_loads_without_sklearnex(store):
+    sklearnex_cluster = pytest.importorskip("sklearnex.cluster")
+    X = make_synthetic(n_samples=400, n_features=16, n_clusters=4, seed=5).X
+    model = Pipeline([("normalize", Normalizer()), ("pca", PCA(6, random_state=0)),
+                      ("cluster", sklearnex_cluster.KMeans(4, n_init=2, random_state=0))]).fit(X)
+    labels = model.predict(X)
+    fmt, run = _log(model, X, labels)
+    assert fmt == "skops"
+    # A fresh interpreter where importing sklearnex fails must still load and predict.
+    code = (
+        "import sys, numpy as np, mlflow, mlflow.sklearn; sys.modules['sklearnex'] = None; sys.modules['daal4py'] = None;"
+        f"mlflow.set_tracking_uri({store!r}); m = mlflow.sklearn.load_model('runs:/{run.info.run_id}/model');"
+        f"X = np.load(sys.argv[1]); print(type(m.steps[-1][1]).__module__, ','.join(map(str, m.predict(X))))"
+    )
+    path = f"{store.removeprefix('sqlite:///').rsplit('/', 1)[0]}/X.npy"
+    np.save(path, X)
+    out = subprocess.run([sys.executable, "-c", code, path], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    module, predicted = out.stdout.split()
+    assert module.startswith("sklearn.") and predicted == ",".join(map(str, labels))
