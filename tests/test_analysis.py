@@ -151,5 +151,5 @@ def test_duplicates_step_skips_low_dimensional_data_quickly_and_writes_nothing(t
     run_analyses(state, OmegaConf.create({"analysis": cfg}), tmp_path, report, in_sweep=False)
     assert time.perf_counter() - start < 2.0
     assert not (tmp_path / "near_duplicates.csv").exists()
-    assert "near_duplicate_pairs" not in state.metrics
+    assert "data/near_duplicate_pairs" not in state.metrics and "near_duplicate_pairs" not in state.metrics
     assert any("near-duplicates skipped: data with 2 columns" in str(section) for section in report.sections)

@@ -110,4 +110,4 @@ def test_cli_overflowing_rows_and_nan_labels_fail_before_clustering(run_cli, tmp
     res = run_cli(*FAST, "dataset=npy", f"dataset.path={tmp_path / 'X.npy'}", "clusterer.n_clusters=3", "dataset.on_invalid=drop")
     assert res.returncode == 0, res.stderr[-2000:]
     run = res.runs()[0]
-    assert run.data.metrics["n_clusters"] == 3 and run.data.metrics["dropped_invalid_rows"] == 2
+    assert run.data.metrics["n_clusters"] == 3 and run.data.metrics["data/dropped_invalid_rows"] == 2

@@ -84,7 +84,7 @@ def _assert_one_line_failure(res, expected):
     assert "Traceback" not in res.stderr and "Error executing job" not in res.stderr
     (run,) = res.runs()
     assert run.info.status == "FAILED" and expected in run.data.tags["error"]
-    assert "silhouette" not in run.data.metrics and "time_cluster_s" not in run.data.metrics
+    assert "silhouette" not in run.data.metrics and "time/cluster_s" not in run.data.metrics
 
 
 @pytest.mark.parametrize(
