@@ -30,11 +30,12 @@ def test_text_cells_are_neutralised_and_numbers_left_alone():
 
 def test_run_artifacts_do_not_start_formulas(run_cli, tmp_path):
     rng = np.random.default_rng(0)
-    centres = rng.normal(size=(3, 8)) * 5
-    X = np.repeat(centres, 20, axis=0) + rng.normal(size=(60, 8)) * 0.1
+    # 20 columns: near-duplicates are looked for (not on data of 16 or fewer columns)
+    centres = rng.normal(size=(3, 20)) * 5
+    X = np.repeat(centres, 20, axis=0) + rng.normal(size=(60, 20)) * 0.1
     X[1] = X[0]  # a near-duplicate pair involving the formula id
     table = {"id": [FORMULA_ID] + [f"r{i}" for i in range(1, 60)], "text": [FORMULA_TEXT] * 60}
-    table.update({f"f{j}": X[:, j] for j in range(8)})
+    table.update({f"f{j}": X[:, j] for j in range(20)})
     pl.DataFrame(table).write_csv(tmp_path / "e.csv")
     res = run_cli(
         "reducer=none", "analysis.explain.enabled=false", "dataset=csv", f"dataset.path={tmp_path / 'e.csv'}",

@@ -49,7 +49,8 @@ def choose_normalize(normalize: str, n_features: int, from_tabular: bool = False
     """``resolve_normalize``, logging its line: INFO for ``auto``, a WARNING (once) for ``l2``."""
     choice, message = resolve_normalize(normalize, n_features, from_tabular)
     if message and normalize == "auto":
-        log.info(message)
+        # Say it when the choice is not the embeddings default.
+        log.log(logging.INFO if choice != "l2" else logging.DEBUG, message)
     elif message and message not in _warned:
         _warned.add(message)
         log.warning(message)

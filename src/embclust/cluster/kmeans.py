@@ -48,6 +48,9 @@ def _sklearnex_kmeans():
         from sklearnex.cluster import KMeans as OneDalKMeans
     except ImportError as exc:  # not installed, or no wheel for this platform
         return None, f"sklearnex is not importable ({exc})"
+    # sklearnex says "running accelerated version on CPU" at INFO on every fit; the run's tag
+    # cluster_implementation records it instead.
+    logging.getLogger("sklearnex").setLevel(logging.WARNING)
     return OneDalKMeans, None
 
 
