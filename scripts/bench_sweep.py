@@ -518,13 +518,17 @@ def run_benchmark(args, size: str, n: int, d: int, pca_grid, k_grid, tmp: Path) 
     print(f"- CH / DB logged by (b) vs scikit-learn on its labels, max rel. error {_fmt(ch, '.1e')} / {_fmt(db, '.1e')}"
           f" (target <= {MAX_SCORE_REL_ERROR:.0e}: {_verdict(ch, MAX_SCORE_REL_ERROR)}, "
           f"{_verdict(db, MAX_SCORE_REL_ERROR)})")
-    if cells:
-        largest_key = max(cells, key=lambda key: cells[key]["artifact_bytes"])
-        largest_mb = cells[largest_key]["artifact_bytes"] / 2**20
-        median_mb = float(np.median([c["artifact_bytes"] for c in cells.values()])) / 2**20
-        print(f"- artifacts: largest cell (pca={largest_key[0]} k={largest_key[1]}) {largest_mb:.2f} MB without its "
-              f"model folder, median cell {median_mb:.2f} MB (target <= {MAX_CELL_ARTIFACT_MB:.0f} MB: "
-              f"{_verdict(largest_mb, MAX_CELL_ARTIFACT_MB)}); whole store (mlflow.db + artifacts) "
+    # The best cell gets the full report after the sweep (tag sweep_best); the budget is for the others.
+    light = {k: c for k, c in cells.items() if c["tags"].get("sweep_best") != "true"}
+    best = [c for c in cells.values() if c["tags"].get("sweep_best") == "true"]
+    if light:
+        largest_key = max(light, key=lambda key: light[key]["artifact_bytes"])
+        largest_mb = light[largest_key]["artifact_bytes"] / 2**20
+        median_mb = float(np.median([c["artifact_bytes"] for c in light.values()])) / 2**20
+        best_mb = f"; the best cell, with its full report, {best[0]['artifact_bytes'] / 2**20:.2f} MB" if best else ""
+        print(f"- artifacts: largest cell (pca={largest_key[0]} k={largest_key[1]}) {largest_mb:.3f} MB without its "
+              f"model folder, median cell {median_mb:.3f} MB (target <= {MAX_CELL_ARTIFACT_MB:.0f} MB: "
+              f"{_verdict(largest_mb, MAX_CELL_ARTIFACT_MB)}){best_mb}; whole store (mlflow.db + artifacts) "
               f"{store_info['store_bytes'] / 2**20:.1f} MB")
     over = (timings["b"]["peak_rss_mb"] - base_mb) / data_mb
     print(f"- peak RSS of (b) above the interpreter baseline: {over:.2f}x the data (target < {MAX_RSS_OVER_DATA:.0f}x: "
