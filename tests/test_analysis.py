@@ -153,3 +153,17 @@ def test_duplicates_step_skips_low_dimensional_data_quickly_and_writes_nothing(t
     assert not (tmp_path / "near_duplicates.csv").exists()
     assert "data/near_duplicate_pairs" not in state.metrics and "near_duplicate_pairs" not in state.metrics
     assert any("near-duplicates skipped: data with 2 columns" in str(section) for section in report.sections)
+
+
+def test_xgboost_tree_shap_equals_the_shap_library():
+    import shap
+    from xgboost import XGBClassifier
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(400, 6)).astype(np.float32)
+    y = (X[:, 2] + 0.3 * X[:, 4] > 0).astype(int)
+    model = XGBClassifier(n_estimators=30, max_depth=3, random_state=0, n_jobs=1).fit(X, y)
+    ours = explain.tree_shap_values(model, X[:50])
+    theirs = np.asarray(shap.TreeExplainer(model).shap_values(X[:50]))
+    np.testing.assert_allclose(ours, theirs, atol=1e-4)
+    assert np.abs(ours).mean(axis=0).argmax() == 2

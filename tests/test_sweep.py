@@ -68,7 +68,7 @@ def test_impossible_cell_fails_alone_and_is_marked(run_cli, tmp_path):
     assert parent.data.metrics["n_failed_cells"] == 1
     done = next(c for c in children if c.info.status == "FINISHED")
     artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(done.info.run_id)}
-    assert "silhouette_per_cluster.csv" in artifacts and "report.html" in artifacts
+    assert "silhouette_per_cluster.csv" in artifacts
     # the only scored cell is the best one: it gets the full report after the sweep
     assert parent.data.tags["best_run_id"] == done.info.run_id
 

@@ -44,11 +44,12 @@ def test_reference_space_scores_equal_scikit_learn():
     labels[:30] = -1
     rows = rng.permutation(2500)[:800]
     got = ReferenceSpace(X, rows).score(labels)
-    keep = labels != -1
+    # all three on the shared sample, noise left out
     sample = rows[labels[rows] != -1]
     assert got["silhouette_ref"] == pytest.approx(silhouette_samples(X[sample], labels[sample]).mean(), abs=1e-6)
-    assert got["calinski_harabasz_ref"] == pytest.approx(skm.calinski_harabasz_score(X[keep], labels[keep]), rel=1e-5)
-    assert got["davies_bouldin_ref"] == pytest.approx(skm.davies_bouldin_score(X[keep], labels[keep]), rel=1e-5)
+    assert got["calinski_harabasz_ref"] == pytest.approx(skm.calinski_harabasz_score(X[sample], labels[sample]), rel=1e-6)
+    assert got["davies_bouldin_ref"] == pytest.approx(skm.davies_bouldin_score(X[sample], labels[sample]), rel=1e-6)
+    assert got["reference_sample_size"] == sample.size
 
 
 def _children(res):
@@ -80,7 +81,9 @@ def test_light_cells_and_a_completed_best_cell(run_cli):
     for cell in cells:
         names = {a.path for a in client.list_artifacts(cell.info.run_id)}
         if cell.info.run_id == best_id:
-            assert {"report.html", "labels.parquet", "config.yaml"} <= names
+            # the full treatment: tables and the model on the cell, its figures in the parent's report
+            assert {"labels.parquet", "config.yaml", "cluster_profile.csv"} <= names and "report.html" not in names
+            assert _artifact_bytes(client, cell.info.run_id) < 1_000_000
             model = mlflow.sklearn.load_model(f"runs:/{best_id}/model")
             assert model.steps[-1][0] == "cluster"
             continue
@@ -101,6 +104,8 @@ def test_light_cells_and_a_completed_best_cell(run_cli):
     history = client.get_metric_history(best_id, "silhouette")
     assert len(history) == 2 and history[0].value == pytest.approx(history[1].value, abs=1e-12)
     assert best.data.tags.get("sweep_best") == "true"
+    report = open(mlflow.artifacts.download_artifacts(run_id=parent.info.run_id, artifact_path="report.html")).read()
+    assert "Best cell: Cluster profiles" in report and "Best cell: Cluster sizes" in report
 
 
 def test_reference_space_ranks_full_dimension_cells_fairly(run_cli, tmp_path):

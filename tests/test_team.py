@@ -248,8 +248,9 @@ def test_mlflow_ui_shows_runs_datasets_and_renders_report(ray_sweep, mlflow_serv
             shots["runs"] = tmp_path / "mlflow_ui_runs.png"
             page.screenshot(path=str(shots["runs"]))
             # A cell's report: the UI renders the HTML artifact in a frame; Plotly draws SVG.
-            page.goto(f"{mlflow_server}/#/experiments/{experiment_id}/runs/{child.info.run_id}/artifacts/report.html")
-            page.get_by_text(child.info.run_name, exact=True).first.wait_for()
+            # The sweep's report (on the parent) holds the leaderboard and the best cell's figures.
+            page.goto(f"{mlflow_server}/#/experiments/{experiment_id}/runs/{parent.info.run_id}/artifacts/report.html")
+            page.get_by_text(parent.info.run_name[:40]).first.wait_for()
             _wait_for(
                 lambda: any(f.locator(".main-svg").count() > 0 for f in page.frames), 60, "rendered Plotly artifact"
             )

@@ -42,6 +42,7 @@ class RunResult:
     labels: np.ndarray
     metrics: dict[str, float]
     stage_seconds: dict[str, float] = field(default_factory=dict)
+    report: Report | None = None
 
 
 def _hydra_overrides() -> list[str]:
@@ -119,11 +120,14 @@ def execute(
     plan: SweepPlan | None = None,
     in_sweep: bool = False,
     overrides: list[str] | None = None,
+    write_report: bool = True,
+    data_analyses: bool = True,
 ) -> RunResult:
     """Run the whole pipeline inside an active MLflow run, writing artifacts to ``workdir``.
 
     In a sweep (``plan`` given) the data, PCA and scoring sample are the sweep's shared ones, so a
-    cell completed here gets the labels and scores it got as a light cell.
+    cell completed here gets the labels and scores it got as a light cell. With ``write_report``
+    false the report is returned in the result instead of written (the sweep's parent holds it).
     """
     seed = int(cfg.seed)
     cache_dir = stages.cache_dir(cfg, in_sweep=plan is not None)
@@ -188,7 +192,7 @@ def execute(
     )
     analyses = Report(title="")
     with timer("analyse"):
-        explain_steps.run_analyses(state, cfg, workdir, analyses, in_sweep=in_sweep)
+        explain_steps.run_analyses(state, cfg, workdir, analyses, in_sweep=in_sweep, data_analyses=data_analyses)
         mlflow.log_metrics({**state.metrics, **state.seconds})
         scores.update(state.metrics)
     report = Report(title=f"{_run_name(cfg)} (run {mlflow.active_run().info.run_id})")
@@ -201,7 +205,8 @@ def execute(
         pl.DataFrame(table).write_parquet(workdir / "labels.parquet")
         (workdir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
         sizes = plots.cluster_sizes_figure(labels)
-        if not cfg.analysis.report.enabled:  # the report holds the figures; no plotly.js per file
+        figures_in_report = cfg.analysis.report.enabled or not write_report
+        if not figures_in_report:  # the report holds the figures; no plotly.js per file
             plots.write_html(sizes, workdir / "cluster_sizes.html")
         if reducer is not None:
             names = {c: ", ".join(words[:3]) for c, words in state.cluster_keywords.items()}
@@ -209,19 +214,19 @@ def execute(
                 coords, labels, ds.ids, true_names, map_title, ds.texts, names,
                 max_points=cfg.analysis.maps.max_points, seed=seed,
             )
-            if not cfg.analysis.report.enabled:
+            if not figures_in_report:
                 plots.write_html(fig, workdir / "cluster_map.html")
             report.add_figure("Map", fig)
         report.add_figure("Cluster sizes", sizes)
     with timer("report"):
         report.sections.extend(analyses.sections)
-        if cfg.analysis.report.enabled:
+        if cfg.analysis.report.enabled and write_report:
             report.write(workdir / "report.html")
     with timer("log"):
         mlflow.log_artifacts(str(workdir))
         _log_model(preprocessing, clusterer, ds.X, labels)
     mlflow.log_metrics(timer.as_metrics())
-    return RunResult(mlflow.active_run().info.run_id, labels, scores, dict(timer.seconds))
+    return RunResult(mlflow.active_run().info.run_id, labels, scores, dict(timer.seconds), report)
 
 
 def _compute_map(cfg, reducer, max_points, Xp, ds, pre_cfg: dict, cache_dir: Path | None) -> np.ndarray:
@@ -371,12 +376,13 @@ def run(cfg: DictConfig) -> float:
     return value
 
 
-def complete_best_cell(run_id: str, plan: SweepPlan) -> None:
-    """Give a light cell the full treatment (map, analyses, report, model) in its own run.
+def complete_best_cell(run_id: str, plan: SweepPlan) -> Report | None:
+    """Give a light cell the full treatment (map, analyses, tables, model) in its own run.
 
     Uses the cell's logged ``config.yaml`` and the sweep's shared work, so its labels and scores
-    are the ones it was ranked by. A failure here is tagged ``report_error`` on the cell; the
-    cell keeps its FINISHED status and its scores.
+    are the ones it was ranked by. Its figures are returned as a report for the sweep's parent
+    (one self-contained ``report.html`` per sweep, not one more copy of plotly.js per cell). A
+    failure here is tagged ``report_error`` on the cell, which keeps its FINISHED status and scores.
     """
     path = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="config.yaml")
     cfg = OmegaConf.load(path)
@@ -386,10 +392,13 @@ def complete_best_cell(run_id: str, plan: SweepPlan) -> None:
     with mlflow.start_run(run_id=run_id):
         try:
             with tempfile.TemporaryDirectory(prefix="embclust-best-") as tmp:
-                execute(cfg, Path(tmp), timer, plan=plan, in_sweep=False, overrides=overrides)
+                result = execute(cfg, Path(tmp), timer, plan=plan, in_sweep=False, overrides=overrides, write_report=False,
+                                 data_analyses=False)
             mlflow.set_tag("sweep_best", "true")
+            return result.report
         except Exception as exc:  # noqa: BLE001 - the cell's own result stands; say what failed
             err = user_error(exc)
             message = str(err) if err else f"{type(exc).__name__}: {exc}".replace("\n", " ")
             mlflow.set_tag("report_error", message[:5000])
             log.error("best cell %s: full report failed: %s", run_id, message)
+            return None

@@ -87,7 +87,6 @@ def explain_clusters(
     Clusters smaller than ``min_cluster_size``, noise, and clusters beyond the ``max_clusters``
     largest are skipped with the reason recorded.
     """
-    import shap
     from sklearn.metrics import precision_recall_fscore_support
     from sklearn.model_selection import train_test_split
     from xgboost import XGBClassifier
@@ -114,7 +113,7 @@ def explain_clusters(
         X_tr, X_te, y_tr, y_te = train_test_split(X, y, test_size=0.25, stratify=y, random_state=seed)
         model = XGBClassifier(
             n_estimators=n_estimators, max_depth=max_depth, learning_rate=0.1, random_state=seed,
-            n_jobs=1, tree_method="hist", eval_metric="logloss",
+            n_jobs=None, tree_method="hist", eval_metric="logloss",  # all cores: deterministic with hist
         )
         model.fit(X_tr, y_tr)
         precision, recall, f1, _ = precision_recall_fscore_support(
@@ -123,10 +122,20 @@ def explain_clusters(
         out.f1[c] = float(f1)
         out.scores[c] = {"precision": float(precision), "recall": float(recall), "f1": float(f1), "support": int(y_te.sum())}
         out.models[c] = model
-        sample = X_te[: shap_samples]
-        values = shap.TreeExplainer(model).shap_values(sample)
-        out.importance[c] = np.abs(np.asarray(values)).mean(axis=0)
+        out.importance[c] = np.abs(tree_shap_values(model, X_te[:shap_samples])).mean(axis=0)
     return out
+
+
+def tree_shap_values(model, X: np.ndarray) -> np.ndarray:
+    """Exact TreeSHAP values of an XGBoost model, one row per sample and column per feature.
+
+    XGBoost computes them itself (``pred_contribs``, the algorithm ``shap.TreeExplainer`` runs);
+    the last column it returns, the expected value, is dropped.
+    """
+    from xgboost import DMatrix
+
+    contributions = model.get_booster().predict(DMatrix(np.asarray(X, dtype=np.float32)), pred_contribs=True)
+    return np.asarray(contributions)[:, :-1]
 
 
 def importance_bars_figure(ex: Explanations, top: int = 10) -> go.Figure:

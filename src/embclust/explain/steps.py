@@ -113,8 +113,14 @@ def explain_features(state: RunState, acfg: DictConfig) -> tuple[np.ndarray, lis
 SWEEP_LIGHT_SKIPS = ("explain", "duplicates", "dendrogram")
 
 
-def run_analyses(state: RunState, cfg: DictConfig, folder: Path, report: Report, in_sweep: bool = False) -> None:
-    """Write every enabled analysis artifact into ``folder`` and its section into ``report``."""
+def run_analyses(
+    state: RunState, cfg: DictConfig, folder: Path, report: Report, in_sweep: bool = False, data_analyses: bool = True
+) -> None:
+    """Write every enabled analysis artifact into ``folder`` and its section into ``report``.
+
+    ``data_analyses=False`` leaves out the steps that describe the data rather than the clustering
+    (near-duplicates), as for the best cell of a sweep: its data is the same in every cell.
+    """
     a = cfg.analysis
     light = in_sweep and a.get("in_sweeps", "light") == "light"
     if light:
@@ -218,6 +224,11 @@ def run_analyses(state: RunState, cfg: DictConfig, folder: Path, report: Report,
                 report.add_text("Clusters not explained", skipped)
 
     skip_duplicates = duplicates.skip_reason(ds.n_features) if a.duplicates.enabled and not light else None
+    if a.duplicates.enabled and not light and not data_analyses:
+        skip_duplicates = (
+            "near-duplicates: not searched for the best cell of a sweep (a property of the data, not of the "
+            "clustering); a single run, or dataset.dedupe=true, finds them"
+        )
     if skip_duplicates:
         log.info(skip_duplicates)
         report.add_text("Near-duplicates", skip_duplicates)

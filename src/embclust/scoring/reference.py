@@ -3,17 +3,17 @@
 Silhouette, Calinski-Harabasz and Davies-Bouldin grow or shrink with the number of dimensions, so a
 cell clustered in PCA-50 and one clustered in 768 dimensions cannot be ranked by their own
 scores. The reference space is the data after row normalisation and before PCA or UMAP. Its
-silhouette uses the pairwise distances of a fixed sample of rows, computed once: each cell then
-costs one product of that matrix with its cluster indicator.
+scores are computed on the sweep's shared sample of rows, whose pairwise distances are computed
+once: each cell then costs one product of that matrix with its cluster indicator.
 """
 
 from __future__ import annotations
 
+from typing import Callable
+
 import numpy as np
 
-from sklearn.metrics import pairwise_distances as pairwise_distances_sk
-
-from embclust.scoring.metrics import NOISE
+from embclust.scoring.metrics import NOISE, ClusterStats
 
 # Rows of the distance sample (a float32 matrix of rows^2 x 4 bytes: 5,000 rows = 100 MB).
 DEFAULT_MAX_ROWS = 5000
@@ -47,7 +47,8 @@ def silhouette_from_distances(D: np.ndarray, labels: np.ndarray) -> np.ndarray:
     counts = np.bincount(codes, minlength=k).astype(np.float64)
     indicator = np.zeros((D.shape[0], k), dtype=np.float32)
     indicator[keep, codes] = 1.0
-    sums = (D[keep] @ indicator).astype(np.float64)  # distance of each kept row to each cluster
+    rows = D if keep.size == D.shape[0] else D[keep]  # no 100 MB copy when there is no noise
+    sums = (rows @ indicator).astype(np.float64)  # distance of each kept row to each cluster
     own = sums[np.arange(keep.size), codes]
     own_count = counts[codes]
     a = own / np.maximum(own_count - 1.0, 1.0)
@@ -60,81 +61,35 @@ def silhouette_from_distances(D: np.ndarray, labels: np.ndarray) -> np.ndarray:
     return np.nan_to_num(s)
 
 
-def _block_rows(n_features: int) -> int:
-    return max(1024, (32 * 2**20) // (4 * max(1, n_features)))
-
-
 class ReferenceSpace:
-    """Reference-space data with the distance matrix of a fixed row sample, ready to score labels.
+    """The shared sample of rows in the reference space, with their distance matrix, ready to score.
 
-    Calinski-Harabasz and Davies-Bouldin come from per-cluster sums and each row's product with
-    its centroid (two float32 matrix products per cell, by row block) and the squared row norms,
-    accumulated in float64 once.
+    All three scores are computed on the same ``rows`` (the sweep's scoring sample, at most
+    ``metrics.reference_sample_size`` of them), so every cell costs one product of the distance
+    matrix with its cluster indicator and one pass over the sample for CH and DB.
     """
 
-    def __init__(self, X: np.ndarray, rows: np.ndarray):
-        self.X = X
+    def __init__(self, X: np.ndarray, rows: np.ndarray, transform: Callable[[np.ndarray], np.ndarray] | None = None):
+        """``X`` is the data before row normalisation, ``transform`` the normalisation (row-wise)."""
         self.rows = np.asarray(rows)
-        self.distances = pairwise_distances(np.asarray(X[self.rows]))
-        step = _block_rows(X.shape[1])
-        self._step = step
-        self.sq_norms = np.concatenate(
-            [np.einsum("ij,ij->i", b, b) for b in (np.asarray(X[i : i + step], dtype=np.float64) for i in range(0, X.shape[0], step))]
-        ) if X.shape[0] else np.zeros(0)
-
-    def _cluster_terms(self, codes: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(counts, centroids, distance of each clustered row to its centroid); codes -1 = skipped."""
-        d = self.X.shape[1]
-        sums = np.zeros((k, d), dtype=np.float64)
-        for start in range(0, self.X.shape[0], self._step):
-            c = codes[start : start + self._step]
-            indicator = np.zeros((k, c.size), dtype=np.float32)
-            sel = np.flatnonzero(c >= 0)
-            indicator[c[sel], sel] = 1.0
-            sums += indicator @ np.asarray(self.X[start : start + self._step], dtype=np.float32)
-        counts = np.bincount(codes[codes >= 0], minlength=k).astype(np.float64)
-        centroids = sums / np.maximum(counts, 1.0)[:, None]
-        c32 = centroids.astype(np.float32)
-        c_sq = np.einsum("ij,ij->i", centroids, centroids)
-        dist = np.zeros(codes.size)
-        for start in range(0, self.X.shape[0], self._step):
-            c = codes[start : start + self._step]
-            sel = np.flatnonzero(c >= 0)
-            dots = (np.asarray(self.X[start : start + self._step], dtype=np.float32) @ c32.T).astype(np.float64)
-            sq = self.sq_norms[start + sel] - 2.0 * dots[sel, c[sel]] + c_sq[c[sel]]
-            dist[start + sel] = np.maximum(sq, 0.0)
-        return counts, centroids, dist
+        sample = np.asarray(X[self.rows])
+        self.X = np.asarray(sample if transform is None else transform(sample), dtype=np.float32)
+        self.distances = pairwise_distances(self.X)
 
     def score(self, labels: np.ndarray) -> dict[str, float]:
-        """``silhouette_ref``, ``calinski_harabasz_ref``, ``davies_bouldin_ref`` of ``labels``.
+        """``silhouette_ref``, ``calinski_harabasz_ref``, ``davies_bouldin_ref`` of ``labels`` (all rows).
 
-        Empty when fewer than two clusters exist (noise, label -1, is left out).
+        Empty when the sample holds fewer than two clusters (noise, label -1, is left out).
         """
-        labels = np.asarray(labels)
-        clustered = labels != NOISE
-        ids, inverse = np.unique(labels[clustered], return_inverse=True)
-        k, n = ids.size, int(clustered.sum())
-        if not 2 <= k < n:
+        sample_labels = np.asarray(labels)[self.rows]
+        clustered = sample_labels[sample_labels != NOISE]
+        if not 2 <= np.unique(clustered).size < clustered.size:
             return {}
-        scores: dict[str, float] = {}
-        sample_labels = labels[self.rows]
-        in_sample = sample_labels[sample_labels != NOISE]
-        if 2 <= np.unique(in_sample).size < in_sample.size:
-            values = silhouette_from_distances(self.distances, sample_labels)
-            scores["silhouette_ref"] = float(values.mean())
-            scores["silhouette_ref_sample_size"] = float(values.size)
-        codes = np.full(labels.size, -1, dtype=np.int64)
-        codes[clustered] = inverse.ravel()
-        counts, centroids, sq_dist = self._cluster_terms(codes, k)
-        mean = (centroids * counts[:, None]).sum(axis=0) / n
-        between = float(np.sum(counts * np.sum((centroids - mean) ** 2, axis=1)))
-        within = float(sq_dist[clustered].sum())
-        scores["calinski_harabasz_ref"] = 1.0 if within == 0.0 else between * (n - k) / (within * (k - 1.0))
-        spread = np.bincount(codes[clustered], weights=np.sqrt(sq_dist[clustered]), minlength=k) / counts
-        gaps = pairwise_distances_sk(centroids)
-        if np.allclose(spread, 0) or np.allclose(gaps, 0):
-            scores["davies_bouldin_ref"] = 0.0
-        else:
-            gaps[gaps == 0] = np.inf
-            scores["davies_bouldin_ref"] = float(np.mean(np.max((spread[:, None] + spread) / gaps, axis=1)))
-        return scores
+        values = silhouette_from_distances(self.distances, sample_labels)
+        stats = ClusterStats(self.X, sample_labels, ignore_noise=True)
+        return {
+            "silhouette_ref": float(values.mean()),
+            "calinski_harabasz_ref": stats.calinski_harabasz(),
+            "davies_bouldin_ref": stats.davies_bouldin(),
+            "reference_sample_size": float(values.size),
+        }

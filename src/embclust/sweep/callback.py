@@ -223,12 +223,16 @@ class MlflowSweepCallback(Callback):
         client = mlflow.MlflowClient()
         parent = self.parent_run_id
         try:
-            summary = summarize_sweep(parent, config.mlflow.experiment_name, self.plan.rank_metric)
-            if summary.best_run_id and config.analysis.get("in_sweeps", "light") == "light":
+            complete = None
+            if config.analysis.get("in_sweeps", "light") == "light":
                 from embclust import runner
 
-                log.info("sweep: full report for the best cell, run %s", summary.best_run_id)
-                runner.complete_best_cell(summary.best_run_id, self.plan)
+                plan = self.plan
+
+                def complete(run_id: str):
+                    return runner.complete_best_cell(run_id, plan)
+
+            summary = summarize_sweep(parent, config.mlflow.experiment_name, self.plan.rank_metric, complete)
         except Exception as exc:  # noqa: BLE001 - the parent must still end, with the reason
             message = f"summary failed: {type(exc).__name__}: {exc}".replace("\n", " ")
             client.set_tag(parent, "error", message[:5000])

@@ -6,6 +6,7 @@ import logging
 import tempfile
 import time
 from dataclasses import dataclass
+from typing import Callable
 from pathlib import Path
 
 import mlflow
@@ -37,11 +38,17 @@ class SweepSummary:
     advice: str | None = None
 
 
-def summarize_sweep(parent_run_id: str, experiment_name: str, metric: str) -> SweepSummary:
+def summarize_sweep(
+    parent_run_id: str,
+    experiment_name: str,
+    metric: str,
+    complete_best: Callable[[str], Report | None] | None = None,
+) -> SweepSummary:
     """Log the leaderboard, heatmaps, curves and best-cell tags on the parent run.
 
     Works whatever the cells did: with no scored cell the leaderboard still lists every cell with
-    its status and error, and no best cell is named.
+    its status and error, and no best cell is named. ``complete_best(run_id)`` gives the best cell
+    its full treatment; the figures it returns join the parent's ``report.html``.
     """
     runs = compare.fetch_runs(experiment_name, parent_run_id)
     client = mlflow.MlflowClient()
@@ -72,7 +79,8 @@ def summarize_sweep(parent_run_id: str, experiment_name: str, metric: str) -> Sw
     if summary.best:
         report.add_text(
             "Best cell",
-            f"{summary.best}. Its run holds the full report (map, analyses, model): open run {summary.best_run_id}.",
+            f"{summary.best}. Its run holds the model and the analysis tables; its map and analyses "
+            f"are at the end of this report.",
         )
     elif len(table):
         report.add_text("Best cell", f"none: no cell was scored on {metric} ({n_failed} of {len(table)} failed)")
@@ -111,6 +119,11 @@ def summarize_sweep(parent_run_id: str, experiment_name: str, metric: str) -> Sw
         for stem, (heading, fig) in figures.items():
             plots.write_html(fig, folder / f"{stem}.html")
             report.add_figure(heading, fig)
+        if complete_best is not None and summary.best_run_id:
+            log.info("sweep: full report for the best cell, run %s", summary.best_run_id)
+            best_report = complete_best(summary.best_run_id)
+            if best_report is not None:
+                report.sections.extend((f"Best cell: {h}", c) for h, c in best_report.sections)
         report.write(folder / "report.html")
         client.log_artifacts(parent_run_id, str(folder))
     if n_failed:

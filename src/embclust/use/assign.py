@@ -152,9 +152,7 @@ def _nearest(Xp: np.ndarray, ids: np.ndarray, centroids: np.ndarray) -> np.ndarr
 def explain_rows(run, ds: Dataset, X: np.ndarray, cluster: np.ndarray) -> pl.DataFrame:
     """Top features (SHAP of the assigned cluster's one-vs-rest model) of each row; empty for noise
     and clusters that were not explained."""
-    import shap
-
-    from embclust.explain.shap_models import load_models
+    from embclust.explain.shap_models import load_models, tree_shap_values
 
     if not runs.has_artifact(run, f"{EXPLAINERS_FOLDER}/features.json"):
         raise DataError(
@@ -180,7 +178,7 @@ def explain_rows(run, ds: Dataset, X: np.ndarray, cluster: np.ndarray) -> pl.Dat
         rows = np.flatnonzero(cluster == c)
         if rows.size == 0:
             continue
-        values = np.asarray(shap.TreeExplainer(model).shap_values(features[rows]))
+        values = tree_shap_values(model, features[rows])
         order = np.argsort(-np.abs(values), axis=1, kind="stable")[:, :TOP_DRIVERS]
         for i in range(order.shape[1]):
             for r, row in enumerate(rows):
