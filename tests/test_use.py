@@ -135,8 +135,10 @@ def test_assign_hdbscan_tabular_run_with_membership_and_explanations(run_cli, tr
     assert res.returncode == 0, res.stderr[-2000:]
     (run,) = res.runs()
     artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(run.info.run_id)}
-    assert {"explain_classification.csv", "feature_profile.csv", "feature_profile_top.csv", "feature_distributions.html",
+    assert {"explain_classification.csv", "feature_profile.csv", "feature_profile_top.csv",
             "cluster_centroids.npz", "feature_names.json", "explainers"} <= artifacts
+    # the distributions figure is in report.html, the run's only HTML file (one copy of plotly.js)
+    assert [a for a in artifacts if a.endswith(".html")] == ["report.html"]
     scores = pl.read_csv(mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path="explain_classification.csv"))
     assert scores.columns == ["cluster", "precision", "recall", "f1", "support"] and scores.height >= 3
     assert (scores["f1"] > 0.9).all()

@@ -290,12 +290,11 @@ def run_analyses(
                     features, names, labels, profile, max_features=int(fp.max_features),
                     sample_size=int(fp.sample_size), seed=state.seed,
                 )
-                plots.write_html(fig, folder / "feature_distributions.html")
                 report.add_table(
                     f"Features that differ most per cluster ({source})", top,
                     note="standardised mean difference: (cluster mean - overall mean) / overall std",
                 )
-                report.add_figure("Feature distributions per cluster", fig)
+                _add_figure(report, "Feature distributions per cluster", fig, folder, "feature_distributions", as_file)
 
     routing = a.get("routing")
     if routing is not None and routing.enabled and texts is not None and (labels != -1).any():
