@@ -19,10 +19,10 @@ import numpy as np
 from hydra.utils import instantiate
 from sklearn.decomposition import PCA
 from sklearn.pipeline import Pipeline
-from sklearn.utils import check_random_state
 
 from embclust import preprocess
 from embclust.data.dataset import Dataset
+from embclust.scoring import metrics
 from embclust.scoring.reference import ReferenceSpace
 from embclust.sweep import cache
 
@@ -180,9 +180,7 @@ def transform_by_blocks(pipeline: Pipeline, X: np.ndarray, n_out: int, block_row
 
 def scoring_rows(n_samples: int, sample_size: int | None, seed: int) -> np.ndarray:
     """The rows every cell's silhouette is scored on: a seeded sample, or all rows in order."""
-    if sample_size is None or sample_size >= n_samples:
-        return np.arange(n_samples)
-    return check_random_state(seed).permutation(n_samples)[: int(sample_size)]
+    return metrics.sample_rows_for(n_samples, sample_size, seed)
 
 
 def reference_space(
