@@ -82,3 +82,16 @@ def test_accelerated_kmeans_loads_without_sklearnex(store):
     assert out.returncode == 0, out.stderr[-2000:]
     module, predicted = out.stdout.split()
     assert module.startswith("sklearn.") and predicted == ",".join(map(str, labels))
+
+
+def test_saving_a_skops_model_does_not_import_torch_and_torch_still_imports_after():
+    """Importing skops.io walks scikit-learn's packages; its torch adapter alone cost 2 s per run."""
+    pytest.importorskip("torch")
+    code = (
+        "import sys; from embclust.tracking.models import import_skops_io; io = import_skops_io();"
+        "assert hasattr(io, 'dumps'); print('torch' in sys.modules);"
+        "import torch; print(torch.zeros(2).sum().item())"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == ["False", "0.0"]

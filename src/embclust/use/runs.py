@@ -76,6 +76,9 @@ def load_model(run):
     import mlflow.sklearn
     from mlflow.exceptions import MlflowException
 
+    from embclust.tracking.models import import_skops_io
+
+    import_skops_io()  # before MLflow imports it for a skops model, without its torch detour
     try:
         return mlflow.sklearn.load_model(f"runs:/{run.info.run_id}/model")
     except (MlflowException, OSError):
