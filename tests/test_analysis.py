@@ -82,6 +82,27 @@ def test_shap_ranks_the_informative_feature_first():
     assert not small.importance and set(small.skipped) == {0, 1, 2}
 
 
+def test_explanations_do_not_depend_on_threads_and_reload_as_saved(tmp_path):
+    rng = np.random.default_rng(1)
+    X = rng.normal(size=(900, 6)).astype(np.float32)
+    labels = np.digitize(X[:, 0] + 0.3 * X[:, 4], [-0.8, 0.0, 0.8])  # 4 clusters driven by f0 and f4
+    one = explain.explain_clusters(X, [f"f{i}" for i in range(6)], labels, seed=3, n_threads=1)
+    two = explain.explain_clusters(X, [f"f{i}" for i in range(6)], labels, seed=3, n_threads=2)
+    assert sorted(one.importance) == [0, 1, 2, 3] and one.f1 == two.f1
+    for c in one.importance:
+        np.testing.assert_array_equal(one.importance[c], two.importance[c])
+        assert int(np.argmax(one.importance[c])) == 0
+    held = explain.stratified_holdout(labels, 0.25, seed=3)
+    for c in range(4):  # every cluster held out in proportion
+        assert abs(held[labels == c].mean() - 0.25) < 0.01
+    one.save_models(tmp_path, "input columns")
+    models, names, source = explain.load_models(tmp_path)
+    assert sorted(models) == [0, 1, 2, 3] and names == [f"f{i}" for i in range(6)] and source == "input columns"
+    np.testing.assert_allclose(
+        explain.tree_shap_values(models[2], X[:40]), explain.tree_shap_values(one.models[2], X[:40]), rtol=1e-6
+    )
+
+
 def test_hover_text_escapes_user_html():
     hover = plots.hover_text(np.array(["<script>alert(1)</script>"]), texts=np.array(["<b>x</b>"]))
     assert "<script>" not in hover[0] and "&lt;script&gt;" in hover[0] and "&lt;b&gt;" in hover[0]

@@ -57,6 +57,8 @@ _INT_KEYS = (
     ("analysis.duplicates.max_rows", 2, False),
     ("analysis.duplicates.max_export", 0, False),
     ("analysis.explain.max_samples", 2, False),
+    ("analysis.explain.n_estimators", 1, False),
+    ("analysis.explain.max_bin", 2, False),
     ("analysis.keywords.top_n", 1, False),
 )
 # (key, allowed values): choices checked when the key exists.

@@ -204,7 +204,8 @@ def run_analyses(
             ex = shap_models.explain_clusters(
                 features, names, labels, min_cluster_size=int(a.explain.min_cluster_size),
                 max_clusters=int(a.explain.max_clusters), max_samples=int(a.explain.max_samples),
-                shap_samples=int(a.explain.shap_samples), n_estimators=int(a.explain.n_estimators), seed=state.seed,
+                shap_samples=int(a.explain.shap_samples), n_estimators=int(a.explain.n_estimators),
+                max_bin=int(a.explain.get("max_bin", 64)), seed=state.seed,
             )
             if ex.importance:
                 table = ex.table()
