@@ -45,7 +45,8 @@ def main() -> None:
     args = parser.parse_args()
 
     import numpy as np
-    import polars as pl
+    import pyarrow as pa
+    import pyarrow.parquet as pq
 
     rng = np.random.default_rng(0)
     X = rng.standard_normal((args.rows, args.dim), dtype=np.float32)
@@ -53,7 +54,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         npy, parquet = Path(tmp) / "emb.npy", Path(tmp) / "emb.parquet"
         np.save(npy, X)
-        pl.DataFrame({"article_id": np.arange(args.rows), **{f"bert_{j}": X[:, j] for j in range(args.dim)}}).write_parquet(parquet)
+        table = pa.table({"article_id": np.arange(args.rows), **{f"bert_{j}": X[:, j] for j in range(args.dim)}})
+        pq.write_table(table, parquet)
+        del table
         del X
         print(f"matrix: {args.rows} x {args.dim} float32 = {size_mb:.0f} MiB")
         print(f"{'format':<8} {'load+validate s':>16} {'peak RSS MiB':>13} {'RSS after imports':>18} {'peak-imports / data':>20}")

@@ -295,7 +295,7 @@ def _folder_bytes(folder: Path) -> int:
 def read_sweep(store: Path) -> tuple[dict[tuple[int, int], dict], dict]:
     """Each FINISHED cell of the sweep in ``store`` (metrics, labels, artifact bytes), and store totals."""
     import mlflow
-    import polars as pl
+    import pyarrow.parquet as pq
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri=f"sqlite:///{store / 'mlflow.db'}")
@@ -327,7 +327,7 @@ def read_sweep(store: Path) -> tuple[dict[tuple[int, int], dict], dict]:
             )
         except Exception as exc:  # noqa: BLE001 - MLflow raises several types for a missing artifact
             sys.exit(f"bench_sweep: cell pca={key[0]} k={key[1]} (run {run.info.run_id}) has no labels.parquet: {exc}")
-        table = pl.read_parquet(local, columns=["id", "cluster"]).sort("id")
+        table = pq.read_table(local, columns=["id", "cluster"]).sort_by("id")
         cells[key] = {
             "metrics": dict(run.data.metrics),
             "tags": dict(run.data.tags),

@@ -1,7 +1,7 @@
 """Every seed workflow's experiment config runs on a small generated file of the right shape."""
 
 import numpy as np
-import polars as pl
+import pandas as pd
 import pytest
 
 from embclust.data import make_synthetic
@@ -29,7 +29,7 @@ def run_exp(run_cli):
 def test_hm_products_parquet_bert_columns(run_exp, tmp_path):
     ds = make_synthetic(n_samples=400, n_features=64, n_clusters=5, seed=0)
     cols = {f"bert_{j}": ds.X[:, j] for j in range(64)}
-    pl.DataFrame({"article_id": np.arange(400) + 100000, **cols}).write_parquet(tmp_path / "bert.parquet")
+    pd.DataFrame({"article_id": np.arange(400) + 100000, **cols}).to_parquet(tmp_path / "bert.parquet", index=False)
     (run,) = _finished(run_exp("hm_products", *FAST, f"dataset.path={tmp_path / 'bert.parquet'}", "clusterer.n_clusters=5"))
     assert run.data.params["preprocess.pca_components"] == "50"
     assert run.data.tags["data_n_features"] == "64"
@@ -68,7 +68,7 @@ def test_fashion_queries_csv_with_query_text(run_exp, tmp_path):
     ds = make_synthetic(n_samples=300, n_features=48, n_clusters=4, seed=1)
     queries = [f"{'red dress' if i % 2 else 'blue jeans'} size {i}" for i in range(300)]
     dept = np.where(np.arange(300) % 2, "women", "men")
-    pl.DataFrame({"query": queries, "dept": dept, **{f"feature_{j}": ds.X[:, j] for j in range(48)}}).write_csv(tmp_path / "q.csv")
+    pd.DataFrame({"query": queries, "dept": dept, **{f"feature_{j}": ds.X[:, j] for j in range(48)}}).to_csv(tmp_path / "q.csv", index=False)
     (run,) = _finished(run_exp(
         "fashion_queries", *FAST, f"dataset.path={tmp_path / 'q.csv'}", "preprocess.pca_components=10", "clusterer.n_clusters=4",
         "dataset.metadata_columns=[dept]", "analysis.maps.color_by=[dept]",
@@ -100,10 +100,10 @@ def test_user_segments_tabular_umap_hdbscan(run_exp, tmp_path):
     centers = np.array([[1e3, 50, 2e4, 10], [5e4, 300, 9e5, 80], [2e2, 900, 1e3, 300]])
     group = rng.integers(0, 3, size=300)
     vals = centers[group] * rng.lognormal(0, 0.1, size=(300, 4))
-    pl.DataFrame(
+    pd.DataFrame(
         {"account_id": [f"u{i}" for i in range(300)], "followers": vals[:, 0], "following": vals[:, 1],
          "likes": vals[:, 2], "videos": vals[:, 3], "is_verified": np.where(group == 1, "true", "false")}
-    ).write_csv(tmp_path / "profiles.csv")
+    ).to_csv(tmp_path / "profiles.csv", index=False)
     (run,) = _finished(run_exp(
         "user_segments", *FAST, f"dataset.path={tmp_path / 'profiles.csv'}", "dataset.id_column=account_id",
         "dataset.numeric_columns=[followers,following,likes,videos]", "dataset.categorical_columns=[is_verified]",
@@ -118,7 +118,7 @@ def test_rag_documents_texts_with_minilm(run_exp, tmp_path):
     topics = ["the cat sat on the mat and purred", "stock markets fell as interest rates rose",
               "the striker scored a late goal in the final"]
     docs = [f"{topics[i % 3]} (note {i})" for i in range(60)]
-    pl.DataFrame({"chunk_id": range(60), "text": docs, "topic": [i % 3 for i in range(60)]}).write_csv(tmp_path / "chunks.csv")
+    pd.DataFrame({"chunk_id": range(60), "text": docs, "topic": [i % 3 for i in range(60)]}).to_csv(tmp_path / "chunks.csv", index=False)
     common = (*FAST, f"dataset.path={tmp_path / 'chunks.csv'}", "dataset.id_column=chunk_id", "dataset.label_column=topic")
     (run,) = _finished(run_exp("rag_documents", *common, "clusterer.n_clusters=3"))
     assert run.data.tags["data_n_features"] == "384"  # MiniLM vectors
@@ -132,7 +132,7 @@ def test_rag_documents_hdbscan_defaults_recover_fine_grained_intents(run_exp, tm
     from intent_corpus import intent_corpus
 
     texts, intents = intent_corpus(per_intent=40, seed=0)
-    pl.DataFrame({"text": texts, "intent": intents}).write_csv(tmp_path / "intents.csv")
+    pd.DataFrame({"text": texts, "intent": intents}).to_csv(tmp_path / "intents.csv", index=False)
     (run,) = _finished(run_exp(
         "rag_documents", *FAST, "clusterer=hdbscan", f"dataset.path={tmp_path / 'intents.csv'}",
         "dataset.label_column=intent", "analysis.duplicates.enabled=false",

@@ -3,7 +3,8 @@
 import os
 
 import numpy as np
-import polars as pl
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from embclust.data import Dataset, validate_dataset
@@ -47,7 +48,7 @@ def test_header_only_csv_and_empty_parquet_say_0_rows(tmp_path):
     (tmp_path / "h.csv").write_text("id,f0,f1\n")
     with pytest.raises(DataError, match="h.csv: 0 rows \\(the file holds only a header\\)"):
         load_table(str(tmp_path / "h.csv"), id_column="id", feature_prefix="f")
-    pl.DataFrame({"id": [], "f0": []}, schema={"id": pl.Int64, "f0": pl.Float32}).write_parquet(tmp_path / "e.parquet")
+    pq.write_table(pa.table({"id": pa.array([], pa.int64()), "f0": pa.array([], pa.float32())}), tmp_path / "e.parquet")
     with pytest.raises(DataError, match="e.parquet: 0 rows"):
         load_table(str(tmp_path / "e.parquet"), id_column="id", feature_prefix="f")
 

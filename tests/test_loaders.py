@@ -1,7 +1,9 @@
 """File loaders and their validation errors, on small generated files."""
 
 import numpy as np
-import polars as pl
+import pyarrow as pa
+import pyarrow.csv as pcsv
+import pyarrow.parquet as pq
 import pytest
 
 from embclust.errors import ConfigError, DataError
@@ -49,7 +51,7 @@ def test_npy_errors(tmp_path):
 
 def _frame(emb, prefix="bert_"):
     cols = {f"{prefix}{j}": emb[:, j] for j in range(emb.shape[1])}
-    return pl.DataFrame(
+    return pa.table(
         {"article_id": [f"a{i}" for i in range(len(emb))], "cat": ["x", "y"] * (len(emb) // 2), **cols,
          "desc": [f"text {i}" for i in range(len(emb))]}
     )
@@ -59,7 +61,7 @@ def _frame(emb, prefix="bert_"):
 def test_table_with_prefixed_columns(tmp_path, emb, fmt):
     path = tmp_path / f"e.{fmt}"
     df = _frame(emb)
-    df.write_parquet(path) if fmt == "parquet" else df.write_csv(path)
+    pq.write_table(df, path) if fmt == "parquet" else pcsv.write_csv(df, path)
     ds = load_table(str(path), id_column="article_id", feature_prefix="bert_", label_column="cat", text_column="desc")
     assert ds.X.dtype == np.float32 and ds.X.shape == (40, 6)
     np.testing.assert_allclose(ds.X, emb, rtol=1e-6)
@@ -68,18 +70,18 @@ def test_table_with_prefixed_columns(tmp_path, emb, fmt):
 
 
 def test_table_vector_column_and_ragged_rows(tmp_path, emb):
-    pl.DataFrame({"id": range(40), "vec": emb.tolist()}).write_parquet(tmp_path / "v.parquet")
+    pq.write_table(pa.table({"id": range(40), "vec": emb.tolist()}), tmp_path / "v.parquet")
     np.testing.assert_allclose(load_table(str(tmp_path / "v.parquet"), vector_column="vec").X, emb, rtol=1e-6)
     rows = emb.tolist()
     rows[7] = rows[7][:4]
-    pl.DataFrame({"id": range(40), "vec": rows}).write_parquet(tmp_path / "r.parquet")
+    pq.write_table(pa.table({"id": range(40), "vec": rows}), tmp_path / "r.parquet")
     with pytest.raises(DataError, match=r"ragged: 1 rows differ from length 6 \(first ids: 7\)"):
         load_table(str(tmp_path / "r.parquet"), id_column="id", vector_column="vec")
 
 
 def test_table_errors_name_the_problem(tmp_path, emb):
     path = tmp_path / "e.parquet"
-    _frame(emb).write_parquet(path)
+    pq.write_table(_frame(emb), path)
     with pytest.raises(DataError, match=r"no feature columns match prefix 'feature_'; columns: article_id, cat, bert_0"):
         load_table(str(path), feature_prefix="feature_")
     with pytest.raises(DataError, match="feature column 'cat' is not numeric"):
@@ -91,8 +93,7 @@ def test_table_errors_name_the_problem(tmp_path, emb):
 
 
 def test_tabular_encodes_categories(tmp_path):
-    df = pl.DataFrame({"user": ["u1", "u2", "u3"], "age": [20, 30, 40], "plays": [1.5, 2.0, 0.5], "plan": ["free", "pro", "free"]})
-    df.write_csv(tmp_path / "u.csv")
+    (tmp_path / "u.csv").write_text("user,age,plays,plan\nu1,20,1.5,free\nu2,30,2.0,pro\nu3,40,0.5,free\n")
     ds = load_tabular(str(tmp_path / "u.csv"), numeric_columns=["age", "plays"], categorical_columns=["plan"], id_column="user")
     assert ds.feature_names == ["age", "plays", "plan_free", "plan_pro"]
     np.testing.assert_array_equal(ds.X, [[20, 1.5, 1, 0], [30, 2.0, 0, 1], [40, 0.5, 1, 0]])
@@ -108,7 +109,7 @@ def test_tabular_datasets_say_so_through_sampling_and_the_cache(tmp_path):
     from embclust.data.dataset import take_rows
     from embclust.sweep.cache import cached_dataset
 
-    pl.DataFrame({"age": [20, 30, 40, 50], "plays": [1, 2, 3, 4]}).write_csv(tmp_path / "u.csv")
+    (tmp_path / "u.csv").write_text("age,plays\n20,1\n30,2\n40,3\n50,4\n")
     ds = load_tabular(str(tmp_path / "u.csv"), numeric_columns=["age", "plays"])
     assert ds.from_tabular and take_rows(ds, np.array([0, 2])).from_tabular
     for _ in range(2):  # miss, then hit
@@ -120,3 +121,38 @@ def test_tabular_datasets_say_so_through_sampling_and_the_cache(tmp_path):
 def _save_npy(tmp_path):
     np.save(tmp_path / "e.npy", np.ones((3, 4), dtype=np.float32))
     return str(tmp_path / "e.npy")
+
+
+def test_csv_missing_values_are_nan_features_and_missing_labels(tmp_path):
+    (tmp_path / "m.csv").write_text('id,f0,f1,cat,desc\n1,0.5,1.0,a,hello\n2,,2.0,,\n3,1.5,NaN,c,""\n')
+    ds = load_table(str(tmp_path / "m.csv"), id_column="id", feature_prefix="f", label_column="cat", text_column="desc")
+    np.testing.assert_array_equal(ds.X, np.array([[0.5, 1.0], [np.nan, 2.0], [1.5, np.nan]], dtype=np.float32))
+    assert ds.ids.dtype == np.int64 and ds.ids.tolist() == [1, 2, 3]
+    assert ds.labels.tolist() == ["a", "(missing)", "c"] and ds.texts.tolist() == ["hello", "", ""]
+
+
+def test_csv_value_of_another_type_after_the_first_block_names_the_column(tmp_path, monkeypatch):
+    from embclust.data import loaders
+
+    monkeypatch.setattr(loaders, "_CSV_READ", pcsv.ReadOptions(block_size=1 << 10))  # types from the first 1 KiB
+    rows = "".join(f"{i},{i / 2}\n" for i in range(500))
+    (tmp_path / "a.csv").write_text(f"id,f0\n{rows}abc,1.0\n")
+    with pytest.raises(DataError, match=r"a.csv: failed to read columns \(column 'id': .*invalid value 'abc'\)"):
+        load_table(str(tmp_path / "a.csv"), id_column="id", feature_prefix="f")
+    (tmp_path / "b.csv").write_text(f"id,f0\n{rows}7,abc\n")
+    with pytest.raises(DataError, match=r"b.csv: failed to read columns \(column 'f0': .*invalid value 'abc'\)"):
+        load_table(str(tmp_path / "b.csv"), id_column="id", feature_prefix="f")
+
+
+def test_fixed_size_vectors_and_columns_that_are_not_numbers(tmp_path, emb):
+    vectors = pa.FixedSizeListArray.from_arrays(pa.array(emb.ravel()), emb.shape[1])
+    pq.write_table(pa.table({"id": range(40), "vec": vectors, "flag": [True, False] * 20}), tmp_path / "f.parquet")
+    np.testing.assert_array_equal(load_table(str(tmp_path / "f.parquet"), vector_column="vec").X, emb)
+    with pytest.raises(DataError, match="feature column 'flag' is not numeric \\(type bool\\)"):
+        load_table(str(tmp_path / "f.parquet"), feature_columns=["flag"])
+    pq.write_table(pa.table({"vec": [["a"], ["b"]]}), tmp_path / "s.parquet")
+    with pytest.raises(DataError, match="vector column 'vec' is list<element: string>, expected a list of numbers"):
+        load_table(str(tmp_path / "s.parquet"), vector_column="vec")
+    (tmp_path / "x.parquet").write_text("not parquet")
+    with pytest.raises(DataError, match="x.parquet: cannot be read as parquet"):
+        load_table(str(tmp_path / "x.parquet"), feature_prefix="f")

@@ -3,7 +3,6 @@
 import mlflow
 import numpy as np
 import pandas as pd
-import polars as pl
 
 from embclust.tracking.safe_csv import neutralise
 
@@ -36,7 +35,7 @@ def test_run_artifacts_do_not_start_formulas(run_cli, tmp_path):
     X[1] = X[0]  # a near-duplicate pair involving the formula id
     table = {"id": [FORMULA_ID] + [f"r{i}" for i in range(1, 60)], "text": [FORMULA_TEXT] * 60}
     table.update({f"f{j}": X[:, j] for j in range(20)})
-    pl.DataFrame(table).write_csv(tmp_path / "e.csv")
+    pd.DataFrame(table).to_csv(tmp_path / "e.csv", index=False)
     res = run_cli(
         "reducer=none", "analysis.explain.enabled=false", "dataset=csv", f"dataset.path={tmp_path / 'e.csv'}",
         "dataset.id_column=id", "dataset.text_column=text", "dataset.feature_prefix=f", "clusterer.n_clusters=3",

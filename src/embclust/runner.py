@@ -14,7 +14,8 @@ from pathlib import Path
 
 import mlflow
 import numpy as np
-import polars as pl
+import pyarrow as pa
+import pyarrow.parquet as pq
 from hydra.utils import instantiate
 from mlflow.entities import Metric
 from omegaconf import DictConfig, OmegaConf
@@ -90,7 +91,7 @@ def select_drill_cluster(ds: data.Dataset, parent_run_id: str, cluster_id: int) 
             "pass the same dataset overrides as that run (see its config.yaml)"
         )
     path = mlflow.artifacts.download_artifacts(run_id=parent.info.run_id, artifact_path="labels.parquet")
-    parent_labels = pl.read_parquet(path, columns=["cluster"])["cluster"].to_numpy()
+    parent_labels = pq.read_table(path, columns=["cluster"])["cluster"].to_numpy()
     rows = np.flatnonzero(parent_labels == int(cluster_id))
     if rows.size < 2:
         available = ", ".join(str(c) for c in np.unique(parent_labels))
@@ -202,7 +203,7 @@ def execute(
         table = {"id": ds.ids, "cluster": labels, "x": coords[:, 0], "y": coords[:, 1]}
         if true_names is not None:
             table["label"] = true_names
-        pl.DataFrame(table).write_parquet(workdir / "labels.parquet")
+        pq.write_table(pa.table(table), workdir / "labels.parquet")
         (workdir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
         sizes = plots.cluster_sizes_figure(labels)
         figures_in_report = cfg.analysis.report.enabled or not write_report

@@ -1,7 +1,7 @@
 """File loaders: embeddings from .npy/.npz, parquet and CSV, and tabular features.
 
 Every loader returns a :class:`~embclust.data.Dataset` with a float32 matrix; files are read
-with numpy memory maps or polars, selecting only the columns that are needed.
+with numpy memory maps or pyarrow, selecting only the columns that are needed.
 """
 
 from __future__ import annotations
@@ -9,10 +9,14 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 from pathlib import Path
 
 import numpy as np
-import polars as pl
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pcsv
+import pyarrow.parquet as pq
 
 from embclust.data.dataset import Dataset, as_float32
 from embclust.errors import ConfigError, DataError
@@ -124,59 +128,111 @@ def _check_labels(labels: np.ndarray, path: str, names: list[str] | None, names_
 # ---------------------------------------------------------------------------- tables
 
 
-def table_schema(p: Path) -> dict[str, pl.DataType]:
-    """Column names and types, read from the file's schema or header only."""
-    lazy = pl.scan_parquet(p) if p.suffix.lower() == ".parquet" else pl.scan_csv(p, infer_schema_length=1000)
+# CSV: empty fields are missing values, a quoted "" is an empty string; cells up to 16 MiB,
+# column types inferred from the first 16 MiB.
+_CSV_READ = pcsv.ReadOptions(block_size=16 << 20)
+_CSV_NULLS = dict(null_values=[""], strings_can_be_null=True, quoted_strings_can_be_null=False)
+
+
+def _is_numeric(dtype: pa.DataType) -> bool:
+    """Integers, floats and decimals; booleans are not numbers."""
+    return pa.types.is_integer(dtype) or pa.types.is_floating(dtype) or pa.types.is_decimal(dtype)
+
+
+def _csv_type(dtype: pa.DataType) -> pa.DataType:
+    """Numbers and booleans as inferred; anything else (dates, times, an empty column) stays text as written."""
+    return dtype if _is_numeric(dtype) or pa.types.is_boolean(dtype) else pa.string()
+
+
+def _read_error(p: Path, exc: Exception, what: str, names: list[str]) -> DataError:
+    """One line naming the file, and the column when pyarrow gives its number (a parse error quotes
+    the whole row: cut short)."""
+    message = " ".join(str(exc).split())
+    found = re.match(r"In CSV column #(\d+): (.*)", message)
+    if found and int(found[1]) < len(names):
+        message = f"column {names[int(found[1])]!r}: {found[2]}"
+    return DataError(f"{p}: {what} ({message[:200] + ' ...' if len(message) > 200 else message})")
+
+
+def _inspect(p: Path) -> tuple[dict[str, pa.DataType], bool]:
+    """Column names and types, and whether the file holds any row: from the parquet metadata or
+    the CSV's first block."""
     try:
-        return dict(lazy.collect_schema())
-    except pl.exceptions.PolarsError as exc:
-        raise DataError(f"{p}: cannot be read as {p.suffix[1:]} ({exc})") from exc
+        if p.suffix.lower() == ".parquet":
+            with pq.ParquetFile(p) as parquet:
+                return {f.name: f.type for f in parquet.schema_arrow}, parquet.metadata.num_rows > 0
+        with pcsv.open_csv(p, read_options=_CSV_READ, convert_options=pcsv.ConvertOptions(**_CSV_NULLS)) as reader:
+            schema = {f.name: _csv_type(f.type) for f in reader.schema}
+            try:
+                return schema, reader.read_next_batch().num_rows > 0
+            except StopIteration:
+                return schema, False
+    except (pa.ArrowException, OSError) as exc:
+        raise _read_error(p, exc, f"cannot be read as {p.suffix[1:]}", []) from exc
 
 
-def read_columns(p: Path, columns: list[str], feature_columns: list[str]) -> pl.DataFrame:
-    """Read only ``columns``; feature columns are cast to float32 while reading."""
-    lazy = pl.scan_parquet(p) if p.suffix.lower() == ".parquet" else pl.scan_csv(p, infer_schema_length=1000)
-    lazy = lazy.select(columns)
-    if feature_columns:
-        lazy = lazy.with_columns(pl.col(feature_columns).cast(pl.Float32))
+def _feature_matrix(rows: int, features: list[str], read) -> np.ndarray:
+    """``features`` as one C-ordered float32 matrix (missing values NaN), ``read(names)`` giving 64
+    columns at a time: each block is transposed in one copy, much faster than writing column by column."""
+    X = np.empty((rows, len(features)), dtype=np.float32)
+    for start in range(0, len(features), 64):
+        names = features[start : start + 64]
+        block = read(names)
+        columns = [block[c].cast(pa.float32(), safe=False).to_numpy() for c in names]
+        X[:, start : start + len(names)] = np.stack(columns).T
+    return X
+
+
+def read_columns(
+    p: Path, schema: dict[str, pa.DataType], columns: list[str], features: list[str]
+) -> tuple[pa.Table, np.ndarray]:
+    """Read only ``columns`` (a table) and ``features`` (one float32 matrix).
+
+    Parquet features are decoded 64 columns at a time, so the file is never held whole beside the matrix.
+    """
     try:
-        return lazy.collect()
-    except pl.exceptions.PolarsError as exc:
-        raise DataError(f"{p}: failed to read columns ({exc})") from exc
+        if p.suffix.lower() == ".parquet":
+            with pq.ParquetFile(p) as parquet:
+                table = parquet.read(columns=columns)
+                return table, _feature_matrix(table.num_rows, features, lambda names: parquet.read(columns=names))
+        types = {c: pa.float32() if c in features else schema[c] for c in dict.fromkeys([*columns, *features])}
+        options = pcsv.ConvertOptions(include_columns=list(types), column_types=types, **_CSV_NULLS)
+        table = pcsv.read_csv(p, read_options=_CSV_READ, convert_options=options)
+        return table, _feature_matrix(table.num_rows, features, table.select)
+    except (pa.ArrowException, OSError) as exc:
+        raise _read_error(p, exc, "failed to read columns", list(schema)) from exc
 
 
-def open_table(path: str, columns: dict[str, str | None]) -> tuple[Path, dict[str, pl.DataType]]:
+def open_table(path: str, columns: dict[str, str | None]) -> tuple[Path, dict[str, pa.DataType]]:
     """Check a parquet/CSV file and that each named column exists; return (path, schema).
 
     ``columns`` maps the config key (``dataset.id_column``) to the column it names (or None).
     """
     p = check_file(path, TABLE_SUFFIXES)
-    schema = table_schema(p)
+    schema, has_rows = _inspect(p)
     for key, column in columns.items():
         require_column(schema, column, key, p)
-    if _first_rows(p).height == 0:
+    if not has_rows:
         # Checked before column types: a header-only CSV has no values to infer them from.
         raise DataError(f"{p}: 0 rows (the file holds {'only a header' if p.suffix.lower() == '.csv' else 'no rows'})")
     return p, schema
 
 
-def _first_rows(p: Path) -> pl.DataFrame:
-    lazy = pl.scan_parquet(p) if p.suffix.lower() == ".parquet" else pl.scan_csv(p, infer_schema_length=1000)
-    try:
-        return lazy.head(1).collect()
-    except pl.exceptions.PolarsError as exc:
-        raise DataError(f"{p}: cannot be read as {p.suffix[1:]} ({exc})") from exc
+def as_strings(column: pa.ChunkedArray, missing: str = "(missing)") -> np.ndarray:
+    """A column as strings, nulls shown as ``missing``: labels, categories, metadata, texts."""
+    if pa.types.is_floating(column.type):  # 1.0 and NaN, not pyarrow's 1 and nan
+        text = column.to_numpy().astype(str).astype(object)
+        text[text == "nan"] = "NaN"
+    else:
+        text = column.cast(pa.string()).to_numpy().astype(object)
+    text[column.is_null().to_numpy()] = missing
+    return text
 
 
-def as_strings(series: pl.Series) -> np.ndarray:
-    """A column as strings, nulls shown as ``(missing)``: labels, categories, metadata."""
-    return series.cast(pl.String).fill_null("(missing)").to_numpy()
-
-
-def ids_and_labels(df: pl.DataFrame, id_column: str | None, label_column: str | None):
+def ids_and_labels(table: pa.Table, id_column: str | None, label_column: str | None):
     """Row ids (the id column, else 0..n-1) and labels (None without a label column)."""
-    ids = df[id_column].to_numpy() if id_column else np.arange(df.height)
-    return ids, (as_strings(df[label_column]) if label_column else None)
+    ids = table[id_column].to_numpy() if id_column else np.arange(table.num_rows)
+    return ids, (as_strings(table[label_column]) if label_column else None)
 
 
 def require_column(schema: dict, column: str | None, key: str, p: Path) -> None:
@@ -201,29 +257,28 @@ def _select_features(
         seen = ", ".join(list(schema)[:20]) + (" ..." if len(schema) > 20 else "")
         raise DataError(f"{p}: no feature columns match prefix {feature_prefix!r}; columns: {seen}")
     for col in features:
-        if not schema[col].is_numeric():
+        if not _is_numeric(schema[col]):
             raise DataError(f"{p}: feature column {col!r} is not numeric (type {schema[col]})")
     return features
 
 
-def _vectors_from_list_column(series: pl.Series, p: Path, ids: np.ndarray) -> np.ndarray:
-    """Stack a list/array column into an (n, d) float32 matrix, rejecting ragged rows."""
-    if isinstance(series.dtype, pl.Array):
-        return series.cast(pl.Array(pl.Float32, series.dtype.size)).to_numpy()
-    if not isinstance(series.dtype, pl.List):
-        raise DataError(f"{p}: vector column {series.name!r} is {series.dtype}, expected a list of numbers")
-    lengths = series.list.len().fill_null(0).to_numpy()
+def _vectors_from_list_column(column: pa.ChunkedArray, name: str, p: Path, ids: np.ndarray) -> np.ndarray:
+    """Stack a list/fixed-size-list column into an (n, d) float32 matrix, rejecting ragged rows."""
+    dtype = column.type
+    is_list = pa.types.is_list(dtype) or pa.types.is_large_list(dtype) or pa.types.is_fixed_size_list(dtype)
+    if not is_list or not _is_numeric(dtype.value_type):
+        raise DataError(f"{p}: vector column {name!r} is {dtype}, expected a list of numbers")
+    lengths = pc.list_value_length(column).fill_null(0).to_numpy()
     if lengths.size and (lengths != lengths[0]).any():
         dim = int(np.bincount(lengths).argmax())
         bad = np.flatnonzero(lengths != dim)
         first = ", ".join(str(i) for i in ids[bad[:5]])
         raise DataError(
-            f"{p}: vector column {series.name!r} is ragged: {bad.size} rows differ from length {dim} "
-            f"(first ids: {first})"
+            f"{p}: vector column {name!r} is ragged: {bad.size} rows differ from length {dim} (first ids: {first})"
         )
     dim = int(lengths[0]) if lengths.size else 0
-    flat = series.explode().cast(pl.Float32).to_numpy()
-    return flat.reshape(len(series), dim)
+    flat = pc.list_flatten(column).cast(pa.float32(), safe=False).to_numpy()
+    return flat.reshape(len(column), dim)
 
 
 def load_table(
@@ -252,13 +307,11 @@ def load_table(
         require_column(schema, column, "dataset.metadata_columns", p)
     features = [] if vector_column else _select_features(schema, p, feature_prefix, feature_columns)
     extra = [c for c in (id_column, label_column, text_column, vector_column, *metadata_columns) if c]
-    df = read_columns(p, list(dict.fromkeys(extra + features)), features)
-    ids, labels = ids_and_labels(df, id_column, label_column)
+    table, X = read_columns(p, schema, list(dict.fromkeys(extra)), features)
+    ids, labels = ids_and_labels(table, id_column, label_column)
     if vector_column:
-        X = _vectors_from_list_column(df[vector_column], p, ids)
-    else:
-        X = df.select(features).to_numpy(order="c")
-    texts = df[text_column].cast(pl.String).fill_null("").to_numpy() if text_column else None
+        X = _vectors_from_list_column(table[vector_column], vector_column, p, ids)
+    texts = as_strings(table[text_column], missing="") if text_column else None
     return Dataset(
         name=name,
         X=as_float32(X),
@@ -266,7 +319,7 @@ def load_table(
         labels=labels,
         texts=texts,
         feature_names=None if vector_column else features,
-        metadata={c: as_strings(df[c]) for c in metadata_columns},
+        metadata={c: as_strings(table[c]) for c in metadata_columns},
     )
 
 
@@ -291,14 +344,14 @@ def load_tabular(
     for col in [*numeric_columns, *categorical_columns]:
         require_column(schema, col, "dataset.numeric_columns/categorical_columns", p)
     for col in numeric_columns:
-        if not schema[col].is_numeric():
+        if not _is_numeric(schema[col]):
             raise DataError(f"{p}: numeric column {col!r} is not numeric (type {schema[col]})")
     extra = [c for c in (id_column, label_column) if c]
-    df = read_columns(p, list(dict.fromkeys(extra + list(numeric_columns) + categorical_columns)), list(numeric_columns))
-    parts = [df.select(numeric_columns).to_numpy(order="c")] if numeric_columns else []
+    table, numeric = read_columns(p, schema, list(dict.fromkeys(extra + categorical_columns)), list(numeric_columns))
+    parts = [numeric] if numeric_columns else []
     names = list(numeric_columns)
     if categorical_columns:
-        cats = df.select(pl.col(categorical_columns).cast(pl.String).fill_null("(missing)")).to_numpy()
+        cats = np.column_stack([as_strings(table[c]) for c in categorical_columns])
         if encoding == "onehot":
             enc = OneHotEncoder(sparse_output=False, dtype=np.float32, handle_unknown="ignore").fit(cats)
         else:
@@ -306,5 +359,5 @@ def load_tabular(
         parts.append(enc.transform(cats))
         names += [str(n) for n in enc.get_feature_names_out(categorical_columns)]
     X = np.hstack(parts) if len(parts) > 1 else parts[0]
-    ids, labels = ids_and_labels(df, id_column, label_column)
+    ids, labels = ids_and_labels(table, id_column, label_column)
     return Dataset(name=name, X=as_float32(X), ids=ids, labels=labels, feature_names=names, from_tabular=True)

@@ -14,11 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
-import polars as pl
-
 from embclust.data.dataset import Dataset
 from embclust.errors import ConfigError, DataError
-from embclust.data.loaders import ids_and_labels, open_table, read_columns
+from embclust.data.loaders import as_strings, ids_and_labels, open_table, read_columns
 
 log = logging.getLogger(__name__)
 
@@ -107,14 +105,14 @@ def load_texts(
     name: str = "texts",
 ) -> Dataset:
     """Documents from a CSV/parquet text column, embedded with a local sentence-transformers model."""
-    p, _ = open_table(
+    p, schema = open_table(
         path,
         {"dataset.text_column": text_column, "dataset.id_column": id_column, "dataset.label_column": label_column},
     )
-    df = read_columns(p, list(dict.fromkeys(c for c in (id_column, text_column, label_column) if c)), [])
-    if df.height == 0:
+    table, _ = read_columns(p, schema, list(dict.fromkeys(c for c in (id_column, text_column, label_column) if c)), [])
+    if table.num_rows == 0:
         raise DataError(f"dataset 'texts' is empty: 0 rows in {path}")
-    texts = df[text_column].cast(pl.String).fill_null("").to_numpy()
+    texts = as_strings(table[text_column], missing="")
     X = embed_texts(texts, model=model, batch_size=batch_size, device=device, cache_dir=cache_dir)
-    ids, labels = ids_and_labels(df, id_column, label_column)
+    ids, labels = ids_and_labels(table, id_column, label_column)
     return Dataset(name=name, X=X, ids=ids, labels=labels, texts=texts)

@@ -16,7 +16,8 @@ from pathlib import Path
 
 import mlflow
 import numpy as np
-import polars as pl
+import pyarrow as pa
+import pyarrow.parquet as pq
 from hydra.utils import instantiate
 from mlflow.entities import Metric, Param, RunTag
 from omegaconf import DictConfig, OmegaConf
@@ -94,7 +95,7 @@ def run_light_cell(cfg: DictConfig, plan: SweepPlan, cell: SweepCell, threads: i
             )
             with tempfile.TemporaryDirectory(prefix="embclust-cell-") as tmp:
                 folder = Path(tmp)
-                pl.DataFrame({"id": np.asarray(ds.ids), "cluster": labels}).write_parquet(folder / "labels.parquet")
+                pq.write_table(pa.table({"id": np.asarray(ds.ids), "cluster": labels}), folder / "labels.parquet")
                 (folder / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
                 client.log_artifacts(run_id, str(folder))
             datasets.log_dataset_input(ds, cfg.dataset.get("path"), run_id=run_id)

@@ -34,7 +34,6 @@ TRACKED_PACKAGES = (
     "xgboost",
     "shap",
     "plotly",
-    "polars",
     "pyarrow",
     "hydra-core",
     "omegaconf",

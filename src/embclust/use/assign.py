@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import logging
 import tempfile
@@ -9,9 +10,11 @@ from pathlib import Path
 
 import mlflow
 import numpy as np
-import polars as pl
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from embclust.data.dataset import Dataset
+from embclust.data.loaders import as_strings
 from embclust.errors import ConfigError, DataError
 from embclust.use import runs
 
@@ -33,13 +36,17 @@ def check_output(path: str) -> Path:
     return p
 
 
-def write_table(table: pl.DataFrame, path: Path) -> None:
-    """Write ``table`` as parquet or CSV, by the file's extension."""
+def write_table(table: pa.Table, path: Path) -> None:
+    """Write ``table`` as parquet or CSV, by the file's extension (CSV: missing values empty, quotes only
+    where needed, floats as 1.0 / 0.2505928 / NaN)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     if path.suffix.lower() == ".csv":
-        table.write_csv(path)
+        with open(path, "w", newline="", encoding="utf-8") as f:
+            writer = csv.writer(f, lineterminator="\n")
+            writer.writerow(table.column_names)
+            writer.writerows(zip(*(as_strings(column, missing="") for column in table.columns)))
     else:
-        table.write_parquet(path)
+        pq.write_table(table, path)
 
 
 def align_features(ds: Dataset, trained: list[str], categorical: list[str] = ()) -> np.ndarray:
@@ -96,7 +103,7 @@ def _distance_to(Xp: np.ndarray, cluster: np.ndarray, ids: np.ndarray, centroids
     return out
 
 
-def assign_rows(run, ds: Dataset, model, explain: bool = False, categorical: list[str] = ()) -> pl.DataFrame:
+def assign_rows(run, ds: Dataset, model, explain: bool = False, categorical: list[str] = ()) -> pa.Table:
     """Cluster, distance to its centroid and how it was assigned, for every row of ``ds``."""
     if runs.has_artifact(run, FEATURE_NAMES_ARTIFACT) and ds.feature_names is not None:
         trained = json.loads(runs.download(run, FEATURE_NAMES_ARTIFACT).read_text())
@@ -136,9 +143,10 @@ def assign_rows(run, ds: Dataset, model, explain: bool = False, categorical: lis
         method = "nearest_centroid"
     table["distance"] = _distance_to(Xp, cluster, *centroids) if centroids is not None else np.full(len(cluster), np.nan)
     table["method"] = np.full(len(cluster), method)
-    out = pl.DataFrame(table)
+    out = pa.table(table)
     if explain:
-        out = out.hstack(explain_rows(run, ds, X, cluster))
+        explained = explain_rows(run, ds, X, cluster)
+        out = pa.Table.from_arrays(out.columns + explained.columns, names=out.column_names + explained.column_names)
     return out
 
 
@@ -149,7 +157,7 @@ def _nearest(Xp: np.ndarray, ids: np.ndarray, centroids: np.ndarray) -> np.ndarr
     return ids[np.argmax(scores, axis=1)].astype(np.int64)
 
 
-def explain_rows(run, ds: Dataset, X: np.ndarray, cluster: np.ndarray) -> pl.DataFrame:
+def explain_rows(run, ds: Dataset, X: np.ndarray, cluster: np.ndarray) -> pa.Table:
     """Top features (SHAP of the assigned cluster's one-vs-rest model) of each row; empty for noise
     and clusters that were not explained."""
     from embclust.explain.shap_models import load_models, tree_shap_values
@@ -185,10 +193,11 @@ def explain_rows(run, ds: Dataset, X: np.ndarray, cluster: np.ndarray) -> pl.Dat
                 columns[f"feature_{i + 1}"][row] = names[order[r, i]]
                 columns[f"shap_{i + 1}"][row] = round(float(values[r, order[r, i]]), 4)
     ordered = {k: columns[k] for i in range(1, TOP_DRIVERS + 1) for k in (f"feature_{i}", f"shap_{i}")}
-    return pl.DataFrame(ordered, schema={k: (pl.String if k.startswith("feature") else pl.Float64) for k in ordered})
+    schema = pa.schema([(k, pa.string() if k.startswith("feature") else pa.float64()) for k in ordered])
+    return pa.table(ordered, schema=schema)
 
 
-def assign(run_id: str, input_path: str, output: str, explain: bool = False) -> pl.DataFrame:
+def assign(run_id: str, input_path: str, output: str, explain: bool = False) -> pa.Table:
     """Assign the rows of ``input_path`` to the clusters of run ``run_id`` (a sweep: its best cell)
     and write the table to ``output``."""
     out_path = check_output(output)
@@ -206,6 +215,6 @@ def assign(run_id: str, input_path: str, output: str, explain: bool = False) -> 
     categorical = list(cfg.dataset.get("categorical_columns") or [])
     table = assign_rows(run, ds, model, explain=explain, categorical=categorical)
     write_table(table, out_path)
-    counts = table["cluster"].value_counts().sort("cluster")
-    log.info("assigned %d rows to %d clusters, wrote %s", table.height, counts.height, out_path)
+    clusters = np.unique(table["cluster"].to_numpy())
+    log.info("assigned %d rows to %d clusters, wrote %s", table.num_rows, clusters.size, out_path)
     return table

@@ -6,7 +6,8 @@ import logging
 
 import mlflow
 import numpy as np
-import polars as pl
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from embclust.errors import ConfigError, DataError
 from embclust.use import runs
@@ -60,19 +61,19 @@ def cell_names(cells: list[str]) -> list[str]:
     return [" ".join(f"{k}={p[k]}" for k in varying if k in p) for p in parsed]
 
 
-def _align(base_ids: np.ndarray, table: pl.DataFrame, cell: str) -> np.ndarray:
+def _align(base_ids: np.ndarray, table: pa.Table, cell: str) -> np.ndarray:
     """The cell's cluster labels in the order of ``base_ids`` (by id when the rows differ)."""
     ids = table["id"].to_numpy()
     if ids.size == base_ids.size and np.array_equal(ids.astype(str), base_ids.astype(str)):
         return table["cluster"].to_numpy()
-    if table["id"].n_unique() < table.height:
+    if len(pc.unique(table["id"])) < table.num_rows:
         raise DataError(f"cell {cell!r} clustered other rows than the best cell and its ids repeat: cannot line them up")
     position = {k: i for i, k in enumerate(ids.astype(str))}
     clusters = table["cluster"].to_numpy()
     return np.array([clusters[position[k]] if k in position else None for k in base_ids.astype(str)], dtype=object)
 
 
-def export_sweep(run_id: str, output: str) -> pl.DataFrame:
+def export_sweep(run_id: str, output: str) -> pa.Table:
     """Write one table for sweep ``run_id``: id, label, the best cell's x / y, one column per cell."""
     out_path = check_output(output)
     parent = sweep_parent(run_id)
@@ -82,15 +83,16 @@ def export_sweep(run_id: str, output: str) -> pl.DataFrame:
     best_id = parent.data.tags.get("best_run_id")
     best = next((run for _, run in cells if run.info.run_id == best_id), cells[0][1])
     base = runs.load_labels(best, ["id", "label", "x", "y"])
-    if "x" not in base.columns:
+    if "x" not in base.column_names:
         log.warning("the best cell (run %s) logged no map coordinates: x and y left out", best.info.run_id)
     base_ids = base["id"].to_numpy()
     columns = {}
     for name, (cell, run) in zip(cell_names([c for c, _ in cells]), cells):
         labels = runs.load_labels(run, ["id", "cluster"])
         columns[name] = _align(base_ids, labels, cell)
-    table = base.hstack([pl.Series(name, values, dtype=pl.Int64, strict=False) for name, values in columns.items()])
+    cell_columns = [pa.array(values, pa.int64()) for values in columns.values()]
+    table = pa.Table.from_arrays(base.columns + cell_columns, names=base.column_names + list(columns))
     write_table(table, out_path)
-    log.info("sweep %s: %d rows x %d cells (best cell run %s) written to %s", parent.info.run_id, table.height,
+    log.info("sweep %s: %d rows x %d cells (best cell run %s) written to %s", parent.info.run_id, table.num_rows,
              len(columns), best.info.run_id, out_path)
     return table

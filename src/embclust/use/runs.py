@@ -8,7 +8,8 @@ from pathlib import Path
 
 import mlflow
 import numpy as np
-import polars as pl
+import pyarrow as pa
+import pyarrow.parquet as pq
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
@@ -64,11 +65,11 @@ def load_config(run) -> DictConfig:
     return OmegaConf.load(download(run, "config.yaml"))
 
 
-def load_labels(run, columns: list[str] | None = None) -> pl.DataFrame:
+def load_labels(run, columns: list[str] | None = None) -> pa.Table:
     """The run's ``labels.parquet`` (id, cluster, and x, y, label when logged)."""
     path = download(run, "labels.parquet")
-    available = pl.read_parquet_schema(path)
-    return pl.read_parquet(path, columns=[c for c in columns if c in available] if columns else None)
+    available = pq.read_schema(path).names
+    return pq.read_table(path, columns=[c for c in columns if c in available] if columns else None)
 
 
 def load_model(run):
@@ -126,7 +127,7 @@ def load_dataset(cfg: DictConfig, path: str | None = None, validate: bool = True
     return validate_dataset(ds, on_invalid=options.get("on_invalid", "error")) if validate else ds
 
 
-def align_to_labels(ds: Dataset, labels: pl.DataFrame) -> np.ndarray:
+def align_to_labels(ds: Dataset, labels: pa.Table) -> np.ndarray:
     """Rows of ``ds`` in the order of the run's ``labels.parquet`` (by id when they differ)."""
     run_ids = labels["id"].to_numpy()
     if run_ids.size == ds.n_samples and np.array_equal(run_ids.astype(str), ds.ids.astype(str)):
