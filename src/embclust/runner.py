@@ -203,7 +203,7 @@ def execute(
         table = {"id": ds.ids, "cluster": labels, "x": coords[:, 0], "y": coords[:, 1]}
         if true_names is not None:
             table["label"] = true_names
-        pq.write_table(pa.table(table), workdir / "labels.parquet")
+        pq.write_table(pa.table(table), workdir / "labels.parquet", compression="zstd")
         (workdir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
         sizes = plots.cluster_sizes_figure(labels)
         figures_in_report = cfg.analysis.report.enabled or not write_report

@@ -95,7 +95,7 @@ def run_light_cell(cfg: DictConfig, plan: SweepPlan, cell: SweepCell, threads: i
             )
             with tempfile.TemporaryDirectory(prefix="embclust-cell-") as tmp:
                 folder = Path(tmp)
-                pq.write_table(pa.table({"id": np.asarray(ds.ids), "cluster": labels}), folder / "labels.parquet")
+                pq.write_table(pa.table({"id": np.asarray(ds.ids), "cluster": labels}), folder / "labels.parquet", compression="zstd")
                 (folder / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
                 client.log_artifacts(run_id, str(folder))
             datasets.log_dataset_input(ds, cfg.dataset.get("path"), run_id=run_id)
