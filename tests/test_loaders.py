@@ -92,6 +92,30 @@ def test_table_errors_name_the_problem(tmp_path, emb):
         load_table(str(path))
 
 
+@pytest.mark.parametrize("fmt", ["csv", "parquet"])
+def test_duplicate_column_names_are_refused_not_guessed(tmp_path, fmt):
+    table = pa.Table.from_arrays([pa.array([0, 1, 2]), pa.array([1.0, 2.0, 3.0]), pa.array([4.0, 5.0, 6.0])],
+                                 names=["id", "feature_0", "feature_0"])
+    path = tmp_path / f"dup.{fmt}"
+    pq.write_table(table, path) if fmt == "parquet" else pcsv.write_csv(table, path)
+    with pytest.raises(DataError, match=r"dup\.\w+: duplicate column names 'feature_0'"):
+        load_table(str(path), id_column="id", feature_prefix="feature_")
+
+
+def test_missing_ids_are_refused_with_their_rows(tmp_path):
+    path = tmp_path / "ids.csv"
+    path.write_text("id,feature_0,feature_1\n0,1.5,2.5\n,3.5,4.5\n2,5.5,6.5\n")
+    with pytest.raises(DataError, match=r"id column 'id' \(dataset.id_column\) is empty in 1 of 3 rows \(first rows: 1\)"):
+        load_table(str(path), id_column="id", feature_prefix="feature_")
+
+
+def test_a_csv_separated_by_semicolons_says_so(tmp_path):
+    path = tmp_path / "semi.csv"
+    path.write_text("id;feature_0;feature_1\n0;1.5;2.5\n1;3.5;4.5\n")
+    with pytest.raises(DataError, match="looks separated by ';'"):
+        load_table(str(path), id_column="id", feature_prefix="feature_")
+
+
 def test_tabular_encodes_categories(tmp_path):
     (tmp_path / "u.csv").write_text("user,age,plays,plan\nu1,20,1.5,free\nu2,30,2.0,pro\nu3,40,0.5,free\n")
     ds = load_tabular(str(tmp_path / "u.csv"), numeric_columns=["age", "plays"], categorical_columns=["plan"], id_column="user")

@@ -10,6 +10,7 @@ import json
 import logging
 import os
 import re
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -160,15 +161,28 @@ def _inspect(p: Path) -> tuple[dict[str, pa.DataType], bool]:
     try:
         if p.suffix.lower() == ".parquet":
             with pq.ParquetFile(p) as parquet:
-                return {f.name: f.type for f in parquet.schema_arrow}, parquet.metadata.num_rows > 0
-        with pcsv.open_csv(p, read_options=_CSV_READ, convert_options=pcsv.ConvertOptions(**_CSV_NULLS)) as reader:
-            schema = {f.name: _csv_type(f.type) for f in reader.schema}
-            try:
-                return schema, reader.read_next_batch().num_rows > 0
-            except StopIteration:
-                return schema, False
+                fields, has_rows = list(parquet.schema_arrow), parquet.metadata.num_rows > 0
+        else:
+            with pcsv.open_csv(p, read_options=_CSV_READ, convert_options=pcsv.ConvertOptions(**_CSV_NULLS)) as reader:
+                fields = [pa.field(f.name, _csv_type(f.type)) for f in reader.schema]
+                try:
+                    has_rows = reader.read_next_batch().num_rows > 0
+                except StopIteration:
+                    has_rows = False
     except (pa.ArrowException, OSError) as exc:
         raise _read_error(p, exc, f"cannot be read as {p.suffix[1:]}", []) from exc
+    names = [f.name for f in fields]
+    repeated = [name for name, count in Counter(names).items() if count > 1]
+    if repeated:  # pyarrow reads them; which one a config key means would be a guess
+        raise DataError(
+            f"{p}: duplicate column names {', '.join(map(repr, repeated[:10]))}: give each column its own name"
+        )
+    if len(names) == 1 and (sep := next((c for c in ";\t|" if c in names[0]), None)):
+        raise DataError(
+            f"{p}: one column named {names[0][:80]!r}: the file looks separated by {sep!r}; "
+            "save it comma-separated (CSV) or as parquet"
+        )
+    return {f.name: f.type for f in fields}, has_rows
 
 
 def _feature_matrix(rows: int, features: list[str], read) -> np.ndarray:
@@ -229,8 +243,17 @@ def as_strings(column: pa.ChunkedArray, missing: str = "(missing)") -> np.ndarra
     return text
 
 
-def ids_and_labels(table: pa.Table, id_column: str | None, label_column: str | None):
-    """Row ids (the id column, else 0..n-1) and labels (None without a label column)."""
+def ids_and_labels(table: pa.Table, id_column: str | None, label_column: str | None, p: Path | None = None):
+    """Row ids (the id column, else 0..n-1) and labels (None without a label column).
+
+    A missing id is refused: it would turn every id into a float (NaN) and could not be joined on.
+    """
+    if id_column and table[id_column].null_count:
+        rows = np.flatnonzero(table[id_column].is_null().to_numpy(zero_copy_only=False))
+        raise DataError(
+            f"{p or 'table'}: id column {id_column!r} (dataset.id_column) is empty in {rows.size} of {table.num_rows} "
+            f"rows (first rows: {', '.join(str(r) for r in rows[:5])}); fill them or set dataset.id_column=null"
+        )
     ids = table[id_column].to_numpy() if id_column else np.arange(table.num_rows)
     return ids, (as_strings(table[label_column]) if label_column else None)
 
@@ -308,7 +331,7 @@ def load_table(
     features = [] if vector_column else _select_features(schema, p, feature_prefix, feature_columns)
     extra = [c for c in (id_column, label_column, text_column, vector_column, *metadata_columns) if c]
     table, X = read_columns(p, schema, list(dict.fromkeys(extra)), features)
-    ids, labels = ids_and_labels(table, id_column, label_column)
+    ids, labels = ids_and_labels(table, id_column, label_column, p)
     if vector_column:
         X = _vectors_from_list_column(table[vector_column], vector_column, p, ids)
     texts = as_strings(table[text_column], missing="") if text_column else None
@@ -359,5 +382,5 @@ def load_tabular(
         parts.append(enc.transform(cats))
         names += [str(n) for n in enc.get_feature_names_out(categorical_columns)]
     X = np.hstack(parts) if len(parts) > 1 else parts[0]
-    ids, labels = ids_and_labels(table, id_column, label_column)
+    ids, labels = ids_and_labels(table, id_column, label_column, p)
     return Dataset(name=name, X=as_float32(X), ids=ids, labels=labels, feature_names=names, from_tabular=True)

@@ -112,7 +112,7 @@ def load_texts(
     table, _ = read_columns(p, schema, list(dict.fromkeys(c for c in (id_column, text_column, label_column) if c)), [])
     if table.num_rows == 0:
         raise DataError(f"dataset 'texts' is empty: 0 rows in {path}")
+    ids, labels = ids_and_labels(table, id_column, label_column, p)  # checked before the costly embedding
     texts = as_strings(table[text_column], missing="")
     X = embed_texts(texts, model=model, batch_size=batch_size, device=device, cache_dir=cache_dir)
-    ids, labels = ids_and_labels(table, id_column, label_column)
     return Dataset(name=name, X=X, ids=ids, labels=labels, texts=texts)
