@@ -197,14 +197,20 @@ SLOW_GRID = ("dataset=synthetic", "dataset.n_samples=30000", "dataset.n_features
              "clusterer.n_clusters=30,40", "clusterer.n_init=5", "analysis.explain.enabled=false")
 
 
+def _signal_slow_sweep_mid_cell(tmp_path, tracking_uri, sig, timeout: float):
+    """Start the slow sweep, send ``sig`` once a cell runs, and wait for the process to end."""
+    proc = _start_sweep(tmp_path, tracking_uri, *SLOW_GRID)
+    _wait_for_running_cell(tracking_uri)
+    proc.send_signal(sig)
+    proc.communicate(timeout=timeout)
+    return proc
+
+
 @pytest.mark.slow
 def test_sigterm_ends_the_cell_and_the_parent(tmp_path, tracking_uri):
     import signal
 
-    proc = _start_sweep(tmp_path, tracking_uri, *SLOW_GRID)
-    _wait_for_running_cell(tracking_uri)
-    proc.send_signal(signal.SIGTERM)
-    proc.communicate(timeout=120)
+    proc = _signal_slow_sweep_mid_cell(tmp_path, tracking_uri, signal.SIGTERM, timeout=120)
     assert proc.returncode != 0
     runs = mlflow.search_runs(search_all_experiments=True, output_format="list")
     assert runs and not [r for r in runs if r.info.status == "RUNNING"]
@@ -215,10 +221,7 @@ def test_sigterm_ends_the_cell_and_the_parent(tmp_path, tracking_uri):
 def test_resume_after_kill_9_closes_the_orphaned_cell(tmp_path, tracking_uri):
     import signal
 
-    proc = _start_sweep(tmp_path, tracking_uri, *SLOW_GRID)
-    _wait_for_running_cell(tracking_uri)
-    proc.send_signal(signal.SIGKILL)
-    proc.communicate(timeout=60)
+    _signal_slow_sweep_mid_cell(tmp_path, tracking_uri, signal.SIGKILL, timeout=60)
     orphan = next(r for r in mlflow.search_runs(search_all_experiments=True, output_format="list")
                   if r.info.status == "RUNNING" and r.data.tags.get("sweep_role") == "cell")
     again = _start_sweep(tmp_path, tracking_uri, *SLOW_GRID)

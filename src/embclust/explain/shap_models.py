@@ -149,8 +149,7 @@ def explain_clusters(
         train = xgb.QuantileDMatrix(X_tr, label=(y_tr == c).astype(np.float32), ref=bins, max_bin=max_bin, nthread=1)
         booster = xgb.train(params, train, num_boost_round=n_estimators)
         predicted = booster.inplace_predict(X_te) > 0.5
-        contributions = booster.predict(xgb.DMatrix(X_shap, nthread=1), pred_contribs=True)
-        return booster, predicted, np.abs(np.asarray(contributions)[:, :-1]).mean(axis=0)
+        return booster, predicted, np.abs(tree_shap_values(booster, X_shap)).mean(axis=0)
 
     workers = max(1, min(n_threads or os.cpu_count() or 1, len(chosen)))
     with ThreadPoolExecutor(max_workers=workers) as pool:
@@ -175,7 +174,7 @@ def tree_shap_values(model, X: np.ndarray) -> np.ndarray:
     from xgboost import DMatrix
 
     booster = model.get_booster() if hasattr(model, "get_booster") else model
-    contributions = booster.predict(DMatrix(np.asarray(X, dtype=np.float32)), pred_contribs=True)
+    contributions = booster.predict(DMatrix(np.asarray(X, dtype=np.float32), nthread=1), pred_contribs=True)
     return np.asarray(contributions)[:, :-1]
 
 
