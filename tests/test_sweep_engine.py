@@ -215,6 +215,8 @@ def test_sigterm_ends_the_cell_and_the_parent(tmp_path, tracking_uri):
     runs = mlflow.search_runs(search_all_experiments=True, output_format="list")
     assert runs and not [r for r in runs if r.info.status == "RUNNING"]
     assert {r.info.status for r in runs} <= {"KILLED", "FINISHED"}
+    # a stopped sweep is not summarised as if it had finished
+    assert [r.info.status for r in runs if r.data.tags.get("sweep_role") == "parent"] == ["KILLED"]
 
 
 @pytest.mark.slow

@@ -28,8 +28,22 @@ class Stopped(BaseException):
         return 128 + self.signum
 
 
+# The first stop signal this process received (None: none). A sweep reads it after its cells:
+# a stopped sweep is not summarised, whoever caught the exception on the way.
+received: Stopped | None = None
+
+
 def _raise_stopped(signum, frame):
-    raise Stopped(signum)
+    raise note_stop(signum)
+
+
+def note_stop(signum: int) -> Stopped:
+    """Record that a stop signal arrived (the first one is kept) and return it as :class:`Stopped`."""
+    global received
+    stopped = Stopped(signum)
+    if received is None:
+        received = stopped
+    return stopped
 
 
 @contextmanager

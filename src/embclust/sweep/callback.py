@@ -20,7 +20,7 @@ import mlflow
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from embclust import tracking
+from embclust import signals, tracking
 from embclust.errors import EmbclustError
 from embclust.sweep import compare
 from embclust.sweep.cache import stable_hash
@@ -137,6 +137,7 @@ class MlflowSweepCallback(Callback):
         self.plan: SweepPlan | None = None
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        signals.received = None  # a sweep starts unstopped, whatever ran before it in this process
         try:
             self._start(config)
         except tracking.TrackingServerUnreachable as exc:
@@ -222,6 +223,8 @@ class MlflowSweepCallback(Callback):
             return
         client = mlflow.MlflowClient()
         parent = self.parent_run_id
+        if signals.received is not None:  # Hydra calls this in a finally: do not summarise a stopped sweep
+            _end_stopped(client, parent, signals.received)
         try:
             complete = None
             if config.analysis.get("in_sweeps", "light") == "light":
@@ -239,6 +242,8 @@ class MlflowSweepCallback(Callback):
             client.set_terminated(parent, "FAILED")
             log.error("sweep: %s (parent run %s)", message, parent)
             raise SystemExit(1) from None
+        if signals.received is not None:  # stopped during the summary, wherever the signal was caught
+            _end_stopped(client, parent, signals.received)
         failed_all = summary.n_cells > 0 and summary.n_failed == summary.n_cells
         if failed_all:
             client.set_tag(parent, "error", f"all {summary.n_cells} cells failed (see leaderboard.csv)")
@@ -258,6 +263,14 @@ class MlflowSweepCallback(Callback):
             raise SystemExit(1)
 
 
+def _end_stopped(client, parent_run_id: str, stopped) -> None:
+    """End the parent of a sweep stopped by a signal as KILLED, say so, and exit 128 + signal."""
+    client.set_tag(parent_run_id, "error", f"sweep {stopped}")
+    client.set_terminated(parent_run_id, "KILLED")
+    log.error("sweep: parent run %s KILLED: %s", parent_run_id, stopped)
+    raise SystemExit(stopped.exit_code)
+
+
 def _close_on_exit(parent_run_id: str) -> None:
     """End the parent as KILLED if the process exits (error, Ctrl-C, SIGTERM) before the summary."""
     import atexit
@@ -275,6 +288,7 @@ def _close_on_exit(parent_run_id: str) -> None:
     atexit.register(close)
 
     def on_sigterm(signum, frame):  # noqa: ARG001
+        signals.note_stop(signum)
         raise KeyboardInterrupt("SIGTERM")
 
     if signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, None):
