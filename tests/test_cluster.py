@@ -1,6 +1,8 @@
+import importlib.util
 import pickle
 
 import numpy as np
+from sklearn.metrics import adjusted_rand_score
 import pytest
 from hdbscan import HDBSCAN
 from sklearn.cluster import AgglomerativeClustering, KMeans, MiniBatchKMeans
@@ -119,7 +121,7 @@ def test_other_clusterers_are_fitted_by_their_own_library(embeddings_pca):
 
 
 def test_unknown_implementation_is_a_config_error(embeddings_pca):
-    with pytest.raises(ConfigError, match=r"cluster_implementation='cuml' is not allowed \(allowed: auto, sklearnex, scikit-learn\)"):
+    with pytest.raises(ConfigError, match=r"cluster_implementation='cuml' is not allowed \(allowed: auto, embclust, sklearnex, scikit-learn\)"):
         fit(KMeans(3), embeddings_pca, implementation="cuml")
 
 
@@ -131,3 +133,71 @@ def test_limit_threads_bounds_onedal_and_restores_it():
     with kmeans.limit_threads(1):
         assert daal4py.num_threads() == 1
     assert daal4py.num_threads() == before
+
+
+# --- embclust's k-means++: scikit-learn's starts, drawn faster ---------------------------------
+
+@pytest.mark.parametrize("k", [2, 9, 40])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_kmeans_plusplus_draws_scikit_learns_starts(embeddings_pca, k, dtype):
+    from sklearn.cluster import kmeans_plusplus as sklearn_kmeans_plusplus
+
+    from embclust.cluster.kmeans_plusplus import kmeans_plusplus
+
+    X = embeddings_pca.astype(dtype)
+    X = X - X.mean(axis=0)  # what KMeans.fit seeds on
+    ours_rs, ref_rs = np.random.RandomState(3), np.random.RandomState(3)
+    same = 0
+    for _ in range(6):  # consecutive starts on one RandomState, as KMeans(n_init=6) draws them
+        centers, ids = kmeans_plusplus(X, k, ours_rs)
+        ref_centers, ref_ids = sklearn_kmeans_plusplus(X, k, random_state=ref_rs)
+        assert centers.dtype == X.dtype and centers.shape == (k, X.shape[1])
+        np.testing.assert_array_equal(centers, X[ids])
+        same += int(np.array_equal(ids, ref_ids))
+    # A float64 rounding difference of the GEMM may move one draw in a rare start; the stream
+    # stays aligned, so the next starts agree again.
+    assert same >= 5, same
+    assert ours_rs.randint(1 << 30) == ref_rs.randint(1 << 30)  # the random stream advanced alike
+
+
+def test_kmeans_plusplus_bounded_memory_path_gives_the_same_starts(embeddings_pca, monkeypatch):
+    from embclust.cluster import kmeans_plusplus as kpp
+
+    X = embeddings_pca - embeddings_pca.mean(axis=0)
+    full = kpp.kmeans_plusplus(X, 12, np.random.RandomState(0))[1]
+    monkeypatch.setattr(kpp, "MAX_FLOAT64_COPY_BYTES", 0)
+    monkeypatch.setattr(kpp, "_BLOCK_ROWS", 1000)
+    blocked = kpp.kmeans_plusplus(X, 12, np.random.RandomState(0))[1]
+    np.testing.assert_array_equal(full, blocked)
+
+
+@pytest.mark.parametrize("k", [10, 30])
+def test_embclust_implementation_lands_where_scikit_learn_lands(embeddings_pca, k):
+    X = embeddings_pca
+    ours = fit(KMeans(k, n_init=4, random_state=5), X, implementation="embclust")
+    ref = fit(KMeans(k, n_init=4, random_state=5), X, implementation="scikit-learn")
+    has_sklearnex = importlib.util.find_spec("sklearnex") is not None
+    assert ours.implementation == "embclust-kmeans++/" + ("sklearnex" if has_sklearnex else "scikit-learn")
+    assert type(ours.estimator) is KMeans
+    np.testing.assert_allclose(ours.estimator.inertia_, ref.estimator.inertia_, rtol=1e-4)
+    assert adjusted_rand_score(ref.labels, ours.labels) > 0.999
+    # Centres are in the data's own coordinates (not the centred ones the fit ran on).
+    np.testing.assert_array_equal(ours.estimator.predict(X), ours.labels)
+    np.testing.assert_allclose(-ours.estimator.score(X), ours.estimator.inertia_, rtol=1e-4)
+    again = fit(KMeans(k, n_init=4, random_state=5), X, implementation="embclust")
+    np.testing.assert_array_equal(again.labels, ours.labels)
+
+
+def test_embclust_implementation_without_sklearnex_refines_in_scikit_learn(monkeypatch, embeddings_pca):
+    monkeypatch.setattr(kmeans, "_sklearnex_kmeans", lambda: (None, "sklearnex is not importable (test)"))
+    monkeypatch.setattr(kmeans, "_fallbacks_logged", set())
+    X = embeddings_pca
+    ours = fit(KMeans(8, n_init=3, random_state=1), X, implementation="embclust")
+    assert ours.implementation == "embclust-kmeans++/scikit-learn"
+    ref = KMeans(8, n_init=3, random_state=1).fit(X)
+    np.testing.assert_allclose(ours.estimator.inertia_, ref.inertia_, rtol=1e-5)
+
+
+def test_embclust_implementation_leaves_other_inits_to_the_libraries(embeddings_pca):
+    fitted = fit(KMeans(5, init="random", n_init=2, random_state=0), embeddings_pca, implementation="embclust")
+    assert not fitted.implementation.startswith("embclust")
