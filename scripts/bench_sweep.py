@@ -253,7 +253,9 @@ def child_env(extra: dict[str, str] | None = None) -> dict[str, str]:
 
 
 # --------------------------------------------------------------------------- embclust sweep (b)
-def embclust_cmd(x_path: Path, y_path: Path, store: Path, n_init: int, pca_grid, k_grid, launcher: str | None):
+def embclust_cmd(
+    x_path: Path, y_path: Path, store: Path, n_init: int, pca_grid, k_grid, launcher: str | None, extra: tuple[str, ...] = ()
+):
     """The ``run.py -m`` command line and environment for a sweep stored under ``store``."""
     cmd = [
         sys.executable,
@@ -271,6 +273,7 @@ def embclust_cmd(x_path: Path, y_path: Path, store: Path, n_init: int, pca_grid,
     ]
     if launcher:
         cmd.append(f"hydra/launcher={launcher}")
+    cmd.extend(extra)
     env = child_env({"MLFLOW_TRACKING_URI": f"sqlite:///{store / 'mlflow.db'}", "EMBCLUST_CACHE_DIR": str(store / "cache")})
     return cmd, env
 
@@ -411,6 +414,8 @@ def main() -> None:
     parser.add_argument("--clusters", type=int, default=40, help="true clusters in the data (default 40)")
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--skip-joblib", action="store_true", help="do not time (c), the joblib launcher")
+    parser.add_argument("--skip-embclust-kmeans", action="store_true",
+                        help="do not time (e), KMeans with scikit-learn's starts (cluster_implementation=embclust)")
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder (stores, logs) and print its path")
     parser.add_argument("--notebook-child", nargs=2, metavar=("X_NPY", "OUT_DIR"), help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -461,12 +466,13 @@ def run_benchmark(args, size: str, n: int, d: int, pca_grid, k_grid, tmp: Path) 
     log.info("(a) notebook loop ...")
     timings["a"] = timed(cmd, child_env(), nb_dir, tmp / "a.log")
     log.info("(a) %.1f s", timings["a"]["wall_s"])
-    for tag, launcher in (("b", None), ("c", "joblib")):
-        if tag == "c" and args.skip_joblib:
+    variants = (("b", None, ()), ("c", "joblib", ()), ("e", None, ("cluster_implementation=embclust",)))
+    for tag, launcher, extra in variants:
+        if (tag == "c" and args.skip_joblib) or (tag == "e" and args.skip_embclust_kmeans):
             continue
-        log.info("(%s) run.py -m%s ...", tag, " hydra/launcher=joblib" if launcher else "")
+        log.info("(%s) run.py -m%s ...", tag, " hydra/launcher=joblib" if launcher else "".join(" " + e for e in extra))
         store = tmp / tag
-        cmd, env = embclust_cmd(x_path, y_path, store, args.n_init, pca_grid, k_grid, launcher)
+        cmd, env = embclust_cmd(x_path, y_path, store, args.n_init, pca_grid, k_grid, launcher, extra)
         # cwd = the store folder: an SQLite store keeps its artifacts in ./mlruns
         timings[tag] = timed(cmd, env, store, tmp / f"{tag}.log")
         log.info("(%s) %.1f s", tag, timings[tag]["wall_s"])
@@ -483,6 +489,7 @@ def run_benchmark(args, size: str, n: int, d: int, pca_grid, k_grid, tmp: Path) 
         "a": "(a) notebook loop, silhouette on all points",
         "b": "(b) `run.py -m`, basic launcher",
         "c": "(c) `run.py -m`, joblib launcher",
+        "e": "(e) `run.py -m cluster_implementation=embclust`",
     }
     print()
     print(f"| {n:,} x {d} ({data_mb:.{0 if data_mb >= 10 else 1}f} MB), {n_cells} cells, n_init={args.n_init} | wall s | peak RSS MB "
@@ -553,6 +560,17 @@ def run_benchmark(args, size: str, n: int, d: int, pca_grid, k_grid, tmp: Path) 
         shown = {k: v for k, v in first["tags"].items() if k == "backend" or k.endswith("_implementation")}
         print(f"- (b) silhouette sample: {_fmt(sample, ',.0f')} of {n:,} rows; tags: "
               + (", ".join(f"{k}={v}" for k, v in sorted(shown.items())) or "none on backend / KMeans"))
+    if "e" in timings:
+        e_cells, _ = read_sweep(tmp / "e")
+        e_rows, _ = compare(X, notebook, e_cells, nb_dir, args.seed)
+        e_gap_max, e_gap_med = _stat(e_rows, "gap_logged", np.max), _stat(e_rows, "gap_logged", np.median)
+        e_dsil = _stat(e_rows, "dsil", np.max)
+        e_kmeans = sum(c["metrics"].get("time/cluster_s", 0.0) for c in e_cells.values())
+        tag = next(iter(e_cells.values()))["tags"].get("cluster_implementation") if e_cells else "?"
+        print(f"- (e) {len(e_cells)} of {n_cells} cells ({tag}), KMeans {e_kmeans:.1f} s summed: inertia gap to (a) max "
+              f"{_fmt(e_gap_max, '+.3f')}%, median {_fmt(e_gap_med, '+.3f')}% ({_verdict(e_gap_max, MAX_INERTIA_GAP_PCT)}, "
+              f"{_verdict(e_gap_med, MEDIAN_INERTIA_GAP_PCT)}); |d silhouette| max {_fmt(e_dsil, '.4f')} "
+              f"({_verdict(e_dsil, MAX_SILHOUETTE_DIFF)})")
 
 
 if __name__ == "__main__":
