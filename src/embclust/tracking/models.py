@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import sys
+from collections.abc import Iterator
 
 import mlflow
 import numpy as np
@@ -116,6 +118,30 @@ def model_requirements(model: Pipeline, serialization_format: str) -> list[str]:
     return [f"{pkg}=={ver}" for pkg, ver in package_versions(tuple(packages)).items() if ver != "not installed"]
 
 
+@contextlib.contextmanager
+def _no_requirement_scan() -> Iterator[None]:
+    """Skip MLflow's check of the model's requirements against the environment, for one save.
+
+    The requirements are pinned from this environment (:func:`model_requirements`), so they
+    match by construction; MLflow's check maps every installed distribution to its modules
+    first (``importlib.metadata.packages_distributions``), about 1 s of a default run.
+    """
+    try:
+        from mlflow.utils import environment
+    except ImportError:
+        yield
+        return
+    original = getattr(environment, "warn_dependency_requirement_mismatches", None)
+    if original is None:
+        yield
+        return
+    environment.warn_dependency_requirement_mismatches = lambda *args, **kwargs: None
+    try:
+        yield
+    finally:
+        environment.warn_dependency_requirement_mismatches = original
+
+
 def log_model(pipeline: Pipeline, X_example: np.ndarray, labels_example: np.ndarray) -> str:
     """Log ``pipeline`` as the active run's model ``model``; return the format used.
 
@@ -139,14 +165,15 @@ def log_model(pipeline: Pipeline, X_example: np.ndarray, labels_example: np.ndar
     # MLflow warns on every cloudpickle save; the line above already says why it is used.
     mlflow_log.setLevel(logging.ERROR)
     try:
-        mlflow.sklearn.log_model(
-            model,
-            name="model",
-            signature=signature,
-            serialization_format=fmt,
-            skops_trusted_types=trusted,
-            pip_requirements=model_requirements(model, fmt),
-        )
+        with _no_requirement_scan():
+            mlflow.sklearn.log_model(
+                model,
+                name="model",
+                signature=signature,
+                serialization_format=fmt,
+                skops_trusted_types=trusted,
+                pip_requirements=model_requirements(model, fmt),
+            )
     finally:
         mlflow_log.setLevel(level)
     mlflow.set_tags(tags)
