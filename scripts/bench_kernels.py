@@ -5,6 +5,11 @@
    labels, 40 clusters): wall time of each, ratio, and max |difference| per sample.
 2. KMeans (n_init = 10, k = 10 and 50) on PCA-50 of 20,000 rows: sklearnex (oneDAL) vs
    scikit-learn, wall time, ratio and the inertia gap (positive: sklearnex's is higher).
+3. k-means++ seeding (10 consecutive starts on one seeded RandomState, as KMeans(n_init=10)
+   draws them) at d = 5, 50 and k = 10, 50: ``embclust.cluster.kmeans_plusplus`` vs
+   ``sklearn.cluster.kmeans_plusplus``, wall time, ratio and how many starts are identical;
+   then ``cluster_implementation=embclust`` (those starts, Lloyd in sklearnex) against
+   scikit-learn's whole fit: time and inertia gap.
 
 The data mimics sentence embeddings: 40 unequal, anisotropic Gaussian clusters in a 32-d
 latent space, rotated into 768 dimensions, a shared offset direction, isotropic noise and
@@ -91,6 +96,26 @@ def main() -> None:
             continue
         gap = fast.estimator.inertia_ / ref.estimator.inertia_ - 1.0
         print(f"{k:>4} {t_fast:>12.2f} {t_ref:>10.2f} {t_ref / t_fast:>8.1f}x {gap:>+11.3%}", flush=True)
+
+    from sklearn.cluster import kmeans_plusplus as sklearn_kmeans_plusplus
+
+    from embclust.cluster.kmeans_plusplus import kmeans_plusplus
+
+    print(f"\nk-means++, 10 starts, on PCA-d of {args.n} rows (centred, as KMeans.fit seeds)")
+    print(f"{'d':>4} {'k':>4} {'embclust s':>11} {'sklearn s':>10} {'speed-up':>9} {'identical':>10}"
+          f" | {'embclust fit s':>14} {'sklearn fit s':>13} {'inertia gap':>12}")
+    for name, Z in (("5", X5), ("50", X50)):
+        Zc = Z - Z.mean(axis=0)
+        for k in (10, 50):
+            ours_rs, ref_rs = np.random.RandomState(args.seed), np.random.RandomState(args.seed)
+            ours, t_ours = timed(lambda: [kmeans_plusplus(Zc, k, ours_rs)[1] for _ in range(10)])
+            ref, t_ref = timed(lambda: [sklearn_kmeans_plusplus(Zc, k, random_state=ref_rs)[1] for _ in range(10)])
+            same = sum(np.array_equal(a, b) for a, b in zip(ours, ref))
+            fast, t_fast = timed(fit, KMeans(k, n_init=10, random_state=args.seed), Z, implementation="embclust")
+            full, t_full = timed(fit, KMeans(k, n_init=10, random_state=args.seed), Z, implementation="scikit-learn")
+            gap = fast.estimator.inertia_ / full.estimator.inertia_ - 1.0
+            print(f"{name:>4} {k:>4} {t_ours:>11.2f} {t_ref:>10.2f} {t_ref / t_ours:>8.1f}x {same:>7}/10"
+                  f" | {t_fast:>14.2f} {t_full:>13.2f} {gap:>+11.3%}", flush=True)
 
 
 if __name__ == "__main__":

@@ -171,13 +171,9 @@ def _fit_with_own_seeding(clusterer: KMeans, X: np.ndarray, lloyd_cls) -> None:
 
 def _same_clustering(a: np.ndarray, b: np.ndarray, k: int) -> bool:
     """scikit-learn's test for two labelings that are one clustering up to a permutation."""
-    try:
-        from sklearn.cluster._kmeans import _is_same_clustering
+    from sklearn.cluster._kmeans import _is_same_clustering
 
-        return bool(_is_same_clustering(np.asarray(a, dtype=np.int32), np.asarray(b, dtype=np.int32), k))
-    except ImportError:
-        mapping = {}
-        return all(mapping.setdefault(int(x), int(y)) == int(y) for x, y in zip(a, b)) and len(set(mapping.values())) == len(mapping)
+    return bool(_is_same_clustering(np.asarray(a, dtype=np.int32), np.asarray(b, dtype=np.int32), k))
 
 
 def _copy_fitted(source, target: KMeans) -> None:

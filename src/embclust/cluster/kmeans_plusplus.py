@@ -20,7 +20,7 @@ from sklearn.utils.extmath import row_norms
 IMPLEMENTATION = "embclust-kmeans++"
 # Above this many bytes the float64 copy of the data is not kept: rows are converted per block
 # and step (slower, bounded memory).
-MAX_FLOAT64_COPY_BYTES = 512 * 2**20
+MAX_FLOAT64_COPY_BYTES = 128 * 2**20
 _BLOCK_ROWS = 16_384
 
 
