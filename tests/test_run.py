@@ -137,14 +137,14 @@ def _assert_failed(res, expected: str):
         (("preprocess.pca_components=100",), "preprocess.pca_components=100 exceeds min(n_samples, n_features)=64"),
         (("dataset=synthetic", "dataset.n_samples=0"), "dataset 'synthetic' is empty: 0 rows"),
         (("analysis.maps.max_points=-5",), "analysis.maps.max_points=-5 must be null or an integer >= 1"),
-        (("cluster_implementation=intel",), "cluster_implementation='intel' is not allowed (allowed: auto, sklearnex, scikit-learn)"),
+        (("cluster_implementation=intel",), "cluster_implementation='intel' is not allowed (allowed: auto, embclust, sklearnex, scikit-learn)"),
     ],
 )
 def test_bad_config_fails_with_one_clear_line(run_cli, overrides, expected):
     _assert_failed(run_cli(*FAST, *overrides), expected)
 
 
-@pytest.mark.parametrize("implementation", ["auto", "scikit-learn"])
+@pytest.mark.parametrize("implementation", ["auto", "embclust", "scikit-learn"])
 def test_kmeans_implementation_is_tagged_and_the_model_predicts_without_it(run_cli, tmp_path, implementation):
     import importlib.util
 
@@ -152,7 +152,11 @@ def test_kmeans_implementation_is_tagged_and_the_model_predicts_without_it(run_c
     assert res.returncode == 0, res.stderr[-2000:]
     (run,) = res.runs()
     has_sklearnex = importlib.util.find_spec("sklearnex") is not None
-    expected = "sklearnex" if implementation == "auto" and has_sklearnex else "scikit-learn"
+    expected = {
+        "auto": "sklearnex" if has_sklearnex else "scikit-learn",
+        "embclust": "embclust-kmeans++/" + ("sklearnex" if has_sklearnex else "scikit-learn"),
+        "scikit-learn": "scikit-learn",
+    }[implementation]
     assert run.data.tags["cluster_implementation"] == expected
     model = mlflow.sklearn.load_model(f"runs:/{run.info.run_id}/model")
     assert type(model.steps[-1][1]).__module__.startswith("sklearn.")  # loads where sklearnex is absent

@@ -27,7 +27,7 @@ _BLOCK_ROWS = 16_384
 def _uses_float64_cumsum() -> bool:
     """Whether the installed scikit-learn sums the potential with ``stable_cumsum`` (float64).
 
-    scikit-learn up to 1.6 did; later releases use ``np.cumsum`` in the data's precision.
+    Older scikit-learn releases did; 1.9 uses ``np.cumsum`` in the data's precision.
     """
     try:
         import inspect
