@@ -5,9 +5,7 @@ data it upcasts every chunk of rows to float64 again for every candidate centre,
 loop over chunks. Here the (centred) data is converted to float64 once per fit and each step is
 one GEMM of the candidates against all rows. Every other operation, and every random draw, is
 scikit-learn's own, in the same order and precision, so a seeded fit starts from the centres
-scikit-learn's ``KMeans(random_state=seed)`` starts from: identical in all but the rare start
-where a float64 rounding difference of the GEMM moves one draw across a bucket boundary (a
-different, equally valid k-means++ start; the random stream stays aligned for the next starts).
+scikit-learn's ``KMeans(random_state=seed)`` starts from.
 
 Tested against ``sklearn.cluster.kmeans_plusplus`` on the same inputs (tests/test_cluster.py).
 """
@@ -43,21 +41,28 @@ _FLOAT64_CUMSUM: bool | None = None
 
 
 class _Distances:
-    """Squared distances from a few rows of ``X`` to all rows, as scikit-learn's float32 path gives them.
+    """Squared distances from a few rows of ``X`` to all rows, as scikit-learn's ``_euclidean_distances`` gives them.
 
-    scikit-learn computes ``-2 x.y + |x|^2 + |y|^2`` in float64 from float64 copies of the rows,
-    with ``|y|^2`` the float32 ``x_squared_norms`` it was given, then rounds to ``X``'s dtype and
-    clips at 0.
+    scikit-learn computes ``-2 x.y + |x|^2 + |y|^2`` in float64, then rounds to ``X``'s dtype and
+    clips at 0. For float32 data it ignores the float32 ``x_squared_norms`` it is given and takes
+    both norms from the float64 copies of the rows, so the norms here are float64 ones too.
     """
 
     def __init__(self, X: np.ndarray, x_squared_norms: np.ndarray):
         self.X = X
-        self.yy = np.asarray(x_squared_norms, dtype=np.float64)
         self.X64 = None
         if X.dtype == np.float64:
             self.X64 = X
-        elif X.size * 8 <= MAX_FLOAT64_COPY_BYTES:
+            self.yy = np.asarray(x_squared_norms, dtype=np.float64)
+            return
+        if X.size * 8 <= MAX_FLOAT64_COPY_BYTES:
             self.X64 = X.astype(np.float64)
+            self.yy = row_norms(self.X64, squared=True)
+        else:
+            self.yy = np.concatenate([
+                row_norms(X[s : s + _BLOCK_ROWS].astype(np.float64), squared=True)
+                for s in range(0, X.shape[0], _BLOCK_ROWS)
+            ])
 
     def __call__(self, ids: np.ndarray) -> np.ndarray:
         C = np.asarray(self.X[ids], dtype=np.float64)
