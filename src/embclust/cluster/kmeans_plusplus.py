@@ -1,4 +1,4 @@
-"""k-means++ seeding that draws scikit-learn's starting centres, about 3x faster than its own.
+"""k-means++ seeding that draws scikit-learn's starting centres, 2-3x faster than its own.
 
 scikit-learn's ``_kmeans_plusplus`` spends its time in ``_euclidean_distances``: for float32
 data it upcasts every chunk of rows to float64 again for every candidate centre, in a Python
