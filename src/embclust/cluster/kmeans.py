@@ -7,7 +7,7 @@
   scikit-learn's, so labels and inertia differ from scikit-learn's seeded fit by the luck of
   the starts (up to about 1% inertia either way on embeddings, as often better as worse).
 - ``embclust``: the starts scikit-learn's ``KMeans(random_state=seed)`` would draw, from
-  :mod:`embclust.cluster.kmeans_plusplus` (about 3x faster than scikit-learn's seeding), each
+  :mod:`embclust.cluster.kmeans_plusplus` (2-3x faster than scikit-learn's seeding), each
   refined by Lloyd in sklearnex (scikit-learn where it is missing), the best of ``n_init`` kept
   as scikit-learn keeps it: a seeded fit lands where scikit-learn's lands (the same labels in
   all but rare cells, inertia equal to rounding), faster than scikit-learn, slower than
