@@ -135,7 +135,6 @@ def _n_init(clusterer: KMeans) -> int:
 def _fit_with_own_seeding(clusterer: KMeans, X: np.ndarray, lloyd_cls) -> None:
     """scikit-learn's ``KMeans.fit`` with embclust's k-means++ and ``lloyd_cls`` for each start."""
     from sklearn.utils import check_random_state
-    from sklearn.utils.extmath import row_norms
 
     params = clusterer.get_params(deep=False)
     dtype = X.dtype if X.dtype in (np.float32, np.float64) else np.float64
@@ -150,12 +149,11 @@ def _fit_with_own_seeding(clusterer: KMeans, X: np.ndarray, lloyd_cls) -> None:
     random_state = check_random_state(params.get("random_state"))
     mean = Xc.mean(axis=0)
     Xc -= mean  # scikit-learn seeds and refines on centred data
-    norms = row_norms(Xc, squared=True)
-    distances = kmeans_plusplus.distances_for(Xc, norms)
+    distances = kmeans_plusplus.distances_for(Xc)
     n_init = _n_init(clusterer)
     best = None
     for _ in range(n_init):
-        centers, _ = kmeans_plusplus.kmeans_plusplus(Xc, k, random_state, x_squared_norms=norms, distances=distances)
+        centers, _ = kmeans_plusplus.kmeans_plusplus(Xc, k, random_state, distances=distances)
         fitted = lloyd_cls(
             n_clusters=k, init=centers, n_init=1, max_iter=params.get("max_iter", 300),
             tol=params.get("tol", 1e-4), algorithm="lloyd",

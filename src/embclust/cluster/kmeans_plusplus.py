@@ -44,16 +44,17 @@ class _Distances:
     """Squared distances from a few rows of ``X`` to all rows, as scikit-learn's ``_euclidean_distances`` gives them.
 
     scikit-learn computes ``-2 x.y + |x|^2 + |y|^2`` in float64, then rounds to ``X``'s dtype and
-    clips at 0. For float32 data it ignores the float32 ``x_squared_norms`` it is given and takes
-    both norms from the float64 copies of the rows, so the norms here are float64 ones too.
+    clips at 0. For float32 data it ignores the float32 ``x_squared_norms`` that ``KMeans`` hands
+    it and takes both norms from the float64 copies of the rows, so the norms here are always
+    float64 norms of float64 rows.
     """
 
-    def __init__(self, X: np.ndarray, x_squared_norms: np.ndarray):
+    def __init__(self, X: np.ndarray):
         self.X = X
         self.X64 = None
         if X.dtype == np.float64:
             self.X64 = X
-            self.yy = np.asarray(x_squared_norms, dtype=np.float64)
+            self.yy = row_norms(X, squared=True)
             return
         if X.size * 8 <= MAX_FLOAT64_COPY_BYTES:
             self.X64 = X.astype(np.float64)
@@ -84,7 +85,6 @@ def kmeans_plusplus(
     X: np.ndarray,
     n_clusters: int,
     random_state: np.random.RandomState,
-    x_squared_norms: np.ndarray | None = None,
     n_local_trials: int | None = None,
     distances: _Distances | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -98,9 +98,7 @@ def kmeans_plusplus(
     if _FLOAT64_CUMSUM is None:
         _FLOAT64_CUMSUM = _uses_float64_cumsum()
     n_samples, n_features = X.shape
-    if x_squared_norms is None:
-        x_squared_norms = row_norms(X, squared=True)
-    dist = distances or _Distances(X, x_squared_norms)
+    dist = distances or _Distances(X)
     sample_weight = np.ones(n_samples, dtype=X.dtype)
     centers = np.empty((n_clusters, n_features), dtype=X.dtype)
     if n_local_trials is None:
@@ -130,6 +128,6 @@ def kmeans_plusplus(
     return centers, indices
 
 
-def distances_for(X: np.ndarray, x_squared_norms: np.ndarray) -> _Distances:
+def distances_for(X: np.ndarray) -> _Distances:
     """The distance helper for repeated seeding on one ``X`` (the float64 copy is made once)."""
-    return _Distances(X, x_squared_norms)
+    return _Distances(X)
