@@ -13,4 +13,4 @@ def main(cfg: DictConfig) -> float:
 
 
 if __name__ == "__main__":
-    main()
+    console.exit_without_teardown(main)

@@ -3,6 +3,8 @@
 import subprocess
 import sys
 
+import pytest
+
 from conftest import REPO, RUN_PY
 
 
@@ -24,3 +26,28 @@ def test_verbose_run_adds_step_details_that_a_default_run_keeps_off(run_cli):
     assert "scores: n_clusters=3" not in quiet.stderr and "analysis: silhouette" not in quiet.stderr
     assert "scores: n_clusters=3" in loud.stderr and "analysis: silhouette" in loud.stderr
     assert quiet.stdout == loud.stdout == ""
+
+
+@pytest.mark.parametrize(
+    "body, code, stderr",
+    [
+        ("print('result')", 0, ""),
+        ("print('result'); raise SystemExit(3)", 3, ""),
+        ("print('result'); raise SystemExit('bad input: x')", 1, "bad input: x"),
+    ],
+)
+def test_quick_exit_keeps_status_output_and_exit_handlers(tmp_path, body, code, stderr):
+    script = tmp_path / "entry.py"
+    script.write_text(
+        "import atexit, sys\n"
+        "from embclust import console\n"
+        "atexit.register(lambda: print('handler ran', file=sys.stderr))\n"
+        "def main():\n"
+        f"    {body}\n"
+        "console.exit_without_teardown(main)\n"
+    )
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == code
+    assert proc.stdout == "result\n"  # buffered stdout is flushed before the quick exit
+    assert "handler ran" in proc.stderr
+    assert stderr in proc.stderr

@@ -1,9 +1,14 @@
-"""Console output: keep library progress bars and expected library warnings off a default run."""
+"""Console output and exit: library progress bars and expected warnings off a default run; a quick exit."""
 
 from __future__ import annotations
 
+import atexit
+import logging
 import os
+import sys
+import threading
 import warnings
+from typing import Callable, NoReturn
 
 # Warnings that libraries raise on every ordinary run and that ask nothing of the user.
 EXPECTED_WARNINGS = (
@@ -33,3 +38,33 @@ def quiet_libraries(verbose: bool = False) -> None:
     os.environ.setdefault("TQDM_DISABLE", "1")
     for pattern in EXPECTED_WARNINGS:
         warnings.filterwarnings("ignore", message=pattern)
+
+
+def exit_without_teardown(entry: Callable[[], object]) -> NoReturn:
+    """Run ``entry`` (the Hydra main), then exit with its status without the interpreter's teardown.
+
+    A finished run has flushed everything it wrote, yet tearing down the interpreter (freeing
+    every module of MLflow, scikit-learn, oneDAL and their thread pools) takes about 0.9 s of a
+    5 s run. The exit handlers still run (MLflow's, logging's), and the usual exit is kept when
+    a non-daemon thread is still working or ``entry`` raised anything other than ``SystemExit``.
+    """
+    try:
+        entry()
+        code: object = 0
+    except SystemExit as exc:
+        code = exc.code
+    if any(t.is_alive() and not t.daemon for t in threading.enumerate() if t is not threading.main_thread()):
+        raise SystemExit(code)
+    if code is None:
+        code = 0
+    elif not isinstance(code, int):  # SystemExit("message"): print it, status 1, as Python does
+        print(code, file=sys.stderr)
+        code = 1
+    run_exit_handlers = getattr(atexit, "_run_exitfuncs", None)
+    if run_exit_handlers is None:
+        raise SystemExit(code)
+    run_exit_handlers()
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
