@@ -251,3 +251,20 @@ def test_knee_of_a_k_sweep_is_logged_on_the_parent(run_cli, tmp_path):
     assert "knee of inertia" in res.stderr
     names = {a.path for a in mlflow.MlflowClient().list_artifacts(parent.info.run_id)}
     assert "sweep_curves.html" in names
+
+
+def test_reference_distances_store_each_pair_once_and_sum_like_the_full_matrix():
+    from sklearn.metrics import pairwise_distances
+
+    from embclust.scoring.reference import TriangularDistances
+
+    rng = np.random.default_rng(3)
+    X = rng.normal(size=(1003, 24)).astype(np.float32)
+    D = TriangularDistances(X, block_rows=128)  # 1003 rows: the last block is short
+    full = pairwise_distances(X.astype(np.float64))
+    np.testing.assert_allclose(D.full(), full, rtol=1e-6, atol=1e-6)
+    assert np.all(np.diag(D.full()) == 0)
+    # about half of the full float32 matrix
+    assert D.nbytes < 0.6 * X.shape[0] ** 2 * 4
+    indicator = np.eye(7, dtype=np.float32)[rng.integers(0, 7, X.shape[0])]
+    np.testing.assert_allclose(D.sums_by_cluster(indicator), full @ indicator, rtol=1e-5)

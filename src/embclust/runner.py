@@ -123,12 +123,15 @@ def execute(
     overrides: list[str] | None = None,
     write_report: bool = True,
     data_analyses: bool = True,
+    release_shared: bool = False,
 ) -> RunResult:
     """Run the whole pipeline inside an active MLflow run, writing artifacts to ``workdir``.
 
     In a sweep (``plan`` given) the data, PCA and scoring sample are the sweep's shared ones, so a
     cell completed here gets the labels and scores it got as a light cell. With ``write_report``
     false the report is returned in the result instead of written (the sweep's parent holds it).
+    ``release_shared`` frees the sweep's shared work once this run is scored (the sweep's best
+    cell, completed last).
     """
     seed = int(cfg.seed)
     cache_dir = stages.cache_dir(cfg, in_sweep=plan is not None)
@@ -185,6 +188,13 @@ def execute(
         scores.update(stability.stability_from_config(cfg.clusterer, Xp, labels, cfg.metrics.get("stability"), seed))
         mlflow.log_metrics(scores)
         log.debug("scores: %s", ", ".join(f"{k}={v:.4g}" for k, v in scores.items()))
+        if release_shared:
+            # The sweep's last use of its shared work: the reference sample's distance matrix
+            # (100 MB at 5,000 rows) and the other cells' projections go before the analyses.
+            del scoring
+            from embclust.sweep import shared
+
+            shared.clear()
     with timer("map"):
         coords = _compute_map(cfg, reducer, max_points, Xp, ds, pre_cfg, cache_dir)
     map_title = _map_title(reducer, max_points, ds, scores)
@@ -394,7 +404,7 @@ def complete_best_cell(run_id: str, plan: SweepPlan) -> Report | None:
         try:
             with tempfile.TemporaryDirectory(prefix="embclust-best-") as tmp:
                 result = execute(cfg, Path(tmp), timer, plan=plan, in_sweep=False, overrides=overrides, write_report=False,
-                                 data_analyses=False)
+                                 data_analyses=False, release_shared=True)
             mlflow.set_tag("sweep_best", "true")
             return result.report
         except Exception as exc:  # noqa: BLE001 - the cell's own result stands; say what failed

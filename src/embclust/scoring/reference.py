@@ -15,28 +15,64 @@ import numpy as np
 
 from embclust.scoring.metrics import NOISE, ClusterStats
 
-# Rows of the distance sample (a float32 matrix of rows^2 x 4 bytes: 5,000 rows = 100 MB).
+# Rows of the distance sample (float32 distances, each pair once: 5,000 rows = 55 MB).
 DEFAULT_MAX_ROWS = 5000
 
 
-def pairwise_distances(X: np.ndarray, block_rows: int = 1024) -> np.ndarray:
-    """Euclidean distances between the rows of ``X`` as float32, computed centred in float64 by row block."""
-    Xc = np.asarray(X, dtype=np.float64)
-    Xc = Xc - Xc.mean(axis=0)
-    sq = np.einsum("ij,ij->i", Xc, Xc)
-    n = Xc.shape[0]
-    D = np.empty((n, n), dtype=np.float32)
-    for start in range(0, n, block_rows):
-        stop = min(start + block_rows, n)
-        block = sq[start:stop, None] + sq[None, :] - 2.0 * (Xc[start:stop] @ Xc.T)
-        np.maximum(block, 0.0, out=block)
-        D[start:stop] = np.sqrt(block)
-    np.fill_diagonal(D, 0.0)
-    return D
+class TriangularDistances:
+    """Euclidean distances between the rows of ``X``, float32, stored once per pair.
+
+    Rows are cut into blocks; block ``i`` keeps the distances from its rows to its own rows and to
+    every later row (``rows x (n - start)``), so the whole is about ``n^2 / 2`` floats, half a
+    full matrix (5,000 rows: 55 MB instead of 100 MB). Distances are computed centred in float64,
+    one block at a time, and rounded to float32.
+    """
+
+    def __init__(self, X: np.ndarray, block_rows: int = 512):
+        Xc = np.array(X, dtype=np.float64)
+        Xc -= Xc.mean(axis=0)
+        sq = np.einsum("ij,ij->i", Xc, Xc)
+        self.n = n = Xc.shape[0]
+        self.starts = list(range(0, n, max(1, int(block_rows))))
+        self.blocks: list[np.ndarray] = []
+        for start in self.starts:
+            stop = min(start + block_rows, n)
+            block = Xc[start:stop] @ Xc[start:].T
+            block *= -2.0
+            block += sq[start:stop, None]
+            block += sq[None, start:]
+            np.maximum(block, 0.0, out=block)
+            np.sqrt(block, out=block)
+            block[np.arange(stop - start), np.arange(stop - start)] = 0.0  # self-distance: exactly 0
+            self.blocks.append(block.astype(np.float32))
+
+    @property
+    def nbytes(self) -> int:
+        return sum(b.nbytes for b in self.blocks)
+
+    def sums_by_cluster(self, indicator: np.ndarray) -> np.ndarray:
+        """``D @ indicator`` (float64) without the full matrix: each stored pair counts both ways."""
+        indicator = np.asarray(indicator, dtype=np.float32)
+        out = np.zeros((self.n, indicator.shape[1]), dtype=np.float64)
+        for start, block in zip(self.starts, self.blocks):
+            stop = start + block.shape[0]
+            out[start:stop] += block @ indicator[start:]
+            if stop < self.n:  # the pairs (later row, this block's row), read from the transpose
+                out[stop:] += block[:, stop - start :].T @ indicator[start:stop]
+        return out
+
+    def full(self) -> np.ndarray:
+        """The whole ``n x n`` matrix (tests)."""
+        D = np.zeros((self.n, self.n), dtype=np.float32)
+        for start, block in zip(self.starts, self.blocks):
+            stop = start + block.shape[0]
+            D[start:stop, start:] = block
+            D[start:, start:stop] = block.T
+        return D
 
 
-def silhouette_from_distances(D: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    """Per-row silhouette from a full distance matrix; rows labelled noise (-1) are left out.
+def silhouette_from_distances(D: TriangularDistances, labels: np.ndarray) -> np.ndarray:
+    """Per-row silhouette from the sample's distances; rows labelled noise (-1) are left out.
 
     Returns the values of the non-noise rows, in order; equal to scikit-learn's
     ``silhouette_samples`` on those rows.
@@ -45,10 +81,9 @@ def silhouette_from_distances(D: np.ndarray, labels: np.ndarray) -> np.ndarray:
     ids, codes = np.unique(labels[keep], return_inverse=True)
     k = ids.size
     counts = np.bincount(codes, minlength=k).astype(np.float64)
-    indicator = np.zeros((D.shape[0], k), dtype=np.float32)
+    indicator = np.zeros((D.n, k), dtype=np.float32)
     indicator[keep, codes] = 1.0
-    rows = D if keep.size == D.shape[0] else D[keep]  # no 100 MB copy when there is no noise
-    sums = (rows @ indicator).astype(np.float64)  # distance of each kept row to each cluster
+    sums = D.sums_by_cluster(indicator)[keep]  # distance of each kept row to each cluster
     own = sums[np.arange(keep.size), codes]
     own_count = counts[codes]
     a = own / np.maximum(own_count - 1.0, 1.0)
@@ -74,7 +109,7 @@ class ReferenceSpace:
         self.rows = np.asarray(rows)
         sample = np.asarray(X[self.rows])
         self.X = np.asarray(sample if transform is None else transform(sample), dtype=np.float32)
-        self.distances = pairwise_distances(self.X)
+        self.distances = TriangularDistances(self.X)
 
     def score(self, labels: np.ndarray) -> dict[str, float]:
         """``silhouette_ref``, ``calinski_harabasz_ref``, ``davies_bouldin_ref`` of ``labels`` (all rows).

@@ -26,6 +26,7 @@ from embclust import stages
 from embclust.scoring import silhouette, stability
 from embclust.errors import user_error
 from embclust.sweep.callback import SweepCell, failed_cell_value
+from embclust.sweep import shared
 from embclust.sweep.plan import SweepPlan
 from embclust.tracking import datasets
 from embclust.tracking.store import flatten_config
@@ -100,6 +101,7 @@ def run_light_cell(cfg: DictConfig, plan: SweepPlan, cell: SweepCell, threads: i
                 client.log_artifacts(run_id, str(folder))
             datasets.log_dataset_input(ds, cfg.dataset.get("path"), run_id=run_id)
         client.set_terminated(run_id, "FINISHED")
+        shared.release_free_memory()  # the cell's temporaries: keep the sweep's memory flat
     except Exception as exc:  # noqa: BLE001 - a failed cell is recorded and the sweep goes on
         err = user_error(exc)
         message = str(err) if err else f"{type(exc).__name__}: {exc}".replace("\n", " ")

@@ -50,10 +50,30 @@ def _remember(fingerprint: str, key: str, make: Callable[[], object]) -> tuple[o
 
 
 def clear() -> None:
-    """Forget everything kept in this process (tests; a new dataset does it by itself)."""
+    """Forget everything kept in this process and give its memory back to the system.
+
+    Used by tests and by the sweep's last step (a new dataset clears the rest by itself).
+    """
     global _memo_fingerprint
     _memo.clear()
     _memo_fingerprint = None
+    release_free_memory()
+
+
+def release_free_memory() -> None:
+    """Return freed heap pages to the system (glibc ``malloc_trim``; a no-op elsewhere).
+
+    Arrays of a few MB come from the heap once glibc has raised its mmap threshold, and stay in
+    the process's resident memory after they are freed until the heap is trimmed.
+    """
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc
+        pass
 
 
 _dataset_memo: dict[str, tuple[Dataset, bool | None]] = {}
@@ -166,11 +186,12 @@ def features(pre_cfg: dict, ds: Dataset, cache_dir: Path | None, max_pca_compone
     return Features(pipeline, X, "fitted", hit)
 
 
-def transform_by_blocks(pipeline: Pipeline, X: np.ndarray, n_out: int, block_rows: int = 16_384) -> np.ndarray:
+def transform_by_blocks(pipeline: Pipeline, X: np.ndarray, n_out: int, block_rows: int = 4096) -> np.ndarray:
     """``pipeline.transform(X)`` as float32, block by block: no full-size normalised copy of ``X``.
 
     The steps are row-wise (normalisation, a fitted projection), so each block gives the rows a
-    transform of the whole matrix gives.
+    transform of the whole matrix gives. A block's temporaries (its normalised and centred
+    copies) are 25 MB at 768 columns.
     """
     out = np.empty((X.shape[0], n_out), dtype=np.float32)
     for start in range(0, X.shape[0], block_rows):

@@ -75,6 +75,12 @@ def summarize_sweep(
         client.set_tag(parent_run_id, "best_cell", best_row["cell"])
         client.log_metric(parent_run_id, f"best_{metric}", float(best_row[metric]))
         summary.best = f"{metric}={best_row[metric]:.4g} at {best_row['cell']} (run {best_row['run_id']})"
+    best_report = None
+    if complete_best is not None and summary.best_run_id:
+        # First: it is the sweep's last use of the shared work (data, projections, reference
+        # distances), which it frees before its analyses; the figures below then add to less.
+        log.info("sweep: full report for the best cell, run %s", summary.best_run_id)
+        best_report = complete_best(summary.best_run_id)
     report = Report(title=f"Sweep {parent_run_id}: {len(table)} cells ranked by {metric}")
     if summary.best:
         report.add_text(
@@ -119,11 +125,8 @@ def summarize_sweep(
         for stem, (heading, fig) in figures.items():
             plots.write_html(fig, folder / f"{stem}.html")
             report.add_figure(heading, fig)
-        if complete_best is not None and summary.best_run_id:
-            log.info("sweep: full report for the best cell, run %s", summary.best_run_id)
-            best_report = complete_best(summary.best_run_id)
-            if best_report is not None:
-                report.sections.extend((f"Best cell: {h}", c) for h, c in best_report.sections)
+        if best_report is not None:
+            report.sections.extend((f"Best cell: {h}", c) for h, c in best_report.sections)
         report.write(folder / "report.html")
         client.log_artifacts(parent_run_id, str(folder))
     if n_failed:
