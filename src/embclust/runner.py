@@ -189,8 +189,8 @@ def execute(
         mlflow.log_metrics(scores)
         log.debug("scores: %s", ", ".join(f"{k}={v:.4g}" for k, v in scores.items()))
         if release_shared:
-            # The sweep's last use of its shared work: the reference sample's distance matrix
-            # (100 MB at 5,000 rows) and the other cells' projections go before the analyses.
+            # The sweep's last use of its shared work: the reference sample's distances (55 MB
+            # at 5,000 rows) and the other cells' projections go before the analyses.
             del scoring
             from embclust.sweep import shared
 

@@ -10,6 +10,7 @@ each smaller size only projects the data.
 from __future__ import annotations
 
 import copy
+import functools
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -66,14 +67,24 @@ def release_free_memory() -> None:
     Arrays of a few MB come from the heap once glibc has raised its mmap threshold, and stay in
     the process's resident memory after they are freed until the heap is trimmed.
     """
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
+
+
+@functools.lru_cache(maxsize=1)
+def _malloc_trim():
+    """glibc's ``malloc_trim`` from the symbols already loaded in this process, or None.
+
+    ``ctypes.util.find_library`` is not used: it runs ``ldconfig`` in a subprocess, a fork of
+    the whole sweep process.
+    """
     import ctypes
-    import ctypes.util
 
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        libc.malloc_trim(0)
+        return ctypes.CDLL(None).malloc_trim
     except (OSError, AttributeError):  # not glibc
-        pass
+        return None
 
 
 _dataset_memo: dict[str, tuple[Dataset, bool | None]] = {}
