@@ -107,3 +107,28 @@ def test_cli_refuses_agglomerative_above_the_bound(run_cli):
         "metrics.max_quadratic_rows=2000",
     )
     _assert_one_line_failure(res, "clusterer=agglomerative (linkage=ward) on 3000 rows needs about 36 MB")
+
+
+def test_a_reference_sample_above_the_bound_is_refused_with_the_memory_it_would_keep():
+    cfg = _cfg()
+    OmegaConf.update(cfg, "metrics.silhouette_sample_size", 60_000, merge=False)
+    OmegaConf.update(cfg, "metrics.reference_sample_size", 40_000, merge=False)
+    check_quadratic_work(cfg, 20_000)  # only 20,000 rows exist: under the bound
+    with pytest.raises(ConfigError) as info:
+        check_quadratic_work(cfg, 1_000_000)
+    message = str(info.value)
+    assert "metrics.reference_sample_size=40000" in message and "about 3.2 GB" in message
+    assert "set metrics.reference_sample_size=5000" in message
+    OmegaConf.update(cfg, "metrics.reference_space", False, merge=False)
+    check_quadratic_work(cfg, 1_000_000)  # off: nothing kept
+
+
+def test_reference_keys_are_checked_like_the_other_sizes():
+    cfg = _cfg()
+    OmegaConf.update(cfg, "metrics.reference_sample_size", 1, merge=False)
+    with pytest.raises(ConfigError, match="metrics.reference_sample_size"):
+        validate_config(cfg)
+    cfg = _cfg()
+    OmegaConf.update(cfg, "metrics.reference_space", "yes", merge=False)
+    with pytest.raises(ConfigError, match="metrics.reference_space"):
+        validate_config(cfg)

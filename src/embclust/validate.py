@@ -49,6 +49,7 @@ _INT_KEYS = (
     ("reducer.max_points", 2, True),
     ("reducer.n_neighbors", 2, False),
     ("metrics.silhouette_sample_size", 2, True),
+    ("metrics.reference_sample_size", 2, True),
     ("metrics.max_quadratic_rows", 2, False),
     ("metrics.max_full_silhouette_rows", 2, False),
     ("analysis.maps.max_points", 1, True),
@@ -71,7 +72,7 @@ _CHOICE_KEYS = (
     ("clusterer.linkage", LINKAGES),
     ("analysis.in_sweeps", ("light", "full")),
 )
-_BOOL_KEYS = ("sweep.resume", "dataset.dedupe", "analysis.report.enabled")
+_BOOL_KEYS = ("sweep.resume", "dataset.dedupe", "analysis.report.enabled", "metrics.reference_space")
 _MISSING = object()
 
 
@@ -155,7 +156,7 @@ def _size(n_bytes: float) -> str:
 
 
 def check_quadratic_work(cfg: DictConfig, n_samples: int) -> None:
-    """Refuse agglomerative linkage and full silhouette above their row bounds, before they start.
+    """Refuse agglomerative linkage, full silhouette and a large reference sample above their row bounds.
 
     Agglomerative clustering (all linkages but single) holds the condensed distance matrix,
     n (n - 1) / 2 float64 values; silhouette on all points computes n^2 distances.
@@ -171,6 +172,16 @@ def check_quadratic_work(cfg: DictConfig, n_samples: int) -> None:
                 f"clusterer=agglomerative (linkage={clusterer.get('linkage', 'ward')}) on {n_samples} rows needs "
                 f"about {_size(need)} for its distance matrix; refused above metrics.max_quadratic_rows="
                 f"{max_rows}: set dataset.sample_size={max_rows} (or fewer) or use clusterer=kmeans"
+            )
+    ref_rows = metrics_cfg.get("reference_sample_size", 5000)
+    if metrics_cfg.get("reference_space", True) and ref_rows:
+        sample = metrics_cfg.get("silhouette_sample_size", n_samples)
+        rows = min(int(ref_rows), n_samples, n_samples if sample is None else int(sample))
+        if rows > max_rows:
+            raise ConfigError(
+                f"metrics.reference_sample_size={ref_rows} keeps the distances of {rows} rows (about "
+                f"{_size(2.0 * rows * rows)}) for the reference-space scores; refused above "
+                f"metrics.max_quadratic_rows={max_rows}: set metrics.reference_sample_size=5000 (or fewer)"
             )
     max_full = int(metrics_cfg.get("max_full_silhouette_rows", DEFAULT_MAX_FULL_SILHOUETTE_ROWS))
     if "silhouette_sample_size" in metrics_cfg and metrics_cfg.get("silhouette_sample_size") is None and n_samples > max_full:
