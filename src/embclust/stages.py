@@ -19,7 +19,7 @@ import numpy as np
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from embclust import cluster, data
+from embclust import cluster, data, validate
 from embclust.explain import duplicates
 from embclust.scoring import metrics
 from embclust.sweep import shared
@@ -165,7 +165,7 @@ def scoring_for(cfg: DictConfig, ds: data.Dataset, normalize: str, backend: str)
     seed = int(cfg.seed)
     rows = shared.scoring_rows(ds.n_samples, cfg.metrics.silhouette_sample_size, seed)
     reference = None
-    ref_rows = cfg.metrics.get("reference_sample_size", 5000)
+    ref_rows = cfg.metrics.get("reference_sample_size", validate.DEFAULT_REFERENCE_SAMPLE_SIZE)
     if cfg.metrics.get("reference_space", True) and ref_rows:
         reference = shared.reference_space(ds, normalize, rows, int(ref_rows), seed)
     return Scoring(rows, reference, backend)

@@ -32,6 +32,9 @@ LINKAGES = ("ward", "complete", "average", "single")
 # Defaults of the bounds when a config does not set them (conf/metrics/default.yaml does).
 DEFAULT_MAX_QUADRATIC_ROWS = 25_000
 DEFAULT_MAX_FULL_SILHOUETTE_ROWS = 50_000
+# Rows of the reference-space sample (metrics.reference_sample_size): its distances, each pair
+# once in float32, are 55 MB at 5,000 rows.
+DEFAULT_REFERENCE_SAMPLE_SIZE = 5_000
 
 # (key, smallest allowed int, null allowed): integer options checked when the key exists.
 _INT_KEYS = (
@@ -173,7 +176,7 @@ def check_quadratic_work(cfg: DictConfig, n_samples: int) -> None:
                 f"about {_size(need)} for its distance matrix; refused above metrics.max_quadratic_rows="
                 f"{max_rows}: set dataset.sample_size={max_rows} (or fewer) or use clusterer=kmeans"
             )
-    ref_rows = metrics_cfg.get("reference_sample_size", 5000)
+    ref_rows = metrics_cfg.get("reference_sample_size", DEFAULT_REFERENCE_SAMPLE_SIZE)
     if metrics_cfg.get("reference_space", True) and ref_rows:
         sample = metrics_cfg.get("silhouette_sample_size", n_samples)
         rows = min(int(ref_rows), n_samples, n_samples if sample is None else int(sample))
@@ -181,7 +184,7 @@ def check_quadratic_work(cfg: DictConfig, n_samples: int) -> None:
             raise ConfigError(
                 f"metrics.reference_sample_size={ref_rows} keeps the distances of {rows} rows (about "
                 f"{_size(2.0 * rows * rows)}) for the reference-space scores; refused above "
-                f"metrics.max_quadratic_rows={max_rows}: set metrics.reference_sample_size=5000 (or fewer)"
+                f"metrics.max_quadratic_rows={max_rows}: set metrics.reference_sample_size={DEFAULT_REFERENCE_SAMPLE_SIZE} (or fewer)"
             )
     max_full = int(metrics_cfg.get("max_full_silhouette_rows", DEFAULT_MAX_FULL_SILHOUETTE_ROWS))
     if "silhouette_sample_size" in metrics_cfg and metrics_cfg.get("silhouette_sample_size") is None and n_samples > max_full:

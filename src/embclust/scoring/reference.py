@@ -15,9 +15,6 @@ import numpy as np
 
 from embclust.scoring.metrics import NOISE, ClusterStats
 
-# Rows of the distance sample (float32 distances, each pair once: 5,000 rows = 55 MB).
-DEFAULT_MAX_ROWS = 5000
-
 
 class TriangularDistances:
     """Euclidean distances between the rows of ``X``, float32, stored once per pair.
