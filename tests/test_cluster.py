@@ -173,6 +173,26 @@ def test_kmeans_plusplus_draws_scikit_learns_starts_on_20000_rows_in_100_dimensi
         np.testing.assert_array_equal(ids, sklearn_kmeans_plusplus(X, 30, random_state=ref_rs)[1], err_msg=f"start {start}")
 
 
+@pytest.mark.parametrize("lockstep_bytes", [None, 1])  # all starts in one block; one start per block
+def test_lockstep_starts_are_scikit_learns_n_init_starts(embeddings_pca, monkeypatch, lockstep_bytes):
+    """The starts of KMeans(n_init=7): drawn together, each one is scikit-learn's, in order."""
+    from sklearn.cluster import kmeans_plusplus as sklearn_kmeans_plusplus
+
+    from embclust.cluster import kmeans_plusplus as kpp
+
+    if lockstep_bytes is not None:
+        monkeypatch.setattr(kpp, "MAX_LOCKSTEP_BYTES", lockstep_bytes)
+    X = embeddings_pca - embeddings_pca.mean(axis=0)
+    ours_rs, ref_rs = np.random.RandomState(11), np.random.RandomState(11)
+    starts = kpp.kmeans_plusplus_starts(X, 25, ours_rs, 7)
+    assert len(starts) == 7
+    for i, centers in enumerate(starts):
+        ref_centers, _ = sklearn_kmeans_plusplus(X, 25, random_state=ref_rs)
+        np.testing.assert_array_equal(centers, ref_centers, err_msg=f"start {i}")
+    assert len({c.tobytes() for c in starts}) == 7  # seven different starts, not one repeated
+    assert ours_rs.randint(1 << 30) == ref_rs.randint(1 << 30)
+
+
 def test_kmeans_plusplus_bounded_memory_path_gives_the_same_starts(embeddings_pca, monkeypatch):
     from embclust.cluster import kmeans_plusplus as kpp
 

@@ -151,16 +151,16 @@ def _fit_with_own_seeding(clusterer: KMeans, X: np.ndarray, lloyd_cls) -> None:
     Xc -= mean  # scikit-learn seeds and refines on centred data
     distances = kmeans_plusplus.distances_for(Xc)
     n_init = _n_init(clusterer)
+    starts = kmeans_plusplus.kmeans_plusplus_starts(Xc, k, random_state, n_init, distances=distances)
+    del distances
     best = None
-    for _ in range(n_init):
-        centers, _ = kmeans_plusplus.kmeans_plusplus(Xc, k, random_state, distances=distances)
+    for centers in starts:
         fitted = lloyd_cls(
             n_clusters=k, init=centers, n_init=1, max_iter=params.get("max_iter", 300),
             tol=params.get("tol", 1e-4), algorithm="lloyd",
         ).fit(Xc)
         if best is None or (fitted.inertia_ < best.inertia_ and not _same_clustering(fitted.labels_, best.labels_, k)):
             best = fitted
-    del distances
     _copy_fitted(best, clusterer)
     clusterer.cluster_centers_ = np.asarray(best.cluster_centers_, dtype=dtype) + mean
     clusterer._n_init = n_init
