@@ -193,6 +193,23 @@ def test_lockstep_starts_are_scikit_learns_n_init_starts(embeddings_pca, monkeyp
     assert ours_rs.randint(1 << 30) == ref_rs.randint(1 << 30)
 
 
+@pytest.mark.parametrize("float64_copy", [True, False])
+def test_lockstep_starts_on_uncentred_rows_with_their_mean(embeddings_pca, monkeypatch, float64_copy):
+    """Seeding on X with mean= (no centred copy held) gives the starts of X - mean, in either memory path."""
+    from embclust.cluster import kmeans_plusplus as kpp
+
+    if not float64_copy:
+        monkeypatch.setattr(kpp, "MAX_FLOAT64_COPY_BYTES", 0)
+        monkeypatch.setattr(kpp, "_BLOCK_ROWS", 1000)
+    X = embeddings_pca + np.float32(3.0)  # far from the origin, as un-centred embeddings are
+    mean = X.mean(axis=0)
+    centred = kpp.kmeans_plusplus_starts(X - mean, 15, np.random.RandomState(4), 3)
+    from_mean = kpp.kmeans_plusplus_starts(X, 15, np.random.RandomState(4), 3, mean=mean)
+    for a, b in zip(centred, from_mean):
+        assert b.dtype == np.float32
+        np.testing.assert_array_equal(a, b)
+
+
 def test_kmeans_plusplus_bounded_memory_path_gives_the_same_starts(embeddings_pca, monkeypatch):
     from embclust.cluster import kmeans_plusplus as kpp
 

@@ -148,6 +148,7 @@ def fit_clustering(clusterer, X: np.ndarray, backend: str, implementation: str =
         labels = torch_backend.fit_clusterer(clusterer, X)
         return Clustering(clusterer, labels, "torch")
     fitted = cluster.fit(clusterer, X, implementation)
+    shared.release_free_memory()  # the fit's temporaries (seeding copies), before scoring adds its own
     return Clustering(fitted.estimator, fitted.labels, fitted.implementation)
 
 

@@ -138,21 +138,21 @@ def _fit_with_own_seeding(clusterer: KMeans, X: np.ndarray, lloyd_cls) -> None:
 
     params = clusterer.get_params(deep=False)
     dtype = X.dtype if X.dtype in (np.float32, np.float64) else np.float64
-    Xc = np.array(X, dtype=dtype, order="C", copy=True)
-    if Xc.ndim != 2 or not np.isfinite(Xc).all():
+    X = np.asarray(X, dtype=dtype, order="C")
+    if X.ndim != 2 or not np.isfinite(X).all():
         clusterer.fit(X)  # let scikit-learn say what is wrong with it
         return
     k = int(params["n_clusters"])
-    if Xc.shape[0] < k:
+    if X.shape[0] < k:
         clusterer.fit(X)
         return
     random_state = check_random_state(params.get("random_state"))
-    mean = Xc.mean(axis=0)
-    Xc -= mean  # scikit-learn seeds and refines on centred data
-    distances = kmeans_plusplus.distances_for(Xc)
+    mean = X.mean(axis=0)  # scikit-learn seeds and refines on centred data
     n_init = _n_init(clusterer)
-    starts = kmeans_plusplus.kmeans_plusplus_starts(Xc, k, random_state, n_init, distances=distances)
-    del distances
+    # Seeded on X - mean without a centred copy (the seeding holds a float64 one); the copy
+    # Lloyd needs is made after.
+    starts = kmeans_plusplus.kmeans_plusplus_starts(X, k, random_state, n_init, mean=mean)
+    Xc = X - mean
     best = None
     for centers in starts:
         fitted = lloyd_cls(

@@ -29,6 +29,8 @@ IMPLEMENTATION = "embclust-kmeans++"
 # and step (slower, bounded memory).
 MAX_FLOAT64_COPY_BYTES = 128 * 2**20
 _BLOCK_ROWS = 16_384
+# Each step's float64 sums are made in blocks of about this many bytes.
+_SUM_BLOCK_BYTES = 4 * 2**20
 # Lockstep starts share one distance block of (starts x trials) x rows float64 at most this big.
 MAX_LOCKSTEP_BYTES = 32 * 2**20
 
@@ -52,49 +54,63 @@ _FLOAT64_CUMSUM: bool | None = None
 
 
 class _Distances:
-    """Squared distances from a few rows of ``X`` to all rows, as scikit-learn's ``_euclidean_distances`` gives them.
+    """Squared distances from a few rows of ``X - mean`` to all rows, as scikit-learn's ``_euclidean_distances`` gives them.
 
     scikit-learn computes ``-2 x.y + |x|^2 + |y|^2`` in float64, then rounds to ``X``'s dtype and
     clips at 0. For float32 data it ignores the float32 ``x_squared_norms`` that ``KMeans`` hands
     it and takes both norms from the float64 copies of the rows, so the norms here are always
     float64 norms of float64 rows.
+
+    ``mean`` (optional): the rows are ``X - mean``, computed in ``X``'s dtype as scikit-learn's
+    ``KMeans.fit`` centres them, block by block into the float64 copy: no centred copy of ``X``
+    in its own dtype is held while seeding.
     """
 
-    def __init__(self, X: np.ndarray):
-        self.X = X
+    def __init__(self, X: np.ndarray, mean: np.ndarray | None = None):
+        self.X, self.mean, self.dtype = X, mean, X.dtype
+        self.n_samples = X.shape[0]
         self.X64 = None
-        if X.dtype == np.float64:
+        if X.dtype == np.float64 and mean is None:
             self.X64 = X
             self.yy = row_norms(X, squared=True)
-            return
-        if X.size * 8 <= MAX_FLOAT64_COPY_BYTES:
-            self.X64 = X.astype(np.float64)
+        elif X.size * 8 <= MAX_FLOAT64_COPY_BYTES:
+            self.X64 = np.empty(X.shape, dtype=np.float64)
+            for s in range(0, self.n_samples, _BLOCK_ROWS):
+                self.X64[s : s + _BLOCK_ROWS] = self._block(s, s + _BLOCK_ROWS)
             self.yy = row_norms(self.X64, squared=True)
         else:
             self.yy = np.concatenate([
-                row_norms(X[s : s + _BLOCK_ROWS].astype(np.float64), squared=True)
-                for s in range(0, X.shape[0], _BLOCK_ROWS)
+                row_norms(self._block(s, s + _BLOCK_ROWS).astype(np.float64), squared=True)
+                for s in range(0, self.n_samples, _BLOCK_ROWS)
             ])
 
-    def __call__(self, ids: np.ndarray) -> np.ndarray:
-        # Two passes fewer over the block than written out, with the same result: -2 is folded
-        # into the candidates (exact, a power of two) and the last sum rounds straight into the
-        # output's dtype (the float64 sum, then one rounding, as astype would).
-        C = np.asarray(self.X[ids], dtype=np.float64)
-        C_minus_2 = -2.0 * C
+    def _block(self, start: int, stop: int) -> np.ndarray:
+        """Rows ``start:stop`` of ``X - mean`` in ``X``'s dtype."""
+        rows = self.X[start:stop]
+        return rows if self.mean is None else rows - self.mean
+
+    def rows(self, ids: np.ndarray) -> np.ndarray:
+        """Rows ``ids`` of ``X - mean`` in ``X``'s dtype (exact: float32 to float64 and back is lossless)."""
         if self.X64 is not None:
-            D = C_minus_2 @ self.X64.T
-        else:
-            D = np.empty((C.shape[0], self.X.shape[0]), dtype=np.float64)
-            for s in range(0, self.X.shape[0], _BLOCK_ROWS):
-                D[:, s : s + _BLOCK_ROWS] = C_minus_2 @ self.X[s : s + _BLOCK_ROWS].astype(np.float64).T
-        D += np.einsum("ij,ij->i", C, C)[:, None]
-        if self.X.dtype == np.float64:
-            out = D
-            out += self.yy[None, :]
-        else:
-            out = np.empty(D.shape, dtype=self.X.dtype)
-            np.add(D, self.yy[None, :], out=out, casting="same_kind")
+            return self.X64[ids].astype(self.dtype, copy=False)
+        rows = self.X[ids]
+        return rows if self.mean is None else rows - self.mean
+
+    def __call__(self, ids: np.ndarray) -> np.ndarray:
+        # By blocks of rows, so that the float64 sums never exist at full size (the output, in
+        # the data's dtype, does); -2 is folded into the candidates (exact, a power of two) and
+        # the last sum rounds straight into the output's dtype (the float64 sum, then one
+        # rounding, as astype would).
+        C = np.asarray(self.rows(ids), dtype=np.float64)
+        C_minus_2 = -2.0 * C
+        cc = np.einsum("ij,ij->i", C, C)[:, None]
+        out = np.empty((C.shape[0], self.n_samples), dtype=self.dtype)
+        step = max(1024, min(_BLOCK_ROWS, _SUM_BLOCK_BYTES // (8 * max(1, C.shape[0]))))
+        for s in range(0, self.n_samples, step):
+            rows = self.X64[s : s + step] if self.X64 is not None else self._block(s, s + step).astype(np.float64)
+            D = C_minus_2 @ rows.T
+            D += cc
+            np.add(D, self.yy[s : s + step], out=out[:, s : s + step], casting="same_kind")
         np.maximum(out, 0, out=out)
         return out
 
@@ -152,7 +168,7 @@ def kmeans_plusplus_starts(
     random_state: np.random.RandomState,
     n_starts: int,
     n_local_trials: int | None = None,
-    distances: _Distances | None = None,
+    mean: np.ndarray | None = None,
 ) -> list[np.ndarray]:
     """The centres of ``n_starts`` consecutive :func:`kmeans_plusplus` calls on one ``random_state``.
 
@@ -160,12 +176,15 @@ def kmeans_plusplus_starts(
     ``n_starts`` times (that is, as ``KMeans(n_init=n_starts)`` draws them), computed in lockstep:
     one distance GEMM per step for the candidates of all starts (in groups that keep the block
     under ``MAX_LOCKSTEP_BYTES``).
+
+    ``mean``: seed on ``X - mean`` (computed in ``X``'s dtype, as ``KMeans.fit`` centres) without
+    a centred copy of ``X``; the centres returned are rows of ``X - mean``.
     """
     global _FLOAT64_CUMSUM
     if _FLOAT64_CUMSUM is None:
         _FLOAT64_CUMSUM = _uses_float64_cumsum()
-    n_samples, n_features = X.shape
-    dist = distances or _Distances(X)
+    n_samples = X.shape[0]
+    dist = _Distances(X, mean)
     if n_local_trials is None:
         n_local_trials = 2 + int(np.log(n_clusters))
     sample_weight = np.ones(n_samples, dtype=X.dtype)
@@ -202,7 +221,7 @@ def kmeans_plusplus_starts(
                 ids[j, c] = candidate_ids[best]
         return ids
 
-    return [X[row] for members in groups for row in lockstep(members)]
+    return [dist.rows(row) for members in groups for row in lockstep(members)]
 
 
 def distances_for(X: np.ndarray) -> _Distances:
