@@ -413,3 +413,8 @@ def complete_best_cell(run_id: str, plan: SweepPlan) -> Report | None:
             mlflow.set_tag("report_error", message[:5000])
             log.error("best cell %s: full report failed: %s", run_id, message)
             return None
+        finally:
+            # The sweep's last use of the data: the summary's figures come from the cells' runs.
+            from embclust.sweep import shared
+
+            shared.forget_dataset()

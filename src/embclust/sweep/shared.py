@@ -90,6 +90,12 @@ def _malloc_trim():
 _dataset_memo: dict[str, tuple[Dataset, bool | None]] = {}
 
 
+def forget_dataset() -> None:
+    """Drop the dataset kept for the cells, and give its memory back (the sweep's summary does not need it)."""
+    _dataset_memo.clear()
+    release_free_memory()
+
+
 def load_dataset(dataset_key: dict, cache_dir: Path | None, load: Callable[[], Dataset]) -> tuple[Dataset, bool | None]:
     """The dataset for ``dataset_key``, loaded once per process and (cache on) once per machine.
 
