@@ -18,7 +18,9 @@ Then, each in its own subprocess so that its wall time and peak memory can be me
     points, Calinski-Harabasz and Davies-Bouldin with scikit-learn, KMeans inertia;
 (b) ``python run.py -m dataset=npy ... reducer=none`` over the same grid, with a fresh MLflow
     SQLite store, cache and sweep folder in the temporary folder;
-(c) the same with ``hydra/launcher=joblib`` (skip with ``--skip-joblib``).
+(c) the same with ``hydra/launcher=joblib`` (skip with ``--skip-joblib``);
+(e) (b) with ``cluster_implementation=sklearnex``: oneDAL's own k-means++ starts instead of the
+    default's scikit-learn starts (skip with ``--skip-sklearnex``).
 
 Peak RSS is the largest sum of resident memory over the subprocess and all its descendants
 (joblib workers included), polled from /proc every 50 ms (Linux); ``python -c "import
@@ -414,8 +416,8 @@ def main() -> None:
     parser.add_argument("--clusters", type=int, default=40, help="true clusters in the data (default 40)")
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--skip-joblib", action="store_true", help="do not time (c), the joblib launcher")
-    parser.add_argument("--skip-embclust-kmeans", action="store_true",
-                        help="do not time (e), KMeans with scikit-learn's starts (cluster_implementation=embclust)")
+    parser.add_argument("--skip-sklearnex", action="store_true",
+                        help="do not time (e), KMeans in sklearnex end to end (cluster_implementation=sklearnex)")
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder (stores, logs) and print its path")
     parser.add_argument("--notebook-child", nargs=2, metavar=("X_NPY", "OUT_DIR"), help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -466,9 +468,9 @@ def run_benchmark(args, size: str, n: int, d: int, pca_grid, k_grid, tmp: Path) 
     log.info("(a) notebook loop ...")
     timings["a"] = timed(cmd, child_env(), nb_dir, tmp / "a.log")
     log.info("(a) %.1f s", timings["a"]["wall_s"])
-    variants = (("b", None, ()), ("c", "joblib", ()), ("e", None, ("cluster_implementation=embclust",)))
+    variants = (("b", None, ()), ("c", "joblib", ()), ("e", None, ("cluster_implementation=sklearnex",)))
     for tag, launcher, extra in variants:
-        if (tag == "c" and args.skip_joblib) or (tag == "e" and args.skip_embclust_kmeans):
+        if (tag == "c" and args.skip_joblib) or (tag == "e" and args.skip_sklearnex):
             continue
         log.info("(%s) run.py -m%s ...", tag, " hydra/launcher=joblib" if launcher else "".join(" " + e for e in extra))
         store = tmp / tag
@@ -489,7 +491,7 @@ def run_benchmark(args, size: str, n: int, d: int, pca_grid, k_grid, tmp: Path) 
         "a": "(a) notebook loop, silhouette on all points",
         "b": "(b) `run.py -m`, basic launcher",
         "c": "(c) `run.py -m`, joblib launcher",
-        "e": "(e) `run.py -m cluster_implementation=embclust`",
+        "e": "(e) `run.py -m cluster_implementation=sklearnex`",
     }
     print()
     print(f"| {n:,} x {d} ({data_mb:.{0 if data_mb >= 10 else 1}f} MB), {n_cells} cells, n_init={args.n_init} | wall s | peak RSS MB "

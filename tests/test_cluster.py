@@ -67,8 +67,8 @@ def _needs_sklearnex():
 def test_sklearnex_kmeans_is_seeded_and_logged_as_plain_scikit_learn(embeddings_pca):
     _needs_sklearnex()
     X = embeddings_pca
-    a = fit(KMeans(12, n_init=3, random_state=7), X)
-    b = fit(KMeans(12, n_init=3, random_state=7), X)
+    a = fit(KMeans(12, n_init=3, random_state=7), X, implementation="sklearnex")
+    b = fit(KMeans(12, n_init=3, random_state=7), X, implementation="sklearnex")
     assert isinstance(a, FittedClustering) and a.implementation == "sklearnex"
     assert a.labels.dtype == np.int64
     np.testing.assert_array_equal(a.labels, b.labels)
@@ -94,13 +94,17 @@ def test_falls_back_to_scikit_learn_when_sklearnex_is_missing(monkeypatch, caplo
     monkeypatch.setattr(kmeans, "_sklearnex_kmeans", lambda: (None, "sklearnex is not importable (test)"))
     monkeypatch.setattr(kmeans, "_fallbacks_logged", set())
     X = embeddings_pca
+    reference = KMeans(8, n_init=2, random_state=0).fit_predict(X)
     with caplog.at_level("INFO", logger="embclust.cluster.kmeans"):
-        first = fit(KMeans(8, n_init=2, random_state=0), X)
+        first = fit(KMeans(8, n_init=2, random_state=0), X, implementation="sklearnex")
         fit(KMeans(8, n_init=2, random_state=0), X, implementation="sklearnex")
     assert first.implementation == "scikit-learn"
-    reference = KMeans(8, n_init=2, random_state=0).fit_predict(X)
     np.testing.assert_array_equal(first.labels, reference)
     assert sum("sklearnex is not importable" in r.getMessage() for r in caplog.records) == 1  # once
+    # The default refines scikit-learn's own starts in scikit-learn: scikit-learn's answer.
+    default = fit(KMeans(8, n_init=2, random_state=0), X)
+    assert default.implementation == "embclust-kmeans++/scikit-learn"
+    np.testing.assert_array_equal(default.labels, reference)
 
 
 def test_unsupported_parameter_falls_back(embeddings_pca):
@@ -221,10 +225,11 @@ def test_kmeans_plusplus_bounded_memory_path_gives_the_same_starts(embeddings_pc
     np.testing.assert_array_equal(full, blocked)
 
 
+@pytest.mark.parametrize("implementation", ["auto", "embclust"])
 @pytest.mark.parametrize("k", [10, 30])
-def test_embclust_implementation_lands_where_scikit_learn_lands(embeddings_pca, k):
+def test_embclust_implementation_lands_where_scikit_learn_lands(embeddings_pca, k, implementation):
     X = embeddings_pca
-    ours = fit(KMeans(k, n_init=4, random_state=5), X, implementation="embclust")
+    ours = fit(KMeans(k, n_init=4, random_state=5), X, implementation=implementation)
     ref = fit(KMeans(k, n_init=4, random_state=5), X, implementation="scikit-learn")
     has_sklearnex = importlib.util.find_spec("sklearnex") is not None
     assert ours.implementation == "embclust-kmeans++/" + ("sklearnex" if has_sklearnex else "scikit-learn")
@@ -234,7 +239,7 @@ def test_embclust_implementation_lands_where_scikit_learn_lands(embeddings_pca, 
     # Centres are in the data's own coordinates (not the centred ones the fit ran on).
     np.testing.assert_array_equal(ours.estimator.predict(X), ours.labels)
     np.testing.assert_allclose(-ours.estimator.score(X), ours.estimator.inertia_, rtol=1e-4)
-    again = fit(KMeans(k, n_init=4, random_state=5), X, implementation="embclust")
+    again = fit(KMeans(k, n_init=4, random_state=5), X, implementation=implementation)
     np.testing.assert_array_equal(again.labels, ours.labels)
 
 
@@ -248,6 +253,8 @@ def test_embclust_implementation_without_sklearnex_refines_in_scikit_learn(monke
     np.testing.assert_allclose(ours.estimator.inertia_, ref.inertia_, rtol=1e-5)
 
 
-def test_embclust_implementation_leaves_other_inits_to_the_libraries(embeddings_pca):
-    fitted = fit(KMeans(5, init="random", n_init=2, random_state=0), embeddings_pca, implementation="embclust")
-    assert not fitted.implementation.startswith("embclust")
+@pytest.mark.parametrize("implementation", ["auto", "embclust"])
+def test_embclust_implementation_leaves_other_inits_to_the_libraries(embeddings_pca, implementation):
+    fitted = fit(KMeans(5, init="random", n_init=2, random_state=0), embeddings_pca, implementation=implementation)
+    assert fitted.implementation in ("sklearnex", "scikit-learn")
+    assert np.unique(fitted.labels).size == 5 and fitted.estimator.init == "random"

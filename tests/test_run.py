@@ -153,7 +153,7 @@ def test_kmeans_implementation_is_tagged_and_the_model_predicts_without_it(run_c
     (run,) = res.runs()
     has_sklearnex = importlib.util.find_spec("sklearnex") is not None
     expected = {
-        "auto": "sklearnex" if has_sklearnex else "scikit-learn",
+        "auto": "embclust-kmeans++/" + ("sklearnex" if has_sklearnex else "scikit-learn"),
         "embclust": "embclust-kmeans++/" + ("sklearnex" if has_sklearnex else "scikit-learn"),
         "scikit-learn": "scikit-learn",
     }[implementation]

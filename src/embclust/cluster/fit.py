@@ -41,8 +41,9 @@ def check_clusterer(clusterer: BaseEstimator, n_samples: int) -> None:
 def fit(clusterer: BaseEstimator, X: np.ndarray, implementation: str = "auto") -> FittedClustering:
     """Fit ``clusterer`` on ``X`` in place; KMeans through sklearnex where ``implementation`` allows.
 
-    ``implementation`` is ``auto`` (sklearnex when importable), ``sklearnex`` or
-    ``scikit-learn``; it only changes how an exact ``sklearn.cluster.KMeans`` is fitted.
+    ``implementation`` is ``auto`` / ``embclust`` (scikit-learn's starts, Lloyd in sklearnex when
+    importable), ``sklearnex`` or ``scikit-learn`` (see :mod:`embclust.cluster.kmeans`); it only
+    changes how an exact ``sklearn.cluster.KMeans`` is fitted.
     """
     implementation = kmeans.check_implementation(implementation)
     check_clusterer(clusterer, X.shape[0])

@@ -2,16 +2,19 @@
 
 ``cluster_implementation``:
 
-- ``auto`` / ``sklearnex``: ``sklearnex.cluster.KMeans`` fits end to end (k-means++ and Lloyd in
-  oneDAL) where it is installed, else scikit-learn. The fastest; its k-means++ draws are not
-  scikit-learn's, so labels and inertia differ from scikit-learn's seeded fit by the luck of
-  the starts (up to about 1% inertia either way on embeddings, as often better as worse).
-- ``embclust``: the starts scikit-learn's ``KMeans(random_state=seed)`` would draw, from
-  :mod:`embclust.cluster.kmeans_plusplus` (2-3x faster than scikit-learn's seeding), each
-  refined by Lloyd in sklearnex (scikit-learn where it is missing), the best of ``n_init`` kept
-  as scikit-learn keeps it: a seeded fit lands where scikit-learn's lands (the same labels in
-  all but rare cells, inertia equal to rounding), faster than scikit-learn, slower than
-  ``sklearnex``.
+- ``auto`` (the default) / ``embclust``: the starts scikit-learn's ``KMeans(random_state=seed)``
+  would draw, from :mod:`embclust.cluster.kmeans_plusplus` (all ``n_init`` starts in lockstep,
+  2-4x faster than scikit-learn's seeding), each refined by Lloyd in sklearnex (scikit-learn
+  where it is missing), the best of ``n_init`` kept as scikit-learn keeps it: a seeded fit lands
+  where scikit-learn's lands (the same labels in all but rare cells, inertia equal to rounding),
+  about twice as fast as scikit-learn at ``n_init=10``. Where the seeding does not apply
+  (``init`` is not ``k-means++``, sparse data), ``auto`` runs sklearnex end to end.
+- ``sklearnex``: ``sklearnex.cluster.KMeans`` fits end to end (k-means++ and Lloyd in oneDAL)
+  where it is installed, else scikit-learn. Its k-means++ draws are not scikit-learn's, so labels
+  and inertia differ from scikit-learn's seeded fit by the luck of the starts (up to about 1%
+  inertia either way on embeddings, as often better as worse). Its own seeding is nearly free:
+  on the 25 cells of PCA {5..100} x k {10..50} of 42,000 embeddings at ``n_init=10`` its fits
+  took 21 s against ``auto``'s 26 s (scikit-learn: 46 s).
 - ``scikit-learn``: scikit-learn's own fit.
 
 Fitted state is copied into the configured ``sklearn.cluster.KMeans``, so the logged model is a
@@ -86,9 +89,9 @@ def _log_fallback_once(reason: str, explicit: bool) -> None:
 def fit_kmeans(clusterer: KMeans, X: np.ndarray, implementation: str = "auto") -> str:
     """Fit ``clusterer`` (a ``sklearn.cluster.KMeans``) in place; return which implementation ran.
 
-    ``auto`` / ``sklearnex``: sklearnex end to end (``sklearnex``). ``embclust``: scikit-learn's
-    k-means++ starts from embclust's kernel, Lloyd in sklearnex (``embclust-kmeans++/sklearnex``)
-    or scikit-learn (``embclust-kmeans++/scikit-learn``). Where sklearnex is missing, a parameter
+    ``auto`` / ``embclust``: scikit-learn's k-means++ starts from embclust's kernel, Lloyd in
+    sklearnex (``embclust-kmeans++/sklearnex``) or scikit-learn (``embclust-kmeans++/scikit-learn``).
+    ``sklearnex``: sklearnex end to end (``sklearnex``). Where sklearnex is missing, a parameter
     is unsupported or the seeding kernel does not apply (``init`` not ``k-means++``), the next
     implementation that can runs and the reason is logged once.
     """
@@ -98,14 +101,16 @@ def fit_kmeans(clusterer: KMeans, X: np.ndarray, implementation: str = "auto") -
         return "scikit-learn"
     cls, reason = _sklearnex_kmeans()
     reason = reason or _unsupported(clusterer)
-    if implementation == "embclust":
+    if implementation in ("auto", "embclust"):
         seeding_reason = _seeding_unsupported(clusterer, X)
         if seeding_reason is None:
             if reason is not None:
                 _log_fallback_once(f"{reason} for Lloyd", explicit=False)
             _fit_with_own_seeding(clusterer, X, cls if reason is None else KMeans)
             return f"{kmeans_plusplus.IMPLEMENTATION}/{'sklearnex' if reason is None else 'scikit-learn'}"
-        log.warning("KMeans: %s; using %s", seeding_reason, "sklearnex" if reason is None else "scikit-learn")
+        (log.warning if implementation == "embclust" else log.info)(
+            "KMeans: %s; using %s", seeding_reason, "sklearnex" if reason is None else "scikit-learn"
+        )
     if reason is None:
         fitted = cls(**clusterer.get_params(deep=False)).fit(X)
         _copy_fitted(fitted, clusterer)
