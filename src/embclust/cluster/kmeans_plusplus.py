@@ -222,8 +222,3 @@ def kmeans_plusplus_starts(
         return ids
 
     return [dist.rows(row) for members in groups for row in lockstep(members)]
-
-
-def distances_for(X: np.ndarray) -> _Distances:
-    """The distance helper for repeated seeding on one ``X`` (the float64 copy is made once)."""
-    return _Distances(X)
