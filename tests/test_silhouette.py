@@ -106,3 +106,21 @@ def test_distance_tiles_stay_within_the_memory_bound(monkeypatch):
     sizes.clear()
     silhouette_samples(X, labels)
     assert max(sizes) <= silhouette.BLOCK_BYTES
+
+
+@pytest.mark.parametrize("n_threads", [1, 2, 3])
+def test_threads_share_the_tiles_and_give_scikit_learns_values(embeddings, n_threads):
+    """Row blocks shared out among threads (97 x 97 tiles: 16 blocks) still add every tile once."""
+    X, y = embeddings
+    Z = PCA(20, random_state=0).fit_transform(X).astype(np.float32)
+    one = silhouette_samples(Z, y, block_bytes=8 * 97 * 97, n_threads=1)
+    shared = _assert_matches_sklearn(Z, y, block_bytes=8 * 97 * 97, n_threads=n_threads)
+    np.testing.assert_allclose(shared, one, rtol=0, atol=1e-12)
+
+
+def test_blocks_are_shared_by_tiles_with_none_left_out():
+    groups = silhouette._share_blocks(16, 2)
+    assert sorted(b for g in groups for b in g) == list(range(16))
+    loads = [sum(16 - b for b in g) for g in groups]
+    assert max(loads) - min(loads) <= 16  # tiles per block: 16, 15, ..., 1
+    assert silhouette._share_blocks(1, 4) == [[0]]

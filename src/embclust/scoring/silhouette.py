@@ -4,7 +4,10 @@ scikit-learn's ``silhouette_samples`` computes all n x n distances and sums each
 distances per cluster with a Python loop of ``np.bincount`` calls, one per row. Here rows are
 sorted by cluster, squared distances come tile by tile from one GEMM of augmented rows
 (``[-2x, |x|^2, 1] . [y, 1, |y|^2]``), each tile is computed once for both of its row ranges
-(distances are symmetric), and per-cluster sums are segment sums over contiguous columns.
+(distances are symmetric), and per-cluster sums are segment sums over contiguous columns. The row blocks are shared out
+among as many threads as BLAS may use (each thread's GEMMs on one core): the square roots and
+segment sums, single-threaded in numpy, then run on every core (10,000 sampled rows of
+42,000 embeddings, k = 30: 162 -> 112 ms at PCA 5, 246 -> 178 ms at PCA 100, 2 cores).
 
 Precision: the GEMM is float64. A float32 GEMM was tried and measured up to 3.7e-6 away from
 scikit-learn per sample (1,500 x 768 embeddings, k = 200): float32 accumulation over hundreds
@@ -24,10 +27,19 @@ IMPLEMENTATION = "embclust-blocked-gemm"
 BLOCK_BYTES = 64 * 2**20
 # Square tiles of at most this many rows: a 1024 x 1024 tile (8 MB) stays near the cache.
 TILE_ROWS = 1024
+# Threads share the tiles only while each extra thread's own sums (rows x clusters, float64)
+# stay under this size.
+MAX_THREAD_SUMS_BYTES = 64 * 2**20
 
 
-def silhouette_samples(X: np.ndarray, labels: np.ndarray, block_bytes: int = BLOCK_BYTES) -> np.ndarray:
-    """Silhouette coefficient of each row of ``X`` (Euclidean), as ``sklearn.metrics.silhouette_samples``."""
+def silhouette_samples(
+    X: np.ndarray, labels: np.ndarray, block_bytes: int = BLOCK_BYTES, n_threads: int | None = None
+) -> np.ndarray:
+    """Silhouette coefficient of each row of ``X`` (Euclidean), as ``sklearn.metrics.silhouette_samples``.
+
+    ``n_threads``: threads sharing the tiles; None = as many as BLAS may use here (so
+    ``threadpool_limits`` and the sweep's per-cell share of the cores bound it too).
+    """
     X = np.asarray(X)
     labels = np.asarray(labels)
     if X.ndim != 2 or labels.ndim != 1 or X.shape[0] != labels.shape[0]:
@@ -47,10 +59,42 @@ def silhouette_samples(X: np.ndarray, labels: np.ndarray, block_bytes: int = BLO
     right = _augmented_rows(X, order)
 
     tile = _tile_size(n, block_bytes)
-    # sums[i, c]: sum of the distances from sorted row i to the rows of cluster c.
-    sums = np.zeros((n, k), dtype=np.float64)
     bounds = list(range(0, n, tile)) + [n]
-    for bi in range(len(bounds) - 1):
+    # sums[i, c]: sum of the distances from sorted row i to the rows of cluster c. Row blocks
+    # are shared out among threads, each with its own sums (added up in a fixed order).
+    threads = _threads(n_threads) if n * k * 8 <= MAX_THREAD_SUMS_BYTES else 1
+    groups = _share_blocks(len(bounds) - 1, threads)
+    parts = [np.zeros((n, k), dtype=np.float64) for _ in groups]
+    if len(groups) == 1:
+        _add_distance_sums(parts[0], groups[0], bounds, right, starts)
+    else:
+        from concurrent.futures import ThreadPoolExecutor
+
+        # numpy's ufuncs and BLAS release the GIL; each thread's GEMMs run on one core.
+        with _blas_controller().limit(limits=1, user_api="blas"), ThreadPoolExecutor(len(groups)) as pool:
+            for done in [pool.submit(_add_distance_sums, part, g, bounds, right, starts) for part, g in zip(parts, groups)]:
+                done.result()
+    sums = parts[0]
+    for part in parts[1:]:
+        sums += part
+    del parts
+
+    idx = np.arange(n)
+    intra = sums[idx, codes_sorted]
+    sums /= counts
+    sums[idx, codes_sorted] = np.inf
+    inter = sums.min(axis=1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        intra /= counts[codes_sorted] - 1  # 0/0 for singletons -> nan -> 0 below, as scikit-learn
+        values = (inter - intra) / np.maximum(intra, inter)
+    out = np.empty(n, dtype=np.float64)
+    out[order] = np.nan_to_num(values)
+    return out
+
+
+def _add_distance_sums(sums, blocks, bounds, right, starts) -> None:
+    """Add the per-cluster distance sums of the tiles in row blocks ``blocks`` to ``sums``."""
+    for bi in blocks:
         r0, r1 = bounds[bi], bounds[bi + 1]
         row_seg, row_ids = _segments(starts, r0, r1)
         left = _left_rows(right[r0:r1])
@@ -64,17 +108,37 @@ def silhouette_samples(X: np.ndarray, labels: np.ndarray, block_bytes: int = BLO
             if bj != bi:
                 sums[c0:c1, row_ids] += _column_sums_by_segment(D, row_seg).T
 
-    idx = np.arange(n)
-    intra = sums[idx, codes_sorted]
-    sums /= counts
-    sums[idx, codes_sorted] = np.inf
-    inter = sums.min(axis=1)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        intra /= counts[codes_sorted] - 1  # 0/0 for singletons -> nan -> 0 below, as scikit-learn
-        values = (inter - intra) / np.maximum(intra, inter)
-    out = np.empty(n, dtype=np.float64)
-    out[order] = np.nan_to_num(values)
-    return out
+
+def _share_blocks(n_blocks: int, n_threads: int) -> list[list[int]]:
+    """Row blocks per thread, balanced by tiles (block ``i`` holds ``n_blocks - i`` of them)."""
+    n_threads = max(1, min(n_threads, n_blocks))
+    groups: list[list[int]] = [[] for _ in range(n_threads)]
+    load = [0] * n_threads
+    for bi in range(n_blocks):  # largest first, each to the least loaded thread
+        t = load.index(min(load))
+        groups[t].append(bi)
+        load[t] += n_blocks - bi
+    return groups
+
+
+_CONTROLLER = None
+
+
+def _blas_controller():
+    global _CONTROLLER
+    if _CONTROLLER is None:
+        from threadpoolctl import ThreadpoolController
+
+        _CONTROLLER = ThreadpoolController()
+    return _CONTROLLER
+
+
+def _threads(n_threads: int | None) -> int:
+    """``n_threads``, or the threads BLAS may use now (1 when that cannot be read)."""
+    if n_threads is not None:
+        return max(1, int(n_threads))
+    info = _blas_controller().select(user_api="blas").info()
+    return max(1, min((int(i.get("num_threads") or 1) for i in info), default=1))
 
 
 def _augmented_rows(X: np.ndarray, order: np.ndarray) -> np.ndarray:
