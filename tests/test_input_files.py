@@ -44,6 +44,29 @@ def test_unreadable_file_names_the_path(tmp_path, emb, monkeypatch):
         load_npy(str(path))
 
 
+def test_complex_features_are_refused_not_cast(tmp_path, emb):
+    # numpy would drop the imaginary parts with a warning, and the run would cluster half the data.
+    path = tmp_path / "c.npy"
+    np.save(path, emb.astype(np.complex64))
+    with pytest.raises(DataError, match="must be real numbers .* got dtype complex64"):
+        load_npy(str(path))
+    with pytest.raises(DataError, match="must be real numbers"):
+        validate_dataset(Dataset(name="c", X=emb.astype(np.complex64), ids=np.arange(len(emb))))
+
+
+def test_a_folder_or_a_file_that_is_not_npy_is_named_as_such(tmp_path):
+    with pytest.raises(DataError, match=f"^{tmp_path} is a folder, not a file \\(dataset.path\\)"):
+        load_npy(str(tmp_path))
+    junk = tmp_path / "junk.npy"
+    junk.write_bytes(os.urandom(400))
+    with pytest.raises(DataError, match=f"^{junk}: not a numeric NumPy array .*numpy.save$"):
+        load_npy(str(junk))
+    objects = tmp_path / "objects.npy"
+    np.save(objects, np.array([{"a": 1}, None], dtype=object), allow_pickle=True)
+    with pytest.raises(DataError, match="not a numeric NumPy array"):
+        load_npy(str(objects))
+
+
 def test_header_only_csv_and_empty_parquet_say_0_rows(tmp_path):
     (tmp_path / "h.csv").write_text("id,f0,f1\n")
     with pytest.raises(DataError, match="h.csv: 0 rows \\(the file holds only a header\\)"):

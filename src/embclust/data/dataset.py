@@ -104,8 +104,8 @@ def validate_dataset(ds: Dataset, on_invalid: str = "error") -> Dataset:
         raise DataError(f"dataset '{ds.name}' is empty: 0 rows")
     if X.shape[1] == 0:
         raise DataError(f"dataset '{ds.name}' has 0 feature columns")
-    if not np.issubdtype(X.dtype, np.number):
-        raise DataError(f"dataset '{ds.name}': features must be numeric, got dtype {X.dtype}")
+    if not is_real_dtype(X.dtype):
+        raise DataError(f"dataset '{ds.name}': features must be real numbers (integer or float), got dtype {X.dtype}")
     for name, arr in (("ids", ds.ids), ("labels", ds.labels), ("texts", ds.texts)):
         if arr is not None and len(arr) != X.shape[0]:
             raise DataError(
@@ -196,6 +196,11 @@ def _invalid_rows(X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         huge.append(np.flatnonzero(finite & (squared > FLOAT32_MAX)) + start)
     empty = np.empty(0, dtype=np.int64)
     return (np.concatenate(bad) if bad else empty), (np.concatenate(huge) if huge else empty)
+
+
+def is_real_dtype(dtype) -> bool:
+    """Whether features of ``dtype`` can be clustered: integers or floats (not complex, bool, text)."""
+    return bool(np.issubdtype(dtype, np.integer) or np.issubdtype(dtype, np.floating))
 
 
 def as_float32(X: np.ndarray) -> np.ndarray:

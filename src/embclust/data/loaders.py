@@ -19,7 +19,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pcsv
 import pyarrow.parquet as pq
 
-from embclust.data.dataset import Dataset, as_float32
+from embclust.data.dataset import Dataset, as_float32, is_real_dtype
 from embclust.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
@@ -32,6 +32,8 @@ def check_file(path: str | None, allowed: tuple[str, ...] | None, what: str = "d
     if not path:
         raise ConfigError(f"{what} is required (a {' or '.join(allowed or ('data',))} file)")
     p = Path(path)
+    if p.is_dir():
+        raise DataError(f"{path} is a folder, not a file ({what}): give the data file's path")
     if not p.is_file():
         raise DataError(f"file not found: {path} ({what})")
     if allowed is not None and p.suffix.lower() not in allowed:
@@ -64,6 +66,11 @@ def _load_array(path: str, what: str, mmap: bool = False, key: str | None = None
             raise DataError(f"{path}: no array named {key!r} (arrays: {', '.join(keys)})")
         return archive[key or keys[0]]
     except ValueError as exc:
+        if "pickle" in str(exc) or "Python objects" in str(exc):  # no .npy header, or an array of objects
+            raise DataError(
+                f"{path}: not a numeric NumPy array (no .npy/.npz header, or an array of Python objects); "
+                "save a numeric matrix with numpy.save"
+            ) from None
         raise DataError(f"{path}: cannot be read as a numeric array ({exc})") from exc
 
 
@@ -89,8 +96,8 @@ def load_npy(
     X = _load_array(path, "dataset.path", mmap=True, key=key)
     if X.ndim != 2:
         raise DataError(f"{path}: expected a 2-D matrix (rows x dimensions), got shape {X.shape}")
-    if not np.issubdtype(X.dtype, np.number):
-        raise DataError(f"{path}: features must be numeric, got dtype {X.dtype}")
+    if not is_real_dtype(X.dtype):
+        raise DataError(f"{path}: features must be real numbers (integer or float), got dtype {X.dtype}")
     ids = _load_array(ids_path, "dataset.ids_path") if ids_path else np.arange(X.shape[0])
     labels = _load_array(labels_path, "dataset.labels_path") if labels_path else None
     label_names = _load_names(label_names_path) if label_names_path else None
