@@ -33,8 +33,11 @@ def test_grid_sweep_nests_children_and_summarises_on_parent(run_cli):
     best = max(children, key=lambda c: c.data.metrics["silhouette_ref"])
     assert parent.data.tags["best_run_id"] == best.info.run_id
     assert parent.data.metrics["best_silhouette_ref"] == pytest.approx(best.data.metrics["silhouette_ref"])
-    # Data loaded once; PCA fitted once, at the largest size, and projected for the smaller one.
-    assert sorted(c.data.tags["data_cache"] for c in children) == ["hit", "hit", "hit", "miss"]
+    # Data loaded once, before the first cell (and checked there); PCA fitted once, at the
+    # largest size, and projected for the smaller one.
+    assert parent.data.tags["data_cache"] == "miss"
+    assert parent.data.tags["data_fingerprint"] == children[0].data.tags["data_fingerprint"]
+    assert [c.data.tags["data_cache"] for c in children] == ["hit"] * 4
     assert sorted(c.data.tags["preprocess_source"] for c in children) == [
         "fitted (cached)", "fitted (cached)", "sliced from PCA 10", "sliced from PCA 10 (cached)"]
     assert "cell 4/4" in res.stderr + res.stdout
@@ -71,6 +74,35 @@ def test_impossible_cell_fails_alone_and_is_marked(run_cli, tmp_path):
     assert "silhouette_per_cluster.csv" in artifacts
     # the only scored cell is the best one: it gets the full report after the sweep
     assert parent.data.tags["best_run_id"] == done.info.run_id
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("sweep.metric=silhouete", "sweep.metric='silhouete' is not allowed (allowed: silhouette"),
+        ("dataset=npy", "dataset.path is required"),
+        ("dataset=npy dataset.path=missing.npy", "file not found: missing.npy (dataset.path)"),
+    ],
+)
+def test_what_every_cell_shares_is_checked_before_the_first_cell(run_cli, override, message):
+    # A typo in a value the cells share would fail each of them the same way: one line, no run.
+    res = run_cli("-m", "reducer=none", *override.split(), "clusterer.n_clusters=3,4,5")
+    assert res.returncode == 1
+    errors = [line for line in res.stderr.splitlines() if message in line]
+    assert len(errors) == 1 and "no cell was run" in errors[0], res.stderr[-2000:]
+    assert "cell 1/3" not in res.stderr
+    assert res.runs() == []
+
+
+def test_a_swept_dataset_fails_only_its_own_cell(run_cli, tmp_path):
+    import numpy as np
+
+    np.save(tmp_path / "ok.npy", np.random.default_rng(0).normal(size=(120, 8)).astype(np.float32))
+    res = run_cli("-m", "reducer=none", "dataset=npy", "clusterer.n_clusters=3", "dataset.path=ok.npy,missing.npy")
+    parent, children = _check_sweep(res, n_children=2)
+    status = {c.data.params["dataset.path"]: c.info.status for c in children}
+    assert status == {"ok.npy": "FINISHED", "missing.npy": "FAILED"}
+    assert "data_fingerprint" not in parent.data.tags  # not one dataset: the cells load their own
 
 
 def test_rerun_resumes_only_missing_or_failed_cells(run_cli):

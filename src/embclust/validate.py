@@ -101,28 +101,43 @@ def _missing_message(key: str) -> str:
     return f"{key} is required: pass {key}=VALUE"
 
 
-def _check_missing(node: DictConfig, prefix: str = "") -> None:
+def _skipped(key: str, skip: tuple[str, ...]) -> bool:
+    """Whether ``key`` is one of ``skip`` or lies under one of them."""
+    return any(key == s or key.startswith(s + ".") for s in skip)
+
+
+def _check_missing(node: DictConfig, prefix: str = "", skip: tuple[str, ...] = ()) -> None:
     """Raise for the first ``???`` value, naming its key (OmegaConf would raise a raw error later)."""
     for key in node.keys():
         name = f"{prefix}{key}"
+        if _skipped(name, skip):
+            continue
         if OmegaConf.is_missing(node, key):
             raise ConfigError(_missing_message(name))
         child = node._get_node(key)
         if isinstance(child, DictConfig):
-            _check_missing(child, f"{name}.")
+            _check_missing(child, f"{name}.", skip)
 
 
 def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def validate_config(cfg: DictConfig) -> None:
-    """Raise :class:`ConfigError` naming the first config value that is missing or not allowed."""
+def validate_config(cfg: DictConfig, skip: tuple[str, ...] = ()) -> None:
+    """Raise :class:`ConfigError` naming the first config value that is missing or not allowed.
+
+    ``skip``: keys (or groups, e.g. ``clusterer``) left unchecked, with everything under them: a
+    sweep checks what its cells share before the first cell runs, and each cell its swept values.
+    """
     if "hydra" in cfg:  # Hydra's own node is checked by Hydra
         cfg = OmegaConf.masked_copy(cfg, [k for k in cfg.keys() if k != "hydra"])
-    _check_missing(cfg)
+
+    def checked(key: str) -> Any:
+        return _MISSING if _skipped(key, skip) else _value(cfg, key)
+
+    _check_missing(cfg, skip=skip)
     for key, minimum, nullable in _INT_KEYS:
-        value = _value(cfg, key)
+        value = checked(key)
         if value is _MISSING or (value is None and nullable):
             continue
         if key == "clusterer.n_init" and value == "auto":  # scikit-learn's KMeans accepts "auto"
@@ -131,25 +146,25 @@ def validate_config(cfg: DictConfig) -> None:
             allowed = f"{'null or ' if nullable else ''}an integer >= {minimum}"
             raise ConfigError(f"{key}={value!r} must be {allowed}")
     for key, choices in _CHOICE_KEYS:
-        value = _value(cfg, key)
+        value = checked(key)
         if value is not _MISSING and value not in choices:
             raise ConfigError(f"{key}={value!r} is not allowed (allowed: {', '.join(choices)})")
     for key in _BOOL_KEYS:
-        value = _value(cfg, key)
+        value = checked(key)
         if value is not _MISSING and not isinstance(value, bool):
             raise ConfigError(f"{key}={value!r} is not allowed: must be true or false")
-    enabled = _value(cfg, "cache.enabled")
+    enabled = checked("cache.enabled")
     if enabled is not _MISSING and enabled is not None and not isinstance(enabled, bool):
         raise ConfigError(f"cache.enabled={enabled!r} is not allowed: must be null, true or false")
-    threshold = _value(cfg, "analysis.duplicates.threshold")
+    threshold = checked("analysis.duplicates.threshold")
     if threshold is not _MISSING and (
         isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0 < threshold <= 1
     ):
         raise ConfigError(f"analysis.duplicates.threshold={threshold!r} is not allowed: must be a number in (0, 1]")
-    name = _value(cfg, "mlflow.experiment_name")
+    name = checked("mlflow.experiment_name")
     if name is not _MISSING and (not isinstance(name, str) or not name.strip()):
         raise ConfigError(f"mlflow.experiment_name={name!r} is not allowed: must be a non-empty name")
-    uri = _value(cfg, "mlflow.tracking_uri")
+    uri = checked("mlflow.tracking_uri")
     if uri is not _MISSING and (not isinstance(uri, str) or not uri.strip()):
         raise ConfigError(f"mlflow.tracking_uri={uri!r} is not allowed: must be a tracking URI such as sqlite:///mlflow.db")
 

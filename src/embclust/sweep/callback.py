@@ -21,7 +21,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from embclust import signals, tracking
-from embclust.errors import EmbclustError
+from embclust.errors import EmbclustError, user_error
 from embclust.sweep import compare
 from embclust.sweep.cache import stable_hash
 from embclust.sweep.plan import ENV_VAR, PREPROCESS_PREFIX, SweepPlan, largest_pca, sweep_values
@@ -145,14 +145,25 @@ class MlflowSweepCallback(Callback):
             log.error("%s", exc)
             raise SystemExit(1) from None
         except Exception as exc:  # noqa: BLE001 - without a parent, cells would run as loose runs
+            err = user_error(exc)
+            if err is not None:  # a value or file every cell shares: each cell would fail on it
+                log.error("sweep: no cell was run: %s", err)
+                raise SystemExit(1) from None
             log.error("sweep: could not open the parent MLflow run at %s: %s", config.mlflow.tracking_uri, exc)
             raise SystemExit(1) from None
 
     def _start(self, config: DictConfig) -> None:
+        from embclust import validate
+
+        swept = sweep_values(config)
+        task_cfg = OmegaConf.create({k: v for k, v in config.items() if k != "hydra"})
+        # What every cell shares is checked once, before the store is touched: one error line
+        # instead of one FAILED cell per grid point. Swept values are checked by their cells.
+        validate.validate_config(task_cfg, skip=tuple(swept))
         experiment_id = tracking.setup_tracking(config.mlflow.tracking_uri, config.mlflow.experiment_name)
+        data_tags = _load_shared_dataset(task_cfg, config, swept)
         sweep_params = {str(k): str(v) for k, v in (config.hydra.sweeper.get("params") or {}).items()}
         task_overrides = list(config.hydra.overrides.task)
-        task_cfg = OmegaConf.create({k: v for k, v in config.items() if k != "hydra"})
         container = OmegaConf.to_container(task_cfg, resolve=True)
         key = stable_hash(
             {
@@ -174,7 +185,6 @@ class MlflowSweepCallback(Callback):
             previous = found[0] if found else None
         code_dir = Path(__file__).resolve().parent
         repro = {**tracking.git_state(code_dir), **{f"version.{p}": v for p, v in tracking.package_versions().items()}}
-        swept = sweep_values(config)
         if previous is not None:
             self.parent_run_id = previous.info.run_id
             client.update_run(self.parent_run_id, status="RUNNING")
@@ -212,6 +222,8 @@ class MlflowSweepCallback(Callback):
             tags=repro,
         )
         client.set_tag(self.parent_run_id, "sweep.rank_metric", self.plan.rank_metric)
+        for tag, value in data_tags.items():
+            client.set_tag(self.parent_run_id, tag, value)
         self.plan.to_env()
         _close_on_exit(self.parent_run_id)
         if self.plan.total:
@@ -261,6 +273,42 @@ class MlflowSweepCallback(Callback):
         if summary.n_cells == 0:
             log.error("sweep: no cell ran; parent run %s", parent)
             raise SystemExit(1)
+
+
+# Config keys that decide which rows a sweep's cells load (see embclust.stages.load_dataset).
+_DATASET_KEYS = ("dataset", "seed", "analysis.duplicates.threshold")
+_BASIC_LAUNCHER = "hydra._internal.core_plugins.basic_launcher.BasicLauncher"
+
+
+def _dataset_is_shared(swept: dict) -> bool:
+    """Whether every cell loads the same rows: no swept key is, holds or lies under a dataset key."""
+    return not any(
+        key == d or key.startswith(d + ".") or d.startswith(key + ".") for key in swept for d in _DATASET_KEYS
+    )
+
+
+def _load_shared_dataset(task_cfg: DictConfig, config: DictConfig, swept: dict) -> dict[str, str]:
+    """Load and validate the dataset every cell shares, before any cell starts; its tags for the parent.
+
+    A missing file or invalid data is then one error line and no run, not one FAILED cell per
+    grid point. Cells of the basic launcher (this process) reuse the loaded rows; workers of other
+    launchers read them from the cache, so this process lets them go. Nothing is loaded when a
+    swept key changes the rows, or when workers would load it again anyway (no cache).
+    """
+    from embclust import stages
+    from embclust.sweep import shared
+
+    basic = str(config.hydra.launcher.get("_target_", "")) == _BASIC_LAUNCHER
+    cache_dir = stages.cache_dir(task_cfg, in_sweep=True)
+    if not _dataset_is_shared(swept) or (not basic and cache_dir is None):
+        return {}
+    ds, hit = stages.load_dataset(task_cfg, cache_dir)
+    tags = {"data_fingerprint": ds.fingerprint, "data_n_samples": str(ds.n_samples), "data_n_features": str(ds.n_features)}
+    if hit is not None:
+        tags["data_cache"] = "hit" if hit else "miss"
+    if not basic:
+        shared.forget_dataset()
+    return tags
 
 
 def _end_stopped(client, parent_run_id: str, stopped) -> None:
