@@ -34,6 +34,35 @@ def test_processes_started_together_on_a_fresh_sqlite_store_all_succeed(tmp_path
     assert mlflow.get_run(run.info.run_id).info.status == "FINISHED"
 
 
+def test_a_store_whose_creation_was_killed_is_created_again(tmp_path):
+    # MLflow migrates a new database in place; stopped halfway, every later run failed on it.
+    import signal
+    import time
+
+    db = tmp_path / "mlflow.db"
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    proc = subprocess.Popen([sys.executable, "-c", _SETUP, f"sqlite:///{db}"], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not list(tmp_path.glob(".mlflow.db.new-*")) and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=60)
+    assert not db.exists()  # the half-built schema never took the store's name
+    experiment_id = setup_tracking(f"sqlite:///{db}", "embclust")
+    with mlflow.start_run(experiment_id=experiment_id) as run:
+        mlflow.log_metric("m", 1.0)
+    assert mlflow.get_run(run.info.run_id).info.status == "FINISHED"
+    assert not list(tmp_path.glob(".mlflow.db.new-*"))  # the stopped creator's file is cleaned up
+
+
+def test_a_file_that_is_not_a_store_is_one_clear_line(tmp_path):
+    db = tmp_path / "mlflow.db"
+    db.write_bytes(b"not a database " * 100)
+    with pytest.raises(ConfigError, match=r"mlflow.tracking_uri='sqlite:///.*mlflow.db' cannot be used: .*not a database"):
+        setup_tracking(f"sqlite:///{db}", "embclust")
+
+
 def test_unknown_scheme_is_one_clear_line():
     with pytest.raises(ConfigError, match=r"mlflow.tracking_uri='sqlit:///x.db': unknown scheme sqlit:"):
         setup_tracking("sqlit:///x.db", "embclust")

@@ -109,6 +109,40 @@ def store_lock(tracking_uri: str):
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
+def create_sqlite_store(db: Path) -> None:
+    """Create a new SQLite store at ``db`` whole or not at all.
+
+    MLflow builds a new database by running its schema migrations one by one in the file itself;
+    a process stopped meanwhile (Ctrl-C, SIGTERM, ``kill -9``) leaves a half-built schema that
+    every later run fails on. Here the migrations run on a temporary file beside ``db``, which is
+    renamed into place only when they are done (call it under :func:`store_lock`).
+    """
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+    try:  # what MLflow itself opens for a sqlite:/// URI (artifact root, workspaces)
+        from mlflow.tracking._tracking_service.utils import _get_sqlalchemy_store as open_store
+    except ImportError:
+        from mlflow.store.tracking import DEFAULT_LOCAL_FILE_AND_ARTIFACT_PATH
+
+        def open_store(uri, artifact_uri):
+            return SqlAlchemyStore(uri, artifact_uri or DEFAULT_LOCAL_FILE_AND_ARTIFACT_PATH)
+
+    db.parent.mkdir(parents=True, exist_ok=True)
+    tmp = db.with_name(f".{db.name}.new-{os.getpid()}")
+    leftovers = [tmp.with_name(tmp.name + suffix) for suffix in ("", "-journal", "-wal", "-shm")]
+    for path in db.parent.glob(f".{db.name}.new-*"):  # of creators that were stopped (the lock is ours)
+        path.unlink(missing_ok=True)
+    try:
+        store = open_store(f"sqlite:///{tmp}", None)
+        engine = getattr(store, "engine", None)
+        if engine is not None:
+            engine.dispose()
+        os.replace(tmp, db)
+    finally:
+        for path in leftovers:
+            path.unlink(missing_ok=True)
+
+
 def setup_tracking(tracking_uri: str, experiment_name: str) -> str:
     """Point MLflow at ``tracking_uri`` and return the id of ``experiment_name`` (created if new).
 
@@ -126,9 +160,14 @@ def setup_tracking(tracking_uri: str, experiment_name: str) -> str:
             "(allowed: sqlite:///FILE, a folder or file:///FOLDER, http(s)://HOST:PORT, databricks, "
             "postgresql/mysql/mssql://...)"
         )
+    from sqlalchemy.exc import SQLAlchemyError
+
     mlflow.set_tracking_uri(tracking_uri)
     with store_lock(tracking_uri):
         try:
+            db = sqlite_path(tracking_uri)
+            if db is not None and not db.exists():
+                create_sqlite_store(db)
             client = mlflow.MlflowClient()
             experiment = client.get_experiment_by_name(experiment_name)
             if experiment is not None and experiment.lifecycle_stage == "deleted":
@@ -141,6 +180,12 @@ def setup_tracking(tracking_uri: str, experiment_name: str) -> str:
         except MlflowException as exc:
             first_line = str(exc.message).strip().splitlines()[0] if str(exc.message).strip() else type(exc).__name__
             raise ConfigError(f"MLflow store mlflow.tracking_uri={tracking_uri!r} cannot be used: {first_line}") from exc
+        except SQLAlchemyError as exc:  # e.g. a schema left half-built by another tool's interrupted set-up
+            first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ConfigError(
+                f"MLflow store mlflow.tracking_uri={tracking_uri!r} cannot be used: {first_line}; if a process "
+                "creating it was stopped, move the file away (or delete it if it holds no runs) and run again"
+            ) from exc
     return experiment.experiment_id
 
 
