@@ -59,3 +59,89 @@ def test_signal_during_a_run_ends_it_killed(tmp_path, tracking_uri, sig, code):
     assert run.info.status == "KILLED"
     assert run.data.tags["error"] == f"stopped by {name}"
     assert "silhouette" not in run.data.metrics
+
+
+def test_deferred_holds_a_signal_until_the_block_ends():
+    from embclust.signals import deferred
+
+    with pytest.raises(Stopped):
+        with stop_on_signals():
+            reached = False
+            with deferred():
+                os.kill(os.getpid(), signal.SIGTERM)
+                time.sleep(0.05)
+                reached = True  # the step ran to its end; the signal comes after it
+            pytest.fail("the held signal was not delivered when the block ended")
+    assert reached
+
+
+def test_a_stop_lost_in_a_finaliser_is_raised_at_the_next_checkpoint():
+    import gc
+
+    from embclust import signals
+
+    class RaisesOnCollect:
+        def __del__(self):
+            raise Stopped(signal.SIGTERM)  # as a signal handler does when it lands in a finaliser
+
+    obj = RaisesOnCollect()
+    del obj
+    gc.collect()  # Python prints "Exception ignored" and drops it: embclust keeps it
+    with pytest.raises(Stopped, match="stopped by SIGTERM"):
+        signals.checkpoint()
+    signals.checkpoint()  # raised once only
+
+
+def _sweep_until(tmp_path, tracking_uri, line: str, sig, *overrides, delay: float = 0.0):
+    """Start a small sweep, send ``sig`` once ``line`` is on its stderr, wait for it to end."""
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    cmd = [sys.executable, str(RUN_PY), "-m", "dataset=synthetic", "reducer=none", *overrides,
+           f"mlflow.tracking_uri={tracking_uri}", f"hydra.sweep.dir={tmp_path / 'multirun'}"]
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    seen = []
+    try:
+        for text in proc.stderr:
+            seen.append(text)
+            if line in text:
+                break
+        else:
+            pytest.fail(f"the sweep ended before {line!r}: " + "".join(seen)[-2000:])
+        time.sleep(delay)
+        proc.send_signal(sig)
+        stdout, rest = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    mlflow.set_tracking_uri(tracking_uri)
+    runs = mlflow.search_runs(experiment_names=["embclust"], output_format="list")
+    return proc.returncode, "".join(seen) + rest, runs
+
+
+@pytest.mark.parametrize("sig, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_a_signal_between_cells_stops_the_sweep_before_the_next_cell(tmp_path, tracking_uri, sig, code):
+    rc, stderr, runs = _sweep_until(tmp_path, tracking_uri, "cell 1/3 done", sig, "clusterer.n_clusters=5,6,7")
+    name = signal.Signals(sig).name
+    assert rc == code, stderr[-2000:]
+    assert "Traceback" not in stderr and "Exception ignored" not in stderr
+    assert not [r for r in runs if r.info.status == "RUNNING"]
+    (parent,) = [r for r in runs if r.data.tags.get("sweep_role") == "parent"]
+    assert parent.info.status == "KILLED" and parent.data.tags["error"] == f"sweep stopped by {name}"
+    assert f"KILLED: sweep stopped by {name}" in stderr
+    cells = [r for r in runs if r.data.tags.get("sweep_role") == "cell"]
+    assert 1 <= len(cells) < 3  # cell 3 never started
+    assert {r.info.status for r in cells} <= {"FINISHED", "KILLED"}
+
+
+def test_a_signal_during_the_best_cells_report_keeps_its_result_and_kills_the_sweep(tmp_path, tracking_uri):
+    rc, stderr, runs = _sweep_until(
+        tmp_path, tracking_uri, "best cell [7/10] analyse", signal.SIGTERM, "clusterer.n_clusters=5,6", delay=0.2
+    )
+    assert rc == 143, stderr[-2000:]
+    assert "Traceback" not in stderr and "Exception ignored" not in stderr
+    (parent,) = [r for r in runs if r.data.tags.get("sweep_role") == "parent"]
+    assert parent.info.status == "KILLED" and parent.data.tags["error"] == "sweep stopped by SIGTERM"
+    cells = [r for r in runs if r.data.tags.get("sweep_role") == "cell"]
+    assert [r.info.status for r in cells] == ["FINISHED", "FINISHED"]
+    best = next(r for r in cells if r.data.tags.get("report_error"))
+    assert best.data.tags["report_error"] == "full report stopped by SIGTERM"
+    assert "silhouette" in best.data.metrics  # the light cell's scores stand

@@ -48,11 +48,18 @@ def exit_without_teardown(entry: Callable[[], object]) -> NoReturn:
     5 s run. The exit handlers still run (MLflow's, logging's), and the usual exit is kept when
     a non-daemon thread is still working or ``entry`` raised anything other than ``SystemExit``.
     """
+    from embclust.signals import Stopped
+
     try:
         entry()
         code: object = 0
     except SystemExit as exc:
         code = exc.code
+    except Stopped as exc:  # between a sweep's cells: its parent run is closed (and says so) on exit
+        code = exc.exit_code
+    except KeyboardInterrupt:  # Ctrl-C before any run started
+        print("stopped by SIGINT", file=sys.stderr)
+        code = 130
     if any(t.is_alive() and not t.daemon for t in threading.enumerate() if t is not threading.main_thread()):
         raise SystemExit(code)
     if code is None:

@@ -338,6 +338,10 @@ def run(cfg: DictConfig) -> float:
         if in_sweep:
             return math.nan
         raise SystemExit(1) from None
+    if in_sweep and signals.received is not None:  # stopped between cells: no further cell starts
+        raise SystemExit(signals.received.exit_code)
+    if not in_sweep:
+        signals.received = None  # a run starts unstopped, whatever ran before it in this process
     cell = sweep.current_cell(cfg, plan) if plan else None
     threads = _threads_per_cell() if in_sweep else None
     tags = {}
@@ -370,6 +374,9 @@ def run(cfg: DictConfig) -> float:
             signals.end_run_killed(stopped, f"{cell.position}: " if cell else "")
             raise SystemExit(stopped.exit_code) from None
         except Exception as exc:  # noqa: BLE001 - every failure must be recorded before exiting
+            if signals.received is not None:  # a stop signal that a library turned into an error of its own
+                signals.end_run_killed(signals.received, f"{cell.position}: " if cell else "")
+                raise SystemExit(signals.received.exit_code) from None
             message = _record_failure(exc, timer, active.info.run_id, f"{cell.position}: " if cell else "")
             if in_sweep:
                 return sweep.failed_cell_value(message)
@@ -407,7 +414,16 @@ def complete_best_cell(run_id: str, plan: SweepPlan) -> Report | None:
                                  data_analyses=False, release_shared=True)
             mlflow.set_tag("sweep_best", "true")
             return result.report
+        except signals.Stopped as stopped:
+            # Its light result (scores, labels) was complete: it stays FINISHED, the report is what stopped.
+            mlflow.set_tag("report_error", f"full report {stopped}")
+            mlflow.end_run(status="FINISHED")
+            raise
         except Exception as exc:  # noqa: BLE001 - the cell's own result stands; say what failed
+            if signals.received is not None:  # a stop signal that a library turned into an error of its own
+                mlflow.set_tag("report_error", f"full report {signals.received}")
+                mlflow.end_run(status="FINISHED")
+                raise signals.received from None
             err = user_error(exc)
             message = str(err) if err else f"{type(exc).__name__}: {exc}".replace("\n", " ")
             mlflow.set_tag("report_error", message[:5000])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import signal
+import sys
 import threading
 from contextlib import contextmanager
 
@@ -31,6 +32,31 @@ class Stopped(BaseException):
 # The first stop signal this process received (None: none). A sweep reads it after its cells:
 # a stopped sweep is not summarised, whoever caught the exception on the way.
 received: Stopped | None = None
+
+
+# A stop raised where Python could not raise it (a finaliser, a garbage-collector callback): it is
+# printed as "Exception ignored" and lost, so it is kept here and raised at the next checkpoint.
+_swallowed: Stopped | None = None
+_previous_unraisablehook = sys.unraisablehook
+
+
+def _keep_swallowed_stop(unraisable) -> None:
+    global _swallowed
+    if isinstance(unraisable.exc_value, Stopped):
+        _swallowed = unraisable.exc_value
+        return
+    _previous_unraisablehook(unraisable)
+
+
+sys.unraisablehook = _keep_swallowed_stop
+
+
+def checkpoint() -> None:
+    """Raise a stop that arrived where it could not be raised; called where each stage starts."""
+    global _swallowed
+    if _swallowed is not None:
+        stopped, _swallowed = _swallowed, None
+        raise stopped
 
 
 def _raise_stopped(signum, frame):
@@ -61,6 +87,44 @@ def stop_on_signals():
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+@contextmanager
+def deferred():
+    """Hold SIGTERM and SIGINT until the block ends (they are delivered then), on the main thread.
+
+    For steps that must not be cut in two, such as creating a run and setting up what closes it.
+    The block gets a function that delivers them early, from inside the code that handles them.
+    A signal that arrives meanwhile is noted by a holding handler and raised again, once, for the
+    handlers that were in place (a thread's signal mask would not do: any thread may receive it).
+    Off the main thread, where Python cannot install handlers, the block runs unchanged.
+    """
+    if not _main():
+        yield lambda: None
+        return
+    pending: list[int] = []
+
+    def hold(signum, frame):  # noqa: ARG001
+        if signum not in pending:
+            pending.append(signum)
+
+    previous = {sig: signal.signal(sig, hold) for sig in HANDLED}
+    released = False
+
+    def release() -> None:
+        nonlocal released
+        if released:
+            return
+        released = True
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        for sig in pending:
+            signal.raise_signal(sig)
+
+    try:
+        yield release
+    finally:
+        release()
 
 
 def end_run_killed(stopped: Stopped, prefix: str = "") -> None:

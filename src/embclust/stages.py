@@ -19,7 +19,7 @@ import numpy as np
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from embclust import cluster, data, validate
+from embclust import cluster, data, signals, validate
 from embclust.explain import duplicates
 from embclust.scoring import metrics
 from embclust.sweep import shared
@@ -43,6 +43,7 @@ class StageTimer:
 
     @contextmanager
     def __call__(self, stage: str):
+        signals.checkpoint()  # a stop signal lost in a finaliser during the last stage ends the run here
         log.log(
             self.level,"%s[%d/%d] %s", self.prefix, self.stages.index(stage) + 1, len(self.stages), stage)
         start = time.perf_counter()

@@ -114,7 +114,12 @@ def _log_params(client: mlflow.MlflowClient, run_id: str, params: dict[str, Any]
         client.log_batch(run_id, params=items[i : i + 100])
 
 
-def close_orphans(client: mlflow.MlflowClient, experiment_id: str, parent_run_id: str) -> int:
+_ORPHANED = "orphaned: the sweep process running this cell ended without closing it"
+
+
+def close_orphans(
+    client: mlflow.MlflowClient, experiment_id: str, parent_run_id: str, reason: str = _ORPHANED, quiet: bool = False
+) -> int:
     """End as KILLED the cells of ``parent_run_id`` still RUNNING: their process is gone."""
     orphans = mlflow.search_runs(
         [experiment_id],
@@ -122,9 +127,9 @@ def close_orphans(client: mlflow.MlflowClient, experiment_id: str, parent_run_id
         output_format="list",
     )
     for run in orphans:
-        client.set_tag(run.info.run_id, "error", "orphaned: the sweep process running this cell ended without closing it")
+        client.set_tag(run.info.run_id, "error", reason)
         client.set_terminated(run.info.run_id, "KILLED")
-    if orphans:
+    if orphans and not quiet:
         log.warning("sweep: closed %d cell run(s) left RUNNING by an earlier, interrupted sweep", len(orphans))
     return len(orphans)
 
@@ -185,6 +190,31 @@ class MlflowSweepCallback(Callback):
             previous = found[0] if found else None
         code_dir = Path(__file__).resolve().parent
         repro = {**tracking.git_state(code_dir), **{f"version.{p}": v for p, v in tracking.package_versions().items()}}
+        # From the moment the parent exists, an exit closes it: signals wait until the closer is set.
+        _handle_stop_signals(stop_at_once=str(config.hydra.launcher.get("_target_", "")) != _BASIC_LAUNCHER)
+        with signals.deferred():
+            self._open_parent(client, experiment_id, previous, key, config, task_cfg, task_overrides, sweep_params, repro)
+            _close_on_exit(self.parent_run_id, experiment_id)
+        preprocessing_varies = any(k.startswith(PREPROCESS_PREFIX) for k in swept)
+        self.plan = SweepPlan(
+            parent_run_id=self.parent_run_id,
+            experiment_id=experiment_id,
+            total=count_cells(config),
+            metric=str(config.sweep.metric),
+            max_pca_components=largest_pca(config, swept),
+            preprocessing_varies=preprocessing_varies,
+            resumed=previous is not None,
+            tags=repro,
+        )
+        client.set_tag(self.parent_run_id, "sweep.rank_metric", self.plan.rank_metric)
+        for tag, value in data_tags.items():
+            client.set_tag(self.parent_run_id, tag, value)
+        self.plan.to_env()
+        if self.plan.total:
+            log.info("sweep: %d cells, ranked by %s", self.plan.total, self.plan.rank_metric)
+
+    def _open_parent(self, client, experiment_id, previous, key, config, task_cfg, task_overrides, sweep_params, repro) -> None:
+        """Resume the previous parent run of this sweep, or create one; sets ``parent_run_id``."""
         if previous is not None:
             self.parent_run_id = previous.info.run_id
             client.update_run(self.parent_run_id, status="RUNNING")
@@ -210,24 +240,6 @@ class MlflowSweepCallback(Callback):
                 k: v for k, v in tracking.flatten_config(task_cfg).items() if k.split(".")[0] not in _NOT_IDENTITY
             })
             log.info("sweep: parent run %s", self.parent_run_id)
-        preprocessing_varies = any(k.startswith(PREPROCESS_PREFIX) for k in swept)
-        self.plan = SweepPlan(
-            parent_run_id=self.parent_run_id,
-            experiment_id=experiment_id,
-            total=count_cells(config),
-            metric=str(config.sweep.metric),
-            max_pca_components=largest_pca(config, swept),
-            preprocessing_varies=preprocessing_varies,
-            resumed=previous is not None,
-            tags=repro,
-        )
-        client.set_tag(self.parent_run_id, "sweep.rank_metric", self.plan.rank_metric)
-        for tag, value in data_tags.items():
-            client.set_tag(self.parent_run_id, tag, value)
-        self.plan.to_env()
-        _close_on_exit(self.parent_run_id)
-        if self.plan.total:
-            log.info("sweep: %d cells, ranked by %s", self.plan.total, self.plan.rank_metric)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         os.environ.pop(ENV_VAR, None)
@@ -247,7 +259,12 @@ class MlflowSweepCallback(Callback):
                 def complete(run_id: str):
                     return runner.complete_best_cell(run_id, plan)
 
-            summary = summarize_sweep(parent, config.mlflow.experiment_name, self.plan.rank_metric, complete)
+            # A stop while the best cell is completed or the summary is written ends the parent
+            # KILLED with the signal's exit code, as a stop during the cells does.
+            with signals.stop_on_signals():
+                summary = summarize_sweep(parent, config.mlflow.experiment_name, self.plan.rank_metric, complete)
+        except signals.Stopped as stopped:
+            _end_stopped(client, parent, stopped)
         except Exception as exc:  # noqa: BLE001 - the parent must still end, with the reason
             message = f"summary failed: {type(exc).__name__}: {exc}".replace("\n", " ")
             client.set_tag(parent, "error", message[:5000])
@@ -313,34 +330,62 @@ def _load_shared_dataset(task_cfg: DictConfig, config: DictConfig, swept: dict) 
 
 def _end_stopped(client, parent_run_id: str, stopped) -> None:
     """End the parent of a sweep stopped by a signal as KILLED, say so, and exit 128 + signal."""
-    client.set_tag(parent_run_id, "error", f"sweep {stopped}")
-    client.set_terminated(parent_run_id, "KILLED")
-    log.error("sweep: parent run %s KILLED: %s", parent_run_id, stopped)
+    import signal
+    import threading
+
+    # A second signal while this is recorded must not leave the parent RUNNING.
+    main = threading.current_thread() is threading.main_thread()
+    previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in signals.HANDLED} if main else {}
+    try:
+        client.set_tag(parent_run_id, "error", f"sweep {stopped}")
+        client.set_terminated(parent_run_id, "KILLED")
+        log.error("sweep: parent run %s KILLED: %s", parent_run_id, stopped)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     raise SystemExit(stopped.exit_code)
 
 
-def _close_on_exit(parent_run_id: str) -> None:
-    """End the parent as KILLED if the process exits (error, Ctrl-C, SIGTERM) before the summary."""
-    import atexit
+def _handle_stop_signals(stop_at_once: bool) -> None:
+    """Note SIGTERM and SIGINT that arrive between cells; the next cell (or the summary) ends the sweep.
+
+    Hydra's own bookkeeping between jobs is then never cut in two; cells and the summary install
+    handlers that stop at once. ``stop_at_once``: stop at the signal wherever it comes (this
+    process only waits on launcher workers). A SIGINT that is ignored (a background job) stays so.
+    """
     import signal
+
+    def on_stop(signum, frame):  # noqa: ARG001
+        stopped = signals.note_stop(signum)
+        if stop_at_once:
+            raise stopped
+
+    on_stop.embclust_sweep = True  # an earlier sweep's handler in this process is replaced
+    defaults = {signal.SIGTERM: (signal.SIG_DFL, None), signal.SIGINT: (signal.default_int_handler, None)}
+    for sig, default in defaults.items():
+        current = signal.getsignal(sig)
+        if current in default or getattr(current, "embclust_sweep", False):
+            signal.signal(sig, on_stop)
+
+
+def _close_on_exit(parent_run_id: str, experiment_id: str) -> None:
+    """End the parent, and any cell still RUNNING, as KILLED if the process exits before the summary."""
+    import atexit
 
     def close() -> None:
         try:
             client = mlflow.MlflowClient()
             if client.get_run(parent_run_id).info.status == "RUNNING":
-                client.set_tag(parent_run_id, "error", "the sweep process stopped before its summary")
+                stopped = signals.received
+                reason = f"sweep {stopped}" if stopped else "the sweep process stopped before its summary"
+                close_orphans(client, experiment_id, parent_run_id, reason, quiet=True)
+                client.set_tag(parent_run_id, "error", reason)
                 client.set_terminated(parent_run_id, "KILLED")
+                log.error("sweep: parent run %s KILLED: %s", parent_run_id, reason)
         except Exception:  # noqa: BLE001 - best effort while the process ends
             pass
 
     atexit.register(close)
-
-    def on_sigterm(signum, frame):  # noqa: ARG001
-        signals.note_stop(signum)
-        raise KeyboardInterrupt("SIGTERM")
-
-    if signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, None):
-        signal.signal(signal.SIGTERM, on_sigterm)
 
 
 class CellFailed(EmbclustError):

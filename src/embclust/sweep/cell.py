@@ -22,7 +22,7 @@ from hydra.utils import instantiate
 from mlflow.entities import Metric, Param, RunTag
 from omegaconf import DictConfig, OmegaConf
 
-from embclust import stages
+from embclust import signals, stages
 from embclust.scoring import silhouette, stability
 from embclust.errors import user_error
 from embclust.sweep.callback import SweepCell, failed_cell_value
@@ -64,7 +64,14 @@ def run_light_cell(cfg: DictConfig, plan: SweepPlan, cell: SweepCell, threads: i
     client = mlflow.MlflowClient()
     # One line per cell (when it is done); the stages are logged at DEBUG.
     timer = stages.StageTimer(STAGES, prefix=f"{cell.position} ", level=logging.DEBUG)
-    run = client.create_run(
+    # A stop signal waits until the run exists and the handlers that close it are in place.
+    with signals.deferred() as release:
+        run_id = _create_run(client, plan, cell).info.run_id
+        return _run_cell(client, run_id, cfg, plan, cell, timer, threads, release)
+
+
+def _create_run(client, plan: SweepPlan, cell: SweepCell):
+    return client.create_run(
         plan.experiment_id,
         run_name=cell.overrides or f"cell {cell.index + 1}",
         tags={
@@ -75,12 +82,15 @@ def run_light_cell(cfg: DictConfig, plan: SweepPlan, cell: SweepCell, threads: i
             **plan.tags,
         },
     )
-    run_id = run.info.run_id
+
+
+def _run_cell(client, run_id: str, cfg: DictConfig, plan: SweepPlan, cell: SweepCell, timer, threads, release) -> float:
     try:
         params = [Param(k, v) for k, v in identity_params(cfg, cell.overrides.split()).items()]
     except Exception:  # noqa: BLE001 - an unresolvable config is reported by the run itself
         params = []
     try:
+        release()  # signals held while the run was created arrive here, inside the handlers
         from threadpoolctl import threadpool_limits
 
         with threadpool_limits(limits=threads):
@@ -103,6 +113,9 @@ def run_light_cell(cfg: DictConfig, plan: SweepPlan, cell: SweepCell, threads: i
         client.set_terminated(run_id, "FINISHED")
         shared.release_free_memory()  # the cell's temporaries: keep the sweep's memory flat
     except Exception as exc:  # noqa: BLE001 - a failed cell is recorded and the sweep goes on
+        if signals.received is not None:  # a stop signal that a library turned into an error of its own
+            _end_killed(client, run_id, cell, str(signals.received))
+            raise signals.received from None
         err = user_error(exc)
         message = str(err) if err else f"{type(exc).__name__}: {exc}".replace("\n", " ")
         client.log_batch(run_id, params=params, tags=[RunTag("error", message[:5000])])
@@ -112,14 +125,19 @@ def run_light_cell(cfg: DictConfig, plan: SweepPlan, cell: SweepCell, threads: i
         log.error("%s: run %s FAILED: %s", cell.position, run_id, message)
         return failed_cell_value(message)
     except BaseException as exc:
-        client.set_tag(run_id, "error", f"stopped: {type(exc).__name__} {exc}".strip()[:5000])
-        client.set_terminated(run_id, "KILLED")
+        _end_killed(client, run_id, cell, str(exc) if isinstance(exc, signals.Stopped) else f"stopped: {type(exc).__name__} {exc}".strip())
         raise
     value = scores.values.get(plan.rank_metric, math.nan)
     log.info(
         "%s done in %.1fs: %s=%.4g (run %s)", cell.position, sum(timer.seconds.values()), plan.rank_metric, value, run_id
     )
     return value
+
+
+def _end_killed(client, run_id: str, cell: SweepCell, reason: str) -> None:
+    client.set_tag(run_id, "error", reason[:5000])
+    client.set_terminated(run_id, "KILLED")
+    log.error("%s: run %s KILLED: %s", cell.position, run_id, reason)
 
 
 def _fit_and_score(cfg: DictConfig, plan: SweepPlan, timer: stages.StageTimer):
