@@ -75,8 +75,12 @@ def test_table_vector_column_and_ragged_rows(tmp_path, emb):
     rows = emb.tolist()
     rows[7] = rows[7][:4]
     pq.write_table(pa.table({"id": range(40), "vec": rows}), tmp_path / "r.parquet")
-    with pytest.raises(DataError, match=r"ragged: 1 rows differ from length 6 \(first ids: 7\)"):
+    with pytest.raises(DataError, match=r"ragged: 1 of 40 rows are not of length 6 \(first ids: 7\)"):
         load_table(str(tmp_path / "r.parquet"), id_column="id", vector_column="vec")
+    rows[7] = None  # a missing vector is named as such, not as a vector of length 0
+    pq.write_table(pa.table({"id": range(40), "vec": rows}), tmp_path / "n.parquet")
+    with pytest.raises(DataError, match=r"'vec' is empty \(null\) in 1 of 40 rows \(first ids: 7\)"):
+        load_table(str(tmp_path / "n.parquet"), id_column="id", vector_column="vec")
 
 
 def test_table_errors_name_the_problem(tmp_path, emb):

@@ -298,13 +298,20 @@ def _vectors_from_list_column(column: pa.ChunkedArray, name: str, p: Path, ids: 
     is_list = pa.types.is_list(dtype) or pa.types.is_large_list(dtype) or pa.types.is_fixed_size_list(dtype)
     if not is_list or not _is_numeric(dtype.value_type):
         raise DataError(f"{p}: vector column {name!r} is {dtype}, expected a list of numbers")
+    missing = np.flatnonzero(column.is_null().to_numpy(zero_copy_only=False))
+    if missing.size:
+        first = ", ".join(str(i) for i in ids[missing[:5]])
+        raise DataError(
+            f"{p}: vector column {name!r} is empty (null) in {missing.size} of {len(column)} rows (first ids: {first}); "
+            "fill them or drop those rows"
+        )
     lengths = pc.list_value_length(column).fill_null(0).to_numpy()
     if lengths.size and (lengths != lengths[0]).any():
         dim = int(np.bincount(lengths).argmax())
         bad = np.flatnonzero(lengths != dim)
         first = ", ".join(str(i) for i in ids[bad[:5]])
         raise DataError(
-            f"{p}: vector column {name!r} is ragged: {bad.size} rows differ from length {dim} (first ids: {first})"
+            f"{p}: vector column {name!r} is ragged: {bad.size} of {lengths.size} rows are not of length {dim} (first ids: {first})"
         )
     dim = int(lengths[0]) if lengths.size else 0
     flat = pc.list_flatten(column).cast(pa.float32(), safe=False).to_numpy()
