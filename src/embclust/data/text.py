@@ -114,5 +114,12 @@ def load_texts(
         raise DataError(f"dataset 'texts' is empty: 0 rows in {path}")
     ids, labels = ids_and_labels(table, id_column, label_column, p)  # checked before the costly embedding
     texts = as_strings(table[text_column], missing="")
+    blank = np.flatnonzero(np.char.str_len(np.char.strip(np.asarray(texts, dtype=str))) == 0)
+    if blank.size:
+        first = ", ".join(str(i) for i in np.asarray(ids)[blank[:5]])
+        log.warning(
+            "%s: %d of %d documents in column %r are empty or missing (first ids: %s); they are embedded as "
+            "empty text and will cluster together: drop them or fill them", path, blank.size, len(texts), text_column, first,
+        )
     X = embed_texts(texts, model=model, batch_size=batch_size, device=device, cache_dir=cache_dir)
     return Dataset(name=name, X=X, ids=ids, labels=labels, texts=texts)
