@@ -69,6 +69,17 @@ def _artifact_bytes(client, run_id, path=""):
     return total
 
 
+def test_only_the_best_fit_so_far_is_kept_by_the_ranking_metric():
+    shared.clear()
+    shared.keep_if_best("a", 0.9, "davies_bouldin", "fit a")
+    shared.keep_if_best("b", 0.5, "davies_bouldin", "fit b")  # lower is better
+    shared.keep_if_best("c", float("nan"), "davies_bouldin", "fit c")  # a NaN never wins
+    assert shared.fitted_clustering("b") == "fit b"
+    assert shared.fitted_clustering("a") is None and shared.fitted_clustering("c") is None
+    shared.clear()
+    assert shared.fitted_clustering("b") is None
+
+
 def test_light_cells_and_a_completed_best_cell(run_cli):
     res = run_cli("-m", "reducer=pca", "preprocess.pca_components=5,10", "clusterer.n_clusters=8,12",
                   "analysis.explain.enabled=false")
@@ -104,6 +115,9 @@ def test_light_cells_and_a_completed_best_cell(run_cli):
     history = client.get_metric_history(best_id, "silhouette")
     assert len(history) == 2 and history[0].value == pytest.approx(history[1].value, abs=1e-12)
     assert best.data.tags.get("sweep_best") == "true"
+    # ... from the light cell's own fit, kept in the process, not from a second fit
+    assert "best cell [4/10] cluster" not in res.stderr and "best cell [5/10] score" in res.stderr
+    assert len(client.get_metric_history(best_id, "time/cluster_s")) == 1
     report = open(mlflow.artifacts.download_artifacts(run_id=parent.info.run_id, artifact_path="report.html")).read()
     assert "Best cell: Cluster profiles" in report and "Best cell: Cluster sizes" in report
 

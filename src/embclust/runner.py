@@ -124,6 +124,7 @@ def execute(
     write_report: bool = True,
     data_analyses: bool = True,
     release_shared: bool = False,
+    fitted: stages.Clustering | None = None,
 ) -> RunResult:
     """Run the whole pipeline inside an active MLflow run, writing artifacts to ``workdir``.
 
@@ -131,7 +132,8 @@ def execute(
     cell completed here gets the labels and scores it got as a light cell. With ``write_report``
     false the report is returned in the result instead of written (the sweep's parent holds it).
     ``release_shared`` frees the sweep's shared work once this run is scored (the sweep's best
-    cell, completed last).
+    cell, completed last). ``fitted``: the clustering already fitted for this config (the best
+    cell's light fit), used instead of fitting again.
     """
     seed = int(cfg.seed)
     cache_dir = stages.cache_dir(cfg, in_sweep=plan is not None)
@@ -174,13 +176,16 @@ def execute(
         preprocessing, Xp = features.preprocessing, features.X
         mlflow.set_tag("preprocess_source", features.how + (" (cached)" if features.cache_hit else ""))
         _log_pca_variance(preprocessing)
-    with timer("cluster"):
-        clustering = stages.fit_clustering(clusterer, Xp, backend, cfg.get("cluster_implementation", "auto"))
-        clusterer, labels = clustering.estimator, clustering.labels
-        mlflow.set_tags({
-            "cluster_implementation": clustering.implementation,
-            "silhouette_implementation": "torch" if backend == "torch" else silhouette.IMPLEMENTATION,
-        })
+    if fitted is not None:  # the sweep's best cell: its light cell's fit (and time/cluster_s) stand
+        clustering = fitted
+    else:
+        with timer("cluster"):
+            clustering = stages.fit_clustering(clusterer, Xp, backend, cfg.get("cluster_implementation", "auto"))
+    clusterer, labels = clustering.estimator, clustering.labels
+    mlflow.set_tags({
+        "cluster_implementation": clustering.implementation,
+        "silhouette_implementation": "torch" if backend == "torch" else silhouette.IMPLEMENTATION,
+    })
     with timer("score"):
         scoring = stages.scoring_for(cfg, ds, pre_cfg.get("normalize", "l2"), backend)
         scored = stages.score(Xp, clustering, ds.labels, scoring)
@@ -410,8 +415,10 @@ def complete_best_cell(run_id: str, plan: SweepPlan) -> Report | None:
     with mlflow.start_run(run_id=run_id):
         try:
             with tempfile.TemporaryDirectory(prefix="embclust-best-") as tmp:
+                from embclust.sweep import shared
+
                 result = execute(cfg, Path(tmp), timer, plan=plan, in_sweep=False, overrides=overrides, write_report=False,
-                                 data_analyses=False, release_shared=True)
+                                 data_analyses=False, release_shared=True, fitted=shared.fitted_clustering(run_id))
             mlflow.set_tag("sweep_best", "true")
             return result.report
         except signals.Stopped as stopped:

@@ -94,7 +94,8 @@ def _run_cell(client, run_id: str, cfg: DictConfig, plan: SweepPlan, cell: Sweep
         from threadpoolctl import threadpool_limits
 
         with threadpool_limits(limits=threads):
-            scores, tags, ds, labels = _fit_and_score(cfg, plan, timer)
+            scores, tags, ds, clustering = _fit_and_score(cfg, plan, timer)
+            labels = clustering.labels
         with timer("log"):
             now = int(time.time() * 1000)
             metrics = {**scores.values, **timer.as_metrics()}
@@ -111,6 +112,8 @@ def _run_cell(client, run_id: str, cfg: DictConfig, plan: SweepPlan, cell: Sweep
                 client.log_artifacts(run_id, str(folder))
             datasets.log_dataset_input(ds, cfg.dataset.get("path"), run_id=run_id)
         client.set_terminated(run_id, "FINISHED")
+        shared.keep_if_best(run_id, scores.values.get(plan.rank_metric, math.nan), plan.rank_metric, clustering)
+        del clustering
         shared.release_free_memory()  # the cell's temporaries: keep the sweep's memory flat
     except Exception as exc:  # noqa: BLE001 - a failed cell is recorded and the sweep goes on
         if signals.received is not None:  # a stop signal that a library turned into an error of its own
@@ -178,7 +181,7 @@ def _fit_and_score(cfg: DictConfig, plan: SweepPlan, timer: stages.StageTimer):
     }
     if hit is not None:
         tags["data_cache"] = "hit" if hit else "miss"
-    return scores, tags, ds, clustering.labels
+    return scores, tags, ds, clustering
 
 
 def _backend(cfg: DictConfig) -> str:

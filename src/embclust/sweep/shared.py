@@ -50,14 +50,34 @@ def _remember(fingerprint: str, key: str, make: Callable[[], object]) -> tuple[o
     return value, False
 
 
+# The fitted clustering of the best light cell so far, by the sweep's ranking metric: the sweep
+# completes its best cell from it instead of fitting the same clusterer again. One is kept.
+_best_fit: tuple[str, float, object] | None = None
+
+
+def keep_if_best(run_id: str, value: float, metric: str, clustering: object) -> None:
+    """Keep ``clustering`` (the cell ``run_id``'s fit) when ``value`` beats the best kept so far."""
+    global _best_fit
+    from embclust.sweep.compare import is_better
+
+    if _best_fit is None or is_better(value, _best_fit[1], metric):
+        _best_fit = (run_id, value, clustering)
+
+
+def fitted_clustering(run_id: str) -> object | None:
+    """The clustering :func:`keep_if_best` kept for ``run_id``, or None (then it is fitted again)."""
+    return _best_fit[2] if _best_fit is not None and _best_fit[0] == run_id else None
+
+
 def clear() -> None:
     """Forget everything kept in this process and give its memory back to the system.
 
     Used by tests and by the sweep's last step (a new dataset clears the rest by itself).
     """
-    global _memo_fingerprint
+    global _memo_fingerprint, _best_fit
     _memo.clear()
     _memo_fingerprint = None
+    _best_fit = None
     release_free_memory()
 
 
