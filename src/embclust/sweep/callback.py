@@ -210,6 +210,9 @@ class MlflowSweepCallback(Callback):
         for tag, value in data_tags.items():
             client.set_tag(self.parent_run_id, tag, value)
         self.plan.to_env()
+        from embclust.sweep import shared
+
+        shared.release_free_memory()  # the data's validation temporaries, before the cells add their own
         if self.plan.total:
             log.info("sweep: %d cells, ranked by %s", self.plan.total, self.plan.rank_metric)
 
