@@ -127,11 +127,21 @@ def deferred():
         release()
 
 
-def end_run_killed(stopped: Stopped, prefix: str = "") -> None:
-    """End the active MLflow run as KILLED with the reason in tag ``error`` and say so in one line."""
-    # A second signal while recording must not leave the run RUNNING.
+@contextmanager
+def ignored():
+    """Ignore SIGTERM and SIGINT inside the block (on the main thread): a second signal while a
+    stop is being recorded must not leave a run RUNNING."""
     previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in HANDLED} if _main() else {}
     try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def end_run_killed(stopped: Stopped, prefix: str = "") -> None:
+    """End the active MLflow run as KILLED with the reason in tag ``error`` and say so in one line."""
+    with ignored():
         run = mlflow.active_run()
         if run is not None:
             mlflow.set_tag("error", str(stopped))
@@ -139,9 +149,6 @@ def end_run_killed(stopped: Stopped, prefix: str = "") -> None:
             log.error("%srun %s KILLED: %s", prefix, run.info.run_id, stopped)
         else:
             log.error("%s%s", prefix, stopped)
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
 
 
 def _main() -> bool:

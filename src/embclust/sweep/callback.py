@@ -191,7 +191,7 @@ class MlflowSweepCallback(Callback):
         code_dir = Path(__file__).resolve().parent
         repro = {**tracking.git_state(code_dir), **{f"version.{p}": v for p, v in tracking.package_versions().items()}}
         # From the moment the parent exists, an exit closes it: signals wait until the closer is set.
-        _handle_stop_signals(stop_at_once=str(config.hydra.launcher.get("_target_", "")) != _BASIC_LAUNCHER)
+        _handle_stop_signals(stop_at_once=not _basic_launcher(config))
         with signals.deferred():
             self._open_parent(client, experiment_id, previous, key, config, task_cfg, task_overrides, sweep_params, repro)
             _close_on_exit(self.parent_run_id, experiment_id)
@@ -300,6 +300,11 @@ _DATASET_KEYS = ("dataset", "seed", "analysis.duplicates.threshold")
 _BASIC_LAUNCHER = "hydra._internal.core_plugins.basic_launcher.BasicLauncher"
 
 
+def _basic_launcher(config: DictConfig) -> bool:
+    """Whether the cells run one after another in this process (Hydra's basic launcher)."""
+    return str(config.hydra.launcher.get("_target_", "")) == _BASIC_LAUNCHER
+
+
 def _dataset_is_shared(swept: dict) -> bool:
     """Whether every cell loads the same rows: no swept key is, holds or lies under a dataset key."""
     return not any(
@@ -318,7 +323,7 @@ def _load_shared_dataset(task_cfg: DictConfig, config: DictConfig, swept: dict) 
     from embclust import stages
     from embclust.sweep import shared
 
-    basic = str(config.hydra.launcher.get("_target_", "")) == _BASIC_LAUNCHER
+    basic = _basic_launcher(config)
     cache_dir = stages.cache_dir(task_cfg, in_sweep=True)
     if not _dataset_is_shared(swept) or (not basic and cache_dir is None):
         return {}
@@ -333,19 +338,10 @@ def _load_shared_dataset(task_cfg: DictConfig, config: DictConfig, swept: dict) 
 
 def _end_stopped(client, parent_run_id: str, stopped) -> None:
     """End the parent of a sweep stopped by a signal as KILLED, say so, and exit 128 + signal."""
-    import signal
-    import threading
-
-    # A second signal while this is recorded must not leave the parent RUNNING.
-    main = threading.current_thread() is threading.main_thread()
-    previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in signals.HANDLED} if main else {}
-    try:
+    with signals.ignored():
         client.set_tag(parent_run_id, "error", f"sweep {stopped}")
         client.set_terminated(parent_run_id, "KILLED")
         log.error("sweep: parent run %s KILLED: %s", parent_run_id, stopped)
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
     raise SystemExit(stopped.exit_code)
 
 
