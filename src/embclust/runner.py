@@ -421,16 +421,14 @@ def complete_best_cell(run_id: str, plan: SweepPlan) -> Report | None:
                                  data_analyses=False, release_shared=True, fitted=shared.fitted_clustering(run_id))
             mlflow.set_tag("sweep_best", "true")
             return result.report
-        except signals.Stopped as stopped:
-            # Its light result (scores, labels) was complete: it stays FINISHED, the report is what stopped.
-            mlflow.set_tag("report_error", f"full report {stopped}")
-            mlflow.end_run(status="FINISHED")
-            raise
-        except Exception as exc:  # noqa: BLE001 - the cell's own result stands; say what failed
-            if signals.received is not None:  # a stop signal that a library turned into an error of its own
-                mlflow.set_tag("report_error", f"full report {signals.received}")
-                mlflow.end_run(status="FINISHED")
-                raise signals.received from None
+        except (signals.Stopped, Exception) as exc:
+            stopped = exc if isinstance(exc, signals.Stopped) else signals.received  # or a library's error for it
+            if stopped is not None:
+                # Its light result (scores, labels) was complete: it stays FINISHED, the report is what stopped.
+                with signals.ignored():
+                    mlflow.set_tag("report_error", f"full report {stopped}")
+                    mlflow.end_run(status="FINISHED")
+                raise stopped from None
             err = user_error(exc)
             message = str(err) if err else f"{type(exc).__name__}: {exc}".replace("\n", " ")
             mlflow.set_tag("report_error", message[:5000])

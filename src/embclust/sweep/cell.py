@@ -138,9 +138,10 @@ def _run_cell(client, run_id: str, cfg: DictConfig, plan: SweepPlan, cell: Sweep
 
 
 def _end_killed(client, run_id: str, cell: SweepCell, reason: str) -> None:
-    client.set_tag(run_id, "error", reason[:5000])
-    client.set_terminated(run_id, "KILLED")
-    log.error("%s: run %s KILLED: %s", cell.position, run_id, reason)
+    with signals.ignored():  # a second signal while this is recorded must not leave the run RUNNING
+        client.set_tag(run_id, "error", reason[:5000])
+        client.set_terminated(run_id, "KILLED")
+        log.error("%s: run %s KILLED: %s", cell.position, run_id, reason)
 
 
 def _fit_and_score(cfg: DictConfig, plan: SweepPlan, timer: stages.StageTimer):
