@@ -2,6 +2,8 @@
 
 import mlflow
 import numpy as np
+import pytest
+from mlflow.exceptions import MlflowException
 
 from embclust.data import make_synthetic
 from embclust.tracking.datasets import log_dataset_input
@@ -30,6 +32,56 @@ def test_runs_on_the_same_file_share_one_dataset_entry(tracking_uri, tmp_path):
     store = mlflow.tracking._tracking_service.utils._get_store()
     found = store._search_datasets([experiment_id])
     assert sorted(d.digest for d in found) == sorted({ds.fingerprint, other.fingerprint})
+    mlflow.set_tracking_uri(None)
+
+
+# What an MLflow server answered when two sweep cells logged a new dataset at the same moment.
+LOST_RACE = (
+    "BAD_REQUEST: (sqlite3.IntegrityError) UNIQUE constraint failed: datasets.experiment_id, datasets.name, "
+    "datasets.digest"
+)
+
+
+def test_a_cell_that_loses_the_dataset_insert_race_is_still_linked_to_the_dataset(tracking_uri, monkeypatch):
+    mlflow.set_tracking_uri(tracking_uri)
+    experiment_id = mlflow.set_experiment("race").experiment_id
+    client = mlflow.MlflowClient()
+    ds = make_synthetic(n_samples=200, n_features=12, n_clusters=3, seed=0)
+    winner, loser = (client.create_run(experiment_id).info.run_id for _ in range(2))
+    real = mlflow.MlflowClient.log_inputs
+    calls = []
+
+    def racing(self, run_id, datasets=None, models=None):
+        calls.append(run_id)
+        if len(calls) == 1:  # a parallel cell inserts the same dataset first
+            real(self, winner, datasets=datasets)
+            raise MlflowException(LOST_RACE)
+        return real(self, run_id, datasets=datasets)
+
+    monkeypatch.setattr(mlflow.MlflowClient, "log_inputs", racing)
+    log_dataset_input(ds, None, run_id=loser)
+    assert calls == [loser, loser]
+    for run_id in (winner, loser):
+        (entry,) = client.get_run(run_id).inputs.dataset_inputs
+        assert entry.dataset.digest == ds.fingerprint
+    store = mlflow.tracking._tracking_service.utils._get_store()
+    assert [d.digest for d in store._search_datasets([experiment_id])] == [ds.fingerprint]
+    mlflow.set_tracking_uri(None)
+
+
+def test_other_dataset_logging_errors_are_not_retried(tracking_uri, monkeypatch):
+    mlflow.set_tracking_uri(tracking_uri)
+    calls = []
+
+    def refused(self, run_id, datasets=None, models=None):
+        calls.append(run_id)
+        raise MlflowException("RESOURCE_DOES_NOT_EXIST: run 'x' not found")
+
+    monkeypatch.setattr(mlflow.MlflowClient, "log_inputs", refused)
+    ds = make_synthetic(n_samples=50, n_features=4, n_clusters=2, seed=0)
+    with pytest.raises(MlflowException, match="not found"):
+        log_dataset_input(ds, None, run_id="x")
+    assert calls == ["x"]
     mlflow.set_tracking_uri(None)
 
 

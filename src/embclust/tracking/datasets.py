@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import os
+import random
+import time
 import warnings
 
 import mlflow
 from mlflow.entities import DatasetInput, InputTag
+from mlflow.exceptions import MlflowException
 from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 
 from embclust.data.dataset import Dataset
@@ -37,4 +40,25 @@ def log_dataset_input(ds: Dataset, source: str | None = None, context: str = "tr
     """
     run_id = run_id or mlflow.active_run().info.run_id
     entry = DatasetInput(dataset_entity(ds, source), tags=[InputTag(MLFLOW_DATASET_CONTEXT, context)])
-    mlflow.MlflowClient().log_inputs(run_id, datasets=[entry])
+    client = mlflow.MlflowClient()
+    for attempt in range(_INSERT_RACE_RETRIES + 1):
+        try:
+            client.log_inputs(run_id, datasets=[entry])
+            return
+        except MlflowException as exc:
+            # Two runs (parallel sweep cells) logging a dataset the experiment does not hold yet
+            # both insert it; the store's unique key refuses the second. The entry exists now:
+            # logging it again links this run to it.
+            if attempt == _INSERT_RACE_RETRIES or not _lost_insert_race(exc):
+                raise
+            time.sleep(0.05 * (attempt + 1) + random.random() * 0.05)
+
+
+_INSERT_RACE_RETRIES = 5
+# How SQLite, PostgreSQL and MySQL word a unique-key violation (through SQLAlchemy or the server).
+_UNIQUE_VIOLATION = ("unique constraint", "integrityerror", "duplicate key", "duplicate entry")
+
+
+def _lost_insert_race(exc: MlflowException) -> bool:
+    text = str(exc).lower()
+    return any(marker in text for marker in _UNIQUE_VIOLATION)
