@@ -33,6 +33,10 @@ def test_pca_fitted_at_the_largest_size_gives_each_smaller_size(solver):
     # a second size reuses the same fit: no new PCA, only a projection
     again = shared.features({**pre, "pca_components": 12}, ds, cache_dir=None, max_pca_components=30)
     assert again.cache_hit and again.X.shape == (3000, 12)
+    # Only the latest size's projection stays in memory; an earlier size comes back the same.
+    assert sum(key.startswith("slice:") for key in shared._memo) == 1
+    back = shared.features(pre, ds, cache_dir=None, max_pca_components=30)
+    np.testing.assert_array_equal(back.X, got.X)
 
 
 def test_reference_space_scores_equal_scikit_learn():

@@ -212,6 +212,11 @@ def features(pre_cfg: dict, ds: Dataset, cache_dir: Path | None, max_pca_compone
             key = "slice:" + cache.stable_hash(pre_cfg)
 
             def project() -> tuple[Pipeline, np.ndarray]:
+                # Cells of one size run one after another: the previous size's projection is
+                # not needed again (the best cell projects its own once more, in a fraction of
+                # a second), so only one is kept.
+                for stale in [k for k in _memo if k.startswith("slice:")]:
+                    del _memo[stale]
                 steps = dict(big.steps)
                 steps["pca"] = truncated_pca(pca, int(c), ds.n_samples, ds.n_features)
                 pipeline = Pipeline(list(steps.items()))
