@@ -95,3 +95,25 @@ def test_saving_a_skops_model_does_not_import_torch_and_torch_still_imports_afte
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.split() == ["False", "0.0"]
+
+
+def test_skops_default_trust_is_the_loaded_estimators_not_a_walk_of_scikit_learn():
+    """skops' import-time walk of every scikit-learn module cost about 2 s of each logged model."""
+    code = (
+        "import sys; from embclust.tracking.models import import_skops_io; import_skops_io();"
+        "from skops.io._trusted_types import SKLEARN_ESTIMATOR_TYPE_NAMES as T;"
+        "print('sklearn.gaussian_process' in sys.modules, 'sklearn.cluster._kmeans.KMeans' in T,"
+        " 'sklearn.pipeline.Pipeline' in T, 'sklearn.gaussian_process._gpc.GaussianProcessClassifier' in T)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == ["False", "True", "True", "False"]
+
+
+def test_a_logged_model_names_its_pipeline_among_its_trusted_types():
+    from embclust.tracking.models import skops_trusted_types
+
+    X = make_synthetic(n_samples=200, n_features=8, n_clusters=3, seed=1).X
+    model = Pipeline([("normalize", Normalizer()), ("cluster", KMeans(3, n_init=1, random_state=0))]).fit(X)
+    trusted, why = skops_trusted_types(model)
+    assert why == "" and {"sklearn.pipeline.Pipeline", "sklearn.cluster._kmeans.KMeans"} <= set(trusted)

@@ -59,21 +59,62 @@ def portable_model(model: Pipeline) -> Pipeline:
 _ARRAY_API_BACKENDS = ("torch", "cupy", "jax", "dask", "sparse", "ndonnx")
 
 
-def import_skops_io():
-    """``skops.io``, imported without loading array libraries that nothing in the run uses.
+# The scikit-learn packages an embclust model is made of; their estimators are what skops trusts
+# by default in this process (see import_skops_io).
+_MODEL_PACKAGES = ("sklearn.pipeline", "sklearn.preprocessing", "sklearn.decomposition", "sklearn.cluster")
 
-    While it is imported, array libraries not already loaded are made unimportable, so the
-    package walk skips their scikit-learn adapters (an ImportError there is skipped by design);
-    they import normally afterwards.
+
+def loaded_sklearn_estimators() -> list[tuple[str, type]]:
+    """``sklearn.utils.all_estimators()`` over the scikit-learn modules already imported.
+
+    The same (name, class) pairs for those modules, without importing every other module of
+    scikit-learn to find the rest (2 s of a run on a 2-core machine).
+    """
+    import importlib
+    import inspect
+
+    from sklearn.base import BaseEstimator
+
+    for name in _MODEL_PACKAGES:
+        importlib.import_module(name)
+    found: dict[type, str] = {}
+    for module_name, module in list(sys.modules.items()):
+        if module is None or not module_name.startswith("sklearn.") or ".tests" in module_name:
+            continue
+        for attr, obj in list(vars(module).items()):
+            if (
+                isinstance(obj, type) and not attr.startswith("_") and issubclass(obj, BaseEstimator)
+                and obj.__module__.startswith("sklearn.") and obj is not BaseEstimator and not inspect.isabstract(obj)
+            ):
+                found[obj] = obj.__name__
+    return sorted(((name, cls) for cls, name in found.items()), key=lambda pair: (pair[0], pair[1].__module__))
+
+
+def import_skops_io():
+    """``skops.io``, imported without walking every scikit-learn package.
+
+    At import, skops lists every scikit-learn estimator (``all_estimators``, which imports each
+    module of scikit-learn, and through its array-API adapters torch where it is installed) as
+    the types it trusts by default. Here that default is the estimators of the modules already
+    loaded plus those an embclust model is made of (:func:`loaded_sklearn_estimators`): a
+    narrower default, never a wider one. A model logged here names every type it holds that is
+    not in that default (:func:`skops_trusted_types`), so it loads with full skops as well.
+    Array libraries not already loaded are also made unimportable meanwhile (an ImportError in
+    the walk is skipped by design); they import normally afterwards.
     """
     if "skops.io" in sys.modules:
         return sys.modules["skops.io"]
+    import sklearn.utils
+
     blocked = [name for name in _ARRAY_API_BACKENDS if name not in sys.modules]
     for name in blocked:
         sys.modules[name] = None  # type: ignore[assignment]
+    walk = sklearn.utils.all_estimators
+    sklearn.utils.all_estimators = loaded_sklearn_estimators
     try:
         import skops.io
     finally:
+        sklearn.utils.all_estimators = walk
         for name in blocked:
             if sys.modules.get(name, 0) is None:
                 del sys.modules[name]
@@ -105,7 +146,7 @@ def skops_trusted_types(model: Pipeline) -> tuple[list[str] | None, str]:
     refused = [t for t in untrusted if t.split(".", 1)[0] not in own | set(_DATA_PACKAGES)]
     if refused:
         return None, f"it holds {', '.join(refused)}, which is not one of the Pipeline's own types"
-    return sorted(set(untrusted) | {_qualname(c) for c in classes}), ""
+    return sorted(set(untrusted) | {_qualname(c) for c in [type(model), *classes]}), ""
 
 
 def model_requirements(model: Pipeline, serialization_format: str) -> list[str]:
