@@ -117,3 +117,26 @@ def test_a_logged_model_names_its_pipeline_among_its_trusted_types():
     model = Pipeline([("normalize", Normalizer()), ("cluster", KMeans(3, n_init=1, random_state=0))]).fit(X)
     trusted, why = skops_trusted_types(model)
     assert why == "" and {"sklearn.pipeline.Pipeline", "sklearn.cluster._kmeans.KMeans"} <= set(trusted)
+
+
+def test_skops_module_lookup_names_every_ufunc_as_skops_own_does():
+    import types
+
+    import scipy.special
+    from skops.io import _utils
+
+    from embclust.tracking.models import import_skops_io, whichmodule
+
+    import_skops_io()
+    assert _utils.whichmodule is not whichmodule  # skops keeps its own after the import
+    objects = [getattr(mod, a) for mod in (scipy.special, np) for a in dir(mod) if isinstance(getattr(mod, a), np.ufunc)]
+    assert len(objects) > 100
+    lazy = types.ModuleType("embclust_test_lazy_module")
+    lazy.__getattr__ = lambda attr: scipy.special.gamma if attr == "lazy_gamma" else (_ for _ in ()).throw(AttributeError(attr))
+    sys.modules[lazy.__name__] = lazy
+    try:
+        cases = [(obj, obj.__name__) for obj in objects] + [(scipy.special.gamma, "lazy_gamma"), (np.add, "add.reduce")]
+        assert [whichmodule(o, n) for o, n in cases] == [_utils.whichmodule(o, n) for o, n in cases]
+        assert whichmodule(scipy.special.gamma, "lazy_gamma") == lazy.__name__
+    finally:
+        del sys.modules[lazy.__name__]
