@@ -91,3 +91,29 @@ def test_runs_page_url_points_at_the_runs_table():
     assert runs_page_url("http://10.0.0.5:5000/", "7") == "http://10.0.0.5:5000/#/experiments/7/runs"
     assert runs_page_url("sqlite:///mlflow.db", "1") == "http://127.0.0.1:5000/#/experiments/1/runs"
     assert runs_page_url("databricks", "1") is None
+
+
+NOTEBOOK_PROBE = """
+import sys, types
+if sys.argv[2] == "fake-notebook":  # what a Jupyter kernel has: IPython imported, a ZMQ shell
+    shell = type("ZMQInteractiveShell", (), {})()
+    sys.modules["IPython"] = types.SimpleNamespace(get_ipython=lambda: shell)
+import mlflow
+from embclust.tracking.store import setup_tracking
+setup_tracking(sys.argv[1], "probe")
+with mlflow.start_run() as run:
+    pass
+source = mlflow.get_run(run.info.run_id).data.tags.get("mlflow.source.type")
+print("IPython" in sys.modules and sys.argv[2] != "fake-notebook", source)
+"""
+
+
+@pytest.mark.parametrize("where, source", [("script", "LOCAL"), ("fake-notebook", "NOTEBOOK")])
+def test_runs_outside_ipython_do_not_import_it_and_notebook_runs_are_still_tagged(tmp_path, where, source):
+    import subprocess
+    import sys
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    out = subprocess.run([sys.executable, "-c", NOTEBOOK_PROBE, uri, where], capture_output=True, text=True, timeout=180)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == ["False", source]
