@@ -146,15 +146,12 @@ def test_bad_config_fails_with_one_clear_line(run_cli, overrides, expected):
 
 @pytest.mark.parametrize("implementation", ["auto", "embclust", "scikit-learn"])
 def test_kmeans_implementation_is_tagged_and_the_model_predicts_without_it(run_cli, tmp_path, implementation):
-    import importlib.util
-
     res = run_cli(*FAST, "reducer=none", "analysis.report.enabled=false", f"cluster_implementation={implementation}")
     assert res.returncode == 0, res.stderr[-2000:]
     (run,) = res.runs()
-    has_sklearnex = importlib.util.find_spec("sklearnex") is not None
     expected = {
-        "auto": "embclust-kmeans++/" + ("sklearnex" if has_sklearnex else "scikit-learn"),
-        "embclust": "embclust-kmeans++/" + ("sklearnex" if has_sklearnex else "scikit-learn"),
+        "auto": "embclust-kmeans++/scikit-learn",
+        "embclust": "embclust-kmeans++/scikit-learn",
         "scikit-learn": "scikit-learn",
     }[implementation]
     assert run.data.tags["cluster_implementation"] == expected
