@@ -279,3 +279,11 @@ def test_lloyd_refinements_equal_scikit_learn_fits_from_the_same_starts(embeddin
         assert n_iter == ref.n_iter_
     for start, before in zip(starts, kept):  # the caller's starts are not overwritten
         np.testing.assert_array_equal(start, before)
+
+
+def test_more_clusters_than_distinct_points_is_said_in_one_log_line(caplog):
+    X = np.repeat(np.random.default_rng(0).normal(size=(3, 6)), 40, axis=0).astype(np.float32)
+    with caplog.at_level("WARNING", logger="embclust.cluster.kmeans"):
+        fitted = fit(KMeans(5, n_init=2, random_state=0), X)
+    assert np.unique(fitted.labels).size == 3
+    assert any("3 distinct clusters for clusterer.n_clusters=5" in r.getMessage() for r in caplog.records)

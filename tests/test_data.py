@@ -56,6 +56,18 @@ def test_validate_rejects_bad_shapes(X, match):
         validate_dataset(_ds(X))
 
 
+@pytest.mark.parametrize("X", [np.zeros((50, 4)), np.tile([0.5, -1.0, 2.0], (3000, 1))])
+def test_validate_rejects_data_whose_rows_are_all_one_vector(X):
+    with pytest.raises(DataError, match=rf"all {len(X)} rows are the same vector, so there is nothing to cluster"):
+        validate_dataset(_ds(X))
+
+
+def test_validate_accepts_data_where_only_the_last_row_differs():
+    X = np.zeros((20_000, 4))  # more rows than one read chunk
+    X[-1, 2] = 1.0
+    assert validate_dataset(_ds(X)).X.shape == (20_000, 4)
+
+
 def test_validate_reports_non_finite_rows_with_ids():
     X = np.ones((10, 3))
     X[2, 1] = np.nan
@@ -73,7 +85,7 @@ def test_drop_invalid_rows_keeps_the_rest_aligned():
 
 
 def test_duplicate_ids_are_counted_not_fatal():
-    ds = Dataset(name="t", X=np.ones((4, 2), dtype=np.float32), ids=np.array(["a", "b", "a", "a"]))
+    ds = Dataset(name="t", X=np.arange(8, dtype=np.float32).reshape(4, 2), ids=np.array(["a", "b", "a", "a"]))
     assert validate_dataset(ds).n_duplicate_ids == 2
 
 

@@ -166,14 +166,10 @@ def _fit_with_own_seeding(clusterer: KMeans, X: np.ndarray) -> None:
         if best is None or (inertia < best[1] and not _same_clustering(labels, best[0], k)):
             best = (labels, inertia, centers, n_iter)
     labels, inertia, centers, n_iter = best
-    if np.unique(labels).size < k:
-        import warnings
-
-        from sklearn.exceptions import ConvergenceWarning
-
-        warnings.warn(
-            f"Number of distinct clusters ({np.unique(labels).size}) found smaller than n_clusters ({k}). "
-            "Possibly due to duplicate points in X.", ConvergenceWarning, stacklevel=2,
+    if np.unique(labels).size < k:  # scikit-learn's ConvergenceWarning, as one log line
+        log.warning(
+            "KMeans found %d distinct clusters for clusterer.n_clusters=%d: the data has fewer distinct "
+            "points than that (duplicate rows); lower clusterer.n_clusters", np.unique(labels).size, k,
         )
     clusterer.cluster_centers_ = np.asarray(centers, dtype=dtype) + mean
     clusterer.labels_ = np.asarray(labels, dtype=np.int32)

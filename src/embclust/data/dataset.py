@@ -133,6 +133,11 @@ def validate_dataset(ds: Dataset, on_invalid: str = "error") -> Dataset:
         ds = _drop_rows(ds, bad_rows)
     if ds.X.shape[0] == 1:
         raise DataError(f"dataset '{ds.name}' has a single row: clustering needs at least 2")
+    if _all_rows_equal(ds.X):
+        raise DataError(
+            f"dataset '{ds.name}': all {ds.X.shape[0]} rows are the same vector, so there is nothing to cluster; "
+            "check how the embeddings were written (e.g. one vector repeated, or all zeros)"
+        )
     n_unique = np.unique(ds.ids).size
     if n_unique < ds.ids.size:
         ds.n_duplicate_ids = int(ds.ids.size - n_unique)
@@ -178,6 +183,15 @@ def take_rows(ds: Dataset, rows: np.ndarray) -> Dataset:
         n_dropped_duplicates=ds.n_dropped_duplicates,
         from_tabular=ds.from_tabular,
     )
+
+
+def _all_rows_equal(X: np.ndarray) -> bool:
+    """Whether every row equals the first, read chunk by chunk and stopping at the first that differs."""
+    first = np.asarray(X[0])
+    for start in range(0, X.shape[0], _HASH_CHUNK_ROWS):
+        if not (np.asarray(X[start : start + _HASH_CHUNK_ROWS]) == first).all():
+            return False
+    return True
 
 
 def _invalid_rows(X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
