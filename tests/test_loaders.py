@@ -184,3 +184,15 @@ def test_fixed_size_vectors_and_columns_that_are_not_numbers(tmp_path, emb):
     (tmp_path / "x.parquet").write_text("not parquet")
     with pytest.raises(DataError, match="x.parquet: cannot be read as parquet"):
         load_table(str(tmp_path / "x.parquet"), feature_prefix="f")
+
+
+def test_a_table_without_a_feature_setting_names_the_file_and_its_columns(tmp_path):
+    import pandas as pd
+
+    from embclust.data.loaders import load_table
+    from embclust.errors import ConfigError
+
+    path = tmp_path / "t.csv"
+    pd.DataFrame({"title": ["a", "b", "c"], "x": [1.0, 2.0, 3.0]}).to_csv(path, index=False)
+    with pytest.raises(ConfigError, match=r"t\.csv: which columns hold the features\? set dataset\.feature_prefix.*\(columns: title, x\)"):
+        load_table(path=str(path))

@@ -108,3 +108,13 @@ def test_cli_mistyped_scheme_deleted_experiment_and_unreachable_server(tracking_
 def test_unreachable_server_raises_before_any_work():
     with pytest.raises(TrackingServerUnreachable):
         setup_tracking("http://127.0.0.1:9", "embclust")
+
+
+def test_a_sqlite_store_in_a_folder_that_cannot_be_made_fails_with_one_line(tmp_path):
+    from embclust.errors import ConfigError
+    from embclust.tracking.store import setup_tracking
+
+    (tmp_path / "a_file").write_text("not a folder")
+    uri = f"sqlite:///{tmp_path / 'a_file' / 'mlflow.db'}"
+    with pytest.raises(ConfigError, match=r"cannot write in .*a_file \(.*\); point it at a SQLite file in a folder you can write to"):
+        setup_tracking(uri, "e")

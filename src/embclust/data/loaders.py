@@ -282,7 +282,11 @@ def _select_features(
     elif feature_prefix:
         features = [c for c in schema if c.startswith(feature_prefix)]
     else:
-        raise ConfigError("set dataset.feature_prefix, dataset.feature_columns or dataset.vector_column")
+        seen = ", ".join(list(schema)[:20]) + (" ..." if len(schema) > 20 else "")
+        raise ConfigError(
+            f"{p}: which columns hold the features? set dataset.feature_prefix, dataset.feature_columns "
+            f"or dataset.vector_column (columns: {seen})"
+        )
     if not features:
         seen = ", ".join(list(schema)[:20]) + (" ..." if len(schema) > 20 else "")
         raise DataError(f"{p}: no feature columns match prefix {feature_prefix!r}; columns: {seen}")

@@ -100,8 +100,15 @@ def store_lock(tracking_uri: str):
     if db is None:
         yield
         return
-    db.parent.mkdir(parents=True, exist_ok=True)
-    with open(db.with_name(db.name + ".lock"), "a") as fh:
+    try:
+        db.parent.mkdir(parents=True, exist_ok=True)
+        fh = open(db.with_name(db.name + ".lock"), "a")  # noqa: SIM115 - closed by the with below
+    except OSError as exc:
+        raise ConfigError(
+            f"mlflow.tracking_uri={tracking_uri!r}: cannot write in {db.parent} ({exc.strerror or exc}); "
+            "point it at a SQLite file in a folder you can write to"
+        ) from None
+    with fh:
         fcntl.flock(fh, fcntl.LOCK_EX)
         try:
             yield
