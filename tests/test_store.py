@@ -41,6 +41,7 @@ def test_a_store_whose_creation_was_killed_is_created_again(tmp_path):
 
     db = tmp_path / "mlflow.db"
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    env["EMBCLUST_STORE_TEMPLATE"] = "0"  # MLflow's migrations, not a copy of the cached empty store
     proc = subprocess.Popen([sys.executable, "-c", _SETUP, f"sqlite:///{db}"], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
@@ -118,3 +119,63 @@ def test_a_sqlite_store_in_a_folder_that_cannot_be_made_fails_with_one_line(tmp_
     uri = f"sqlite:///{tmp_path / 'a_file' / 'mlflow.db'}"
     with pytest.raises(ConfigError, match=r"cannot write in .*a_file \(.*\); point it at a SQLite file in a folder you can write to"):
         setup_tracking(uri, "e")
+
+
+def _new_store_run(uri):
+    experiment_id = setup_tracking(uri, "embclust")
+    with mlflow.start_run(experiment_id=experiment_id) as run:
+        mlflow.log_metric("m", 1.0)
+    client = mlflow.MlflowClient()
+    return client.get_run(run.info.run_id), client.get_experiment("0")
+
+
+def test_new_stores_start_from_the_cached_empty_store_and_match_a_migrated_one(tmp_path, monkeypatch):
+    import sqlite3
+
+    from embclust.tracking import store as store_module
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.chdir(tmp_path)
+    first, first_default = _new_store_run(f"sqlite:///{tmp_path / 'a.db'}")  # migrations, then cached
+    template = store_module.schema_template_path()
+    assert template.is_file() and template.parent == tmp_path / "cache" / "embclust"
+    with sqlite3.connect(template) as con:
+        assert con.execute("SELECT count(*) FROM experiments").fetchone()[0] == 0
+
+    def no_migrations(path):
+        raise AssertionError("a second store ran MLflow's migrations again")
+
+    monkeypatch.setattr(store_module, "_migrate_new_store", no_migrations)
+    second, second_default = _new_store_run(f"sqlite:///{tmp_path / 'b.db'}")
+    assert second.info.status == "FINISHED" and second.data.metrics == {"m": 1.0}
+    # MLflow made the Default experiment of the copy itself, where it puts a new store's.
+    assert second_default.name == "Default" and second_default.artifact_location == first_default.artifact_location
+    schema = [sqlite3.connect(tmp_path / name).execute("SELECT sql FROM sqlite_master ORDER BY name").fetchall()
+              for name in ("a.db", "b.db")]
+    assert schema[0] == schema[1]
+
+
+def test_a_damaged_cached_empty_store_is_rebuilt_with_a_warning(tmp_path, monkeypatch, caplog):
+    from embclust.tracking import store as store_module
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.chdir(tmp_path)
+    template = store_module.schema_template_path()
+    template.parent.mkdir(parents=True)
+    template.write_bytes(b"SQLite format 3\x00" + b"\x00" * 200)  # truncated
+    with caplog.at_level("WARNING", logger="embclust.tracking.store"):
+        run, _ = _new_store_run(f"sqlite:///{tmp_path / 'a.db'}")
+    assert run.info.status == "FINISHED"
+    assert any("is damaged; it is rebuilt" in r.getMessage() for r in caplog.records)
+    assert store_module._schema_is_whole(template)
+
+
+def test_the_cached_empty_store_can_be_turned_off(tmp_path, monkeypatch):
+    from embclust.tracking import store as store_module
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setenv("EMBCLUST_STORE_TEMPLATE", "0")
+    monkeypatch.chdir(tmp_path)
+    run, _ = _new_store_run(f"sqlite:///{tmp_path / 'a.db'}")
+    assert run.info.status == "FINISHED" and store_module.schema_template_path() is None
+    assert not (tmp_path / "cache").exists()

@@ -9,6 +9,7 @@ import subprocess
 import urllib.error
 import urllib.parse
 import urllib.request
+import contextlib
 from contextlib import contextmanager
 from importlib import metadata
 from pathlib import Path
@@ -121,9 +122,43 @@ def create_sqlite_store(db: Path) -> None:
 
     MLflow builds a new database by running its schema migrations one by one in the file itself;
     a process stopped meanwhile (Ctrl-C, SIGTERM, ``kill -9``) leaves a half-built schema that
-    every later run fails on. Here the migrations run on a temporary file beside ``db``, which is
-    renamed into place only when they are done (call it under :func:`store_lock`).
+    every later run fails on. Here the new store is made in a temporary file beside ``db``, which
+    is renamed into place only when it is complete (call it under :func:`store_lock`).
+
+    The migrations take 1-2 s; their result is the same empty schema for every store of one MLflow
+    version, so the first store made also leaves a copy without MLflow's ``Default`` experiment
+    in the user's cache (:func:`schema_template_path`), and later stores start as a copy of it.
+    MLflow adds the ``Default`` experiment itself when it first opens a store that lacks it, with
+    the artifact location and time it would have given a new one.
     """
+    db.parent.mkdir(parents=True, exist_ok=True)
+    tmp = db.with_name(f".{db.name}.new-{os.getpid()}")
+    leftovers = [tmp.with_name(tmp.name + suffix) for suffix in ("", "-journal", "-wal", "-shm")]
+    for path in db.parent.glob(f".{db.name}.new-*"):  # of creators that were stopped (the lock is ours)
+        path.unlink(missing_ok=True)
+    template = schema_template_path()
+    try:
+        if not (template is not None and _copy_schema_template(template, tmp)):
+            _migrate_new_store(tmp)
+            if template is not None:
+                _save_schema_template(tmp, template)
+        os.replace(tmp, db)
+    finally:
+        for path in leftovers:
+            path.unlink(missing_ok=True)
+
+
+def schema_template_path() -> Path | None:
+    """Where this MLflow version's empty store is kept: ``$XDG_CACHE_HOME/embclust`` (or
+    ``~/.cache/embclust``); None when ``EMBCLUST_STORE_TEMPLATE=0``."""
+    if os.environ.get("EMBCLUST_STORE_TEMPLATE", "1").strip().lower() in ("0", "false", "no", "off"):
+        return None
+    root = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(root) / "embclust" / f"mlflow-{mlflow.__version__}-empty-store.db"
+
+
+def _migrate_new_store(path: Path) -> None:
+    """MLflow's own creation of a new store at ``path`` (all schema migrations)."""
     from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
 
     try:  # what MLflow itself opens for a sqlite:/// URI (artifact root, workspaces)
@@ -134,20 +169,68 @@ def create_sqlite_store(db: Path) -> None:
         def open_store(uri, artifact_uri):
             return SqlAlchemyStore(uri, artifact_uri or DEFAULT_LOCAL_FILE_AND_ARTIFACT_PATH)
 
-    db.parent.mkdir(parents=True, exist_ok=True)
-    tmp = db.with_name(f".{db.name}.new-{os.getpid()}")
-    leftovers = [tmp.with_name(tmp.name + suffix) for suffix in ("", "-journal", "-wal", "-shm")]
-    for path in db.parent.glob(f".{db.name}.new-*"):  # of creators that were stopped (the lock is ours)
-        path.unlink(missing_ok=True)
+    store = open_store(f"sqlite:///{path}", None)
+    engine = getattr(store, "engine", None)
+    if engine is not None:
+        engine.dispose()
+
+
+def _schema_is_whole(path: Path) -> bool:
+    """Whether ``path`` is an intact SQLite file holding an MLflow schema version."""
+    import sqlite3
+
     try:
-        store = open_store(f"sqlite:///{tmp}", None)
-        engine = getattr(store, "engine", None)
-        if engine is not None:
-            engine.dispose()
-        os.replace(tmp, db)
+        with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as con:
+            if con.execute("PRAGMA quick_check").fetchone()[0] != "ok":
+                return False
+            return con.execute("SELECT count(*) FROM alembic_version").fetchone()[0] == 1
+    except sqlite3.Error:
+        return False
+
+
+def _copy_schema_template(template: Path, target: Path) -> bool:
+    """Copy the empty store to ``target``; False (and the template removed) when it is not usable."""
+    import shutil
+
+    if not template.is_file():
+        return False
+    try:
+        shutil.copyfile(template, target)
+    except OSError:
+        return False
+    if _schema_is_whole(target):
+        return True
+    log.warning("the cached empty MLflow store %s is damaged; it is rebuilt", template)
+    target.unlink(missing_ok=True)
+    with contextlib.suppress(OSError):
+        template.unlink()
+    return False
+
+
+def _save_schema_template(store: Path, template: Path) -> None:
+    """Keep a copy of the new, empty ``store`` without its ``Default`` experiment as ``template``.
+
+    Written to a temporary name and renamed, so a reader never sees half of it; a cache that
+    cannot be written only means the next store runs the migrations again.
+    """
+    import shutil
+    import sqlite3
+
+    tmp = template.with_name(f".{template.name}.new-{os.getpid()}")
+    try:
+        template.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(store, tmp)
+        with contextlib.closing(sqlite3.connect(tmp)) as con:
+            with con:
+                con.execute("DELETE FROM experiments WHERE experiment_id = 0")
+                con.execute("DELETE FROM experiment_tags WHERE experiment_id = 0")
+        if _schema_is_whole(tmp):
+            os.replace(tmp, template)
+    except (OSError, sqlite3.Error) as exc:
+        log.debug("empty MLflow store not cached at %s: %s", template, exc)
     finally:
-        for path in leftovers:
-            path.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            tmp.unlink()
 
 
 def skip_notebook_probes_outside_ipython() -> None:
