@@ -265,10 +265,14 @@ def ids_and_labels(table: pa.Table, id_column: str | None, label_column: str | N
     return ids, (as_strings(table[label_column]) if label_column else None)
 
 
+def column_list(schema: dict, most: int = 20) -> str:
+    """The table's first ``most`` column names, for error messages."""
+    return ", ".join(list(schema)[:most]) + (" ..." if len(schema) > most else "")
+
+
 def require_column(schema: dict, column: str | None, key: str, p: Path) -> None:
     if column is not None and column not in schema:
-        seen = ", ".join(list(schema)[:20]) + (" ..." if len(schema) > 20 else "")
-        raise DataError(f"{p}: column {column!r} ({key}) not found; columns: {seen}")
+        raise DataError(f"{p}: column {column!r} ({key}) not found; columns: {column_list(schema)}")
 
 
 def _select_features(
@@ -282,14 +286,12 @@ def _select_features(
     elif feature_prefix:
         features = [c for c in schema if c.startswith(feature_prefix)]
     else:
-        seen = ", ".join(list(schema)[:20]) + (" ..." if len(schema) > 20 else "")
         raise ConfigError(
             f"{p}: which columns hold the features? set dataset.feature_prefix, dataset.feature_columns "
-            f"or dataset.vector_column (columns: {seen})"
+            f"or dataset.vector_column (columns: {column_list(schema)})"
         )
     if not features:
-        seen = ", ".join(list(schema)[:20]) + (" ..." if len(schema) > 20 else "")
-        raise DataError(f"{p}: no feature columns match prefix {feature_prefix!r}; columns: {seen}")
+        raise DataError(f"{p}: no feature columns match prefix {feature_prefix!r}; columns: {column_list(schema)}")
     for col in features:
         if not _is_numeric(schema[col]):
             raise DataError(f"{p}: feature column {col!r} is not numeric (type {schema[col]})")

@@ -53,12 +53,6 @@ def portable_model(model: Pipeline) -> Pipeline:
     return Pipeline(steps)
 
 
-# Array libraries scikit-learn bundles array-API adapters for. Importing skops.io walks every
-# scikit-learn package (all_estimators), and walking sklearn.externals.array_api_compat.torch
-# imports torch: about 2 s of a 9 s default run where torch is installed, for nothing.
-_ARRAY_API_BACKENDS = ("torch", "cupy", "jax", "dask", "sparse", "ndonnx")
-
-
 # The scikit-learn packages an embclust model is made of; their estimators are what skops trusts
 # by default in this process (see import_skops_io).
 _MODEL_PACKAGES = ("sklearn.pipeline", "sklearn.preprocessing", "sklearn.decomposition", "sklearn.cluster")
@@ -168,16 +162,12 @@ def import_skops_io():
     narrower default, never a wider one. A model logged here names every type it holds that is
     not in that default (:func:`skops_trusted_types`), so it loads with full skops as well.
     Its naming of scipy's ufuncs uses :func:`whichmodule` meanwhile.
-    Array libraries not already loaded are also made unimportable meanwhile (an ImportError in
-    the walk is skipped by design); they import normally afterwards.
     """
     if "skops.io" in sys.modules:
         return sys.modules["skops.io"]
     import sklearn.utils
+    import sklearn.utils.discovery
 
-    blocked = [name for name in _ARRAY_API_BACKENDS if name not in sys.modules]
-    for name in blocked:
-        sys.modules[name] = None  # type: ignore[assignment]
     own: dict[str, object] = {}
 
     def faster_lookup(module) -> None:
@@ -186,18 +176,18 @@ def import_skops_io():
 
     hook = _PatchAfterImport("skops.io._utils", faster_lookup)
     walk = sklearn.utils.all_estimators
-    sklearn.utils.all_estimators = loaded_sklearn_estimators
+    homes = (sklearn.utils, sklearn.utils.discovery)  # where skops may import it from
+    for home in homes:
+        home.all_estimators = loaded_sklearn_estimators
     sys.meta_path.insert(0, hook)
     try:
         import skops.io
     finally:
         sys.meta_path.remove(hook)
-        sklearn.utils.all_estimators = walk
+        for home in homes:
+            home.all_estimators = walk
         if "whichmodule" in own:
             sys.modules["skops.io._utils"].whichmodule = own["whichmodule"]
-        for name in blocked:
-            if sys.modules.get(name, 0) is None:
-                del sys.modules[name]
     return skops.io
 
 

@@ -79,7 +79,7 @@ def load_model(run):
 
     from embclust.tracking.models import import_skops_io
 
-    import_skops_io()  # before MLflow imports it for a skops model, without its torch detour
+    import_skops_io()  # before MLflow imports it for a skops model, without its walk of scikit-learn
     try:
         return mlflow.sklearn.load_model(f"runs:/{run.info.run_id}/model")
     except (MlflowException, OSError):
