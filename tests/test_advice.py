@@ -95,3 +95,22 @@ def test_tradeoff_has_one_point_per_pca_size_and_k_with_both_in_hover():
     assert [c[0] for c in k10.customdata] == ["5", "10", "all (no PCA)"]
     with pytest.raises(ValueError, match="silhouette_ref"):
         tradeoff_figure(table.drop(columns=["silhouette_ref"]), {5: 0.4})
+
+
+def test_finding_a_knee_leaves_matplotlib_unloaded_and_importable():
+    """kneed's plots need matplotlib; a sweep never draws them, so it must not pay 0.3 s to load it."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from embclust.sweep.advice import knee_of_curve\n"
+        "assert knee_of_curve([1, 2, 3, 4, 5, 6], [100, 40, 20, 15, 13, 12]) == 3\n"
+        "assert 'matplotlib' not in sys.modules, 'matplotlib was loaded'\n"
+        "import matplotlib.pyplot\n"
+        "from kneed.knee_locator import KneeLocator\n"
+        "print('ok')\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip() == "ok"

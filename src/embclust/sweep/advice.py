@@ -37,6 +37,28 @@ _KNEE_SHAPES = {
 }
 
 
+def kneedle_locator():
+    """``kneed.KneeLocator``, imported without the matplotlib it loads only for its plots.
+
+    kneed imports ``matplotlib.pyplot`` at module level, inside ``try/except ImportError``, for
+    its ``plot_knee`` methods, which embclust never calls: that import is 0.3 s of a sweep's
+    summary. While kneed is first imported (and matplotlib is not loaded already) matplotlib
+    reads as absent; afterwards it imports as usual.
+    """
+    import sys
+
+    if "kneed" not in sys.modules and "matplotlib" not in sys.modules:
+        sys.modules["matplotlib"] = None  # type: ignore[assignment]  # import fails, kneed skips plots
+        try:
+            import kneed  # noqa: F401
+        finally:
+            if sys.modules.get("matplotlib", 0) is None:
+                del sys.modules["matplotlib"]
+    from kneed import KneeLocator
+
+    return KneeLocator
+
+
 def knee_of_curve(ks, values, metric: str = "inertia") -> int | None:
     """The knee k of one metric-against-k curve, or None when it has none (see module doc)."""
     if metric not in _KNEE_SHAPES:
@@ -52,9 +74,7 @@ def knee_of_curve(ks, values, metric: str = "inertia") -> int | None:
     best_at_end = y[-1] == (y.min() if direction == "decreasing" else y.max())
     if must_improve_to_end and not best_at_end:
         return None
-    from kneed import KneeLocator
-
-    knee = KneeLocator(curve["k"].to_numpy(), y, curve=shape, direction=direction).knee
+    knee = kneedle_locator()(curve["k"].to_numpy(), y, curve=shape, direction=direction).knee
     if knee is None or (isinstance(knee, float) and math.isnan(knee)):
         return None
     return int(round(float(knee)))
