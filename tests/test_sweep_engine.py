@@ -182,7 +182,7 @@ def test_optuna_search_goes_on_after_a_failed_trial(run_cli):
     assert parent.info.status == "FINISHED" and parent.data.tags["best_cell"]
 
 
-def _start_sweep(tmp_path, tracking_uri, *overrides):
+def _start_sweep(tmp_path, tracking_uri, *overrides, sweep_dir="multirun"):
     import os
     import subprocess
     import sys
@@ -191,7 +191,7 @@ def _start_sweep(tmp_path, tracking_uri, *overrides):
 
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
     cmd = [sys.executable, str(RUN_PY), "-m", *overrides, f"mlflow.tracking_uri={tracking_uri}",
-           f"hydra.sweep.dir={tmp_path / 'multirun'}"]
+           f"hydra.sweep.dir={tmp_path / sweep_dir}"]
     return subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
@@ -252,6 +252,53 @@ def test_resume_after_kill_9_closes_the_orphaned_cell(tmp_path, tracking_uri):
     assert closed.info.status == "KILLED" and "orphaned" in closed.data.tags["error"]
     assert not [r for r in mlflow.search_runs(search_all_experiments=True, output_format="list")
                 if r.info.status == "RUNNING"]
+
+
+def test_a_parents_owner_is_alive_only_while_its_process_runs():
+    import subprocess
+    import sys
+
+    from embclust.sweep.owner import owner_is_alive, owner_token
+
+    assert owner_is_alive(owner_token()) is True
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        token = owner_token(child.pid)
+        assert owner_is_alive(token) is True
+        host, pid, start = token.rsplit(":", 2)
+        # the same pid with another start time is another process (a reused pid)
+        assert owner_is_alive(f"{host}:{pid}:{int(start or 0) + 1}") is False
+    finally:
+        child.kill()
+        child.wait()
+    assert owner_is_alive(token) is False
+    assert owner_is_alive(f"another-host-{token}") is None
+    assert owner_is_alive(None) is None and owner_is_alive("") is None
+
+
+@pytest.mark.slow
+def test_the_same_sweep_started_while_it_runs_gets_its_own_parent(tmp_path, tracking_uri):
+    import signal
+
+    first = _start_sweep(tmp_path, tracking_uri, *SLOW_GRID)
+    _wait_for_running_cell(tracking_uri)
+    first.send_signal(signal.SIGSTOP)  # alive, mid-cell, for as long as the second sweep runs
+    try:
+        second = _start_sweep(tmp_path, tracking_uri, *SLOW_GRID, sweep_dir="second")
+        out2, err2 = second.communicate(timeout=900)
+    finally:
+        first.send_signal(signal.SIGCONT)
+    out1, err1 = first.communicate(timeout=900)
+    assert first.returncode == 0, err1[-3000:]
+    assert second.returncode == 0, err2[-3000:]
+    assert "still being run" in err2
+    runs = mlflow.search_runs(search_all_experiments=True, output_format="list")
+    parents = [r for r in runs if r.data.tags.get("sweep_role") == "parent"]
+    cells = [r for r in runs if r.data.tags.get("sweep_role") == "cell"]
+    # two parents, each with its own two finished cells: neither sweep closed the other's cells
+    assert len(parents) == 2 and {p.info.status for p in parents} == {"FINISHED"}
+    assert len(cells) == 4 and {c.info.status for c in cells} == {"FINISHED"}
+    assert {c.data.tags["mlflow.parentRunId"] for c in cells} == {p.info.run_id for p in parents}
 
 
 def test_knee_of_a_k_sweep_is_logged_on_the_parent(run_cli, tmp_path):

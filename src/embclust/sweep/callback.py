@@ -21,9 +21,11 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from embclust import signals, tracking
+from embclust.tracking.store import store_lock
 from embclust.errors import EmbclustError, user_error
 from embclust.sweep import compare
 from embclust.sweep.cache import stable_hash
+from embclust.sweep.owner import OWNER_TAG, owner_is_alive, owner_token
 from embclust.sweep.plan import ENV_VAR, PREPROCESS_PREFIX, SweepPlan, largest_pca, sweep_values
 from embclust.sweep.summary import summarize_sweep
 
@@ -117,6 +119,36 @@ def _log_params(client: mlflow.MlflowClient, run_id: str, params: dict[str, Any]
 _ORPHANED = "orphaned: the sweep process running this cell ended without closing it"
 
 
+def _parent_to_resume(experiment_id: str, key: str):
+    """The latest parent run of the sweep ``key``, unless a live process is running it now.
+
+    A RUNNING parent whose owner (see :mod:`embclust.sweep.owner`) is alive, or runs on another
+    host where that cannot be checked, belongs to a sweep still going: this one gets its own.
+    """
+    found = mlflow.search_runs(
+        [experiment_id],
+        filter_string=f"tags.sweep_role = 'parent' and tags.sweep_key = '{key}'",
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+        output_format="list",
+    )
+    if not found:
+        return None
+    previous = found[0]
+    if previous.info.status == "RUNNING":
+        token = previous.data.tags.get(OWNER_TAG)
+        alive = owner_is_alive(token)
+        if alive or (alive is None and token):
+            log.warning(
+                "sweep: parent run %s of this sweep is still being run (%s); this sweep gets a parent run of "
+                "its own (let the other finish and run it again to resume)",
+                previous.info.run_id,
+                token,
+            )
+            return None
+    return previous
+
+
 def close_orphans(
     client: mlflow.MlflowClient, experiment_id: str, parent_run_id: str, reason: str = _ORPHANED, quiet: bool = False
 ) -> int:
@@ -178,21 +210,14 @@ class MlflowSweepCallback(Callback):
             }
         )
         client = mlflow.MlflowClient()
-        previous = None
-        if config.sweep.resume:
-            found = mlflow.search_runs(
-                [experiment_id],
-                filter_string=f"tags.sweep_role = 'parent' and tags.sweep_key = '{key}'",
-                order_by=["attributes.start_time DESC"],
-                max_results=1,
-                output_format="list",
-            )
-            previous = found[0] if found else None
         code_dir = Path(__file__).resolve().parent
         repro = {**tracking.git_state(code_dir), **{f"version.{p}": v for p, v in tracking.package_versions().items()}}
         # From the moment the parent exists, an exit closes it: signals wait until the closer is set.
         _handle_stop_signals(stop_at_once=not _basic_launcher(config))
-        with signals.deferred():
+        # Finding the parent to resume and claiming it is one step for processes sharing a SQLite
+        # store: two copies of a sweep started at once must not both take the same parent.
+        with signals.deferred(), store_lock(config.mlflow.tracking_uri):
+            previous = _parent_to_resume(experiment_id, key) if config.sweep.resume else None
             self._open_parent(client, experiment_id, previous, key, config, task_cfg, task_overrides, sweep_params, repro)
             _close_on_exit(self.parent_run_id, experiment_id)
         preprocessing_varies = any(k.startswith(PREPROCESS_PREFIX) for k in swept)
@@ -222,6 +247,7 @@ class MlflowSweepCallback(Callback):
             self.parent_run_id = previous.info.run_id
             client.update_run(self.parent_run_id, status="RUNNING")
             client.set_tag(self.parent_run_id, "error", "")
+            client.set_tag(self.parent_run_id, OWNER_TAG, owner_token())
             close_orphans(client, experiment_id, self.parent_run_id)
             log.info("sweep: resuming parent run %s (finished cells are skipped)", self.parent_run_id)
         else:
@@ -235,6 +261,7 @@ class MlflowSweepCallback(Callback):
                     "hydra_overrides": " ".join(task_overrides) or "(none)",
                     "sweep_params": json.dumps(sweep_params),
                     "sweep.metric": config.sweep.metric,
+                    OWNER_TAG: owner_token(),
                     **repro,
                 },
             )
