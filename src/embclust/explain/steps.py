@@ -103,8 +103,13 @@ def explain_features(state: RunState, acfg: DictConfig) -> tuple[np.ndarray, lis
         elif name.startswith("pc") and name[2:].isdigit() and pcs is not None and int(name[2:]) <= pcs.shape[1]:
             columns.append(pcs[:, int(name[2:]) - 1])
         else:
-            available = (ds.feature_names or [])[:20] + ([f"pc1..pc{pcs.shape[1]}"] if pcs is not None else [])
-            raise ConfigError(f"analysis.explain.features: unknown feature {name!r} (available: {', '.join(available)})")
+            available = [", ".join([*(ds.feature_names or [])[:20], *([f"pc1..pc{pcs.shape[1]}"] if pcs is not None else [])])]
+            if pcs is None and name.startswith("pc"):
+                available.append("pc<k> names need preprocess.pca_components")
+            if not ds.feature_names:
+                available.append("the data has no named columns; or use analysis.explain.features=auto")
+            shown = "; ".join(a for a in available if a)
+            raise ConfigError(f"analysis.explain.features: unknown feature {name!r} (available: {shown})")
     return np.column_stack(columns), names, "chosen features"
 
 
