@@ -234,7 +234,14 @@ def test_sigterm_ends_the_cell_and_the_parent(tmp_path, tracking_uri):
     assert runs and not [r for r in runs if r.info.status == "RUNNING"]
     assert {r.info.status for r in runs} <= {"KILLED", "FINISHED"}
     # a stopped sweep is not summarised as if it had finished
-    assert [r.info.status for r in runs if r.data.tags.get("sweep_role") == "parent"] == ["KILLED"]
+    parents = [r for r in runs if r.data.tags.get("sweep_role") == "parent"]
+    assert [p.info.status for p in parents] == ["KILLED"] and parents[0].data.tags.get("error")
+    # run again, it resumes that parent and finishes it without the stop's error left on it
+    again = _start_sweep(tmp_path, tracking_uri, *SLOW_GRID)
+    out, err = again.communicate(timeout=900)
+    assert again.returncode == 0, err[-3000:]
+    resumed = mlflow.get_run(parents[0].info.run_id)
+    assert resumed.info.status == "FINISHED" and "error" not in resumed.data.tags
 
 
 @pytest.mark.slow

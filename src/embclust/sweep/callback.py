@@ -246,7 +246,8 @@ class MlflowSweepCallback(Callback):
         if previous is not None:
             self.parent_run_id = previous.info.run_id
             client.update_run(self.parent_run_id, status="RUNNING")
-            client.set_tag(self.parent_run_id, "error", "")
+            if "error" in previous.data.tags:  # the stop it resumes from is over: no stale error on a live run
+                client.delete_tag(self.parent_run_id, "error")
             client.set_tag(self.parent_run_id, OWNER_TAG, owner_token())
             close_orphans(client, experiment_id, self.parent_run_id)
             log.info("sweep: resuming parent run %s (finished cells are skipped)", self.parent_run_id)
