@@ -41,6 +41,10 @@ def test_default_job_logs_metrics_artifacts_and_model(run_cli, tmp_path):
     assert run.data.params["clusterer._target_"] == "sklearn.cluster.KMeans"
     tags = run.data.tags
     assert len(tags["data_fingerprint"]) == 32 and tags["version.scikit-learn"] != "not installed"
+    # every package the run's explanations import is recorded, whichever distribution installed it
+    import xgboost
+
+    assert tags["version.xgboost"] == xgboost.__version__
     # MLflow's Dataset column: the dataset config's name, digest = the data fingerprint.
     (entry,) = run.inputs.dataset_inputs
     assert (entry.dataset.name, entry.dataset.digest) == ("digits", tags["data_fingerprint"])

@@ -334,14 +334,22 @@ def flatten_config(cfg: DictConfig | dict, prefix: str = "") -> dict[str, Any]:
     return flat
 
 
+# Other distributions that install the same import package (embclust installs xgboost-cpu where
+# it has wheels; mlflow-skinny is MLflow without its UI).
+_SAME_PACKAGE = {"xgboost": ("xgboost-cpu",), "mlflow": ("mlflow-skinny",)}
+
+
 def package_versions(packages: tuple[str, ...] = TRACKED_PACKAGES) -> dict[str, str]:
     """Installed version of each package, ``"not installed"`` when absent."""
     versions = {}
     for pkg in packages:
-        try:
-            versions[pkg] = metadata.version(pkg)
-        except metadata.PackageNotFoundError:
-            versions[pkg] = "not installed"
+        versions[pkg] = "not installed"
+        for dist in (pkg, *_SAME_PACKAGE.get(pkg, ())):
+            try:
+                versions[pkg] = metadata.version(dist)
+                break
+            except metadata.PackageNotFoundError:
+                continue
     return versions
 
 
