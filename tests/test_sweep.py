@@ -13,8 +13,8 @@ def _split(res):
     return parents, children
 
 
-def _check_sweep(res, n_children=4):
-    assert res.returncode == 0, res.stderr[-3000:]
+def _check_sweep(res, n_children=4, returncode=0):
+    assert res.returncode == returncode, res.stderr[-3000:]
     parents, children = _split(res)
     assert len(parents) == 1 and len(children) == n_children
     (parent,) = parents
@@ -60,7 +60,10 @@ def test_joblib_launcher_nests_children(run_cli):
 
 def test_impossible_cell_fails_alone_and_is_marked(run_cli, tmp_path):
     res = run_cli("-m", "reducer=pca", "preprocess.pca_components=5", "clusterer.n_clusters=8,5000")
-    parent, children = _check_sweep(res, n_children=2)
+    # the other cell and the summary are done, and the command still says a cell failed
+    parent, children = _check_sweep(res, n_children=2, returncode=1)
+    last = res.stderr.strip().splitlines()[-1]
+    assert "1 of 2 cells FAILED" in last and "n_clusters=5000" in last and parent.info.run_id in last
     status = {c.data.params["clusterer.n_clusters"]: c.info.status for c in children}
     assert status == {"8": "FINISHED", "5000": "FAILED"}
     failed = next(c for c in children if c.info.status == "FAILED")
@@ -99,7 +102,7 @@ def test_a_swept_dataset_fails_only_its_own_cell(run_cli, tmp_path):
 
     np.save(tmp_path / "ok.npy", np.random.default_rng(0).normal(size=(120, 8)).astype(np.float32))
     res = run_cli("-m", "reducer=none", "dataset=npy", "clusterer.n_clusters=3", "dataset.path=ok.npy,missing.npy")
-    parent, children = _check_sweep(res, n_children=2)
+    parent, children = _check_sweep(res, n_children=2, returncode=1)
     status = {c.data.params["dataset.path"]: c.info.status for c in children}
     assert status == {"ok.npy": "FINISHED", "missing.npy": "FAILED"}
     assert "data_fingerprint" not in parent.data.tags  # not one dataset: the cells load their own
@@ -107,9 +110,9 @@ def test_a_swept_dataset_fails_only_its_own_cell(run_cli, tmp_path):
 
 def test_rerun_resumes_only_missing_or_failed_cells(run_cli):
     args = ("-m", "reducer=pca", "preprocess.pca_components=5", "clusterer.n_clusters=8,12,5000")
-    _check_sweep(run_cli(*args), n_children=3)
+    _check_sweep(run_cli(*args), n_children=3, returncode=1)
     res = run_cli(*args)
-    parent, children = _check_sweep(res, n_children=4)  # only the failed cell ran again
+    parent, children = _check_sweep(res, n_children=4, returncode=1)  # only the failed cell ran again
     assert res.stderr.count("skipped, finished earlier") + res.stdout.count("skipped, finished earlier") == 2
     assert [c.info.status for c in children].count("FAILED") == 2
     res = run_cli(*args, "sweep.resume=false")

@@ -321,6 +321,23 @@ class MlflowSweepCallback(Callback):
         if summary.n_cells == 0:
             log.error("sweep: no cell ran; parent run %s", parent)
             raise SystemExit(1)
+        if summary.n_failed and not _failures_tolerated(config):
+            # As Hydra ends a multirun whose job failed with a non-zero status, after the other
+            # cells and the summary: a script running the sweep must not take it for a success.
+            log.error(
+                "sweep: %d of %d cells FAILED, the first with: %s; fix it and re-run the same command "
+                "(finished cells are skipped); parent run %s",
+                summary.n_failed, summary.n_cells, summary.first_error or "(no error recorded)", parent,
+            )
+            raise SystemExit(1)
+
+
+def _failures_tolerated(config: DictConfig) -> bool:
+    """Whether the sweeper itself accepts failed jobs: an Optuna search with a max_failure_rate above 0."""
+    sweeper = OmegaConf.select(config, "hydra.sweeper", default=None)
+    if sweeper is None or "optuna" not in str(sweeper.get("_target_", "")).lower():
+        return False
+    return float(sweeper.get("max_failure_rate", 0.0) or 0.0) > 0.0
 
 
 # Config keys that decide which rows a sweep's cells load (see embclust.stages.load_dataset).

@@ -36,6 +36,7 @@ class SweepSummary:
     best_run_id: str | None = None
     best: str | None = None
     advice: str | None = None
+    first_error: str | None = None  # the error of the first failed cell, in the leaderboard's order
 
 
 def summarize_sweep(
@@ -60,6 +61,9 @@ def summarize_sweep(
     n_failed = int((table["status"] == "FAILED").sum())
     scored = table[(table["status"] == "FINISHED") & table[metric].notna()]
     summary = SweepSummary(n_cells=len(table), n_failed=n_failed, n_scored=len(scored))
+    if n_failed and "error" in table:
+        errors = [str(e) for e in table.loc[table["status"] == "FAILED", "error"] if str(e)]
+        summary.first_error = errors[0] if errors else None
     client.log_batch(
         parent_run_id,
         metrics=[
