@@ -30,11 +30,16 @@ def test_handler_raises_and_the_previous_handler_comes_back():
     assert signal.getsignal(signal.SIGTERM) is before
 
 
-@pytest.mark.parametrize("sig, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def _default_hangup():  # in the child: SIGHUP as a terminal would deliver it, even if pytest runs under nohup
+    signal.signal(signal.SIGHUP, signal.SIG_DFL)
+
+
+@pytest.mark.parametrize("sig, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130), (signal.SIGHUP, 129)])
 def test_signal_during_a_run_ends_it_killed(tmp_path, tracking_uri, sig, code):
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
     cmd = [sys.executable, str(RUN_PY), *SLOW, f"mlflow.tracking_uri={tracking_uri}", f"hydra.run.dir={tmp_path / 'out'}"]
-    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=_default_hangup)
     seen = []
     try:
         for line in proc.stderr:  # wait until the clustering has started
@@ -145,3 +150,15 @@ def test_a_signal_during_the_best_cells_report_keeps_its_result_and_kills_the_sw
     best = next(r for r in cells if r.data.tags.get("report_error"))
     assert best.data.tags["report_error"] == "full report stopped by SIGTERM"
     assert "silhouette" in best.data.metrics  # the light cell's scores stand
+
+
+def test_a_hangup_ignored_at_start_stays_ignored():
+    # under nohup a closed terminal must not stop the run: SIGHUP is only handled when it was not ignored
+    code = "import signal, embclust.signals as s; print(signal.SIGHUP in s.HANDLED)"
+
+    def run(preexec):
+        return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                              preexec_fn=preexec).stdout.strip()
+
+    assert run(_default_hangup) == "True"
+    assert run(lambda: signal.signal(signal.SIGHUP, signal.SIG_IGN)) == "False"

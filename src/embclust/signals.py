@@ -1,4 +1,8 @@
-"""SIGTERM / SIGINT during a run: stop it, record it as KILLED with the reason, exit 128 + signal."""
+"""SIGTERM / SIGINT / SIGHUP during a run: stop it, record it as KILLED with the reason, exit 128 + signal.
+
+SIGHUP (the terminal or SSH session closed) is handled like SIGTERM, unless the process started
+with it ignored (``nohup``): then it stays ignored and the run goes on.
+"""
 
 from __future__ import annotations
 
@@ -12,7 +16,15 @@ import mlflow
 
 log = logging.getLogger(__name__)
 
-HANDLED = (signal.SIGTERM, signal.SIGINT)
+def _stop_signals() -> tuple[int, ...]:
+    handled = [signal.SIGTERM, signal.SIGINT]
+    hangup = getattr(signal, "SIGHUP", None)  # POSIX only
+    if hangup is not None and signal.getsignal(hangup) is not signal.SIG_IGN:
+        handled.append(hangup)
+    return tuple(handled)
+
+
+HANDLED = _stop_signals()
 
 
 class Stopped(BaseException):
@@ -74,7 +86,7 @@ def note_stop(signum: int) -> Stopped:
 
 @contextmanager
 def stop_on_signals():
-    """Turn SIGTERM and SIGINT into :class:`Stopped` inside the block; restore the old handlers after.
+    """Turn SIGTERM, SIGINT and SIGHUP (:data:`HANDLED`) into :class:`Stopped` inside the block; restore the old handlers after.
 
     Outside the main thread (where Python cannot install handlers) the block runs unchanged.
     """
@@ -91,7 +103,7 @@ def stop_on_signals():
 
 @contextmanager
 def deferred():
-    """Hold SIGTERM and SIGINT until the block ends (they are delivered then), on the main thread.
+    """Hold the stop signals (:data:`HANDLED`) until the block ends (they are delivered then), on the main thread.
 
     For steps that must not be cut in two, such as creating a run and setting up what closes it.
     The block gets a function that delivers them early, from inside the code that handles them.
@@ -129,7 +141,7 @@ def deferred():
 
 @contextmanager
 def ignored():
-    """Ignore SIGTERM and SIGINT inside the block (on the main thread): a second signal while a
+    """Ignore the stop signals (:data:`HANDLED`) inside the block (on the main thread): a second signal while a
     stop is being recorded must not leave a run RUNNING."""
     previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in HANDLED} if _main() else {}
     try:

@@ -391,7 +391,7 @@ def _end_stopped(client, parent_run_id: str, stopped) -> None:
 
 
 def _handle_stop_signals(stop_at_once: bool) -> None:
-    """Note SIGTERM and SIGINT that arrive between cells; the next cell (or the summary) ends the sweep.
+    """Note SIGTERM, SIGINT and SIGHUP that arrive between cells; the next cell (or the summary) ends the sweep.
 
     Hydra's own bookkeeping between jobs is then never cut in two; cells and the summary install
     handlers that stop at once. ``stop_at_once``: stop at the signal wherever it comes (this
@@ -406,6 +406,8 @@ def _handle_stop_signals(stop_at_once: bool) -> None:
 
     on_stop.embclust_sweep = True  # an earlier sweep's handler in this process is replaced
     defaults = {signal.SIGTERM: (signal.SIG_DFL, None), signal.SIGINT: (signal.default_int_handler, None)}
+    if hasattr(signal, "SIGHUP") and signal.SIGHUP in signals.HANDLED:  # not under nohup
+        defaults[signal.SIGHUP] = (signal.SIG_DFL, None)
     for sig, default in defaults.items():
         current = signal.getsignal(sig)
         if current in default or getattr(current, "embclust_sweep", False):
