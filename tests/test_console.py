@@ -51,3 +51,22 @@ def test_quick_exit_keeps_status_output_and_exit_handlers(tmp_path, body, code, 
     assert proc.stdout == "result\n"  # buffered stdout is flushed before the quick exit
     assert "handler ran" in proc.stderr
     assert stderr in proc.stderr
+
+
+def test_a_reader_that_closes_the_pipe_gets_no_traceback():
+    # `embclust compare ... | head -1` (the CLI entry points are wrapped so): the reader is gone
+    # before the output is written
+    import os
+    import subprocess
+    import sys
+
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        code = ("from embclust.console import with_closed_pipe_quiet\n"
+                "raise SystemExit(with_closed_pipe_quiet(lambda: print('row ' * 50000) or 0)())")
+        res = subprocess.run([sys.executable, "-c", code], stdout=write_end, stderr=subprocess.PIPE, text=True,
+                             timeout=120)
+    finally:
+        os.close(write_end)
+    assert res.returncode == 141 and res.stderr == ""

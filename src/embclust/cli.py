@@ -43,6 +43,12 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Run one subcommand; user errors print one line on stderr and return 1."""
+    from embclust.console import with_closed_pipe_quiet
+
+    return with_closed_pipe_quiet(_main)(argv)
+
+
+def _main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "compare":
         from embclust.sweep import compare

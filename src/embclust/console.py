@@ -40,6 +40,33 @@ def quiet_libraries(verbose: bool = False) -> None:
         warnings.filterwarnings("ignore", message=pattern)
 
 
+# 128 + SIGPIPE: the status of a shell tool whose reader closed the pipe.
+BROKEN_PIPE_STATUS = 141
+
+
+def stdout_closed() -> int:
+    """After a ``BrokenPipeError`` (``... | head`` closed the pipe): discard what is still buffered
+    for stdout, so the exit does not fail writing it, and return the status to exit with."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    return BROKEN_PIPE_STATUS
+
+
+def with_closed_pipe_quiet(entry: Callable[..., int]) -> Callable[..., int]:
+    """``entry``, returning :data:`BROKEN_PIPE_STATUS` without a traceback when stdout's reader is gone."""
+
+    def run(*args, **kwargs) -> int:
+        try:
+            code = entry(*args, **kwargs)
+            sys.stdout.flush()  # a closed pipe shows up here when the output fitted in the buffer
+            return code
+        except BrokenPipeError:
+            return stdout_closed()
+
+    run.__doc__ = entry.__doc__
+    return run
+
+
 def exit_without_teardown(entry: Callable[[], object]) -> NoReturn:
     """Run ``entry`` (the Hydra main), then exit with its status without the interpreter's teardown.
 

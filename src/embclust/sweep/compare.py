@@ -157,4 +157,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from embclust.console import with_closed_pipe_quiet
+
+    sys.exit(with_closed_pipe_quiet(main)())
