@@ -44,14 +44,6 @@ def quiet_libraries(verbose: bool = False) -> None:
 BROKEN_PIPE_STATUS = 141
 
 
-def stdout_closed() -> int:
-    """After a ``BrokenPipeError`` (``... | head`` closed the pipe): discard what is still buffered
-    for stdout, so the exit does not fail writing it, and return the status to exit with."""
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    os.dup2(devnull, sys.stdout.fileno())
-    return BROKEN_PIPE_STATUS
-
-
 def with_closed_pipe_quiet(entry: Callable[..., int]) -> Callable[..., int]:
     """``entry``, returning :data:`BROKEN_PIPE_STATUS` without a traceback when stdout's reader is gone."""
 
@@ -60,8 +52,10 @@ def with_closed_pipe_quiet(entry: Callable[..., int]) -> Callable[..., int]:
             code = entry(*args, **kwargs)
             sys.stdout.flush()  # a closed pipe shows up here when the output fitted in the buffer
             return code
-        except BrokenPipeError:
-            return stdout_closed()
+        except BrokenPipeError:  # `... | head` closed the pipe: drop what is still buffered for stdout,
+            # so the exit does not fail writing it
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return BROKEN_PIPE_STATUS
 
     run.__doc__ = entry.__doc__
     return run

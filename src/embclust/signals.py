@@ -1,4 +1,4 @@
-"""SIGTERM / SIGINT / SIGHUP during a run: stop it, record it as KILLED with the reason, exit 128 + signal.
+"""SIGTERM / SIGINT / SIGHUP during a run: stop it, record it as KILLED with its reason, exit 128 + signal.
 
 SIGHUP (the terminal or SSH session closed) is handled like SIGTERM, unless the process started
 with it ignored (``nohup``): then it stays ignored and the run goes on.
@@ -15,6 +15,7 @@ from contextlib import contextmanager
 import mlflow
 
 log = logging.getLogger(__name__)
+
 
 def _stop_signals() -> tuple[int, ...]:
     handled = [signal.SIGTERM, signal.SIGINT]
@@ -86,7 +87,8 @@ def note_stop(signum: int) -> Stopped:
 
 @contextmanager
 def stop_on_signals():
-    """Turn SIGTERM, SIGINT and SIGHUP (:data:`HANDLED`) into :class:`Stopped` inside the block; restore the old handlers after.
+    """Turn the stop signals (:data:`HANDLED`) into :class:`Stopped` inside the block; restore the old
+    handlers after.
 
     Outside the main thread (where Python cannot install handlers) the block runs unchanged.
     """
@@ -103,7 +105,8 @@ def stop_on_signals():
 
 @contextmanager
 def deferred():
-    """Hold the stop signals (:data:`HANDLED`) until the block ends (they are delivered then), on the main thread.
+    """Hold the stop signals (:data:`HANDLED`) until the block ends (they are delivered then), on the
+    main thread.
 
     For steps that must not be cut in two, such as creating a run and setting up what closes it.
     The block gets a function that delivers them early, from inside the code that handles them.
@@ -141,8 +144,8 @@ def deferred():
 
 @contextmanager
 def ignored():
-    """Ignore the stop signals (:data:`HANDLED`) inside the block (on the main thread): a second signal while a
-    stop is being recorded must not leave a run RUNNING."""
+    """Ignore the stop signals (:data:`HANDLED`) inside the block (on the main thread): a second
+    signal while a stop is being recorded must not leave a run RUNNING."""
     previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in HANDLED} if _main() else {}
     try:
         yield

@@ -391,7 +391,8 @@ def _end_stopped(client, parent_run_id: str, stopped) -> None:
 
 
 def _handle_stop_signals(stop_at_once: bool) -> None:
-    """Note SIGTERM, SIGINT and SIGHUP that arrive between cells; the next cell (or the summary) ends the sweep.
+    """Note stop signals (SIGTERM, SIGINT, SIGHUP) that arrive between cells; the next cell (or the
+    summary) ends the sweep.
 
     Hydra's own bookkeeping between jobs is then never cut in two; cells and the summary install
     handlers that stop at once. ``stop_at_once``: stop at the signal wherever it comes (this
