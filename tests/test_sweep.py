@@ -136,5 +136,12 @@ def test_compare_prints_the_leaderboard_of_the_latest_sweep(run_cli, tmp_path):
     assert parent.info.run_id in lines[0] and "davies_bouldin" in lines[0]
     best = min(children, key=lambda c: c.data.metrics["davies_bouldin"])
     assert best.info.run_id in lines[2]  # header, then the best row first
+    # a metric the runs never logged is an error naming the ones they did, not a table in no order
+    typo = subprocess.run(
+        [sys.executable, "-m", "embclust.compare", "--tracking-uri", res.tracking_uri, "--metric", "silhouete"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert typo.returncode == 1 and typo.stdout == ""
+    assert typo.stderr.startswith("error: --metric='silhouete' is not logged") and "silhouette" in typo.stderr
     assert sum(c.info.run_id in out.stdout for c in children) == 4
     assert "<table" in (tmp_path / "board.html").read_text()

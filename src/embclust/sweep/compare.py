@@ -142,7 +142,14 @@ def main(argv: list[str] | None = None) -> int:
     runs = fetch_runs(args.experiment, parent)
     table = leaderboard(runs, args.metric, swept_params(runs) if not runs.empty else [])
     if table.empty:
-        print(f"no runs found in experiment {args.experiment!r}", file=sys.stderr)
+        where = f"sweep {parent} of experiment" if args.parent_run else "experiment"
+        print(f"error: no runs found in {where} {args.experiment!r}", file=sys.stderr)
+        return 1
+    logged = [c[len("metrics."):] for c in runs.columns if c.startswith("metrics.") and runs[c].notna().any()]
+    if logged and args.metric not in logged:  # (a sweep whose cells all failed logs none: show it)
+        shown = [m for m in SCORE_COLUMNS if m in logged] or sorted(logged)[:12]
+        print(f"error: --metric={args.metric!r} is not logged by these runs (rank by one of: {', '.join(shown)})",
+              file=sys.stderr)
         return 1
     scope = f"sweep {parent}" if parent else "all runs"
     print(f"experiment {args.experiment!r}, {scope}, ranked by {args.metric}")
