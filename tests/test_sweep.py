@@ -142,6 +142,15 @@ def test_compare_prints_the_leaderboard_of_the_latest_sweep(run_cli, tmp_path):
         capture_output=True, text=True, timeout=120,
     )
     assert typo.returncode == 1 and typo.stdout == ""
+    # any metric the cells logged ranks them, not only the columns the table shows by default
+    by_v = subprocess.run(
+        [sys.executable, "-m", "embclust.compare", "--tracking-uri", res.tracking_uri, "--metric", "v_measure"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert by_v.returncode == 0, by_v.stderr
+    ranked = [c.info.run_id for c in sorted(children, key=lambda c: -c.data.metrics["v_measure"])]
+    printed = [next(r for r in ranked if r in line) for line in by_v.stdout.splitlines()[2:6]]
+    assert printed == ranked and "NaN" not in by_v.stdout
     assert typo.stderr.startswith("error: --metric='silhouete' is not logged") and "silhouette" in typo.stderr
     assert sum(c.info.run_id in out.stdout for c in children) == 4
     assert "<table" in (tmp_path / "board.html").read_text()

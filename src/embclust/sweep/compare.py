@@ -102,8 +102,8 @@ def leaderboard(runs: pd.DataFrame, metric: str = "silhouette", swept: list[str]
             "error": runs.get("tags.error", pd.Series("", index=runs.index)).fillna(""),
         }
     )
-    if f"{metric}" not in table:
-        table[metric] = math.nan
+    if metric not in table:  # a logged metric outside the usual columns (v_measure, ...) ranks too
+        table[metric] = runs[f"metrics.{metric}"].to_numpy() if f"metrics.{metric}" in runs else math.nan
     ascending = lower_is_better(metric)
     table = table.sort_values(metric, ascending=ascending, na_position="last", kind="stable")
     table.insert(0, "rank", range(1, len(table) + 1))
@@ -145,7 +145,8 @@ def main(argv: list[str] | None = None) -> int:
         where = f"sweep {parent} of experiment" if args.parent_run else "experiment"
         print(f"error: no runs found in {where} {args.experiment!r}", file=sys.stderr)
         return 1
-    logged = [c[len("metrics."):] for c in runs.columns if c.startswith("metrics.") and runs[c].notna().any()]
+    cells = runs[runs.get("tags.sweep_role", pd.Series(index=runs.index, dtype=object)) != "parent"]
+    logged = [c[len("metrics."):] for c in cells.columns if c.startswith("metrics.") and cells[c].notna().any()]
     if logged and args.metric not in logged:  # (a sweep whose cells all failed logs none: show it)
         shown = [m for m in SCORE_COLUMNS if m in logged] or sorted(logged)[:12]
         print(f"error: --metric={args.metric!r} is not logged by these runs (rank by one of: {', '.join(shown)})",
