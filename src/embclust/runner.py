@@ -333,7 +333,19 @@ def run(cfg: DictConfig) -> float:
     process then exits with status 1 after one error line; in a sweep the other cells go on.
     Sweep cells nest under the sweep's parent run, are light unless ``analysis.in_sweeps=full``,
     and with ``sweep.resume`` are skipped when the same cell already FINISHED on the same data.
+    A SQLite store that another process keeps locked ends the process after one error line.
     """
+    try:
+        return _run(cfg)
+    except Exception as exc:
+        problem = tracking.locked_store_message(exc, cfg.mlflow.tracking_uri)
+        if problem is None:
+            raise
+        log.error("%s", problem)
+        raise SystemExit(1) from None
+
+
+def _run(cfg: DictConfig) -> float:
     in_sweep = _is_multirun()
     plan = SweepPlan.from_env() if in_sweep else None
     try:

@@ -3,7 +3,9 @@
 Entries are keyed by a hash of everything that decides their content (dataset config and
 file stamps; data fingerprint and preprocessing config), so changed data or config never hit
 a stale entry. Each entry is written to a temporary folder and renamed into place under a file
-lock, so parallel workers compute it once and never see a half-written entry.
+lock, so parallel workers compute it once and never see a half-written entry. A worker whose
+entry is locked by a stopped process (Ctrl-Z, ``kill -STOP``) computes the value for itself
+instead of waiting for it (:mod:`embclust.locks`).
 
 Every entry ends with ``manifest.json``, written last, holding the blake2b checksum of each of
 its files; an entry whose manifest is missing or does not match its files (truncated, edited,
@@ -15,14 +17,12 @@ with other steps (UMAP) is not cached and is fitted again by each cell.
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import logging
 import os
 import shutil
 import tempfile
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable
 
@@ -32,6 +32,7 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import Normalizer, StandardScaler
 
 from embclust.data.dataset import Dataset
+from embclust.locks import HeldByStoppedProcess, file_lock
 
 log = logging.getLogger(__name__)
 
@@ -52,15 +53,8 @@ def file_stamps(config: dict) -> dict[str, list]:
     return stamps
 
 
-@contextmanager
-def _locked(lock_path: Path):
-    lock_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(lock_path, "w") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+def _locked(entry: Path):
+    return file_lock(entry.with_name(entry.name + ".lock"), f"cache entry {entry}")
 
 
 MANIFEST = "manifest.json"
@@ -100,29 +94,41 @@ def entry_problem(entry: Path) -> str | None:
     return None
 
 
-def _get_or_create(entry: Path, create: Callable[[Path], None]) -> bool:
-    """Make sure a verified ``entry`` exists, calling ``create(tmpdir)`` once if not; True on a hit.
+def _get_or_create(entry: Path, create: Callable[[Path], None]) -> tuple[Path, bool]:
+    """``(folder, hit)``: a verified ``entry``, made by calling ``create(tmpdir)`` once if missing.
 
-    A damaged entry is moved aside and rebuilt, with a warning naming it.
+    A damaged entry is moved aside and rebuilt, with a warning naming it. When another process
+    that is stopped holds the entry's lock, the value is made in a private folder instead (the
+    caller reads it and deletes it): waiting would last as long as that process stays stopped.
     """
     if entry_problem(entry) is None:
-        return True
-    with _locked(entry.with_name(entry.name + ".lock")):
-        problem = entry_problem(entry)
-        if problem is None:
-            return True
-        if problem != "missing":
-            log.warning("cache entry %s is %s: rebuilding it", entry, problem)
-            _discard(entry)
-        tmp = Path(tempfile.mkdtemp(prefix=entry.name + ".tmp-", dir=entry.parent))
-        try:
-            create(tmp)
-            _write_manifest(tmp)
+        return entry, True
+    try:
+        with _locked(entry):
+            problem = entry_problem(entry)
+            if problem is None:
+                return entry, True
+            if problem != "missing":
+                log.warning("cache entry %s is %s: rebuilding it", entry, problem)
+                _discard(entry)
+            tmp = _make(entry, create)
             os.rename(tmp, entry)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-    return False
+            return entry, False
+    except HeldByStoppedProcess as exc:
+        log.warning("%s: computing it in this process, without the cache", exc)
+        return _make(entry, create), False
+
+
+def _make(entry: Path, create: Callable[[Path], None]) -> Path:
+    """A new folder beside ``entry`` holding what ``create`` wrote and its manifest."""
+    tmp = Path(tempfile.mkdtemp(prefix=entry.name + ".tmp-", dir=entry.parent))
+    try:
+        create(tmp)
+        _write_manifest(tmp)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return tmp
 
 
 def _discard(entry: Path) -> None:
@@ -139,16 +145,31 @@ _READ_ERRORS = (ValueError, KeyError, TypeError, OSError)
 
 def _cached(entry: Path, create: Callable[[Path], None], read: Callable[[Path], Any]) -> tuple[Any, bool]:
     """``(read(entry), hit)`` for a verified entry, rebuilding once when it cannot be read."""
-    hit = _get_or_create(entry, create)
+    folder, hit = _get_or_create(entry, create)
     try:
-        return read(entry), hit
+        return _read(folder, entry, read), hit
     except _READ_ERRORS as exc:
         log.warning("cache entry %s is damaged (%s): rebuilding it", entry, str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
-        with _locked(entry.with_name(entry.name + ".lock")):
-            if entry.is_dir():
-                _discard(entry)
-    hit = _get_or_create(entry, create)
-    return read(entry), hit
+        try:
+            with _locked(entry):
+                if entry.is_dir():
+                    _discard(entry)
+        except HeldByStoppedProcess:
+            pass  # the rebuild below goes on without the cache too
+    folder, hit = _get_or_create(entry, create)
+    return _read(folder, entry, read), hit
+
+
+def _read(folder: Path, entry: Path, read: Callable[[Path], Any]) -> Any:
+    """``read(folder)``, deleting ``folder`` afterwards when it is a private one (not ``entry``).
+
+    Arrays read memory-mapped stay readable after their file is deleted.
+    """
+    try:
+        return read(folder)
+    finally:
+        if folder != entry:
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 def _load(path: Path, mmap: bool = False) -> np.ndarray:

@@ -20,16 +20,21 @@ import socket
 OWNER_TAG = "sweep.owner"
 
 
-def _start_ticks(pid: int) -> str | None:
-    """The start time of process ``pid`` (field 22 of ``/proc/<pid>/stat``), None if unknown."""
+def proc_stat_fields(pid: int) -> list[str] | None:
+    """Fields 3 on (state, ppid, ...) of ``/proc/<pid>/stat``, None where it cannot be read."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as fh:
             stat = fh.read().decode("ascii", "replace")
     except OSError:
         return None
     # The command name (field 2) is in parentheses and may hold spaces: split after its end.
-    fields = stat[stat.rfind(")") + 2 :].split()
-    return fields[19] if len(fields) > 19 else None
+    return stat[stat.rfind(")") + 2 :].split()
+
+
+def _start_ticks(pid: int) -> str | None:
+    """The start time of process ``pid`` (field 22 of ``/proc/<pid>/stat``), None if unknown."""
+    fields = proc_stat_fields(pid)
+    return fields[19] if fields is not None and len(fields) > 19 else None
 
 
 def owner_token(pid: int | None = None) -> str:

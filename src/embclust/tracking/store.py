@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import fcntl
 import logging
 import os
 import subprocess
@@ -20,6 +19,7 @@ from mlflow.exceptions import MlflowException
 from omegaconf import DictConfig, OmegaConf
 
 from embclust.errors import ConfigError, EmbclustError
+from embclust.locks import HeldByStoppedProcess, file_lock
 
 log = logging.getLogger(__name__)
 
@@ -96,25 +96,43 @@ def store_lock(tracking_uri: str):
 
     MLflow creates or migrates the schema when a process first opens the store; two processes
     doing it at once on a new file break it for good (``_alembic_tmp_... already exists``).
+    A lock held by a stopped process is an error saying so, not an endless wait.
     """
     db = sqlite_path(tracking_uri)
     if db is None:
         yield
         return
-    try:
-        db.parent.mkdir(parents=True, exist_ok=True)
-        fh = open(db.with_name(db.name + ".lock"), "a")  # noqa: SIM115 - closed by the with below
-    except OSError as exc:
-        raise ConfigError(
-            f"mlflow.tracking_uri={tracking_uri!r}: cannot write in {db.parent} ({exc.strerror or exc}); "
-            "point it at a SQLite file in a folder you can write to"
-        ) from None
-    with fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
+    with contextlib.ExitStack() as held:
         try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+            held.enter_context(file_lock(db.with_name(db.name + ".lock"), f"the MLflow store {db}"))
+        except OSError as exc:
+            raise ConfigError(
+                f"mlflow.tracking_uri={tracking_uri!r}: cannot write in {db.parent} ({exc.strerror or exc}); "
+                "point it at a SQLite file in a folder you can write to"
+            ) from None
+        except HeldByStoppedProcess as exc:
+            raise EmbclustError(
+                f"{exc}: resume it ('kill -CONT {exc.pid}') or end it, and run again"
+            ) from None
+        yield
+
+
+# SQLite's lock wait that MLflow sets on its connections (PRAGMA busy_timeout).
+_MLFLOW_BUSY_TIMEOUT_S = 20
+
+
+def locked_store_message(exc: BaseException, tracking_uri: str) -> str | None:
+    """The error line for a SQLite store that stayed locked by another process, None for other errors."""
+    seen = exc
+    while seen is not None and "database is locked" not in str(seen):
+        seen = seen.__cause__ or seen.__context__
+    if seen is None or sqlite_path(tracking_uri) is None:
+        return None
+    return (
+        f"the MLflow store mlflow.tracking_uri={tracking_uri!r} stayed locked by another process for "
+        f"{_MLFLOW_BUSY_TIMEOUT_S} s (database is locked): if a run, sweep or 'mlflow ui' on it is stopped "
+        "(Ctrl-Z, kill -STOP), resume or end it; then run again"
+    )
 
 
 def create_sqlite_store(db: Path) -> None:

@@ -1,0 +1,146 @@
+"""File locks: a stopped holder makes others go on (cache) or fail with a line (store), never hang."""
+
+import logging
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from embclust.data import make_synthetic
+from embclust.errors import EmbclustError
+from embclust.locks import HeldByStoppedProcess, file_lock
+from embclust.preprocess import build_preprocessing, fit_preprocessing
+from embclust.sweep.cache import cached_preprocessing, stable_hash
+from embclust.tracking.store import store_lock
+
+pytestmark = pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc")
+
+_HOLDER = """
+import os, signal, sys, time
+from embclust.locks import file_lock
+with file_lock(sys.argv[1], "test"):
+    print("held", flush=True)
+    if sys.argv[2] == "stop":
+        os.kill(os.getpid(), signal.SIGSTOP)
+    time.sleep(float(sys.argv[3]))
+"""
+
+
+def _state(pid: int) -> str:
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    return stat[stat.rfind(")") + 2]
+
+
+def _holder(lock: Path, mode: str, hold_s: float = 60.0) -> subprocess.Popen:
+    """A process holding ``lock``; with mode 'stop' it stops itself once it holds it."""
+    proc = subprocess.Popen([sys.executable, "-c", _HOLDER, str(lock), mode, str(hold_s)], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "held"
+    deadline = time.time() + 30
+    while mode == "stop" and _state(proc.pid) != "T":
+        assert time.time() < deadline, "the holder did not stop"
+        time.sleep(0.05)
+    return proc
+
+
+def _end(proc: subprocess.Popen) -> None:
+    proc.kill()  # SIGKILL ends a stopped process too
+    proc.wait(timeout=30)
+
+
+def test_a_stopped_holder_is_named_instead_of_waited_for(tmp_path):
+    lock = tmp_path / "x.lock"
+    holder = _holder(lock, "stop")
+    try:
+        started = time.monotonic()
+        with pytest.raises(HeldByStoppedProcess) as info:
+            with file_lock(lock, "the thing"):
+                pass
+        assert time.monotonic() - started < 5
+        assert info.value.pid == holder.pid and "the thing is held by process" in str(info.value)
+    finally:
+        _end(holder)
+    with file_lock(lock, "the thing"):  # free again once the holder is gone
+        pass
+
+
+def test_a_running_holder_is_waited_for_with_a_note(tmp_path, caplog):
+    lock = tmp_path / "x.lock"
+    holder = _holder(lock, "run", hold_s=1.5)
+    try:
+        started = time.monotonic()
+        with caplog.at_level(logging.INFO, logger="embclust.locks"), file_lock(lock, "the thing"):
+            waited = time.monotonic() - started
+    finally:
+        holder.wait(timeout=30)
+    assert waited > 0.5  # it did wait for the holder to let go
+    assert any("waiting for the thing" in r.getMessage() and str(holder.pid) in r.getMessage() for r in caplog.records)
+
+
+def test_cache_entry_locked_by_a_stopped_process_is_computed_here(tmp_path, caplog):
+    X = make_synthetic(n_samples=400, n_features=12, seed=0).X
+    config = {"pca_components": 4}
+    entry = tmp_path / "preprocess" / stable_hash({"data": "fp", "preprocess": config})
+    fits = []
+
+    def fit():
+        fits.append(1)
+        pipe = build_preprocessing("l2", 4)
+        return pipe, fit_preprocessing(pipe, X)
+
+    holder = _holder(entry.with_name(entry.name + ".lock"), "stop")
+    try:
+        started = time.monotonic()
+        with caplog.at_level(logging.WARNING):
+            pipe, Xp, hit = cached_preprocessing("fp", config, tmp_path, fit)
+        assert time.monotonic() - started < 10
+    finally:
+        _end(holder)
+    assert not hit and fits == [1] and Xp.shape == (400, 4)
+    np.testing.assert_allclose(pipe.transform(X[:5]), Xp[:5], rtol=1e-5)
+    assert any("stopped" in r.getMessage() and "without the cache" in r.getMessage() for r in caplog.records)
+    # the private copy is gone and nothing half-written passes for the entry
+    assert not entry.exists() and not list(entry.parent.glob("*.tmp-*"))
+    # with the holder gone, the next call fills the cache as usual
+    assert not cached_preprocessing("fp", config, tmp_path, fit)[2]
+    assert cached_preprocessing("fp", config, tmp_path, fit)[2] and fits == [1, 1]
+
+
+def test_store_locked_by_a_stopped_process_is_an_error_saying_what_to_do(tmp_path):
+    db = tmp_path / "mlflow.db"
+    holder = _holder(db.with_name("mlflow.db.lock"), "stop")
+    try:
+        with pytest.raises(EmbclustError) as info:
+            with store_lock(f"sqlite:///{db}"):
+                pass
+    finally:
+        _end(holder)
+    message = str(info.value)
+    assert f"process {holder.pid}" in message and f"kill -CONT {holder.pid}" in message and str(db) in message
+
+
+_SQLITE_HOLDER = """
+import os, signal, sqlite3, sys
+connection = sqlite3.connect(sys.argv[1], isolation_level=None)
+connection.execute("BEGIN IMMEDIATE")  # SQLite's write lock, as a process stopped mid-write holds it
+print("held", flush=True)
+os.kill(os.getpid(), signal.SIGSTOP)
+"""
+
+
+@pytest.mark.slow
+def test_a_store_kept_locked_by_a_stopped_process_ends_the_run_with_one_line(run_cli, tracking_uri):
+    small = ("dataset=synthetic", "dataset.n_samples=500", "reducer=none", "analysis.explain.enabled=false")
+    assert run_cli(*small).returncode == 0  # the store exists
+    db = tracking_uri[len("sqlite:///"):]
+    holder = subprocess.Popen([sys.executable, "-c", _SQLITE_HOLDER, db], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        res = run_cli(*small)
+    finally:
+        _end(holder)
+    lines = res.stderr.strip().splitlines()
+    assert res.returncode == 1 and len(lines) == 1, res.stderr[-3000:]
+    assert "stayed locked by another process" in lines[0] and "resume or end it" in lines[0]
