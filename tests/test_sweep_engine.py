@@ -283,13 +283,42 @@ def test_a_parents_owner_is_alive_only_while_its_process_runs():
     assert owner_is_alive(None) is None and owner_is_alive("") is None
 
 
+def _stop_outside_a_store_write(proc, tracking_uri, attempts=50):
+    """SIGSTOP ``proc`` at a moment it holds no SQLite write lock on the store.
+
+    A process stopped inside a write keeps the store locked; others then fail after MLflow's 20 s
+    wait, which is its own test (test_locks). Here it must hold, at most, its cache locks.
+    """
+    import signal
+    import sqlite3
+    import time
+    from pathlib import Path
+
+    db = tracking_uri[len("sqlite:///"):]
+    for _ in range(attempts):
+        proc.send_signal(signal.SIGSTOP)
+        while (stat := Path(f"/proc/{proc.pid}/stat").read_text())[stat.rfind(")") + 2] != "T":
+            time.sleep(0.01)
+        connection = sqlite3.connect(db, timeout=0, isolation_level=None)
+        try:
+            connection.execute("BEGIN IMMEDIATE")
+            connection.execute("ROLLBACK")
+            return
+        except sqlite3.OperationalError:  # stopped inside a write: let it finish, stop it again
+            proc.send_signal(signal.SIGCONT)
+            time.sleep(0.05)
+        finally:
+            connection.close()
+    raise AssertionError("the sweep kept the store locked")
+
+
 @pytest.mark.slow
 def test_the_same_sweep_started_while_it_runs_gets_its_own_parent(tmp_path, tracking_uri):
     import signal
 
     first = _start_sweep(tmp_path, tracking_uri, *SLOW_GRID)
     _wait_for_running_cell(tracking_uri)
-    first.send_signal(signal.SIGSTOP)  # alive, mid-cell, for as long as the second sweep runs
+    _stop_outside_a_store_write(first, tracking_uri)  # alive, mid-cell, for as long as the second sweep runs
     try:
         second = _start_sweep(tmp_path, tracking_uri, *SLOW_GRID, sweep_dir="second")
         out2, err2 = second.communicate(timeout=900)
