@@ -69,6 +69,23 @@ def test_failed_load_leaves_no_entry(tmp_path):
     assert [p.name for p in (tmp_path / "data").iterdir() if not p.name.endswith(".lock")] == []
 
 
+def test_leftovers_of_a_killed_writer_are_removed_by_the_next_one(tmp_path):
+    from embclust.sweep.cache import stable_hash
+
+    X = make_synthetic(n_samples=300, n_features=8, seed=0).X
+    key = stable_hash({"data": "fp", "preprocess": {"pca_components": 4}})
+    folder = tmp_path / "preprocess"
+    # what `kill -9` leaves while writing this entry or deleting a damaged one, and another
+    # key's folder that its writer may still be filling
+    for name in (f"{key}.tmp-x1", f"{key}.bad-x2", "otherkey.tmp-x3"):
+        (folder / name).mkdir(parents=True)
+        (folder / name / "Xp.npy").write_bytes(b"partial")
+    fits = []
+    _, _, hit = cached_preprocessing("fp", {"pca_components": 4}, tmp_path, _fit_counter(X, fits))
+    assert not hit and fits == [4]
+    assert sorted(p.name for p in folder.iterdir() if p.is_dir()) == sorted([key, "otherkey.tmp-x3"])
+
+
 def test_file_stamps_change_when_file_changes(tmp_path):
     f = tmp_path / "x.npy"
     np.save(f, np.zeros(3))

@@ -111,17 +111,30 @@ def _get_or_create(entry: Path, create: Callable[[Path], None]) -> tuple[Path, b
             if problem != "missing":
                 log.warning("cache entry %s is %s: rebuilding it", entry, problem)
                 _discard(entry)
-            tmp = _make(entry, create)
+            _remove_leftovers(entry)
+            tmp = _make(entry, create, _TMP)
             os.rename(tmp, entry)
             return entry, False
     except HeldByStoppedProcess as exc:
         log.warning("%s: computing it in this process, without the cache", exc)
-        return _make(entry, create), False
+        return _make(entry, create, _PRIVATE), False
 
 
-def _make(entry: Path, create: Callable[[Path], None]) -> Path:
+# Folders beside an entry: ``.tmp-`` and ``.bad-`` are made only by the lock's holder, so one
+# found by the next holder was left by a process killed halfway; ``.own-`` are private copies.
+_TMP, _TRASH, _PRIVATE = ".tmp-", ".bad-", ".own-"
+
+
+def _remove_leftovers(entry: Path) -> None:
+    """Delete what holders of ``entry``'s lock killed halfway (``kill -9``, power loss) left beside it."""
+    for suffix in (_TMP, _TRASH):
+        for leftover in entry.parent.glob(f"{entry.name}{suffix}*"):
+            shutil.rmtree(leftover, ignore_errors=True)
+
+
+def _make(entry: Path, create: Callable[[Path], None], suffix: str) -> Path:
     """A new folder beside ``entry`` holding what ``create`` wrote and its manifest."""
-    tmp = Path(tempfile.mkdtemp(prefix=entry.name + ".tmp-", dir=entry.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=entry.name + suffix, dir=entry.parent))
     try:
         create(tmp)
         _write_manifest(tmp)
@@ -133,7 +146,7 @@ def _make(entry: Path, create: Callable[[Path], None]) -> Path:
 
 def _discard(entry: Path) -> None:
     """Move a damaged entry aside (atomically, so readers never see it half-deleted) and delete it."""
-    trash = Path(tempfile.mkdtemp(prefix=entry.name + ".bad-", dir=entry.parent))
+    trash = Path(tempfile.mkdtemp(prefix=entry.name + _TRASH, dir=entry.parent))
     os.rename(entry, trash / "entry")
     shutil.rmtree(trash, ignore_errors=True)
 
