@@ -7,6 +7,7 @@ from sklearn.metrics import silhouette_samples
 from embclust.explain import duplicates, keywords, tables as analysis
 from embclust.explain import shap_models as explain
 from embclust.tracking import plots
+from conftest import REPO
 from embclust.errors import ConfigError
 
 
@@ -162,7 +163,7 @@ def test_duplicates_step_skips_low_dimensional_data_quickly_and_writes_nothing(t
     X = np.random.default_rng(0).normal(size=(5000, 2)).astype(np.float32)
     ds = Dataset(name="xy", X=X, ids=np.arange(5000))
     labels = (X[:, 0] > 0).astype(np.int64)
-    cfg = OmegaConf.load("conf/analysis/default.yaml")
+    cfg = OmegaConf.load(REPO / "conf/analysis/default.yaml")
     for step in ("silhouette", "profile", "composition", "pca_variance", "explain", "keywords"):
         cfg[step].enabled = False
     cfg.dendrogram.enabled = False

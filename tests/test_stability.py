@@ -6,6 +6,7 @@ from omegaconf import OmegaConf
 from sklearn.cluster import KMeans
 from sklearn.datasets import make_blobs
 
+from conftest import REPO
 from embclust.errors import ConfigError
 from embclust.scoring.stability import stability_from_config, stability_score
 
@@ -36,7 +37,7 @@ def test_true_k_is_stable_and_a_wrong_k_is_not(blobs):
 
 
 def test_disabled_by_default_logs_nothing(blobs):
-    cfg = OmegaConf.load("conf/metrics/default.yaml").stability
+    cfg = OmegaConf.load(REPO / "conf/metrics/default.yaml").stability
     assert cfg.enabled is False
     assert stability_from_config(_kmeans_cfg(5), blobs, _cell(blobs, 5), cfg, seed=0) == {}
 

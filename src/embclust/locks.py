@@ -4,9 +4,9 @@
 dead process. A *stopped* holder (``kill -STOP``, Ctrl-Z, a debugger) keeps it, and a plain
 ``flock`` would make every other process wait for it for ever, silently. Here the holder writes
 its owner token (``host:pid:start``, see :mod:`embclust.sweep.owner`) into the lock file; a
-waiter says on stderr whom it waits for, and gives up at once, with a warning, when that process
-is stopped, so the caller can go on without the lock (compute privately) or fail with a line
-that says what to do.
+waiter says on stderr whom it waits for, and gives up at once when that process is stopped
+(:class:`HeldByStoppedProcess`), so the caller can go on without the lock (compute privately)
+or fail with a line that says what to do.
 """
 
 from __future__ import annotations
