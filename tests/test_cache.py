@@ -216,3 +216,26 @@ def test_umap_preprocessing_is_fitted_and_not_cached(tmp_path):
         _, _, hit = cached_preprocessing("fp", {"umap_components": 5}, tmp_path, fit)
         assert not hit
     assert len(calls) == 2 and not (tmp_path / "preprocess").exists()
+
+
+@pytest.mark.parametrize("where", ["a_file", "a_file/sub", "read_only/sub"])
+def test_an_unwritable_cache_folder_is_one_line_naming_the_key(tmp_path, where):
+    from omegaconf import OmegaConf
+
+    from embclust import stages
+    from embclust.errors import ConfigError
+
+    (tmp_path / "a_file").write_text("x")
+    (tmp_path / "read_only").mkdir()
+    (tmp_path / "read_only").chmod(0o500)
+    cfg = OmegaConf.create({"cache": {"dir": str(tmp_path / where), "enabled": None}})
+    try:
+        if where.startswith("read_only") and os.access(tmp_path / "read_only", os.W_OK) and os.geteuid() == 0:
+            pytest.skip("root writes in read-only folders")
+        with pytest.raises(ConfigError, match=r"cache.dir=.*cannot write there .*cache.enabled=false"):
+            stages.cache_dir(cfg, in_sweep=True)
+        assert stages.cache_dir(cfg, in_sweep=False) is None  # off outside sweeps: not checked
+    finally:
+        (tmp_path / "read_only").chmod(0o700)
+    good = OmegaConf.create({"cache": {"dir": str(tmp_path / "cache"), "enabled": True}})
+    assert stages.cache_dir(good, in_sweep=False) == tmp_path / "cache" and not list((tmp_path / "cache").iterdir())

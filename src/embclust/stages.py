@@ -9,6 +9,8 @@ cell logs these results and stops (``sweep.cell``).
 from __future__ import annotations
 
 import logging
+import os
+import tempfile
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -20,6 +22,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from embclust import cluster, data, signals, validate
+from embclust.errors import ConfigError
 from embclust.explain import duplicates
 from embclust.scoring import metrics
 from embclust.sweep import shared
@@ -76,7 +79,19 @@ def cache_dir(cfg: DictConfig, in_sweep: bool) -> Path | None:
     enabled = cfg.cache.enabled
     if enabled is None:
         enabled = in_sweep
-    return Path(cfg.cache.dir) if enabled else None
+    if not enabled:
+        return None
+    folder = Path(cfg.cache.dir)
+    try:  # a write probe: permissions alone say nothing for root or a read-only file system
+        folder.mkdir(parents=True, exist_ok=True)
+        os.rmdir(tempfile.mkdtemp(prefix=".probe-", dir=folder))
+    except OSError as exc:
+        reason = "a file, not a folder" if folder.is_file() else exc.strerror or str(exc)
+        raise ConfigError(
+            f"cache.dir={str(cfg.cache.dir)!r}: cannot write there ({reason}); point cache.dir "
+            "(or EMBCLUST_CACHE_DIR) at a folder you can write to, or set cache.enabled=false"
+        ) from None
+    return folder
 
 
 def load_dataset(cfg: DictConfig, cache_dir: Path | None) -> tuple[data.Dataset, bool | None]:
