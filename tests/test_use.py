@@ -111,6 +111,23 @@ def test_assign_reproduces_kmeans_labels_and_run_logs_routing_recall(run_cli, pl
         capsys, "assign", run.info.run_id, "--input", tmp_path / "nope.csv", "--output", tmp_path / "b.csv", "--tracking-uri", tracking_uri
     )
     assert code == 1 and err.strip().endswith(f"error: file not found: {tmp_path / 'nope.csv'} (dataset.path)")
+    # one new row, or the same row twice, is assigned like any other rows
+    table = pd.read_csv(planted_csv)
+    for name, rows in (("one.csv", [7]), ("twice.csv", [7, 7])):
+        table.iloc[rows].to_csv(tmp_path / name, index=False)
+        code, out, err = _embclust(
+            capsys, "assign", run.info.run_id, "--input", tmp_path / name, "--output", tmp_path / f"{name}.parquet", "--tracking-uri", tracking_uri
+        )
+        assert code == 0, err
+        assert pd.read_parquet(tmp_path / f"{name}.parquet")["cluster"].tolist() == [logged["cluster"][7]] * len(rows)
+    broken = table.head(3).copy()
+    broken.loc[1, "f_2"] = np.nan
+    broken.to_csv(tmp_path / "nan.csv", index=False)
+    code, _, err = _embclust(
+        capsys, "assign", run.info.run_id, "--input", tmp_path / "nan.csv", "--output", tmp_path / "c.csv", "--tracking-uri", tracking_uri
+    )
+    assert code == 1 and "NaN or inf in 1 of 3 rows (first ids: i1); clean those rows before assigning them" in err
+    assert "on_invalid" not in err and not (tmp_path / "c.csv").exists()
 
 
 def test_assign_hdbscan_tabular_run_with_membership_and_explanations(run_cli, tracking_uri, tmp_path, capsys):

@@ -89,11 +89,13 @@ def fingerprint_array(X: np.ndarray) -> str:
 ON_INVALID_CHOICES = ("error", "drop")
 
 
-def validate_dataset(ds: Dataset, on_invalid: str = "error") -> Dataset:
+def validate_dataset(ds: Dataset, on_invalid: str = "error", assigning: bool = False) -> Dataset:
     """Check shape, lengths and finiteness; raise :class:`DataError` naming the problem.
 
     Rows holding NaN or inf raise an error, or with ``on_invalid="drop"`` are removed (the count
     is kept in ``n_dropped_invalid``). Duplicate ids are counted and logged as a warning.
+    ``assigning``: new rows to assign to a fitted clustering (``embclust assign``), where one row,
+    or rows all alike, are fine.
     """
     if on_invalid not in ON_INVALID_CHOICES:
         raise ConfigError(f"dataset.on_invalid={on_invalid!r} is not allowed (allowed: error, drop)")
@@ -126,11 +128,12 @@ def validate_dataset(ds: Dataset, on_invalid: str = "error") -> Dataset:
         where = " and ".join(parts)
         bad_rows = np.union1d(bad_rows, huge_rows)
         if on_invalid == "error":
-            raise DataError(
-                f"dataset '{ds.name}' has {where}; clean the data or set dataset.on_invalid=drop"
-            )
+            fix = "clean those rows before assigning them" if assigning else "clean the data or set dataset.on_invalid=drop"
+            raise DataError(f"dataset '{ds.name}' has {where}; {fix}")
         log.warning("dataset '%s': dropping %s", ds.name, where)
         ds = _drop_rows(ds, bad_rows)
+    if assigning:
+        return ds
     if ds.X.shape[0] == 1:
         raise DataError(f"dataset '{ds.name}' has a single row: clustering needs at least 2")
     if _all_rows_equal(ds.X):

@@ -124,7 +124,9 @@ def load_dataset(cfg: DictConfig, path: str | None = None, validate: bool = True
         if cause is not None:
             raise cause from None
         raise
-    return validate_dataset(ds, on_invalid=options.get("on_invalid", "error")) if validate else ds
+    if not validate:
+        return ds
+    return validate_dataset(ds, on_invalid=options.get("on_invalid", "error"), assigning=path is not None)
 
 
 def align_to_labels(ds: Dataset, labels: pa.Table) -> np.ndarray:
