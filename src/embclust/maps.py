@@ -6,6 +6,8 @@ import logging
 
 import numpy as np
 
+from embclust.errors import ConfigError
+
 log = logging.getLogger(__name__)
 
 
@@ -20,6 +22,11 @@ def compute_map(reducer, X: np.ndarray, max_points: int | None = None, seed: int
     coords = np.full((n, 2), np.nan, dtype=np.float32)
     if reducer is None:
         return coords
+    if X.shape[1] == 1:  # nothing to project: the values on one axis
+        log.info("map: the clustered space has 1 column, plotted on the x axis (%s not fitted)", type(reducer).__name__)
+        coords[:, 0], coords[:, 1] = X[:, 0], 0.0
+        return coords
+    _check_perplexity(reducer, n if max_points is None else min(n, max_points))
     if max_points is None or n <= max_points:
         coords[:] = reducer.fit_transform(X)
         return coords
@@ -31,3 +38,13 @@ def compute_map(reducer, X: np.ndarray, max_points: int | None = None, seed: int
         rest = np.setdiff1d(np.arange(n), sample, assume_unique=True)
         coords[rest] = reducer.transform(X[rest])
     return coords
+
+
+def _check_perplexity(reducer, n_fit: int) -> None:
+    """t-SNE needs a perplexity below the rows it maps; say which key to lower instead of its ValueError."""
+    perplexity = getattr(reducer, "perplexity", None)
+    if type(reducer).__name__ == "TSNE" and isinstance(perplexity, (int, float)) and perplexity >= n_fit:
+        raise ConfigError(
+            f"reducer.perplexity={perplexity:g} must be less than the {n_fit} rows mapped by t-SNE: set "
+            f"reducer.perplexity={max(1, (n_fit - 1) // 3)} (or less), or reducer=pca"
+        )

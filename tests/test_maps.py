@@ -1,0 +1,27 @@
+import numpy as np
+import pytest
+from sklearn.decomposition import PCA
+from sklearn.manifold import TSNE
+
+from embclust.errors import ConfigError
+from embclust.maps import compute_map
+
+
+@pytest.mark.parametrize("reducer", [PCA(n_components=2), TSNE(n_components=2, perplexity=5, random_state=0)])
+def test_a_one_column_space_is_mapped_on_one_axis(reducer):
+    X = np.random.default_rng(0).normal(size=(40, 1)).astype(np.float32)
+    coords = compute_map(reducer, X)
+    np.testing.assert_array_equal(coords[:, 0], X[:, 0])
+    assert (coords[:, 1] == 0).all()
+
+
+def test_tsne_perplexity_above_the_mapped_rows_names_the_key_and_a_value_that_works():
+    X = np.random.default_rng(0).normal(size=(20, 5)).astype(np.float32)
+    with pytest.raises(ConfigError, match=r"reducer.perplexity=30 must be less than the 20 rows .* reducer.perplexity=6 "):
+        compute_map(TSNE(n_components=2, perplexity=30.0), X)
+    # the suggested value is accepted
+    assert np.isfinite(compute_map(TSNE(n_components=2, perplexity=6, random_state=0), X)).all()
+    # with max_points, the rows mapped are the sample's
+    X = np.random.default_rng(0).normal(size=(200, 5)).astype(np.float32)
+    with pytest.raises(ConfigError, match="less than the 25 rows"):
+        compute_map(TSNE(n_components=2, perplexity=30.0), X, max_points=25)
