@@ -69,6 +69,12 @@ def test_unknown_scheme_is_one_clear_line():
         setup_tracking("sqlit:///x.db", "embclust")
 
 
+@pytest.mark.parametrize("name", ["", "  "])
+def test_a_blank_experiment_name_names_the_key(tmp_path, name):
+    with pytest.raises(ConfigError, match=r"^mlflow.experiment_name='\s*' must be a name"):
+        setup_tracking(f"sqlite:///{tmp_path / 'mlflow.db'}", name)
+
+
 def test_deleted_experiment_says_how_to_restore(tmp_path):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     experiment_id = setup_tracking(uri, "gone")

@@ -300,6 +300,8 @@ def setup_tracking(tracking_uri: str, experiment_name: str) -> str:
     :class:`ConfigError` for an unknown URI scheme or a deleted experiment and
     :class:`TrackingServerUnreachable` when ``tracking_uri`` is a server that does not answer.
     """
+    if not str(experiment_name).strip():
+        raise ConfigError(f"mlflow.experiment_name={experiment_name!r} must be a name (any non-blank text)")
     check_server(tracking_uri)
     scheme = urllib.parse.urlparse(tracking_uri).scheme.lower()
     # "postgresql+psycopg2" names a database driver after the "+".
