@@ -150,6 +150,17 @@ def test_a_signal_during_the_best_cells_report_keeps_its_result_and_kills_the_sw
     best = next(r for r in cells if r.data.tags.get("report_error"))
     assert best.data.tags["report_error"] == "full report stopped by SIGTERM"
     assert "silhouette" in best.data.metrics  # the light cell's scores stand
+    # the same sweep again: cells are skipped, the best cell's report is made, the stop's tag goes
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    again = subprocess.run(
+        [sys.executable, str(RUN_PY), "-m", "dataset=synthetic", "reducer=none", "clusterer.n_clusters=5,6",
+         f"mlflow.tracking_uri={tracking_uri}", f"hydra.sweep.dir={tmp_path / 'multirun'}"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert again.returncode == 0, again.stderr[-2000:]
+    redone = mlflow.get_run(best.info.run_id)
+    assert "report_error" not in redone.data.tags and redone.data.tags.get("sweep_best") == "true"
+    assert mlflow.get_run(parent.info.run_id).info.status == "FINISHED"
 
 
 def test_a_hangup_ignored_at_start_stays_ignored():

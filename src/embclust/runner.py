@@ -432,6 +432,8 @@ def complete_best_cell(run_id: str, plan: SweepPlan) -> Report | None:
                 result = execute(cfg, Path(tmp), timer, plan=plan, in_sweep=False, overrides=overrides, write_report=False,
                                  data_analyses=False, release_shared=True, fitted=shared.fitted_clustering(run_id))
             mlflow.set_tag("sweep_best", "true")
+            if "report_error" in client.get_run(run_id).data.tags:  # of an earlier, stopped attempt
+                client.delete_tag(run_id, "report_error")
             return result.report
         except (signals.Stopped, Exception) as exc:
             stopped = exc if isinstance(exc, signals.Stopped) else signals.received  # or a library's error for it
