@@ -185,3 +185,46 @@ def test_the_cached_empty_store_can_be_turned_off(tmp_path, monkeypatch):
     run, _ = _new_store_run(f"sqlite:///{tmp_path / 'a.db'}")
     assert run.info.status == "FINISHED" and store_module.schema_template_path() is None
     assert not (tmp_path / "cache").exists()
+
+
+def test_runs_left_running_by_a_gone_process_are_closed_and_others_left_alone(tmp_path):
+    from embclust.processes import host_id, owner_token
+    from embclust.tracking import PROCESS_TAG, close_dead_runs
+
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead = owner_token(child.pid)  # taken while the child runs: its start time is known
+    child.wait()
+    experiment_id = setup_tracking(f"sqlite:///{tmp_path / 'mlflow.db'}", "embclust")
+    client = mlflow.MlflowClient()
+
+    def run(tags, status="RUNNING"):
+        run_id = client.create_run(experiment_id, tags=tags).info.run_id
+        if status != "RUNNING":
+            client.set_terminated(run_id, status)
+        return run_id
+
+    gone = run({PROCESS_TAG: dead})
+    gone_parent = run({"sweep.owner": dead, "sweep_role": "parent"})
+    alive = run({PROCESS_TAG: owner_token()})
+    other_host = run({PROCESS_TAG: f"elsewhere:{dead.rsplit(':', 2)[1]}:1"})
+    other_namespace = run({PROCESS_TAG: dead.replace(host_id(), host_id() + "0", 1)})
+    untagged = run({})  # a run made by another tool
+    finished = run({PROCESS_TAG: dead}, status="FINISHED")
+
+    assert sorted(close_dead_runs(experiment_id)) == sorted([gone, gone_parent])
+    for run_id in (gone, gone_parent):
+        closed = client.get_run(run_id)
+        assert closed.info.status == "KILLED" and f"orphaned: its process ({dead}) ended" in closed.data.tags["error"]
+    assert [client.get_run(r).info.status for r in (alive, other_host, other_namespace, untagged, finished)] == [
+        "RUNNING", "RUNNING", "RUNNING", "RUNNING", "FINISHED"]
+    assert close_dead_runs(experiment_id) == []
+
+
+def test_a_single_run_records_its_process(run_cli):
+    from embclust.processes import owner_is_alive
+    from embclust.tracking import PROCESS_TAG
+
+    res = run_cli("dataset=synthetic", "dataset.n_samples=300", "reducer=none", "analysis.explain.enabled=false")
+    assert res.returncode == 0, res.stderr[-2000:]
+    (run,) = res.runs()
+    assert owner_is_alive(run.data.tags[PROCESS_TAG]) is False  # that process has ended

@@ -265,7 +265,7 @@ def test_a_parents_owner_is_alive_only_while_its_process_runs():
     import subprocess
     import sys
 
-    from embclust.sweep.owner import owner_is_alive, owner_token
+    from embclust.processes import owner_is_alive, owner_token
 
     assert owner_is_alive(owner_token()) is True
     child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])

@@ -3,7 +3,7 @@
 ``flock`` is released when its holder exits or is killed, so a lock is never left behind by a
 dead process. A *stopped* holder (``kill -STOP``, Ctrl-Z, a debugger) keeps it, and a plain
 ``flock`` would make every other process wait for it for ever, silently. Here the holder writes
-its owner token (``host:pid:start``, see :mod:`embclust.sweep.owner`) into the lock file; a
+its owner token (``host:pid:start``, see :mod:`embclust.processes`) into the lock file; a
 waiter says on stderr whom it waits for, and gives up at once when that process is stopped
 (:class:`HeldByStoppedProcess`), so the caller can go on without the lock (compute privately)
 or fail with a line that says what to do.
@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import fcntl
 import logging
-import socket
 import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
+
+from embclust.processes import owner_token, stopped_pid
 
 log = logging.getLogger(__name__)
 
@@ -32,21 +33,6 @@ def holder_of(lock_path: Path) -> str:
         return Path(lock_path).read_text(encoding="ascii", errors="replace").strip()
     except OSError:
         return ""
-
-
-def stopped_pid(token: str) -> int | None:
-    """The pid named by ``token`` if it is a stopped process on this host, else None."""
-    from embclust.sweep.owner import proc_stat_fields  # not at the top: embclust.sweep imports this module
-
-    if token.count(":") < 2:
-        return None
-    host, pid_text, start = token.rsplit(":", 2)
-    if host != socket.gethostname() or not pid_text.isdigit():
-        return None
-    fields = proc_stat_fields(int(pid_text))
-    if fields is None or (start and fields[19:20] != [start]):
-        return None  # gone, or the pid now belongs to another process
-    return int(pid_text) if fields[0] in ("T", "t") else None
 
 
 class HeldByStoppedProcess(Exception):
@@ -64,8 +50,6 @@ def file_lock(lock_path: Path, what: str) -> Iterator[None]:
     Raises :class:`HeldByStoppedProcess` instead of waiting when the holder is stopped. ``what``
     names the locked thing in the messages.
     """
-    from embclust.sweep.owner import owner_token
-
     lock_path = Path(lock_path)
     lock_path.parent.mkdir(parents=True, exist_ok=True)
     with open(lock_path, "a+", encoding="ascii") as fh:  # "a+": opening must not erase the holder's token

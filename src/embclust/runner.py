@@ -23,6 +23,7 @@ from threadpoolctl import threadpool_limits
 
 from embclust import cluster, data, preprocess, signals, stages, tracking, validate
 from embclust.errors import ConfigError, EmbclustError, user_error
+from embclust.processes import owner_token
 from embclust.explain import steps as explain_steps
 from embclust.scoring import silhouette, stability, torch_backend
 from embclust.sweep import callback as sweep
@@ -349,7 +350,7 @@ def _run(cfg: DictConfig) -> float:
     in_sweep = _is_multirun()
     plan = SweepPlan.from_env() if in_sweep else None
     try:
-        tracking.setup_tracking(cfg.mlflow.tracking_uri, cfg.mlflow.experiment_name)
+        experiment_id = tracking.setup_tracking(cfg.mlflow.tracking_uri, cfg.mlflow.experiment_name)
     except EmbclustError as exc:
         log.error("%s", exc)
         if in_sweep:
@@ -377,6 +378,9 @@ def _run(cfg: DictConfig) -> float:
                 raise SystemExit(stopped.exit_code) from None
         log.info("%s: %s", cell.position, cell.overrides or "(no overrides)")
         tags = {"sweep_cell": cell.overrides, "sweep_cell_key": cell.config_key}
+    else:
+        tracking.close_dead_runs(experiment_id)
+    tags[tracking.PROCESS_TAG] = owner_token()
     timer = stages.StageTimer(STAGES, prefix=f"{cell.position} " if cell else "")
     with mlflow.start_run(
         run_name=_run_name(cfg), parent_run_id=cell.parent_run_id if cell else None, tags=tags
@@ -424,6 +428,8 @@ def complete_best_cell(run_id: str, plan: SweepPlan) -> Report | None:
     client = mlflow.MlflowClient()
     overrides = client.get_run(run_id).data.tags.get("sweep_cell", "").split()
     timer = stages.StageTimer(STAGES, prefix="best cell ")
+    # Reopened by this process, which a concurrent run must not take for the gone worker that made it.
+    client.set_tag(run_id, tracking.PROCESS_TAG, owner_token())
     with mlflow.start_run(run_id=run_id):
         try:
             with tempfile.TemporaryDirectory(prefix="embclust-best-") as tmp:

@@ -25,11 +25,14 @@ from embclust.tracking.store import store_lock
 from embclust.errors import EmbclustError, user_error
 from embclust.sweep import compare
 from embclust.sweep.cache import stable_hash
-from embclust.sweep.owner import OWNER_TAG, owner_is_alive, owner_token
+from embclust.processes import owner_is_alive, owner_token
 from embclust.sweep.plan import ENV_VAR, PREPROCESS_PREFIX, SweepPlan, largest_pca, sweep_values
 from embclust.sweep.summary import summarize_sweep
 
 log = logging.getLogger(__name__)
+
+# The process running a sweep's parent run, ``host:pid:start`` (see :mod:`embclust.processes`).
+OWNER_TAG = "sweep.owner"
 
 # Config keys that do not change a cell's result, left out of its identity.
 _NOT_IDENTITY = ("mlflow", "sweep", "cache", "run_name")
@@ -122,7 +125,7 @@ _ORPHANED = "orphaned: the sweep process running this cell ended without closing
 def _parent_to_resume(experiment_id: str, key: str):
     """The latest parent run of the sweep ``key``, unless a live process is running it now.
 
-    A RUNNING parent whose owner (see :mod:`embclust.sweep.owner`) is alive, or runs on another
+    A RUNNING parent whose owner (see :mod:`embclust.processes`) is alive, or runs on another
     host where that cannot be checked, belongs to a sweep still going: this one gets its own.
     """
     found = mlflow.search_runs(
@@ -202,6 +205,7 @@ class MlflowSweepCallback(Callback):
         # instead of one FAILED cell per grid point. Swept values are checked by their cells.
         validate.validate_config(task_cfg, skip=tuple(swept))
         experiment_id = tracking.setup_tracking(config.mlflow.tracking_uri, config.mlflow.experiment_name)
+        tracking.close_dead_runs(experiment_id)
         data_tags = _load_shared_dataset(task_cfg, config, swept)
         sweep_params = {str(k): str(v) for k, v in (config.hydra.sweeper.get("params") or {}).items()}
         task_overrides = list(config.hydra.overrides.task)

@@ -22,9 +22,10 @@ from hydra.utils import instantiate
 from mlflow.entities import Metric, Param, RunTag
 from omegaconf import DictConfig, OmegaConf
 
-from embclust import signals, stages
+from embclust import signals, stages, tracking
 from embclust.scoring import silhouette, stability
 from embclust.errors import user_error
+from embclust.processes import owner_token
 from embclust.sweep.callback import SweepCell, failed_cell_value
 from embclust.sweep import shared
 from embclust.sweep.plan import SweepPlan
@@ -79,6 +80,7 @@ def _create_run(client, plan: SweepPlan, cell: SweepCell):
             "sweep_cell": cell.overrides,
             "sweep_cell_key": cell.config_key,
             "sweep_role": "cell",
+            tracking.PROCESS_TAG: owner_token(),
             **plan.tags,
         },
     )

@@ -2,9 +2,11 @@
 
 from embclust.tracking.store import (
     DEFAULT_TRACKING_URI,
+    PROCESS_TAG,
     TRACKED_PACKAGES,
     TrackingServerUnreachable,
     check_server,
+    close_dead_runs,
     default_tracking_uri,
     flatten_config,
     git_state,
@@ -17,9 +19,11 @@ from embclust.tracking.store import (
 
 __all__ = [
     "DEFAULT_TRACKING_URI",
+    "PROCESS_TAG",
     "TRACKED_PACKAGES",
     "TrackingServerUnreachable",
     "check_server",
+    "close_dead_runs",
     "default_tracking_uri",
     "flatten_config",
     "git_state",

@@ -117,6 +117,38 @@ def store_lock(tracking_uri: str):
         yield
 
 
+# The process that created (or reopened) a run, ``host:pid:start`` (see :mod:`embclust.processes`);
+# a sweep's parent carries it as ``sweep.owner``.
+PROCESS_TAG = "embclust.process"
+_PROCESS_TAGS = (PROCESS_TAG, "sweep.owner")
+
+
+def close_dead_runs(experiment_id: str) -> list[str]:
+    """End as KILLED the runs of ``experiment_id`` left RUNNING by an embclust process that is gone.
+
+    ``kill -9``, the out-of-memory killer or a power cut give a process no chance to end its
+    run; the next run or sweep on the store closes it, with the reason in tag ``error``. Runs
+    whose process is alive, unknown (another host or pid namespace) or not recorded (made by
+    other tools) are left alone. Returns the ids of the runs closed.
+    """
+    from embclust.processes import owner_is_alive
+
+    client = mlflow.MlflowClient()
+    closed = []
+    for run in client.search_runs([experiment_id], filter_string="attributes.status = 'RUNNING'", max_results=1000):
+        token = next((run.data.tags[t] for t in _PROCESS_TAGS if run.data.tags.get(t)), None)
+        if owner_is_alive(token) is False:
+            client.set_tag(run.info.run_id, "error", f"orphaned: its process ({token}) ended without closing it (kill -9, out of memory, a crash)")
+            client.set_terminated(run.info.run_id, "KILLED")
+            closed.append(run.info.run_id)
+    if closed:
+        log.warning(
+            "closed %d run(s) left RUNNING by a process that is gone (kill -9, out of memory) as KILLED: %s",
+            len(closed), ", ".join(closed[:5]) + (" ..." if len(closed) > 5 else ""),
+        )
+    return closed
+
+
 # SQLite's lock wait that MLflow sets on its connections (PRAGMA busy_timeout).
 _MLFLOW_BUSY_TIMEOUT_S = 20
 
