@@ -1,7 +1,6 @@
 import pickle
 
 import numpy as np
-from sklearn.metrics import adjusted_rand_score
 import pytest
 from hdbscan import HDBSCAN
 from sklearn.cluster import AgglomerativeClustering, KMeans, MiniBatchKMeans

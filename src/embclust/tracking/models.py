@@ -8,7 +8,6 @@ import logging
 import sys
 from collections.abc import Iterator
 
-import mlflow
 import numpy as np
 from sklearn.pipeline import Pipeline
 
