@@ -265,3 +265,37 @@ def test_light_sweep_cells_export_and_refuse_assign_with_one_line(tracking_uri, 
         f"error: run {cells[2]} has no model: it is a sweep cell logged without its model; use the sweep's best cell "
         f"(pass the sweep id {parent.info.run_id}) or a single run (python run.py with this cell's overrides)"
     )
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".parquet"])
+def test_an_output_interrupted_midway_leaves_the_earlier_file_whole_and_no_part(tmp_path, monkeypatch, suffix):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from embclust.use import assign as assign_module
+
+    out = tmp_path / f"assigned{suffix}"
+    first = pa.table({"id": [1, 2], "cluster": [0, 1]})
+    assign_module.write_table(first, out)
+    before = out.read_bytes()
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(assign_module, "as_strings", interrupted)
+    monkeypatch.setattr(pq, "write_table", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        assign_module.write_table(pa.table({"id": [3], "cluster": [2]}), out)
+    assert out.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == [out.name]
+
+
+def test_ctrl_c_in_a_command_is_one_line_and_status_130(monkeypatch, capsys):
+    from embclust.use import export
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(export, "export_sweep", interrupted)
+    code, out, err = _embclust(capsys, "export", "abc", "--output", "x.csv")
+    assert code == 130 and out == "" and err.strip().splitlines() == ["interrupted: nothing was written"]

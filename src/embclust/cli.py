@@ -45,7 +45,11 @@ def main(argv: list[str] | None = None) -> int:
     """Run one subcommand; user errors print one line on stderr and return 1."""
     from embclust.console import with_closed_pipe_quiet
 
-    return with_closed_pipe_quiet(_main)(argv)
+    try:
+        return with_closed_pipe_quiet(_main)(argv)
+    except KeyboardInterrupt:  # Ctrl-C: one line and the shell's status, no traceback
+        print("interrupted: nothing was written", file=sys.stderr)
+        return 130
 
 
 def _main(argv: list[str] | None = None) -> int:

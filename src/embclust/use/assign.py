@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import os
 import tempfile
 from pathlib import Path
 
@@ -40,13 +41,30 @@ def write_table(table: pa.Table, path: Path) -> None:
     """Write ``table`` as parquet or CSV, by the file's extension (CSV: missing values empty, quotes only
     where needed, floats as 1.0 / 0.2505928 / NaN)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    if path.suffix.lower() == ".csv":
-        with open(path, "w", newline="", encoding="utf-8") as f:
-            writer = csv.writer(f, lineterminator="\n")
-            writer.writerow(table.column_names)
-            writer.writerows(zip(*(as_strings(column, missing="") for column in table.columns)))
-    else:
-        pq.write_table(table, path)
+    # Written beside it and renamed when complete: an error or Ctrl-C midway leaves no half-written
+    # file that looks like a result, and an earlier output of the same name stays whole.
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = Path(tmp_name)
+    try:
+        if path.suffix.lower() == ".csv":
+            with os.fdopen(fd, "w", newline="", encoding="utf-8") as f:
+                writer = csv.writer(f, lineterminator="\n")
+                writer.writerow(table.column_names)
+                writer.writerows(zip(*(as_strings(column, missing="") for column in table.columns)))
+        else:
+            os.close(fd)
+            pq.write_table(table, tmp)
+        os.chmod(tmp, 0o666 & ~_umask())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def align_features(ds: Dataset, trained: list[str], categorical: list[str] = ()) -> np.ndarray:
