@@ -228,3 +228,35 @@ def test_a_single_run_records_its_process(run_cli):
     assert res.returncode == 0, res.stderr[-2000:]
     (run,) = res.runs()
     assert owner_is_alive(run.data.tags[PROCESS_TAG]) is False  # that process has ended
+
+
+def test_a_server_lost_during_a_run_is_one_line_and_retries_are_bounded(monkeypatch):
+    from mlflow.exceptions import MlflowException
+
+    from embclust.tracking.store import HTTP_RETRY_DEFAULTS, check_server, store_failure_message
+
+    lost = MlflowException(
+        "API request to http://127.0.0.1:5077/api/2.0/mlflow/runs/get failed with exception HTTPConnectionPool("
+        "host='127.0.0.1', port=5077): Max retries exceeded with url: /api/2.0/mlflow/runs/get"
+    )
+    try:
+        try:
+            raise lost
+        except MlflowException:
+            raise RuntimeError("while recording the failure")  # noqa: B904 - the chain a run produces
+    except RuntimeError as exc:
+        chained = exc
+    message = store_failure_message(chained, "http://127.0.0.1:5077")
+    assert message.startswith("the MLflow tracking server http://127.0.0.1:5077 stopped answering during the run")
+    assert store_failure_message(chained, "sqlite:///mlflow.db") is None  # not a server
+    assert store_failure_message(ValueError("k must be >= 2"), "http://127.0.0.1:5077") is None
+
+    for name in HTTP_RETRY_DEFAULTS:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "3")  # the user's own setting wins
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with pytest.raises(Exception):
+        check_server(f"http://127.0.0.1:{port}", timeout=1)
+    assert os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] == "4" and os.environ["MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR"] == "3"

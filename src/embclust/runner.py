@@ -334,12 +334,13 @@ def run(cfg: DictConfig) -> float:
     process then exits with status 1 after one error line; in a sweep the other cells go on.
     Sweep cells nest under the sweep's parent run, are light unless ``analysis.in_sweeps=full``,
     and with ``sweep.resume`` are skipped when the same cell already FINISHED on the same data.
-    A SQLite store that another process keeps locked ends the process after one error line.
+    A store that fails during the run (SQLite kept locked by another process, a tracking server
+    gone) ends the process after one error line.
     """
     try:
         return _run(cfg)
     except Exception as exc:
-        problem = tracking.locked_store_message(exc, cfg.mlflow.tracking_uri)
+        problem = tracking.store_failure_message(exc, cfg.mlflow.tracking_uri)
         if problem is None:
             raise
         log.error("%s", problem)

@@ -189,7 +189,7 @@ class MlflowSweepCallback(Callback):
             if err is not None:  # a value or file every cell shares: each cell would fail on it
                 log.error("sweep: no cell was run: %s", err)
                 raise SystemExit(1) from None
-            locked = tracking.locked_store_message(exc, config.mlflow.tracking_uri)
+            locked = tracking.store_failure_message(exc, config.mlflow.tracking_uri)
             if locked is not None:
                 log.error("sweep: no cell was run: %s", locked)
                 raise SystemExit(1) from None

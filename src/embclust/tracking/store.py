@@ -70,6 +70,8 @@ def check_server(tracking_uri: str, timeout: float = SERVER_CHECK_TIMEOUT_S) -> 
     """
     if not tracking_uri.lower().startswith(("http://", "https://")):
         return
+    for name, value in HTTP_RETRY_DEFAULTS.items():
+        os.environ.setdefault(name, value)
     try:
         with urllib.request.urlopen(tracking_uri.rstrip("/") + "/health", timeout=timeout):
             pass
@@ -138,12 +140,16 @@ def close_dead_runs(experiment_id: str) -> list[str]:
     for run in client.search_runs([experiment_id], filter_string="attributes.status = 'RUNNING'", max_results=1000):
         token = next((run.data.tags[t] for t in _PROCESS_TAGS if run.data.tags.get(t)), None)
         if owner_is_alive(token) is False:
-            client.set_tag(run.info.run_id, "error", f"orphaned: its process ({token}) ended without closing it (kill -9, out of memory, a crash)")
+            client.set_tag(
+                run.info.run_id, "error",
+                f"orphaned: its process ({token}) ended without closing it (kill -9, out of memory, a crash, "
+                "or its store stopped answering)",
+            )
             client.set_terminated(run.info.run_id, "KILLED")
             closed.append(run.info.run_id)
     if closed:
         log.warning(
-            "closed %d run(s) left RUNNING by a process that is gone (kill -9, out of memory) as KILLED: %s",
+            "closed %d run(s) left RUNNING by a process that ended without closing them, as KILLED: %s",
             len(closed), ", ".join(closed[:5]) + (" ..." if len(closed) > 5 else ""),
         )
     return closed
@@ -153,12 +159,37 @@ def close_dead_runs(experiment_id: str) -> list[str]:
 _MLFLOW_BUSY_TIMEOUT_S = 20
 
 
+# MLflow retries a failed request to a tracking server 7 times with a backoff factor of 2 (about
+# 4 minutes a request); a run whose server went away then spent 12 minutes in retries before its
+# traceback. These bound a request to about 15 s of retries; the user's own settings win.
+HTTP_RETRY_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "4", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1"}
+
+
+def _chain(exc: BaseException | None):
+    while exc is not None:
+        yield exc
+        exc = exc.__cause__ or exc.__context__
+
+
+def store_failure_message(exc: BaseException, tracking_uri: str) -> str | None:
+    """The error line for a store that failed during a run (locked SQLite, a server gone), else None."""
+    locked = locked_store_message(exc, tracking_uri)
+    if locked is not None:
+        return locked
+    if not tracking_uri.lower().startswith(("http://", "https://")):
+        return None
+    lost = ("Max retries exceeded", "Connection refused", "Failed to establish a new connection", "Read timed out")
+    if not any(any(text in str(e) for text in lost) for e in _chain(exc)):
+        return None
+    return (
+        f"the MLflow tracking server {tracking_uri} stopped answering during the run, so the run could not "
+        "be recorded or closed: start the server again and re-run (the next run closes a run left RUNNING)"
+    )
+
+
 def locked_store_message(exc: BaseException, tracking_uri: str) -> str | None:
     """The error line for a SQLite store that stayed locked by another process, None for other errors."""
-    seen = exc
-    while seen is not None and "database is locked" not in str(seen):
-        seen = seen.__cause__ or seen.__context__
-    if seen is None or sqlite_path(tracking_uri) is None:
+    if sqlite_path(tracking_uri) is None or not any("database is locked" in str(e) for e in _chain(exc)):
         return None
     return (
         f"the MLflow store mlflow.tracking_uri={tracking_uri!r} stayed locked by another process for "
