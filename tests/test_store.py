@@ -260,3 +260,23 @@ def test_a_server_lost_during_a_run_is_one_line_and_retries_are_bounded(monkeypa
     with pytest.raises(Exception):
         check_server(f"http://127.0.0.1:{port}", timeout=1)
     assert os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] == "4" and os.environ["MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR"] == "3"
+
+
+def test_a_full_disk_is_one_line_naming_the_file_that_could_not_be_written():
+    import errno
+
+    from mlflow.exceptions import MlflowException
+
+    from embclust.tracking.store import store_failure_message
+
+    artifact = "/data/mlruns/1/abc/artifacts/report.html"
+    try:
+        try:
+            raise OSError(errno.ENOSPC, "No space left on device", "/tmp/embclust-x/report.html", None, artifact)
+        except OSError:
+            raise MlflowException("(sqlite3.OperationalError) database or disk is full")  # noqa: B904 - recording it failed too
+    except MlflowException as exc:
+        message = store_failure_message(exc, "sqlite:///mlflow.db")
+    assert message.startswith(f"the disk is full: cannot write {artifact} (mlflow.tracking_uri='sqlite:///mlflow.db'); free some space")
+    only_store = store_failure_message(MlflowException("database or disk is full"), "sqlite:///mlflow.db")
+    assert only_store.startswith("the disk is full: the MLflow store cannot be written")

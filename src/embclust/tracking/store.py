@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import subprocess
@@ -176,6 +177,16 @@ def store_failure_message(exc: BaseException, tracking_uri: str) -> str | None:
     locked = locked_store_message(exc, tracking_uri)
     if locked is not None:
         return locked
+    # the first failed write names the file; later ones (recording the failure) only the store
+    full = next((e for e in _chain(exc) if isinstance(e, OSError) and e.errno == errno.ENOSPC), None)
+    full = full or next((e for e in _chain(exc) if _is_disk_full(e)), None)
+    if full is not None:
+        where = getattr(full, "filename2", None) or getattr(full, "filename", None)
+        return (
+            f"the disk is full: {'cannot write ' + str(where) if where else 'the MLflow store cannot be written'} "
+            f"(mlflow.tracking_uri={tracking_uri!r}); free some space, or point mlflow.tracking_uri elsewhere, and re-run "
+            "(the next run closes a run left RUNNING)"
+        )
     if not tracking_uri.lower().startswith(("http://", "https://")):
         return None
     lost = ("Max retries exceeded", "Connection refused", "Failed to establish a new connection", "Read timed out")
@@ -185,6 +196,12 @@ def store_failure_message(exc: BaseException, tracking_uri: str) -> str | None:
         f"the MLflow tracking server {tracking_uri} stopped answering during the run, so the run could not "
         "be recorded or closed: start the server again and re-run (the next run closes a run left RUNNING)"
     )
+
+
+def _is_disk_full(exc: BaseException) -> bool:
+    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+        return True
+    return "database or disk is full" in str(exc) or "No space left on device" in str(exc)
 
 
 def locked_store_message(exc: BaseException, tracking_uri: str) -> str | None:
