@@ -93,6 +93,11 @@ def test_light_cells_and_a_completed_best_cell(run_cli):
     assert parent.info.status == "FINISHED" and len(cells) == 4
     client = mlflow.MlflowClient()
     best_id = parent.data.tags["best_run_id"]
+    # cells are named by what the sweep varies, not by the overrides they all share (reducer=pca)
+    assert sorted(c.info.run_name for c in cells) == sorted(
+        f"clusterer.n_clusters={k} preprocess.pca_components={p}" for p in (5, 10) for k in (8, 12))
+    best_name = next(c.info.run_name for c in cells if c.info.run_id == best_id)
+    assert "sweep done: best silhouette_ref=" in res.stderr and f" at {best_name} (run {best_id})" in res.stderr
     for cell in cells:
         names = {a.path for a in client.list_artifacts(cell.info.run_id)}
         if cell.info.run_id == best_id:

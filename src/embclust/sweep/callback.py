@@ -238,6 +238,7 @@ class MlflowSweepCallback(Callback):
             preprocessing_varies=preprocessing_varies,
             resumed=previous is not None,
             tags=repro,
+            swept_keys=sorted(swept),
         )
         client.set_tag(self.parent_run_id, "sweep.rank_metric", self.plan.rank_metric)
         for tag, value in data_tags.items():

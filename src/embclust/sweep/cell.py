@@ -74,7 +74,7 @@ def run_light_cell(cfg: DictConfig, plan: SweepPlan, cell: SweepCell, threads: i
 def _create_run(client, plan: SweepPlan, cell: SweepCell):
     return client.create_run(
         plan.experiment_id,
-        run_name=cell.overrides or f"cell {cell.index + 1}",
+        run_name=plan.cell_name(cell.overrides) or f"cell {cell.index + 1}",
         tags={
             "mlflow.parentRunId": plan.parent_run_id,
             "sweep_cell": cell.overrides,

@@ -35,6 +35,13 @@ class SweepPlan:
     preprocessing_varies: bool = False
     resumed: bool = False
     tags: dict[str, str] = field(default_factory=dict)
+    # Keys the sweep varies (``clusterer.n_clusters``, ``clusterer``): they name a cell's run.
+    swept_keys: list[str] = field(default_factory=list)
+
+    def cell_name(self, overrides: str) -> str:
+        """A cell's run name: its swept overrides, without those every cell shares."""
+        swept = [o for o in overrides.split() if o.split("=", 1)[0].lstrip("+~") in self.swept_keys]
+        return " ".join(swept) or overrides
 
     @property
     def rank_metric(self) -> str:
