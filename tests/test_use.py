@@ -299,3 +299,19 @@ def test_ctrl_c_in_a_command_is_one_line_and_status_130(monkeypatch, capsys):
     monkeypatch.setattr(export, "export_sweep", interrupted)
     code, out, err = _embclust(capsys, "export", "abc", "--output", "x.csv")
     assert code == 130 and out == "" and err.strip().splitlines() == ["interrupted: nothing was written"]
+
+
+@pytest.mark.parametrize("command", [["export", "abc", "--output", "x.csv"], ["assign", "abc", "--input", "x.npy", "--output", "y.csv"], ["compare"]])
+def test_a_command_pointed_at_a_server_that_does_not_answer_says_so_at_once(capsys, command):
+    import socket
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        uri = f"http://127.0.0.1:{s.getsockname()[1]}"
+    code, out, err = _embclust(capsys, *command, "--tracking-uri", uri)
+    assert code == 1 and out == ""
+    # not "no run 'abc'" after minutes of MLflow's retries
+    assert err.strip().splitlines() == [
+        f"error: MLflow tracking server {uri} is unreachable: start it with scripts/mlflow_server.sh "
+        "or pass --tracking-uri (or set MLFLOW_TRACKING_URI)"
+    ]

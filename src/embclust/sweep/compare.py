@@ -135,9 +135,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--html", type=Path, default=None, help="also write the table as HTML to this file")
     args = parser.parse_args(argv)
 
-    from embclust.tracking.store import default_tracking_uri
+    from embclust.errors import EmbclustError
+    from embclust.tracking.store import CLI_POINT_IT, check_server, default_tracking_uri
 
     mlflow.set_tracking_uri(args.tracking_uri or default_tracking_uri())
+    try:
+        check_server(mlflow.get_tracking_uri(), point_it=CLI_POINT_IT)  # at once, not after MLflow's retries
+    except EmbclustError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     parent = None if args.all else (args.parent_run or latest_sweep_parent(args.experiment))
     runs = fetch_runs(args.experiment, parent)
     table = leaderboard(runs, args.metric, swept_params(runs) if not runs.empty else [])

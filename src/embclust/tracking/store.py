@@ -59,11 +59,17 @@ def default_tracking_uri() -> str:
 SERVER_CHECK_TIMEOUT_S = 5.0
 
 
+# How the commands (embclust assign / export / search / compare) are pointed at another store.
+CLI_POINT_IT = "pass --tracking-uri (or set MLFLOW_TRACKING_URI)"
+
+
 class TrackingServerUnreachable(EmbclustError):
     """The configured MLflow tracking server does not answer."""
 
 
-def check_server(tracking_uri: str, timeout: float = SERVER_CHECK_TIMEOUT_S) -> None:
+def check_server(
+    tracking_uri: str, timeout: float = SERVER_CHECK_TIMEOUT_S, point_it: str = "set mlflow.tracking_uri"
+) -> None:
     """Raise :class:`TrackingServerUnreachable` when an http(s) tracking URI does not answer.
 
     Any HTTP answer counts as reachable (auth errors are MLflow's to report); only a refused,
@@ -81,7 +87,7 @@ def check_server(tracking_uri: str, timeout: float = SERVER_CHECK_TIMEOUT_S) -> 
     except (urllib.error.URLError, OSError, ValueError) as exc:
         raise TrackingServerUnreachable(
             f"MLflow tracking server {tracking_uri} is unreachable: start it with scripts/mlflow_server.sh "
-            "or set mlflow.tracking_uri"
+            f"or {point_it}"
         ) from exc
 
 
