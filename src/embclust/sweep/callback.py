@@ -21,7 +21,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from embclust import signals, tracking
-from embclust.tracking.store import store_lock
+from embclust.tracking.store import SWEEP_OWNER_TAG, store_lock
 from embclust.errors import EmbclustError, user_error
 from embclust.sweep import compare
 from embclust.sweep.cache import stable_hash
@@ -32,7 +32,7 @@ from embclust.sweep.summary import summarize_sweep
 log = logging.getLogger(__name__)
 
 # The process running a sweep's parent run, ``host:pid:start`` (see :mod:`embclust.processes`).
-OWNER_TAG = "sweep.owner"
+OWNER_TAG = SWEEP_OWNER_TAG
 
 # Config keys that do not change a cell's result, left out of its identity.
 _NOT_IDENTITY = ("mlflow", "sweep", "cache", "run_name")
@@ -189,9 +189,9 @@ class MlflowSweepCallback(Callback):
             if err is not None:  # a value or file every cell shares: each cell would fail on it
                 log.error("sweep: no cell was run: %s", err)
                 raise SystemExit(1) from None
-            locked = tracking.store_failure_message(exc, config.mlflow.tracking_uri)
-            if locked is not None:
-                log.error("sweep: no cell was run: %s", locked)
+            problem = tracking.store_failure_message(exc, config.mlflow.tracking_uri)
+            if problem is not None:
+                log.error("sweep: no cell was run: %s", problem)
                 raise SystemExit(1) from None
             log.error("sweep: could not open the parent MLflow run at %s: %s", config.mlflow.tracking_uri, exc)
             raise SystemExit(1) from None

@@ -127,9 +127,10 @@ def store_lock(tracking_uri: str):
 
 
 # The process that created (or reopened) a run, ``host:pid:start`` (see :mod:`embclust.processes`);
-# a sweep's parent carries it as ``sweep.owner``.
+# a sweep's parent carries it as SWEEP_OWNER_TAG, which decides whether the sweep is resumed.
 PROCESS_TAG = "embclust.process"
-_PROCESS_TAGS = (PROCESS_TAG, "sweep.owner")
+SWEEP_OWNER_TAG = "sweep.owner"
+_PROCESS_TAGS = (PROCESS_TAG, SWEEP_OWNER_TAG)
 
 
 def close_dead_runs(experiment_id: str) -> list[str]:
