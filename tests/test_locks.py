@@ -66,17 +66,20 @@ def test_a_stopped_holder_is_named_instead_of_waited_for(tmp_path):
         pass
 
 
-def test_a_running_holder_is_waited_for_with_a_note(tmp_path, caplog):
+@pytest.mark.parametrize("hold_s, noted", [(3.5, True), (0.8, False)])
+def test_a_running_holder_is_waited_for_with_a_note_once_the_wait_is_long(tmp_path, caplog, hold_s, noted):
     lock = tmp_path / "x.lock"
-    holder = _holder(lock, "run", hold_s=1.5)
+    holder = _holder(lock, "run", hold_s=hold_s)
     try:
         started = time.monotonic()
         with caplog.at_level(logging.INFO, logger="embclust.locks"), file_lock(lock, "the thing"):
             waited = time.monotonic() - started
     finally:
         holder.wait(timeout=30)
-    assert waited > 0.5  # it did wait for the holder to let go
-    assert any("waiting for the thing" in r.getMessage() and str(holder.pid) in r.getMessage() for r in caplog.records)
+    assert waited > 0.3  # it did wait for the holder to let go
+    notes = [r.getMessage() for r in caplog.records if "waiting for the thing" in r.getMessage()]
+    # a short wait (cells of a parallel sweep taking turns at the store) is not worth a line
+    assert bool(notes) == noted and all(str(holder.pid) in note for note in notes)
 
 
 def test_cache_entry_locked_by_a_stopped_process_is_computed_here(tmp_path, caplog):

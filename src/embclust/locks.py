@@ -22,8 +22,10 @@ from embclust.processes import owner_token, stopped_pid
 
 log = logging.getLogger(__name__)
 
-# How often a waiter looks again, and how often it says it is still waiting.
+# How often a waiter looks again, when it first says it waits (short waits, as between the cells
+# of a parallel sweep taking turns at the store, are not worth a line), and how often after that.
 _POLL_S = 0.1
+_FIRST_NOTE_S = 2.0
 _NOTE_EVERY_S = 30.0
 
 
@@ -54,6 +56,7 @@ def file_lock(lock_path: Path, what: str) -> Iterator[None]:
     lock_path.parent.mkdir(parents=True, exist_ok=True)
     with open(lock_path, "a+", encoding="ascii") as fh:  # "a+": opening must not erase the holder's token
         waited_since = next_note = None
+        noted = False
         while True:
             try:
                 fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -66,11 +69,14 @@ def file_lock(lock_path: Path, what: str) -> Iterator[None]:
                 raise HeldByStoppedProcess(what, pid)
             now = time.monotonic()
             if waited_since is None:
-                waited_since, next_note = now, now + _NOTE_EVERY_S
-                log.info("waiting for %s, held by another process (%s)", what, token or "unknown")
+                waited_since, next_note = now, now + _FIRST_NOTE_S
             elif now >= next_note:
                 next_note = now + _NOTE_EVERY_S
-                log.info("still waiting for %s after %.0f s (held by %s)", what, now - waited_since, token or "unknown")
+                if noted:
+                    log.info("still waiting for %s after %.0f s (held by %s)", what, now - waited_since, token or "unknown")
+                else:
+                    log.info("waiting for %s, held by another process (%s)", what, token or "unknown")
+                noted = True
             time.sleep(_POLL_S)
         try:
             fh.seek(0)
