@@ -94,6 +94,8 @@ def test_table_errors_name_the_problem(tmp_path, emb):
         load_table(str(path), feature_prefix="bert_", label_column="label")
     with pytest.raises(ConfigError, match="feature_prefix"):
         load_table(str(path))
+    with pytest.raises(ConfigError, match="dataset.vector_column and dataset.feature_prefix are set together"):
+        load_table(str(path), vector_column="bert_0", feature_prefix="bert_")
 
 
 @pytest.mark.parametrize("fmt", ["csv", "parquet"])

@@ -70,3 +70,21 @@ def test_explicit_l2_on_low_dimensional_data_warns_once_with_the_fix(caplog):
 def test_auto_must_be_resolved_before_building():
     with pytest.raises(ConfigError, match="preprocess.normalize=auto must be resolved"):
         build_preprocessing(normalize="auto")
+
+
+def test_unknown_svd_solver_names_allowed_values():
+    with pytest.raises(ConfigError, match=r"preprocess.svd_solver='magic' is not allowed \(allowed: auto, full, covariance_eigh"):
+        build_preprocessing(pca_components=4, svd_solver="magic")
+
+
+def test_arpack_at_the_data_rank_is_refused_with_the_fix():
+    pipe = build_preprocessing(pca_components=16, svd_solver="arpack")
+    with pytest.raises(ConfigError, match=r"pca_components=16 with preprocess.svd_solver=arpack must be below .*=16"):
+        check_preprocessing(pipe, n_samples=300, n_features=16)
+
+
+def test_umap_components_beyond_what_the_rows_allow_are_refused_and_the_most_that_runs_runs():
+    X = np.random.default_rng(0).normal(size=(60, 16)).astype(np.float32)
+    with pytest.raises(ConfigError, match=r"umap_components=59 needs at least 61 rows; the data has 60: ask for at most 58"):
+        fit_preprocessing(build_preprocessing("l2", umap_components=59, seed=0), X)
+    assert fit_preprocessing(build_preprocessing("l2", umap_components=58, seed=0), X).shape == (60, 58)

@@ -46,6 +46,10 @@ def test_a_valid_config_passes():
         ("sweep.metric", "accuracy", "sweep.metric='accuracy' is not allowed (allowed: silhouette, calinski_harabasz"),
         ("backend", "gpu", "backend='gpu' is not allowed (allowed: cpu, torch, auto)"),
         ("sweep.resume", "maybe", "sweep.resume='maybe' is not allowed: must be true or false"),
+        ("analysis.explain.enabled", "maybe", "analysis.explain.enabled='maybe' is not allowed: must be true or false"),
+        ("analysis.dendrogram.enabled", "yes", "analysis.dendrogram.enabled='yes' is not allowed: must be true, false, auto"),
+        ("metrics.stability.enabled", 1, "metrics.stability.enabled=1 is not allowed: must be true or false"),
+        ("preprocess.svd_solver", "magic", "preprocess.svd_solver='magic' is not allowed (allowed: auto, full"),
     ],
 )
 def test_bad_values_name_the_key_and_what_is_allowed(key, value, expected):
@@ -99,6 +103,28 @@ def _assert_one_line_failure(res, expected):
 )
 def test_cli_bad_config_fails_before_any_work(run_cli, overrides, expected):
     _assert_one_line_failure(run_cli(*FAST, *overrides), expected)
+
+
+@pytest.mark.parametrize(
+    "overrides, expected",
+    [  # scikit-learn checks these only when fitting: the map's after the whole clustering
+        (("reducer=tsne", "reducer.verbose=maybe"), "reducer.verbose='maybe' is not allowed: TSNE takes an int"),
+        (("reducer=none", "+clusterer.algorithm=fast"), "clusterer.algorithm='fast' is not allowed: KMeans takes a str among"),
+    ],
+)
+def test_cli_bad_estimator_parameter_names_its_key_before_clustering(run_cli, overrides, expected):
+    _assert_one_line_failure(run_cli("analysis.explain.enabled=false", *overrides), expected)
+
+
+def test_estimator_parameters_are_checked_as_scikit_learn_would_at_fit():
+    from sklearn.cluster import AgglomerativeClustering, KMeans
+
+    from embclust.validate import check_estimator_params
+
+    check_estimator_params(KMeans(n_clusters=3, n_init="auto"), "clusterer")  # allowed values pass
+    check_estimator_params(object(), "clusterer")  # not a scikit-learn estimator: left to its own fit
+    with pytest.raises(ConfigError, match=r"^clusterer.linkage='median' is not allowed: AgglomerativeClustering takes"):
+        check_estimator_params(AgglomerativeClustering(linkage="median"), "clusterer")
 
 
 def test_cli_refuses_agglomerative_above_the_bound(run_cli):

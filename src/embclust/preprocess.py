@@ -10,6 +10,7 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import Normalizer, StandardScaler
 
 from embclust.errors import ConfigError
+from embclust.validate import PCA_SOLVERS
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +84,8 @@ def build_preprocessing(
         isinstance(pca_components, bool) or not isinstance(pca_components, int) or pca_components < 1
     ):
         raise ConfigError(f"preprocess.pca_components={pca_components!r} must be null or an integer >= 1")
+    if svd_solver not in PCA_SOLVERS:
+        raise ConfigError(f"preprocess.svd_solver={svd_solver!r} is not allowed (allowed: {', '.join(PCA_SOLVERS)})")
     scaler = {"l2": Normalizer(norm="l2"), "standard": StandardScaler(), "none": "passthrough"}[normalize]
     pca = (
         "passthrough"
@@ -108,12 +111,27 @@ def build_preprocessing(
 
 
 def check_preprocessing(pipeline: Pipeline, n_samples: int, n_features: int) -> None:
-    """Raise :class:`ConfigError` when PCA asks for more components than the data has."""
+    """Raise :class:`ConfigError` when PCA or UMAP asks for more components than the data allows."""
     pca = pipeline.named_steps["pca"]
-    if isinstance(pca, PCA) and pca.n_components > min(n_samples, n_features):
+    if isinstance(pca, PCA):
+        most = min(n_samples, n_features)
+        if pca.n_components > most:
+            raise ConfigError(
+                f"preprocess.pca_components={pca.n_components} exceeds min(n_samples, n_features)"
+                f"={most} for data of shape ({n_samples}, {n_features})"
+            )
+        if pca.svd_solver == "arpack" and pca.n_components == most:
+            raise ConfigError(
+                f"preprocess.pca_components={pca.n_components} with preprocess.svd_solver=arpack must be below "
+                f"min(n_samples, n_features)={most}: ask for fewer or set preprocess.svd_solver=full"
+            )
+    reduce = pipeline.named_steps.get("umap")
+    n_components = getattr(reduce, "n_components", None)
+    # UMAP's spectral start solves for n_components + 1 eigenvectors of an n_samples-square graph
+    if n_components is not None and n_components > n_samples - 2:
         raise ConfigError(
-            f"preprocess.pca_components={pca.n_components} exceeds min(n_samples, n_features)"
-            f"={min(n_samples, n_features)} for data of shape ({n_samples}, {n_features})"
+            f"preprocess.umap_components={n_components} needs at least {n_components + 2} rows; the data has "
+            f"{n_samples}: ask for at most {max(n_samples - 2, 1)}, or set preprocess.umap_components=null"
         )
 
 

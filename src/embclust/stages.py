@@ -71,6 +71,8 @@ def build_reducer(reducer_cfg: DictConfig | None):
     if reducer_cfg is None:
         return None, None
     reducer, options = instantiate_with_options(reducer_cfg, REDUCER_OPTIONS)
+    if reducer is not None:
+        validate.check_estimator_params(reducer, "reducer")
     return reducer, options.get("max_points")
 
 

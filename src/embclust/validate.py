@@ -7,6 +7,7 @@ or time grows with the square of the rows, before it starts.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
@@ -29,6 +30,7 @@ KNOWN_METRICS = (
 )
 BACKENDS = ("cpu", "torch", "auto")
 LINKAGES = ("ward", "complete", "average", "single")
+PCA_SOLVERS = ("auto", "full", "covariance_eigh", "arpack", "randomized")
 # Defaults of the bounds when a config does not set them (conf/metrics/default.yaml does).
 DEFAULT_MAX_QUADRATIC_ROWS = 25_000
 DEFAULT_MAX_FULL_SILHOUETTE_ROWS = 50_000
@@ -72,10 +74,16 @@ _CHOICE_KEYS = (
     ("dataset.on_invalid", ("error", "drop")),
     ("dataset.encoding", ("onehot", "ordinal")),
     ("preprocess.normalize", ("auto", "l2", "standard", "none")),
+    ("preprocess.svd_solver", PCA_SOLVERS),
     ("clusterer.linkage", LINKAGES),
     ("analysis.in_sweeps", ("light", "full")),
 )
-_BOOL_KEYS = ("sweep.resume", "dataset.dedupe", "analysis.report.enabled", "metrics.reference_space")
+_BOOL_KEYS = (
+    "sweep.resume", "dataset.dedupe", "metrics.reference_space", "clusterer.prediction_data",
+)
+# Groups whose ``enabled`` switches (``analysis.explain.enabled``, ...) are checked as booleans.
+_SWITCH_GROUPS = ("analysis", "metrics")
+_SWITCH_WORDS = {"analysis.dendrogram.enabled": ("auto",)}  # switches that take a word besides true / false
 _MISSING = object()
 
 
@@ -119,6 +127,25 @@ def _check_missing(node: DictConfig, prefix: str = "", skip: tuple[str, ...] = (
             _check_missing(child, f"{name}.", skip)
 
 
+def _switches(cfg: DictConfig) -> list[str]:
+    """Dotted keys of every ``enabled`` option under the switch groups."""
+    found = []
+
+    def walk(node: DictConfig, prefix: str) -> None:
+        for key in node.keys():
+            child = node._get_node(key)
+            if isinstance(child, DictConfig):
+                walk(child, f"{prefix}{key}.")
+            elif key == "enabled":
+                found.append(f"{prefix}{key}")
+
+    for group in _SWITCH_GROUPS:
+        node = cfg.get(group) if group in cfg else None
+        if isinstance(node, DictConfig):
+            walk(node, f"{group}.")
+    return found
+
+
 def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
@@ -149,10 +176,12 @@ def validate_config(cfg: DictConfig, skip: tuple[str, ...] = ()) -> None:
         value = checked(key)
         if value is not _MISSING and value not in choices:
             raise ConfigError(f"{key}={value!r} is not allowed (allowed: {', '.join(choices)})")
-    for key in _BOOL_KEYS:
+    for key in (*_BOOL_KEYS, *_switches(cfg)):
         value = checked(key)
-        if value is not _MISSING and not isinstance(value, bool):
-            raise ConfigError(f"{key}={value!r} is not allowed: must be true or false")
+        also = _SWITCH_WORDS.get(key, ())
+        if value is not _MISSING and not isinstance(value, bool) and value not in also:
+            allowed = ", ".join(("true", "false", *also)) if also else "true or false"
+            raise ConfigError(f"{key}={value!r} is not allowed: must be {allowed}")
     enabled = checked("cache.enabled")
     if enabled is not _MISSING and enabled is not None and not isinstance(enabled, bool):
         raise ConfigError(f"cache.enabled={enabled!r} is not allowed: must be null, true or false")
@@ -215,3 +244,27 @@ def bytes_needed_for_linkage(n_samples: int) -> float:
     """Bytes of the condensed float64 distance matrix of ``n_samples`` rows."""
     return n_samples * (n_samples - 1) / 2 * 8 if n_samples > 1 else 0.0
 
+
+
+_PARAM_MESSAGE = re.compile(r"The '(?P<param>\w+)' parameter of (?P<cls>\w+) must be (?P<must>.*)\. Got (?P<got>.*) instead\.$", re.S)
+
+
+def check_estimator_params(estimator: Any, group: str) -> None:
+    """Check a scikit-learn estimator's parameters now, as its ``fit`` would, naming the config key.
+
+    scikit-learn checks them only when fitting: a bad ``reducer.*`` value would surface after the
+    clustering, a bad ``clusterer.*`` one as a scikit-learn error without the key to change.
+    """
+    if not hasattr(estimator, "_parameter_constraints"):  # not a validating scikit-learn estimator
+        return
+    from sklearn.utils._param_validation import InvalidParameterError
+
+    try:
+        estimator._validate_params()
+    except InvalidParameterError as exc:
+        found = _PARAM_MESSAGE.match(str(exc))
+        if found is None:
+            raise ConfigError(f"{group}: {exc}") from None
+        raise ConfigError(
+            f"{group}.{found['param']}={found['got']} is not allowed: {found['cls']} takes {found['must']}"
+        ) from None

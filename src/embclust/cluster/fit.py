@@ -11,6 +11,7 @@ from sklearn.pipeline import Pipeline
 
 from embclust.cluster import kmeans
 from embclust.errors import ConfigError
+from embclust.validate import check_estimator_params
 
 
 @dataclass
@@ -23,7 +24,8 @@ class FittedClustering:
 
 
 def check_clusterer(clusterer: BaseEstimator, n_samples: int) -> None:
-    """Raise :class:`ConfigError` when the estimator's sizes cannot fit ``n_samples`` points."""
+    """Raise :class:`ConfigError` when a parameter is not allowed or a size cannot fit ``n_samples`` points."""
+    check_estimator_params(clusterer, "clusterer")
     params = clusterer.get_params(deep=False)
     n_clusters = params.get("n_clusters")
     if n_clusters is not None and not (2 <= n_clusters < n_samples):

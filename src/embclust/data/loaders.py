@@ -336,6 +336,10 @@ def load_table(
     name: str = "table",
 ) -> Dataset:
     """Embeddings stored as columns (``bert_0..``, ``feature_0..``) or one list column of a parquet/CSV."""
+    chosen = [f"dataset.{k}" for k, v in (("vector_column", vector_column), ("feature_prefix", feature_prefix),
+                                           ("feature_columns", feature_columns)) if v]
+    if len(chosen) > 1:  # which one would win is not the user's to guess
+        raise ConfigError(f"{' and '.join(chosen)} are set together: the features come from one of them; keep one, set the rest to null")
     p, schema = open_table(
         path,
         {
