@@ -374,3 +374,65 @@ def test_reference_distances_store_each_pair_once_and_sum_like_the_full_matrix()
     assert D.nbytes < 0.6 * X.shape[0] ** 2 * 4
     indicator = np.eye(7, dtype=np.float32)[rng.integers(0, 7, X.shape[0])]
     np.testing.assert_allclose(D.sums_by_cluster(indicator), full @ indicator, rtol=1e-5)
+
+
+def _descendants(pid: int) -> list[tuple[int, str]]:
+    """(pid, command line) of every process below ``pid``, read from /proc."""
+    from pathlib import Path
+
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            try:
+                cmd = (Path("/proc") / str(child) / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+            except OSError:
+                continue
+            found.append((child, cmd))
+            todo.append(child)
+    return found
+
+
+@pytest.mark.slow
+def test_a_killed_launcher_worker_fails_the_sweep_in_one_line_and_closes_its_runs(tmp_path, tracking_uri):
+    import os
+    import signal
+    import time
+
+    # what the system's out-of-memory killer does to a joblib worker in the middle of a cell
+    proc = _start_sweep(tmp_path, tracking_uri, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", *SLOW_GRID)
+    _wait_for_running_cell(tracking_uri)
+    deadline = time.time() + 60
+    while not (workers := [p for p, cmd in _descendants(proc.pid) if "loky" in cmd and "popen" in cmd]):
+        assert time.time() < deadline, "no joblib worker found"
+        time.sleep(0.2)
+    os.kill(workers[0], signal.SIGKILL)
+    out, err = proc.communicate(timeout=180)
+    assert proc.returncode == 1, err[-3000:]
+    assert "Traceback" not in err and "TerminatedWorkerError" not in err
+    assert "a worker process of the launcher ended while it ran a cell (exit codes {SIGKILL(-9)})" in err
+    assert "run the same command again to resume" in err
+    runs = mlflow.search_runs(search_all_experiments=True, output_format="list")
+    assert not [r for r in runs if r.info.status == "RUNNING"]
+    (parent,) = [r for r in runs if r.data.tags.get("sweep_role") == "parent"]
+    assert parent.info.status == "FAILED" and "worker process of the launcher" in parent.data.tags["error"]
+    killed = [r for r in runs if r.info.status == "KILLED"]
+    assert killed and all("worker process of the launcher" in r.data.tags["error"] for r in killed)
+
+
+def test_cells_stopped_before_their_params_do_not_make_shared_keys_look_swept():
+    from embclust.sweep.compare import swept_params
+
+    runs = pd.DataFrame({
+        "tags.sweep_cell": ["clusterer.n_clusters=20 clusterer.n_init=20", "clusterer.n_clusters=30 clusterer.n_init=20",
+                            "clusterer.n_clusters=40 clusterer.n_init=20"],
+        "params.clusterer.n_clusters": ["20", "30", None],  # the third was KILLED before it logged any
+        "params.clusterer.n_init": ["20", "20", None],
+    })
+    assert swept_params(runs) == ["clusterer.n_clusters"]

@@ -35,3 +35,11 @@ def test_derived_cell_configs_equal_full_composition():
         again = deriving.load_sweep_config(master, ["clusterer.n_clusters=5", "preprocess.pca_components=10"])
         assert again.clusterer.n_clusters == 5 and again.preprocess.pca_components == 10
     GlobalHydra.instance().clear()
+
+
+def test_a_launcher_failure_is_said_in_one_line_with_what_to_do():
+    from hydra_plugins.embclust_sweeper.embclust_sweeper import launcher_failure
+
+    generic = launcher_failure(RuntimeError("cluster went away\n  detail line"))
+    assert generic.startswith("the launcher failed: RuntimeError: cluster went away;") and "\n" not in generic
+    assert "run the same command again to resume" in generic

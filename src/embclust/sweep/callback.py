@@ -444,6 +444,25 @@ def _close_on_exit(parent_run_id: str, experiment_id: str) -> None:
     atexit.register(close)
 
 
+def end_failed_sweep(reason: str) -> None:
+    """End the sweep running in this process FAILED with ``reason``, its cells still RUNNING KILLED.
+
+    For a launcher that fails as a whole (a worker process killed, out of memory): Hydra then never
+    calls ``on_multirun_end``, and the runs would otherwise be closed as merely stopped.
+    """
+    plan = SweepPlan.from_env()
+    if plan is None:
+        return
+    with signals.ignored():
+        client = mlflow.MlflowClient()
+        if client.get_run(plan.parent_run_id).info.status != "RUNNING":
+            return
+        close_orphans(client, plan.experiment_id, plan.parent_run_id, reason, quiet=True)
+        client.set_tag(plan.parent_run_id, "error", reason[:5000])
+        client.set_terminated(plan.parent_run_id, "FAILED")
+    log.error("sweep: parent run %s FAILED: %s", plan.parent_run_id, reason)
+
+
 class CellFailed(EmbclustError):
     """A sweep cell failed; raised only to sweepers that record failed trials (Optuna)."""
 

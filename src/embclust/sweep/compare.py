@@ -72,13 +72,16 @@ def latest_sweep_parent(experiment_name: str) -> str | None:
 
 
 def swept_params(runs: pd.DataFrame) -> list[str]:
-    """Config keys that take more than one value across a sweep's cells, in override order."""
+    """Config keys that take more than one value across a sweep's cells, in override order.
+
+    A cell stopped before it logged its params (KILLED, FAILED early) has none: it makes no key vary.
+    """
     cells = runs["tags.sweep_cell"].dropna().unique() if "tags.sweep_cell" in runs else []
     keys: list[str] = []
     for cell in cells:
         for item in cell.split():
             key = item.split("=", 1)[0].lstrip("+~")
-            if key not in keys and f"params.{key}" in runs and runs[f"params.{key}"].nunique(dropna=False) > 1:
+            if key not in keys and f"params.{key}" in runs and runs[f"params.{key}"].nunique() > 1:
                 keys.append(key)
     return keys
 

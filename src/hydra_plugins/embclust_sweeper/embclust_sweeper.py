@@ -11,6 +11,7 @@ Any launcher (basic, joblib, ray) works with it: they all get their configs from
 
 
 import copy
+import re
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional
 
@@ -104,7 +105,56 @@ class EmbclustSweeper(BasicSweeper):
         loader = DerivingConfigLoader(hydra_context.config_loader)
         context = HydraContext(config_loader=loader, callbacks=hydra_context.callbacks)
         super().setup(hydra_context=context, task_function=task_function, config=config)
+        self.launcher = ReportingLauncher(self.launcher)
         self._loader = loader
 
     def validate_batch_is_legal(self, batch) -> None:
-        self._loader.validate(self.config, batch)
+        try:
+            self._loader.validate(self.config, batch)
+        except Exception as exc:  # Hydra prints what was wrong (and the options); the parent says it too
+            from embclust.sweep.callback import end_failed_sweep
+
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            end_failed_sweep(f"a cell's config cannot be composed: {first}")
+            raise
+
+
+class ReportingLauncher:
+    """A launcher whose failure as a whole ends the sweep in one line, not Hydra's traceback.
+
+    A cell's own errors end its run and never reach here; what does is the launcher itself failing
+    (a joblib worker process killed, often for lack of memory).
+    """
+
+    def __init__(self, inner: Any) -> None:
+        self._inner = inner
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+    def launch(self, job_overrides, initial_job_idx: int):
+        try:
+            return self._inner.launch(job_overrides, initial_job_idx=initial_job_idx)
+        except Exception as exc:  # noqa: BLE001 - the sweep ends here, with the reason
+            from embclust import signals
+            from embclust.sweep.callback import end_failed_sweep
+
+            if signals.received is not None:  # a stop signal: the sweep ends KILLED, as any stopped sweep
+                raise SystemExit(signals.received.exit_code) from None
+            end_failed_sweep(launcher_failure(exc))
+            raise SystemExit(1) from None
+
+
+def launcher_failure(exc: BaseException) -> str:
+    """One line saying why the launcher stopped the sweep and what to do."""
+    text = str(exc)
+    codes = re.search(r"exit codes of the workers are (\{[^}]*\})", text)
+    if type(exc).__name__ == "TerminatedWorkerError" or codes:
+        how = f" (exit codes {codes.group(1)})" if codes else ""
+        return (
+            f"a worker process of the launcher ended while it ran a cell{how}: killed, often by the system for "
+            "lack of memory; finished cells are kept: run the same command again to resume the others, with "
+            "fewer cells at once (hydra.launcher.n_jobs) if memory ran out"
+        )
+    first = text.strip().splitlines()[0] if text.strip() else ""
+    return f"the launcher failed: {type(exc).__name__}: {first}; finished cells are kept: run the same command again to resume"
