@@ -426,7 +426,7 @@ def test_a_killed_launcher_worker_fails_the_sweep_in_one_line_and_closes_its_run
     assert killed and all("worker process of the launcher" in r.data.tags["error"] for r in killed)
 
 
-def test_cells_stopped_before_their_params_do_not_make_shared_keys_look_swept():
+def test_swept_keys_are_those_whose_override_differs_between_cells():
     from embclust.sweep.compare import swept_params
 
     runs = pd.DataFrame({
@@ -436,3 +436,12 @@ def test_cells_stopped_before_their_params_do_not_make_shared_keys_look_swept():
         "params.clusterer.n_init": ["20", "20", None],
     })
     assert swept_params(runs) == ["clusterer.n_clusters"]
+    groups = pd.DataFrame({"tags.sweep_cell": ["clusterer=kmeans reducer=none", "clusterer=hdbscan reducer=none"]})
+    assert swept_params(groups) == ["clusterer"]  # a config group is swept, though it is no param
+
+
+def test_the_best_cell_of_a_group_sweep_is_named_by_its_group(run_cli):
+    res = run_cli("-m", "reducer=none", "clusterer=kmeans,agglomerative", "clusterer.n_clusters=10")
+    assert res.returncode == 0, res.stderr[-2000:]
+    done = next(line for line in res.stderr.splitlines() if "sweep done: best" in line)
+    assert " at clusterer=" in done and "reducer=none" not in done and "tracking_uri" not in done

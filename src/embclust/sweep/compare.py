@@ -71,19 +71,37 @@ def latest_sweep_parent(experiment_name: str) -> str | None:
     return runs[0].info.run_id if runs else None
 
 
-def swept_params(runs: pd.DataFrame) -> list[str]:
-    """Config keys that take more than one value across a sweep's cells, in override order.
+def cell_overrides(cell: str) -> dict[str, str]:
+    """A cell's overrides (its ``sweep_cell`` tag) as ``{key: value}``; ``+``/``~`` prefixes dropped."""
+    found = {}
+    for item in cell.split():
+        key, _, value = item.partition("=")
+        found[key.lstrip("+~")] = value
+    return found
 
-    A cell stopped before it logged its params (KILLED, FAILED early) has none: it makes no key vary.
+
+def swept_params(runs: pd.DataFrame) -> list[str]:
+    """Config keys whose override differs between a sweep's cells, in override order.
+
+    Read from the cells' overrides, not their params: a config group (``clusterer=kmeans,hdbscan``)
+    is no param, and a cell stopped before it logged its params has none.
     """
     cells = runs["tags.sweep_cell"].dropna().unique() if "tags.sweep_cell" in runs else []
+    parsed = [cell_overrides(cell) for cell in cells]
     keys: list[str] = []
-    for cell in cells:
-        for item in cell.split():
-            key = item.split("=", 1)[0].lstrip("+~")
-            if key not in keys and f"params.{key}" in runs and runs[f"params.{key}"].nunique() > 1:
+    for overrides in parsed:
+        for key in overrides:
+            if key not in keys and len({o.get(key) for o in parsed}) > 1:
                 keys.append(key)
     return keys
+
+
+def _swept_values(runs: pd.DataFrame, key: str) -> pd.Series:
+    """Each cell's value of ``key``: its logged param, else its override (config groups, stopped cells)."""
+    overridden = runs["cell"].map(lambda cell: cell_overrides(cell).get(key))
+    if f"params.{key}" not in runs:
+        return overridden
+    return runs[f"params.{key}"].where(runs[f"params.{key}"].notna(), overridden)
 
 
 def leaderboard(runs: pd.DataFrame, metric: str = "silhouette", swept: list[str] | None = None) -> pd.DataFrame:
@@ -99,7 +117,7 @@ def leaderboard(runs: pd.DataFrame, metric: str = "silhouette", swept: list[str]
         {
             "cell": runs["cell"],
             "status": runs["status"],
-            **{p: runs.get(f"params.{p}") for p in (swept or [])},
+            **{p: _swept_values(runs, p) for p in (swept or [])},
             **{m: runs[f"metrics.{m}"] for m in SCORE_COLUMNS if f"metrics.{m}" in runs},
             "run_id": runs["run_id"],
             "error": runs.get("tags.error", pd.Series("", index=runs.index)).fillna(""),

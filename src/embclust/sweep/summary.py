@@ -79,8 +79,8 @@ def summarize_sweep(
         client.set_tag(parent_run_id, "best_cell", best_row["cell"])
         client.log_metric(parent_run_id, f"best_{metric}", float(best_row[metric]))
         # the swept values say which cell it is; the overrides every cell shares do not
-        where = " ".join(f"{key}={best_row[key]}" for key in swept) or best_row["cell"]
-        summary.best = f"{metric}={best_row[metric]:.4g} at {where} (run {best_row['run_id']})"
+        where = " ".join(f"{key}={best_row[key]}" for key in swept)
+        summary.best = f"{metric}={best_row[metric]:.4g}{f' at {where}' if where else ''} (run {best_row['run_id']})"
     best_report = None
     if complete_best is not None and summary.best_run_id:
         # First: it is the sweep's last use of the shared work (data, projections, reference
