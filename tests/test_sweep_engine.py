@@ -445,3 +445,6 @@ def test_the_best_cell_of_a_group_sweep_is_named_by_its_group(run_cli):
     assert res.returncode == 0, res.stderr[-2000:]
     done = next(line for line in res.stderr.splitlines() if "sweep done: best" in line)
     assert " at clusterer=" in done and "reducer=none" not in done and "tracking_uri" not in done
+    (parent,) = [r for r in res.runs() if r.data.tags.get("sweep_role") == "parent"]
+    # the parent is named by what it sweeps, not by the store's path on this machine
+    assert parent.info.run_name == "sweep reducer=none clusterer=kmeans,agglomerative clusterer.n_clusters=10"

@@ -36,6 +36,8 @@ OWNER_TAG = SWEEP_OWNER_TAG
 
 # Config keys that do not change a cell's result, left out of its identity.
 _NOT_IDENTITY = ("mlflow", "sweep", "cache", "run_name")
+# Override keys left out of a sweep parent's run name.
+_NOT_NAMING = ("mlflow", "hydra", "cache")
 
 
 @dataclass
@@ -261,7 +263,9 @@ class MlflowSweepCallback(Callback):
             close_orphans(client, experiment_id, self.parent_run_id)
             log.info("sweep: resuming parent run %s (finished cells are skipped)", self.parent_run_id)
         else:
-            sweep_desc = " ".join([*task_overrides, *(f"{k}={v}" for k, v in sweep_params.items())])
+            # where it is stored or cached (a machine's paths) says nothing of what it sweeps; tag hydra_overrides has all
+            named = [o for o in task_overrides if o.split("=", 1)[0].lstrip("+~").split(".")[0] not in _NOT_NAMING]
+            sweep_desc = " ".join([*named, *(f"{k}={v}" for k, v in sweep_params.items())])
             run = client.create_run(
                 experiment_id,
                 run_name=config.get("run_name") or f"sweep {sweep_desc}"[:200],
