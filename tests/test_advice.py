@@ -114,3 +114,18 @@ def test_finding_a_knee_leaves_matplotlib_unloaded_and_importable():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.strip() == "ok"
+
+
+def test_a_best_cell_that_won_by_calling_rows_noise_gets_a_caution_naming_the_cleaner_one():
+    from embclust.sweep.summary import noise_caution
+
+    scored = pd.DataFrame({  # leaderboard order, best first
+        "clusterer": ["hdbscan", "kmeans"], "silhouette": [0.246, 0.186], "noise_fraction": [0.33, 0.0],
+        "run_id": ["a", "b"],
+    })
+    caution = noise_caution(scored, "silhouette", ["clusterer"])
+    assert caution.startswith("the best cell leaves 33% of the rows as noise and is scored on the other 67%")
+    assert "the best cell with 0% noise is clusterer=kmeans (silhouette=0.186)" in caution
+    scored["noise_fraction"] = [0.02, 0.0]  # about as much noise as the others: nothing to say
+    assert noise_caution(scored, "silhouette", ["clusterer"]) is None
+    assert noise_caution(scored.drop(columns="noise_fraction"), "silhouette", ["clusterer"]) is None

@@ -324,6 +324,8 @@ class MlflowSweepCallback(Callback):
         url = tracking.runs_page_url(config.mlflow.tracking_uri, self.plan.experiment_id)
         if summary.best:
             log.info("sweep done: best %s", summary.best)
+        if summary.caution:
+            log.warning("sweep: caution: %s", summary.caution)
         if summary.advice:
             log.info("sweep: %s", summary.advice)
         if url:

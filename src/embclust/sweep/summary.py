@@ -36,6 +36,7 @@ class SweepSummary:
     best_run_id: str | None = None
     best: str | None = None
     advice: str | None = None
+    caution: str | None = None  # why the best cell's score is not on the same footing as the others'
     first_error: str | None = None  # the error of the first failed cell, in the leaderboard's order
 
 
@@ -81,6 +82,9 @@ def summarize_sweep(
         # the swept values say which cell it is; the overrides every cell shares do not
         where = " ".join(f"{key}={best_row[key]}" for key in swept)
         summary.best = f"{metric}={best_row[metric]:.4g}{f' at {where}' if where else ''} (run {best_row['run_id']})"
+        summary.caution = noise_caution(scored, metric, swept)
+        if summary.caution:
+            client.set_tag(parent_run_id, "best_caution", summary.caution[:5000])
     best_report = None
     if complete_best is not None and summary.best_run_id:
         # First: it is the sweep's last use of the shared work (data, projections, reference
@@ -92,7 +96,7 @@ def summarize_sweep(
         report.add_text(
             "Best cell",
             f"{summary.best}. Its run holds the model and the analysis tables; its map and analyses "
-            f"are at the end of this report.",
+            f"are at the end of this report." + (f" Caution: {summary.caution}." if summary.caution else ""),
         )
     elif len(table):
         report.add_text("Best cell", f"none: no cell was scored on {metric} ({n_failed} of {len(table)} failed)")
@@ -150,6 +154,31 @@ def _axis_values(series: pd.Series) -> list:
         return sorted(values, key=float)
     except (TypeError, ValueError):
         return sorted(values, key=str)
+
+
+# Noise share of the best cell, above that of the least noisy scored cell, worth a caution.
+NOISE_CAUTION = 0.05
+
+
+def noise_caution(scored: pd.DataFrame, metric: str, swept: list[str]) -> str | None:
+    """A caution when the best cell (first row) won on its non-noise rows over cells that cluster more of them.
+
+    Scores leave noise rows (HDBSCAN's -1) out, so a cell that calls many rows noise can outscore
+    one that has to place every row; the ranking alone does not say so.
+    """
+    if "noise_fraction" not in scored or len(scored) < 2:
+        return None
+    noise = pd.to_numeric(scored["noise_fraction"], errors="coerce").fillna(0.0)
+    best = float(noise.iloc[0])
+    if best - float(noise.min()) < NOISE_CAUTION:
+        return None
+    cleaner = scored[noise <= noise.min() + 1e-12].iloc[0]
+    where = " ".join(f"{key}={cleaner[key]}" for key in swept) or str(cleaner["run_id"])
+    return (
+        f"the best cell leaves {best:.0%} of the rows as noise and is scored on the other {1 - best:.0%}; "
+        f"the best cell with {float(noise.min()):.0%} noise is {where} ({metric}={cleaner[metric]:.4g}): "
+        "compare noise_fraction in the leaderboard before taking it"
+    )
 
 
 def grid_heatmaps(table: pd.DataFrame, swept: list[str], metrics: tuple[str, ...] = _HEATMAP_METRICS) -> go.Figure:
