@@ -50,6 +50,11 @@ def test_a_valid_config_passes():
         ("analysis.dendrogram.enabled", "yes", "analysis.dendrogram.enabled='yes' is not allowed: must be true, false, auto"),
         ("metrics.stability.enabled", 1, "metrics.stability.enabled=1 is not allowed: must be true or false"),
         ("preprocess.svd_solver", "magic", "preprocess.svd_solver='magic' is not allowed (allowed: auto, full"),
+        ("reducer.min_dist", "abc", "reducer.min_dist='abc' must be a number >= 0"),
+        ("reducer.perplexity", 0, "reducer.perplexity=0 must be a number > 0"),
+        ("clusterer.cluster_selection_epsilon", -1, "clusterer.cluster_selection_epsilon=-1 must be a number >= 0"),
+        ("analysis.explain.max_clusters", 0, "analysis.explain.max_clusters=0 must be an integer >= 2"),
+        ("metrics.stability.n_resamples", 0, "metrics.stability.n_resamples=0 must be an integer >= 1"),
     ],
 )
 def test_bad_values_name_the_key_and_what_is_allowed(key, value, expected):
@@ -125,6 +130,40 @@ def test_estimator_parameters_are_checked_as_scikit_learn_would_at_fit():
     check_estimator_params(object(), "clusterer")  # not a scikit-learn estimator: left to its own fit
     with pytest.raises(ConfigError, match=r"^clusterer.linkage='median' is not allowed: AgglomerativeClustering takes"):
         check_estimator_params(AgglomerativeClustering(linkage="median"), "clusterer")
+
+
+def test_metric_names_that_umap_and_hdbscan_check_only_when_fitting_are_checked_first():
+    import hdbscan
+    from umap import UMAP
+
+    from embclust.validate import check_estimator_params
+
+    with pytest.raises(ConfigError, match=r"^reducer.metric='cosin' is not allowed: UMAP takes one of .*cosine"):
+        check_estimator_params(UMAP(metric="cosin"), "reducer")
+    with pytest.raises(ConfigError, match=r"^clusterer.metric='bogus' is not allowed: HDBSCAN takes one of .*euclidean"):
+        check_estimator_params(hdbscan.HDBSCAN(metric="bogus"), "clusterer")
+    # the usual wish for embeddings: hdbscan's trees fail on it with "Unrecognized metric 'cosine'"
+    with pytest.raises(ConfigError, match=r"clusterer.metric='cosine' does not work with clusterer.algorithm='best'.*"
+                                          r"euclidean on L2-normalised rows.*clusterer.algorithm=generic"):
+        check_estimator_params(hdbscan.HDBSCAN(metric="cosine"), "clusterer")
+    check_estimator_params(hdbscan.HDBSCAN(metric="cosine", algorithm="generic"), "clusterer")
+    check_estimator_params(UMAP(metric="cosine"), "reducer")
+
+
+def test_hdbscan_generic_clusters_float32_rows_and_is_bounded_like_other_quadratic_work():
+    import hdbscan
+
+    from embclust.cluster import fit
+    from embclust.data import make_synthetic
+
+    X = make_synthetic(n_samples=600, n_features=16, seed=0).X  # float32, as every clustered space
+    fitted = fit(hdbscan.HDBSCAN(metric="cosine", algorithm="generic", min_cluster_size=15), X)
+    assert len(set(fitted.labels.tolist()) - {-1}) >= 2  # it ran (its generic path takes float64 only)
+    cfg = OmegaConf.create({"clusterer": {"_target_": "hdbscan.HDBSCAN", "algorithm": "generic"},
+                            "metrics": {"max_quadratic_rows": 25000}})
+    check_quadratic_work(cfg, 25000)
+    with pytest.raises(ConfigError, match=r"clusterer.algorithm=generic \(HDBSCAN\) on 30000 rows .*about 7.2 GB"):
+        check_quadratic_work(cfg, 30000)
 
 
 def test_cli_refuses_agglomerative_above_the_bound(run_cli):

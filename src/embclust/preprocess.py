@@ -10,7 +10,7 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import Normalizer, StandardScaler
 
 from embclust.errors import ConfigError
-from embclust.validate import PCA_SOLVERS
+from embclust.validate import PCA_SOLVERS, named_metrics
 
 log = logging.getLogger(__name__)
 
@@ -107,6 +107,9 @@ def build_preprocessing(
             random_state=seed,
             n_jobs=1,
         )
+        allowed = named_metrics(reduce)
+        if isinstance(umap_metric, str) and umap_metric not in allowed:
+            raise ConfigError(f"preprocess.umap_metric={umap_metric!r} is not allowed: UMAP takes one of {', '.join(allowed)}")
     return Pipeline([("normalize", scaler), ("pca", pca), ("umap", reduce)])
 
 

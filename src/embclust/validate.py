@@ -66,6 +66,30 @@ _INT_KEYS = (
     ("analysis.explain.n_estimators", 1, False),
     ("analysis.explain.max_bin", 2, False),
     ("analysis.keywords.top_n", 1, False),
+    ("analysis.profile.n_nearest", 1, False),
+    ("analysis.composition.top", 1, False),
+    ("analysis.dendrogram.truncate_p", 1, False),
+    ("analysis.explain.n_components", 1, False),
+    ("analysis.explain.min_cluster_size", 1, False),
+    ("analysis.explain.max_clusters", 2, False),
+    ("analysis.explain.shap_samples", 1, False),
+    ("analysis.feature_profile.top", 1, False),
+    ("analysis.feature_profile.max_features", 1, False),
+    ("analysis.feature_profile.sample_size", 2, False),
+    ("analysis.routing.n_queries", 1, False),
+    ("metrics.stability.n_resamples", 1, False),
+    ("metrics.stability.max_samples", 2, True),
+    ("reducer.n_components", 1, False),
+    ("clusterer.core_dist_n_jobs", 1, False),
+)
+# (key, lowest, lowest allowed itself, highest or None): numbers checked when the key exists.
+_NUMBER_KEYS = (
+    ("reducer.min_dist", 0.0, True, None),
+    ("reducer.spread", 0.0, False, None),
+    ("reducer.perplexity", 0.0, False, None),
+    ("preprocess.umap_min_dist", 0.0, True, None),
+    ("clusterer.cluster_selection_epsilon", 0.0, True, None),
+    ("clusterer.alpha", 0.0, False, None),
 )
 # (key, allowed values): choices checked when the key exists.
 _CHOICE_KEYS = (
@@ -172,6 +196,14 @@ def validate_config(cfg: DictConfig, skip: tuple[str, ...] = ()) -> None:
         if not _is_int(value) or value < minimum:
             allowed = f"{'null or ' if nullable else ''}an integer >= {minimum}"
             raise ConfigError(f"{key}={value!r} must be {allowed}")
+    for key, lowest, closed, highest in _NUMBER_KEYS:
+        value = checked(key)
+        if value is _MISSING:
+            continue
+        number = not isinstance(value, bool) and isinstance(value, (int, float))
+        if not number or value < lowest or (value == lowest and not closed) or (highest is not None and value > highest):
+            above = f">= {lowest:g}" if closed else f"> {lowest:g}"
+            raise ConfigError(f"{key}={value!r} must be a number {above}" + (f" and <= {highest:g}" if highest is not None else ""))
     for key, choices in _CHOICE_KEYS:
         value = checked(key)
         if value is not _MISSING and value not in choices:
@@ -220,6 +252,12 @@ def check_quadratic_work(cfg: DictConfig, n_samples: int) -> None:
                 f"about {_size(need)} for its distance matrix; refused above metrics.max_quadratic_rows="
                 f"{max_rows}: set dataset.sample_size={max_rows} (or fewer) or use clusterer=kmeans"
             )
+    if target.rsplit(".", 1)[-1] == "HDBSCAN" and clusterer.get("algorithm") == "generic" and n_samples > max_rows:
+        raise ConfigError(
+            f"clusterer.algorithm=generic (HDBSCAN) on {n_samples} rows computes all {float(n_samples) ** 2:.2g} pairwise "
+            f"distances (about {_size(8.0 * n_samples * n_samples)}); refused above metrics.max_quadratic_rows={max_rows}: "
+            f"set dataset.sample_size={max_rows} (or fewer), or use the default algorithm with metric=euclidean"
+        )
     ref_rows = metrics_cfg.get("reference_sample_size", DEFAULT_REFERENCE_SAMPLE_SIZE)
     if metrics_cfg.get("reference_space", True) and ref_rows:
         sample = metrics_cfg.get("silhouette_sample_size", n_samples)
@@ -255,6 +293,20 @@ def check_estimator_params(estimator: Any, group: str) -> None:
     scikit-learn checks them only when fitting: a bad ``reducer.*`` value would surface after the
     clustering, a bad ``clusterer.*`` one as a scikit-learn error without the key to change.
     """
+    metric = getattr(estimator, "metric", None)
+    allowed = named_metrics(estimator)
+    if allowed and isinstance(metric, str) and metric not in allowed:
+        raise ConfigError(
+            f"{group}.metric={metric!r} is not allowed: {type(estimator).__name__} takes one of {', '.join(allowed)}"
+        )
+    algorithm = getattr(estimator, "algorithm", None)
+    if allowed and metric in _NO_TREE_METRICS and algorithm not in (None, "generic"):
+        # hdbscan's trees take no cosine; 'generic' holds all n^2 distances (bounded like agglomerative)
+        raise ConfigError(
+            f"{group}.metric={metric!r} does not work with {group}.algorithm={algorithm!r} (hdbscan's trees take "
+            f"no {metric}): keep {group}.metric=euclidean on L2-normalised rows (preprocess.normalize=l2), which "
+            f"orders neighbours as {metric} does, or set {group}.algorithm=generic (all pairwise distances)"
+        )
     if not hasattr(estimator, "_parameter_constraints"):  # not a validating scikit-learn estimator
         return
     from sklearn.utils._param_validation import InvalidParameterError
@@ -268,3 +320,21 @@ def check_estimator_params(estimator: Any, group: str) -> None:
         raise ConfigError(
             f"{group}.{found['param']}={found['got']} is not allowed: {found['cls']} takes {found['must']}"
         ) from None
+
+
+# Metrics hdbscan computes only with algorithm='generic' (the full distance matrix).
+_NO_TREE_METRICS = ("cosine", "arccos")
+
+
+def named_metrics(estimator: Any) -> tuple[str, ...]:
+    """Metric names that UMAP or hdbscan's HDBSCAN take (they check them only when fitting); () for others."""
+    module = type(estimator).__module__.split(".")[0]
+    if module == "umap":
+        from umap.distances import named_distances
+
+        return (*sorted(named_distances), "precomputed")
+    if module == "hdbscan":
+        from hdbscan.dist_metrics import METRIC_MAPPING
+
+        return (*sorted(m for m in METRIC_MAPPING if m not in ("p", "pyfunc")), "precomputed")
+    return ()

@@ -40,6 +40,13 @@ def check_clusterer(clusterer: BaseEstimator, n_samples: int) -> None:
         )
 
 
+def fit_input(clusterer: BaseEstimator, X: np.ndarray) -> np.ndarray:
+    """``X`` as ``clusterer`` takes it: float64 for hdbscan's ``algorithm=generic`` (bounded rows), as is otherwise."""
+    if type(clusterer).__module__.startswith("hdbscan") and getattr(clusterer, "algorithm", None) == "generic":
+        return np.asarray(X, dtype=np.float64)  # its distance-matrix path takes doubles only
+    return X
+
+
 def fit(clusterer: BaseEstimator, X: np.ndarray, implementation: str = "auto") -> FittedClustering:
     """Fit ``clusterer`` on ``X`` in place; KMeans through sklearnex where ``implementation`` allows.
 
@@ -52,7 +59,7 @@ def fit(clusterer: BaseEstimator, X: np.ndarray, implementation: str = "auto") -
     if type(clusterer) is KMeans:  # subclasses may override fit: leave them to their own
         ran = kmeans.fit_kmeans(clusterer, X, implementation)
         return FittedClustering(np.asarray(clusterer.labels_, dtype=np.int64), clusterer, ran)
-    labels = np.asarray(clusterer.fit_predict(X), dtype=np.int64)
+    labels = np.asarray(clusterer.fit_predict(fit_input(clusterer, X)), dtype=np.int64)
     return FittedClustering(labels, clusterer, "scikit-learn")
 
 

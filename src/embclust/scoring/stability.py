@@ -17,6 +17,7 @@ import numpy as np
 from sklearn.base import BaseEstimator
 from sklearn.metrics import adjusted_rand_score
 
+from embclust.cluster.fit import fit_input
 from embclust.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -55,7 +56,8 @@ def stability_score(
     for r in range(n_resamples):
         rows = np.sort(rng.choice(pool, size=size, replace=False))
         # Other seeds than the cell's own, so the refit is not the same draw again.
-        refit = np.asarray(make_clusterer(seed + 1 + r).fit_predict(X[rows]))
+        clusterer = make_clusterer(seed + 1 + r)
+        refit = np.asarray(clusterer.fit_predict(fit_input(clusterer, X[rows])))
         aris.append(adjusted_rand_score(labels[rows], refit))
     seconds = time.perf_counter() - start
     log.info("stability: mean ARI %.4f over %d refits on %d of %d rows (%.1f s)", np.mean(aris), n_resamples, size, X.shape[0], seconds)
