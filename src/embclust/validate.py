@@ -1,8 +1,9 @@
 """Checks of the configuration before any expensive stage, each failing with one line.
 
 ``validate_config`` runs before the MLflow run starts and checks every value a user can set;
-``check_quadratic_work`` runs once the number of rows is known and refuses work whose memory
-or time grows with the square of the rows, before it starts.
+``check_estimator_params`` checks a built estimator's parameters as its library would when
+fitting; ``check_quadratic_work`` runs once the number of rows is known and refuses work whose
+memory or time grows with the square of the rows, before it starts.
 """
 
 from __future__ import annotations
@@ -82,14 +83,14 @@ _INT_KEYS = (
     ("reducer.n_components", 1, False),
     ("clusterer.core_dist_n_jobs", 1, False),
 )
-# (key, lowest, lowest allowed itself, highest or None): numbers checked when the key exists.
+# (key, lowest, whether the lowest itself is allowed): numbers checked when the key exists.
 _NUMBER_KEYS = (
-    ("reducer.min_dist", 0.0, True, None),
-    ("reducer.spread", 0.0, False, None),
-    ("reducer.perplexity", 0.0, False, None),
-    ("preprocess.umap_min_dist", 0.0, True, None),
-    ("clusterer.cluster_selection_epsilon", 0.0, True, None),
-    ("clusterer.alpha", 0.0, False, None),
+    ("reducer.min_dist", 0.0, True),
+    ("reducer.spread", 0.0, False),
+    ("reducer.perplexity", 0.0, False),
+    ("preprocess.umap_min_dist", 0.0, True),
+    ("clusterer.cluster_selection_epsilon", 0.0, True),
+    ("clusterer.alpha", 0.0, False),
 )
 # (key, allowed values): choices checked when the key exists.
 _CHOICE_KEYS = (
@@ -196,14 +197,13 @@ def validate_config(cfg: DictConfig, skip: tuple[str, ...] = ()) -> None:
         if not _is_int(value) or value < minimum:
             allowed = f"{'null or ' if nullable else ''}an integer >= {minimum}"
             raise ConfigError(f"{key}={value!r} must be {allowed}")
-    for key, lowest, closed, highest in _NUMBER_KEYS:
+    for key, lowest, closed in _NUMBER_KEYS:
         value = checked(key)
         if value is _MISSING:
             continue
         number = not isinstance(value, bool) and isinstance(value, (int, float))
-        if not number or value < lowest or (value == lowest and not closed) or (highest is not None and value > highest):
-            above = f">= {lowest:g}" if closed else f"> {lowest:g}"
-            raise ConfigError(f"{key}={value!r} must be a number {above}" + (f" and <= {highest:g}" if highest is not None else ""))
+        if not number or value < lowest or (value == lowest and not closed):
+            raise ConfigError(f"{key}={value!r} must be a number {'>=' if closed else '>'} {lowest:g}")
     for key, choices in _CHOICE_KEYS:
         value = checked(key)
         if value is not _MISSING and value not in choices:
@@ -281,7 +281,6 @@ def check_quadratic_work(cfg: DictConfig, n_samples: int) -> None:
 def bytes_needed_for_linkage(n_samples: int) -> float:
     """Bytes of the condensed float64 distance matrix of ``n_samples`` rows."""
     return n_samples * (n_samples - 1) / 2 * 8 if n_samples > 1 else 0.0
-
 
 
 _PARAM_MESSAGE = re.compile(r"The '(?P<param>\w+)' parameter of (?P<cls>\w+) must be (?P<must>.*)\. Got (?P<got>.*) instead\.$", re.S)

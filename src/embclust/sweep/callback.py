@@ -458,14 +458,19 @@ def end_failed_sweep(reason: str) -> None:
     """
     plan = SweepPlan.from_env()
     if plan is None:
+        log.error("sweep: %s", reason)
         return
     with signals.ignored():
-        client = mlflow.MlflowClient()
-        if client.get_run(plan.parent_run_id).info.status != "RUNNING":
+        try:
+            client = mlflow.MlflowClient()
+            if client.get_run(plan.parent_run_id).info.status != "RUNNING":
+                return
+            close_orphans(client, plan.experiment_id, plan.parent_run_id, reason, quiet=True)
+            client.set_tag(plan.parent_run_id, "error", reason[:5000])
+            client.set_terminated(plan.parent_run_id, "FAILED")
+        except Exception as exc:  # noqa: BLE001 - the store may be what failed; the next run closes the runs
+            log.error("sweep: %s (parent run %s not closed: %s)", reason, plan.parent_run_id, str(exc).splitlines()[0][:300])
             return
-        close_orphans(client, plan.experiment_id, plan.parent_run_id, reason, quiet=True)
-        client.set_tag(plan.parent_run_id, "error", reason[:5000])
-        client.set_terminated(plan.parent_run_id, "FAILED")
     log.error("sweep: parent run %s FAILED: %s", plan.parent_run_id, reason)
 
 
