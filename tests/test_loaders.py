@@ -133,6 +133,11 @@ def test_tabular_encodes_categories(tmp_path):
         load_tabular(str(tmp_path / "u.csv"), numeric_columns=["plan"])
     with pytest.raises(ConfigError, match="encoding='hash' is not allowed"):
         load_tabular(str(tmp_path / "u.csv"), numeric_columns=["age"], encoding="hash")
+    # one column given alone (dataset.numeric_columns=age) is that column, not the letters a, g, e
+    alone = load_tabular(str(tmp_path / "u.csv"), numeric_columns="age", categorical_columns="plan")
+    assert alone.feature_names == ["age", "plan_free", "plan_pro"]
+    with pytest.raises(ConfigError, match=r"dataset.numeric_columns=\[1, 2\] must be a list of column names"):
+        load_tabular(str(tmp_path / "u.csv"), numeric_columns=[1, 2])
 
 
 def test_tabular_datasets_say_so_through_sampling_and_the_cache(tmp_path):

@@ -42,3 +42,12 @@ def test_empty_documents_are_named_in_a_warning(tmp_path, caplog):
     ds = load_texts(path=str(tmp_path / "t.csv"), text_column="text", id_column="id", cache_dir=str(tmp_path / "cache"))
     assert ds.X.shape[0] == 4
     assert "2 of 4 documents in column 'text' are empty or missing (first ids: 2, 3)" in caplog.text
+
+
+def test_a_device_torch_cannot_use_is_named_with_the_fix():
+    from embclust.data.text import check_device
+    from embclust.errors import ConfigError
+
+    check_device("cpu")
+    with pytest.raises(ConfigError, match=r"^dataset.device='gpu0' cannot be used here \(.*\): set dataset.device=cpu$"):
+        check_device("gpu0")

@@ -54,6 +54,7 @@ def test_a_valid_config_passes():
         ("reducer.perplexity", 0, "reducer.perplexity=0 must be a number > 0"),
         ("clusterer.cluster_selection_epsilon", -1, "clusterer.cluster_selection_epsilon=-1 must be a number >= 0"),
         ("analysis.explain.max_clusters", 0, "analysis.explain.max_clusters=0 must be an integer >= 2"),
+        ("dataset.batch_size", 0, "dataset.batch_size=0 must be an integer >= 1"),
         ("metrics.stability.n_resamples", 0, "metrics.stability.n_resamples=0 must be an integer >= 1"),
     ],
 )

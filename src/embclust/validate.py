@@ -52,6 +52,7 @@ _INT_KEYS = (
     ("clusterer.n_init", 1, False),
     ("clusterer.max_iter", 1, False),
     ("clusterer.batch_size", 1, False),
+    ("dataset.batch_size", 1, False),
     ("reducer.max_points", 2, True),
     ("reducer.n_neighbors", 2, False),
     ("metrics.silhouette_sample_size", 2, True),

@@ -349,7 +349,8 @@ def load_table(
             "dataset.vector_column": vector_column,
         },
     )
-    metadata_columns = list(metadata_columns or [])
+    metadata_columns = column_names(metadata_columns, "dataset.metadata_columns")
+    feature_columns = column_names(feature_columns, "dataset.feature_columns") or None
     for column in metadata_columns:
         require_column(schema, column, "dataset.metadata_columns", p)
     features = [] if vector_column else _select_features(schema, p, feature_prefix, feature_columns)
@@ -370,6 +371,21 @@ def load_table(
     )
 
 
+def column_names(value, key: str) -> list[str]:
+    """A column-list setting as a list: one name given alone (``dataset.numeric_columns=age``) is a list of one."""
+    if value is None:
+        return []
+    if isinstance(value, str):
+        return [value]
+    try:
+        names = list(value)
+    except TypeError:
+        raise ConfigError(f"{key}={value!r} must be a list of column names, e.g. {key}=[a,b]") from None
+    if not all(isinstance(n, str) for n in names):
+        raise ConfigError(f"{key}={names!r} must be a list of column names, e.g. {key}=[a,b]")
+    return names
+
+
 def load_tabular(
     path: str,
     numeric_columns: list[str],
@@ -385,7 +401,8 @@ def load_tabular(
     if encoding not in ("onehot", "ordinal"):
         raise ConfigError(f"dataset.encoding={encoding!r} is not allowed (allowed: onehot, ordinal)")
     p, schema = open_table(path, {"dataset.id_column": id_column, "dataset.label_column": label_column})
-    categorical_columns = list(categorical_columns or [])
+    numeric_columns = column_names(numeric_columns, "dataset.numeric_columns")
+    categorical_columns = column_names(categorical_columns, "dataset.categorical_columns")
     if not numeric_columns and not categorical_columns:
         raise ConfigError("dataset.numeric_columns and dataset.categorical_columns are both empty")
     for col in [*numeric_columns, *categorical_columns]:

@@ -56,6 +56,17 @@ def texts_hash(texts: np.ndarray) -> str:
     return h.hexdigest()
 
 
+def check_device(device: str) -> None:
+    """Raise :class:`ConfigError` naming ``dataset.device`` when torch cannot place a tensor there."""
+    import torch
+
+    try:
+        torch.empty(1, device=device)
+    except (RuntimeError, AssertionError, ValueError) as exc:
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise ConfigError(f"dataset.device={device!r} cannot be used here ({reason}): set dataset.device=cpu") from None
+
+
 def embed_texts(
     texts: np.ndarray,
     model: str = "all-MiniLM-L6-v2",
@@ -80,6 +91,7 @@ def embed_texts(
         raise ConfigError(
             "dataset=texts needs sentence-transformers: pip install 'embclust[text]'"
         ) from None
+    check_device(device)
     log.info("texts: embedding %d documents with %s on %s", len(texts), model, device)
     encoder = SentenceTransformer(str(model_path), device=device, local_files_only=True)
     X = encoder.encode(
