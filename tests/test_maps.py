@@ -25,3 +25,20 @@ def test_tsne_perplexity_above_the_mapped_rows_names_the_key_and_a_value_that_wo
     X = np.random.default_rng(0).normal(size=(200, 5)).astype(np.float32)
     with pytest.raises(ConfigError, match="less than the 25 rows"):
         compute_map(TSNE(n_components=2, perplexity=30.0), X, max_points=25)
+
+
+def test_umap_on_fewer_rows_than_its_start_needs_names_the_fix_and_four_rows_map():
+    from umap import UMAP
+
+    X = np.random.default_rng(0).normal(size=(4, 8)).astype(np.float32)
+    with pytest.raises(ConfigError, match=r"^reducer=umap maps at least 4 rows in 2-D; the data has 3: set reducer=pca"):
+        compute_map(UMAP(n_components=2, random_state=0, n_jobs=1), X[:3])
+    assert np.isfinite(compute_map(UMAP(n_components=2, random_state=0, n_jobs=1), X)).all()
+
+
+def test_a_map_that_cannot_be_drawn_fails_the_run_before_the_clustering(run_cli, tmp_path):
+    np.save(tmp_path / "three.npy", np.array([[0, 0], [0, 1], [5, 5]], dtype=np.float32))
+    res = run_cli("dataset=npy", f"dataset.path={tmp_path / 'three.npy'}", "clusterer.n_clusters=2", "reducer=umap")
+    assert res.returncode == 1 and "reducer=umap maps at least 4 rows" in res.stderr
+    (run,) = res.runs()
+    assert run.info.status == "FAILED" and "time/cluster_s" not in run.data.metrics

@@ -26,7 +26,7 @@ def compute_map(reducer, X: np.ndarray, max_points: int | None = None, seed: int
         log.info("map: the clustered space has 1 column, plotted on the x axis (%s not fitted)", type(reducer).__name__)
         coords[:, 0], coords[:, 1] = X[:, 0], 0.0
         return coords
-    _check_perplexity(reducer, n if max_points is None else min(n, max_points))
+    check_reducer(reducer, n, max_points, X.shape[1])
     if max_points is None or n <= max_points:
         coords[:] = reducer.fit_transform(X)
         return coords
@@ -38,6 +38,25 @@ def compute_map(reducer, X: np.ndarray, max_points: int | None = None, seed: int
         rest = np.setdiff1d(np.arange(n), sample, assume_unique=True)
         coords[rest] = reducer.transform(X[rest])
     return coords
+
+
+def check_reducer(reducer, n_samples: int, max_points: int | None, n_features: int = 2) -> None:
+    """Raise :class:`ConfigError` naming the key when ``reducer`` cannot map this many rows.
+
+    Called before the clustering as well, so a map that cannot be drawn does not fail the run
+    after it: t-SNE needs a perplexity below the rows it maps, UMAP's spectral start at least
+    ``n_components + 2`` rows (scipy's ``k >= N`` error otherwise).
+    """
+    if reducer is None or n_features == 1:  # a one-column space is plotted as it is
+        return
+    n_fit = n_samples if max_points is None else min(n_samples, max_points)
+    _check_perplexity(reducer, n_fit)
+    n_components = getattr(reducer, "n_components", 2)
+    if type(reducer).__name__ == "UMAP" and isinstance(n_components, int) and n_fit < n_components + 2:
+        raise ConfigError(
+            f"reducer=umap maps at least {n_components + 2} rows in {n_components}-D; the data has {n_fit}: "
+            "set reducer=pca or reducer=none"
+        )
 
 
 def _check_perplexity(reducer, n_fit: int) -> None:

@@ -21,7 +21,7 @@ from mlflow.entities import Metric
 from omegaconf import DictConfig, OmegaConf
 from threadpoolctl import threadpool_limits
 
-from embclust import cluster, data, preprocess, signals, stages, tracking, validate
+from embclust import cluster, data, maps, preprocess, signals, stages, tracking, validate
 from embclust.errors import ConfigError, EmbclustError, user_error
 from embclust.processes import owner_token
 from embclust.explain import steps as explain_steps
@@ -156,6 +156,8 @@ def execute(
         backend = torch_backend.resolve_backend(cfg.get("backend"))
         preprocess.check_preprocessing(preprocessing, ds.n_samples, ds.n_features)
         cluster.check_clusterer(clusterer, ds.n_samples)
+        clustered_dims = cfg.preprocess.get("umap_components") or cfg.preprocess.get("pca_components") or ds.n_features
+        maps.check_reducer(reducer, ds.n_samples, max_points, clustered_dims)
         validate.check_quadratic_work(cfg, ds.n_samples)
         cluster.check_implementation(cfg.get("cluster_implementation"))
         plots.check_max_points(cfg.analysis.maps.max_points)
@@ -248,7 +250,6 @@ def execute(
 
 def _compute_map(cfg, reducer, max_points, Xp, ds, pre_cfg: dict, cache_dir: Path | None) -> np.ndarray:
     """2-D map of the clustered space, through the cache when it is on (cells share it)."""
-    from embclust import maps
     from embclust.sweep import cache
 
     seed = int(cfg.seed)
