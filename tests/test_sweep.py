@@ -163,3 +163,11 @@ def test_compare_prints_the_leaderboard_of_the_latest_sweep(run_cli, tmp_path):
     assert typo.stderr.startswith("error: --metric='silhouete' is not logged") and "silhouette" in typo.stderr
     assert sum(c.info.run_id in out.stdout for c in children) == 4
     assert "<table" in (tmp_path / "board.html").read_text()
+    # a cell's id where the parent's belongs says which id to pass
+    cell_id = children[0].info.run_id
+    wrong = subprocess.run(
+        [sys.executable, "-m", "embclust.compare", "--tracking-uri", res.tracking_uri, "--parent-run", cell_id],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert wrong.returncode == 1
+    assert f"run {cell_id} is a cell of the sweep {parent.info.run_id}: pass that as --parent-run" in wrong.stderr

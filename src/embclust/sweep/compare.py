@@ -145,6 +145,19 @@ def write_leaderboard(table: pd.DataFrame, folder: Path, title: str) -> list[Pat
     return [csv_path, html_path]
 
 
+def _what_run_it_is(run_id: str | None) -> str:
+    """For a --parent-run that leads nowhere: what that id is, and the id to pass instead."""
+    if not run_id:
+        return ""
+    try:
+        run = mlflow.MlflowClient().get_run(run_id)
+    except Exception:  # noqa: BLE001 - MLflow raises its own error for an unknown or malformed id
+        return f": there is no run {run_id!r} (pass a sweep's parent run id, or leave --parent-run out for the latest)"
+    if run.data.tags.get("sweep_role") == "cell":
+        return f": run {run_id} is a cell of the sweep {run.data.tags.get(PARENT_TAG, '?')}: pass that as --parent-run"
+    return f": run {run_id} is not a sweep's parent (pass a parent run id, or --all to rank every run)"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m embclust.compare", description=__doc__)
     parser.add_argument("--experiment", default="embclust", help="MLflow experiment name")
@@ -170,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
     table = leaderboard(runs, args.metric, swept_params(runs) if not runs.empty else [])
     if table.empty:
         where = f"sweep {parent} of experiment" if args.parent_run else "experiment"
-        print(f"error: no runs found in {where} {args.experiment!r}", file=sys.stderr)
+        print(f"error: no runs found in {where} {args.experiment!r}{_what_run_it_is(args.parent_run)}", file=sys.stderr)
         return 1
     cells = runs[runs.get("tags.sweep_role", pd.Series(index=runs.index, dtype=object)) != "parent"]
     logged = [c[len("metrics."):] for c in cells.columns if c.startswith("metrics.") and cells[c].notna().any()]
