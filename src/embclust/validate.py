@@ -307,9 +307,12 @@ def check_estimator_params(estimator: Any, group: str) -> None:
             f"no {metric}): keep {group}.metric=euclidean on L2-normalised rows (preprocess.normalize=l2), which "
             f"orders neighbours as {metric} does, or set {group}.algorithm=generic (all pairwise distances)"
         )
-    if not hasattr(estimator, "_parameter_constraints"):  # not a validating scikit-learn estimator
+    if not hasattr(estimator, "_parameter_constraints") or not hasattr(estimator, "_validate_params"):
         return
-    from sklearn.utils._param_validation import InvalidParameterError
+    try:  # scikit-learn's own checker (private: a release without it leaves the check to fit)
+        from sklearn.utils._param_validation import InvalidParameterError
+    except ImportError:
+        return
 
     try:
         estimator._validate_params()
