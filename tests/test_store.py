@@ -280,3 +280,13 @@ def test_a_full_disk_is_one_line_naming_the_file_that_could_not_be_written():
     assert message.startswith(f"the disk is full: cannot write {artifact} (mlflow.tracking_uri='sqlite:///mlflow.db'); free some space")
     only_store = store_failure_message(MlflowException("database or disk is full"), "sqlite:///mlflow.db")
     assert only_store.startswith("the disk is full: the MLflow store cannot be written")
+
+
+def test_errors_are_reported_by_their_first_line_or_their_type():
+    from mlflow.exceptions import MlflowException
+
+    from embclust.errors import first_line
+
+    assert first_line(RuntimeError("disk gone\n  at line 3")) == "disk gone"
+    assert first_line(MlflowException("RESOURCE_DOES_NOT_EXIST\nmore")) == "RESOURCE_DOES_NOT_EXIST"
+    assert first_line(OSError()) == "OSError"  # an empty message: its type, not an IndexError in the handler

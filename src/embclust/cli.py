@@ -7,7 +7,7 @@ import logging
 import os
 import sys
 
-from embclust.errors import EmbclustError
+from embclust.errors import EmbclustError, first_line
 
 log = logging.getLogger("embclust")
 
@@ -97,8 +97,7 @@ def _main(argv: list[str] | None = None) -> int:
             cells = [c for c in table.column_names if c not in ("id", "label", "x", "y")]
             print(f"wrote {args.output}: {table.num_rows} rows, {len(cells)} cell columns ({', '.join(cells)})")
     except (EmbclustError, MlflowException) as exc:
-        message = exc.message if isinstance(exc, MlflowException) else str(exc)
-        print(f"error: {str(message).splitlines()[0] if message else type(exc).__name__}", file=sys.stderr)
+        print(f"error: {first_line(exc)}", file=sys.stderr)
         return 1
     return 0
 

@@ -13,6 +13,12 @@ class DataError(EmbclustError):
     """The input data cannot be clustered as given."""
 
 
+def first_line(exc: BaseException) -> str:
+    """The first line of ``exc``'s message (MLflow's ``message`` for its errors), else the error's type name."""
+    text = str(getattr(exc, "message", None) or exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
 def user_error(exc: BaseException | None) -> EmbclustError | None:
     """The :class:`EmbclustError` behind ``exc``, if any (Hydra wraps errors raised while instantiating)."""
     while exc is not None:

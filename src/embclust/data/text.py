@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from embclust.data.dataset import Dataset
-from embclust.errors import ConfigError, DataError
+from embclust.errors import ConfigError, DataError, first_line
 from embclust.data.loaders import as_strings, ids_and_labels, open_table, read_columns
 
 log = logging.getLogger(__name__)
@@ -63,8 +63,7 @@ def check_device(device: str) -> None:
     try:
         torch.empty(1, device=device)
     except (RuntimeError, AssertionError, ValueError) as exc:
-        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise ConfigError(f"dataset.device={device!r} cannot be used here ({reason}): set dataset.device=cpu") from None
+        raise ConfigError(f"dataset.device={device!r} cannot be used here ({first_line(exc)}): set dataset.device=cpu") from None
 
 
 def embed_texts(

@@ -32,6 +32,7 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import Normalizer, StandardScaler
 
 from embclust.data.dataset import Dataset
+from embclust.errors import first_line
 from embclust.locks import HeldByStoppedProcess, file_lock
 
 log = logging.getLogger(__name__)
@@ -162,7 +163,7 @@ def _cached(entry: Path, create: Callable[[Path], None], read: Callable[[Path], 
     try:
         return _read(folder, entry, read), hit
     except _READ_ERRORS as exc:
-        log.warning("cache entry %s is damaged (%s): rebuilding it", entry, str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+        log.warning("cache entry %s is damaged (%s): rebuilding it", entry, first_line(exc))
         try:
             with _locked(entry):
                 if entry.is_dir():

@@ -22,7 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from embclust import signals, tracking
 from embclust.tracking.store import SWEEP_OWNER_TAG, store_lock
-from embclust.errors import EmbclustError, user_error
+from embclust.errors import EmbclustError, first_line, user_error
 from embclust.sweep import compare
 from embclust.sweep.cache import stable_hash
 from embclust.processes import owner_is_alive, owner_token
@@ -469,7 +469,7 @@ def end_failed_sweep(reason: str) -> None:
             client.set_tag(plan.parent_run_id, "error", reason[:5000])
             client.set_terminated(plan.parent_run_id, "FAILED")
         except Exception as exc:  # noqa: BLE001 - the store may be what failed; the next run closes the runs
-            log.error("sweep: %s (parent run %s not closed: %s)", reason, plan.parent_run_id, str(exc).splitlines()[0][:300])
+            log.error("sweep: %s (parent run %s not closed: %s)", reason, plan.parent_run_id, first_line(exc)[:300])
             return
     log.error("sweep: parent run %s FAILED: %s", plan.parent_run_id, reason)
 

@@ -19,7 +19,7 @@ import mlflow
 from mlflow.exceptions import MlflowException
 from omegaconf import DictConfig, OmegaConf
 
-from embclust.errors import ConfigError, EmbclustError
+from embclust.errors import ConfigError, EmbclustError, first_line
 from embclust.locks import HeldByStoppedProcess, file_lock
 
 log = logging.getLogger(__name__)
@@ -417,12 +417,10 @@ def setup_tracking(tracking_uri: str, experiment_name: str) -> str:
                 )
             experiment = mlflow.set_experiment(experiment_name)
         except MlflowException as exc:
-            first_line = str(exc.message).strip().splitlines()[0] if str(exc.message).strip() else type(exc).__name__
-            raise ConfigError(f"MLflow store mlflow.tracking_uri={tracking_uri!r} cannot be used: {first_line}") from exc
+            raise ConfigError(f"MLflow store mlflow.tracking_uri={tracking_uri!r} cannot be used: {first_line(exc)}") from exc
         except SQLAlchemyError as exc:  # e.g. a schema left half-built by another tool's interrupted set-up
-            first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise ConfigError(
-                f"MLflow store mlflow.tracking_uri={tracking_uri!r} cannot be used: {first_line}; if a process "
+                f"MLflow store mlflow.tracking_uri={tracking_uri!r} cannot be used: {first_line(exc)}; if a process "
                 "creating it was stopped, move the file away (or delete it if it holds no runs) and run again"
             ) from exc
     return experiment.experiment_id

@@ -112,10 +112,10 @@ class EmbclustSweeper(BasicSweeper):
         try:
             self._loader.validate(self.config, batch)
         except Exception as exc:  # Hydra prints what was wrong (and the options); the parent says it too
+            from embclust.errors import first_line
             from embclust.sweep.callback import end_failed_sweep
 
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            end_failed_sweep(f"a cell's config cannot be composed: {first}")
+            end_failed_sweep(f"a cell's config cannot be composed: {first_line(exc)}")
             raise
 
 
@@ -156,5 +156,6 @@ def launcher_failure(exc: BaseException) -> str:
             "lack of memory; finished cells are kept: run the same command again to resume the others, with "
             "fewer cells at once (hydra.launcher.n_jobs) if memory ran out"
         )
-    first = text.strip().splitlines()[0] if text.strip() else ""
-    return f"the launcher failed: {type(exc).__name__}: {first}; finished cells are kept: run the same command again to resume"
+    from embclust.errors import first_line
+
+    return f"the launcher failed: {type(exc).__name__}: {first_line(exc)}; finished cells are kept: run the same command again to resume"
