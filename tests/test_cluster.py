@@ -99,10 +99,82 @@ def test_falls_back_to_scikit_learn_when_sklearnex_is_missing(monkeypatch, caplo
     assert first.implementation == "scikit-learn"
     np.testing.assert_array_equal(first.labels, reference)
     assert sum("sklearnex is not importable" in r.getMessage() for r in caplog.records) == 1  # once
-    # The default refines scikit-learn's own starts in scikit-learn: scikit-learn's answer.
+    # The default on data no larger than its sample: scikit-learn's starts and Lloyd on every row.
     default = fit(KMeans(8, n_init=2, random_state=0), X)
-    assert default.implementation == "embclust-kmeans++/scikit-learn"
+    assert (default.implementation, default.sample_size) == (kmeans.SAMPLE_IMPLEMENTATION, None)
     np.testing.assert_array_equal(default.labels, reference)
+
+
+# --- auto: restarts on a seeded sample, one Lloyd refinement over every row's block --------------
+
+@pytest.fixture(scope="module")
+def embeddings_large():
+    """12,000 embedding-like rows in 20 PCA dimensions: larger than a 2,000-row restart sample."""
+    ds = make_synthetic(n_samples=12_000, n_features=128, n_clusters=12, seed=5)
+    return PCA(20, random_state=0).fit_transform(ds.X).astype(np.float32)
+
+
+SMALL_SAMPLE = kmeans.SampleSettings(sample_per_cluster=100, min_sample=2_000)
+
+
+def test_auto_restarts_on_a_sample_and_labels_every_row_by_its_nearest_centre(embeddings_large):
+    X = embeddings_large
+    fitted = fit(KMeans(12, n_init=5, random_state=3), X, sample=SMALL_SAMPLE)
+    assert (fitted.implementation, fitted.sample_size) == (kmeans.SAMPLE_IMPLEMENTATION, 2_000)
+    model = fitted.estimator
+    assert type(model) is KMeans and model.cluster_centers_.shape == (12, 20)
+    # Labels and inertia are those of all rows, as scikit-learn defines them from the centres.
+    np.testing.assert_array_equal(model.predict(X), fitted.labels)
+    np.testing.assert_allclose(-model.score(X), model.inertia_, rtol=1e-5)
+    restored = pickle.loads(pickle.dumps(model))
+    np.testing.assert_array_equal(restored.predict(X), fitted.labels)
+    # As good as scikit-learn's restarts on every row.
+    reference = KMeans(12, n_init=5, random_state=3).fit(X)
+    assert model.inertia_ <= reference.inertia_ * 1.005
+    # The restarts ran on the sample, not on all rows: a larger sample is a different fit.
+    bigger = fit(KMeans(12, n_init=5, random_state=3), X, sample=kmeans.SampleSettings(100, 6_000))
+    assert bigger.sample_size == 6_000
+
+
+def test_auto_gives_the_same_labels_and_inertia_on_one_or_two_threads(embeddings_large):
+    from threadpoolctl import threadpool_limits
+
+    fits = []
+    for threads in (1, 2):
+        with threadpool_limits(limits=threads):
+            fits.append(fit(KMeans(12, n_init=4, random_state=1), embeddings_large, sample=SMALL_SAMPLE))
+    one, two = (f.estimator for f in fits)
+    np.testing.assert_array_equal(fits[0].labels, fits[1].labels)
+    assert one.inertia_ == two.inertia_ and one.n_iter_ == two.n_iter_
+    np.testing.assert_array_equal(one.cluster_centers_, two.cluster_centers_)
+
+
+def test_auto_same_seed_same_fit_other_seed_other_sample(embeddings_large):
+    a = fit(KMeans(12, n_init=2, random_state=4), embeddings_large, sample=SMALL_SAMPLE).estimator
+    b = fit(KMeans(12, n_init=2, random_state=4), embeddings_large, sample=SMALL_SAMPLE).estimator
+    assert a.inertia_ == b.inertia_
+    np.testing.assert_array_equal(a.cluster_centers_, b.cluster_centers_)
+    rows = kmeans.sample_rows(12_000, 2_000, 4)
+    assert rows.size == 2_000 and np.all(np.diff(rows) > 0)
+    np.testing.assert_array_equal(rows, kmeans.sample_rows(12_000, 2_000, 4))
+    assert not np.array_equal(rows, kmeans.sample_rows(12_000, 2_000, 5))
+    assert kmeans.sample_rows(2_000, 2_000, 4) is None  # no smaller than the data: every row
+
+
+def test_lloyd_refinement_matches_scikit_learns_lloyd_from_the_same_start(embeddings_large):
+    from embclust.cluster import lloyd
+
+    X = embeddings_large
+    start = X[np.random.default_rng(0).choice(len(X), 12, replace=False)]
+    ours = lloyd.refine(X, start, n_threads=2, block_rows=1_000)
+    theirs = KMeans(12, init=start, n_init=1, max_iter=300, tol=1e-4).fit(X)
+    np.testing.assert_array_equal(ours.labels, theirs.labels_)
+    np.testing.assert_allclose(ours.centers, theirs.cluster_centers_, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(ours.inertia, theirs.inertia_, rtol=1e-5)
+    assert abs(ours.n_iter - theirs.n_iter_) <= 1
+    # Block size changes how rows are grouped, not the result.
+    again = lloyd.refine(X, start, n_threads=1, block_rows=4_096)
+    np.testing.assert_array_equal(again.labels, ours.labels)
 
 
 def test_unsupported_parameter_falls_back(embeddings_pca):
@@ -229,7 +301,8 @@ def test_embclust_implementation_lands_where_scikit_learn_lands(embeddings_pca, 
     X = embeddings_pca
     ours = fit(KMeans(k, n_init=4, random_state=5), X, implementation=implementation)
     ref = fit(KMeans(k, n_init=4, random_state=5), X, implementation="scikit-learn")
-    assert ours.implementation == "embclust-kmeans++/scikit-learn"
+    # auto on data no larger than its sample fits every row with scikit-learn's starts too.
+    assert ours.implementation == {"auto": kmeans.SAMPLE_IMPLEMENTATION, "embclust": "embclust-kmeans++/scikit-learn"}[implementation]
     assert type(ours.estimator) is KMeans
     # scikit-learn's starts refined by scikit-learn's own Lloyd loop: scikit-learn's answer.
     np.testing.assert_allclose(ours.estimator.inertia_, ref.estimator.inertia_, rtol=1e-5)

@@ -142,23 +142,32 @@ def _assert_failed(res, expected: str):
         (("dataset=synthetic", "dataset.n_samples=0"), "dataset 'synthetic' is empty: 0 rows"),
         (("analysis.maps.max_points=-5",), "analysis.maps.max_points=-5 must be null or an integer >= 1"),
         (("cluster_implementation=intel",), "cluster_implementation='intel' is not allowed (allowed: auto, embclust, sklearnex, scikit-learn)"),
+        (("kmeans.min_sample=1",), "kmeans.min_sample=1 must be an integer >= 2"),
+        (("kmeans.sample_per_cluster=many",), "kmeans.sample_per_cluster='many' must be an integer >= 1"),
     ],
 )
 def test_bad_config_fails_with_one_clear_line(run_cli, overrides, expected):
     _assert_failed(run_cli(*FAST, *overrides), expected)
 
 
-@pytest.mark.parametrize("implementation", ["auto", "embclust", "scikit-learn"])
-def test_kmeans_implementation_is_tagged_and_the_model_predicts_without_it(run_cli, tmp_path, implementation):
-    res = run_cli(*FAST, "reducer=none", "analysis.report.enabled=false", f"cluster_implementation={implementation}")
+@pytest.mark.parametrize(
+    "implementation, extra, expected, sample",
+    [
+        # 1,797 digits are fewer rows than the default sample: a plain fit of every row.
+        ("auto", (), "embclust-sample-restarts", "all"),
+        ("auto", ("kmeans.sample_per_cluster=50", "kmeans.min_sample=600"), "embclust-sample-restarts", "600"),
+        ("embclust", (), "embclust-kmeans++/scikit-learn", None),
+        ("scikit-learn", (), "scikit-learn", None),
+    ],
+)
+def test_kmeans_implementation_is_tagged_and_the_model_predicts_without_it(run_cli, tmp_path, implementation, extra,
+                                                                          expected, sample):
+    res = run_cli(*FAST, "reducer=none", "analysis.report.enabled=false", f"cluster_implementation={implementation}",
+                  *extra)
     assert res.returncode == 0, res.stderr[-2000:]
     (run,) = res.runs()
-    expected = {
-        "auto": "embclust-kmeans++/scikit-learn",
-        "embclust": "embclust-kmeans++/scikit-learn",
-        "scikit-learn": "scikit-learn",
-    }[implementation]
     assert run.data.tags["cluster_implementation"] == expected
+    assert run.data.tags.get("kmeans_sample_size") == sample
     model = mlflow.sklearn.load_model(f"runs:/{run.info.run_id}/model")
     assert type(model.steps[-1][1]).__module__.startswith("sklearn.")  # loads where sklearnex is absent
     from sklearn.datasets import load_digits

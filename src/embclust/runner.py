@@ -183,10 +183,12 @@ def execute(
         clustering = fitted
     else:
         with timer("cluster"):
-            clustering = stages.fit_clustering(clusterer, Xp, backend, cfg.get("cluster_implementation", "auto"))
+            clustering = stages.fit_clustering(
+                clusterer, Xp, backend, cfg.get("cluster_implementation", "auto"), stages.kmeans_sample(cfg)
+            )
     clusterer, labels = clustering.estimator, clustering.labels
     mlflow.set_tags({
-        "cluster_implementation": clustering.implementation,
+        **clustering.tags(),
         "silhouette_implementation": "torch" if backend == "torch" else silhouette.IMPLEMENTATION,
     })
     with timer("score"):

@@ -22,6 +22,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from embclust import cluster, data, signals, validate
+from embclust.cluster import kmeans
 from embclust.errors import ConfigError
 from embclust.explain import duplicates
 from embclust.scoring import metrics
@@ -156,18 +157,37 @@ class Clustering:
     estimator: Any
     labels: np.ndarray
     implementation: str
+    sample_size: int | None = None  # rows KMeans's restarts ran on; None: all rows
+
+    def tags(self) -> dict[str, str]:
+        """MLflow tags saying how the clustering was fitted."""
+        tags = {"cluster_implementation": self.implementation}
+        if self.implementation == kmeans.SAMPLE_IMPLEMENTATION:
+            tags["kmeans_sample_size"] = "all" if self.sample_size is None else str(self.sample_size)
+        return tags
 
 
-def fit_clustering(clusterer, X: np.ndarray, backend: str, implementation: str = "auto") -> Clustering:
+def kmeans_sample(cfg: DictConfig) -> kmeans.SampleSettings:
+    """The ``kmeans`` settings of ``cluster_implementation=auto`` (defaults where a config lacks them)."""
+    node = cfg.get("kmeans") or {}
+    defaults = kmeans.SampleSettings()
+    return kmeans.SampleSettings(
+        int(node.get("sample_per_cluster", defaults.sample_per_cluster)), int(node.get("min_sample", defaults.min_sample))
+    )
+
+
+def fit_clustering(
+    clusterer, X: np.ndarray, backend: str, implementation: str = "auto", sample: kmeans.SampleSettings | None = None
+) -> Clustering:
     """Fit ``clusterer`` on ``X`` with the chosen backend (torch for KMeans, else the CPU path)."""
     if backend == "torch":
         from embclust.scoring import torch_backend
 
         labels = torch_backend.fit_clusterer(clusterer, X)
         return Clustering(clusterer, labels, "torch")
-    fitted = cluster.fit(clusterer, X, implementation)
+    fitted = cluster.fit(clusterer, X, implementation, sample)
     shared.release_free_memory()  # the fit's temporaries (seeding copies), before scoring adds its own
-    return Clustering(fitted.estimator, fitted.labels, fitted.implementation)
+    return Clustering(fitted.estimator, fitted.labels, fitted.implementation, fitted.sample_size)
 
 
 @dataclass

@@ -50,6 +50,8 @@ _INT_KEYS = (
     ("clusterer.min_cluster_size", 2, False),
     ("clusterer.min_samples", 1, True),
     ("clusterer.n_init", 1, False),
+    ("kmeans.sample_per_cluster", 1, False),
+    ("kmeans.min_sample", 2, False),
     ("clusterer.max_iter", 1, False),
     ("clusterer.batch_size", 1, False),
     ("dataset.batch_size", 1, False),

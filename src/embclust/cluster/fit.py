@@ -20,7 +20,8 @@ class FittedClustering:
 
     labels: np.ndarray  # int64, -1 marks noise
     estimator: BaseEstimator
-    implementation: str  # "sklearnex" or "scikit-learn" (the estimator's own fit)
+    implementation: str  # e.g. "embclust-sample-restarts", "sklearnex", "scikit-learn"
+    sample_size: int | None = None  # rows KMeans's restarts ran on; None: all rows
 
 
 def check_clusterer(clusterer: BaseEstimator, n_samples: int) -> None:
@@ -47,18 +48,23 @@ def fit_input(clusterer: BaseEstimator, X: np.ndarray) -> np.ndarray:
     return X
 
 
-def fit(clusterer: BaseEstimator, X: np.ndarray, implementation: str = "auto") -> FittedClustering:
-    """Fit ``clusterer`` on ``X`` in place; KMeans through sklearnex where ``implementation`` allows.
+def fit(
+    clusterer: BaseEstimator, X: np.ndarray, implementation: str = "auto", sample: kmeans.SampleSettings | None = None
+) -> FittedClustering:
+    """Fit ``clusterer`` on ``X`` in place.
 
-    ``implementation`` is ``auto`` / ``embclust`` (scikit-learn's starts, Lloyd in sklearnex when
-    importable), ``sklearnex`` or ``scikit-learn`` (see :mod:`embclust.cluster.kmeans`); it only
-    changes how an exact ``sklearn.cluster.KMeans`` is fitted.
+    ``implementation`` is ``auto`` (restarts on a sample of ``sample.size(k)`` rows, refined on
+    all rows), ``embclust`` (scikit-learn's starts and Lloyd on all rows), ``sklearnex`` or
+    ``scikit-learn`` (see :mod:`embclust.cluster.kmeans`); it only changes how an exact
+    ``sklearn.cluster.KMeans`` is fitted.
     """
     implementation = kmeans.check_implementation(implementation)
     check_clusterer(clusterer, X.shape[0])
     if type(clusterer) is KMeans:  # subclasses may override fit: leave them to their own
-        ran = kmeans.fit_kmeans(clusterer, X, implementation)
-        return FittedClustering(np.asarray(clusterer.labels_, dtype=np.int64), clusterer, ran)
+        ran = kmeans.fit_kmeans(clusterer, X, implementation, sample)
+        return FittedClustering(
+            np.asarray(clusterer.labels_, dtype=np.int64), clusterer, ran.implementation, ran.sample_size
+        )
     labels = np.asarray(clusterer.fit_predict(fit_input(clusterer, X)), dtype=np.int64)
     return FittedClustering(labels, clusterer, "scikit-learn")
 

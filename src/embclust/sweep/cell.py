@@ -162,7 +162,9 @@ def _fit_and_score(cfg: DictConfig, plan: SweepPlan, timer: stages.StageTimer):
         features = stages.fit_features(pre_cfg, ds, cache_dir, plan.max_pca_components)
     with timer("cluster"):
         backend = _backend(cfg)
-        clustering = stages.fit_clustering(clusterer, features.X, backend, cfg.get("cluster_implementation", "auto"))
+        clustering = stages.fit_clustering(
+            clusterer, features.X, backend, cfg.get("cluster_implementation", "auto"), stages.kmeans_sample(cfg)
+        )
     with timer("score"):
         scoring = stages.scoring_for(cfg, ds, pre_cfg.get("normalize", "l2"), backend)
         scores = stages.score(features.X, clustering, ds.labels, scoring)
@@ -177,7 +179,7 @@ def _fit_and_score(cfg: DictConfig, plan: SweepPlan, timer: stages.StageTimer):
         "data_n_samples": ds.n_samples,
         "data_n_features": ds.n_features,
         "preprocess_source": features.how + (" (cached)" if features.cache_hit else ""),
-        "cluster_implementation": clustering.implementation,
+        **clustering.tags(),
         "silhouette_implementation": "torch" if backend == "torch" else silhouette.IMPLEMENTATION,
         "backend": backend,
         "normalize": pre_cfg["normalize"],

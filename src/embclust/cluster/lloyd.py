@@ -1,0 +1,165 @@
+"""Lloyd's k-means refinement as passes over row blocks, with a result that does not depend on threads.
+
+One pass is a function of (block of rows, centres) -> (labels, per-cluster sums, counts): the
+same function serves an in-memory array, a memory-mapped file and, later, a cluster of workers.
+Blocks are processed by a pool of threads, each with one BLAS thread (OpenBLAS's float32 GEMM
+rounds differently with 1 and 2 threads), and their sums are added in block order in float64,
+so the labels, centres and inertia are the same whatever the thread count. scikit-learn's
+multi-threaded Lloyd adds per-thread sums in the order the threads finish, which changes the
+last digits of the centres and the inertia from one run to the next.
+
+The convergence rule is scikit-learn's: stop when no label changes, or when the summed squared
+shift of the centres is at most ``tol`` times the mean per-column variance of the data; after a
+stop on the tolerance, labels are assigned once more to the final centres.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from threadpoolctl import threadpool_limits
+
+BLOCK_ROWS = 8_192
+
+
+def row_blocks(n_rows: int, block_rows: int = BLOCK_ROWS) -> list[slice]:
+    """Consecutive row slices of at most ``block_rows`` rows covering ``n_rows`` rows."""
+    return [slice(start, min(n_rows, start + block_rows)) for start in range(0, n_rows, block_rows)]
+
+
+def map_blocks(fn: Callable[[slice], Any], n_rows: int, n_threads: int, block_rows: int = BLOCK_ROWS) -> list:
+    """``fn(block)`` for every row block, in block order, on ``n_threads`` threads with one BLAS thread each."""
+    blocks = row_blocks(n_rows, block_rows)
+    with threadpool_limits(limits=1, user_api="blas"):
+        if n_threads <= 1 or len(blocks) == 1:
+            return [fn(b) for b in blocks]
+        with ThreadPoolExecutor(max_workers=n_threads) as pool:
+            return list(pool.map(fn, blocks))
+
+
+def assign_block(X_block: np.ndarray, centers: np.ndarray, half_sq_norms: np.ndarray) -> np.ndarray:
+    """Index of the nearest centre of each row (int32): argmin of |c|^2 / 2 - x.c."""
+    scores = X_block @ centers.T
+    np.subtract(half_sq_norms, scores, out=scores)
+    return scores.argmin(axis=1).astype(np.int32)
+
+
+def _half_sq_norms(centers: np.ndarray) -> np.ndarray:
+    return (0.5 * np.einsum("ij,ij->i", centers, centers, dtype=np.float64)).astype(centers.dtype)
+
+
+def _block_sums(X_block: np.ndarray, labels: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per-cluster sums (float64) and counts of the rows of one block."""
+    import scipy.sparse as sp
+
+    one_hot = sp.csr_matrix(
+        (np.ones(labels.size, dtype=X_block.dtype), (labels, np.arange(labels.size))), shape=(k, labels.size)
+    )
+    return np.asarray(one_hot @ X_block, dtype=np.float64), np.bincount(labels, minlength=k)
+
+
+@dataclass
+class PassResult:
+    """What one Lloyd pass over all rows gives: labels and the per-cluster sums and counts."""
+
+    labels: np.ndarray  # int32, one per row
+    sums: np.ndarray  # (k, d) float64
+    counts: np.ndarray  # (k,) int64
+
+
+def lloyd_pass(X: np.ndarray, centers: np.ndarray, n_threads: int, block_rows: int = BLOCK_ROWS) -> PassResult:
+    """Assign every row to its nearest centre and sum the rows of each cluster, block by block."""
+    k = centers.shape[0]
+    centers = np.ascontiguousarray(centers, dtype=X.dtype)
+    half = _half_sq_norms(centers)
+
+    def one(block: slice):
+        X_block = np.asarray(X[block])
+        labels = assign_block(X_block, centers, half)
+        return (labels, *_block_sums(X_block, labels, k))
+
+    parts = map_blocks(one, X.shape[0], n_threads, block_rows)
+    sums = np.zeros((k, X.shape[1]), dtype=np.float64)
+    counts = np.zeros(k, dtype=np.int64)
+    for _, block_sums, block_counts in parts:  # in block order: the same sums whatever the threads
+        sums += block_sums
+        counts += block_counts
+    return PassResult(np.concatenate([p[0] for p in parts]), sums, counts)
+
+
+def assign(X: np.ndarray, centers: np.ndarray, n_threads: int, block_rows: int = BLOCK_ROWS) -> np.ndarray:
+    """Nearest-centre label (int32) of every row, block by block."""
+    centers = np.ascontiguousarray(centers, dtype=X.dtype)
+    half = _half_sq_norms(centers)
+    parts = map_blocks(lambda b: assign_block(np.asarray(X[b]), centers, half), X.shape[0], n_threads, block_rows)
+    return np.concatenate(parts)
+
+
+def inertia(X: np.ndarray, labels: np.ndarray, centers: np.ndarray, n_threads: int, block_rows: int = BLOCK_ROWS) -> float:
+    """Sum of squared distances of the rows to their centres, exact in float64, summed in block order."""
+    centers64 = np.asarray(centers, dtype=np.float64)
+
+    def one(block: slice) -> float:
+        diff = np.asarray(X[block], dtype=np.float64) - centers64[labels[block]]
+        return float(np.einsum("ij,ij->", diff, diff))
+
+    return float(sum(map_blocks(one, X.shape[0], n_threads, block_rows)))
+
+
+def mean_variance(X: np.ndarray, n_threads: int, block_rows: int = BLOCK_ROWS) -> float:
+    """Mean over columns of the per-column variance (scikit-learn's tolerance scale), in two passes."""
+    n = X.shape[0]
+    total = sum(map_blocks(lambda b: np.asarray(X[b], dtype=np.float64).sum(axis=0), n, n_threads, block_rows))
+    mean = total / n
+
+    def one(block: slice) -> np.ndarray:
+        diff = np.asarray(X[block], dtype=np.float64) - mean
+        return np.einsum("ij,ij->j", diff, diff)
+
+    return float(np.mean(sum(map_blocks(one, n, n_threads, block_rows)) / n))
+
+
+@dataclass
+class Refinement:
+    """The result of Lloyd's iterations from one start."""
+
+    labels: np.ndarray
+    inertia: float
+    centers: np.ndarray
+    n_iter: int
+
+
+def refine(
+    X: np.ndarray, centers: np.ndarray, n_threads: int, max_iter: int = 300, tol: float = 1e-4,
+    block_rows: int = BLOCK_ROWS,
+) -> Refinement:
+    """Lloyd's iterations from ``centers`` over all rows of ``X``, to scikit-learn's convergence rule.
+
+    A cluster left empty keeps its previous centre.
+    """
+    absolute_tol = mean_variance(X, n_threads, block_rows) * tol
+    centers = np.array(centers, dtype=X.dtype, order="C")
+    labels_before = None
+    converged_strictly = False
+    n_iter = 0
+    for n_iter in range(1, int(max_iter) + 1):
+        result = lloyd_pass(X, centers, n_threads, block_rows)
+        filled = result.counts > 0
+        new_centers = centers.copy()
+        new_centers[filled] = (result.sums[filled] / result.counts[filled, None]).astype(X.dtype)
+        if labels_before is not None and np.array_equal(result.labels, labels_before):
+            converged_strictly = True  # the labels are those of the centres just computed from them
+            labels = result.labels
+            centers = new_centers
+            break
+        shift = float(np.sum((new_centers.astype(np.float64) - centers.astype(np.float64)) ** 2))
+        centers, labels_before = new_centers, result.labels
+        if shift <= absolute_tol:
+            break
+    if not converged_strictly:
+        labels = assign(X, centers, n_threads, block_rows)
+    return Refinement(labels, inertia(X, labels, centers, n_threads, block_rows), centers, n_iter)
