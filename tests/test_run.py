@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from embclust.runner import STAGES
+from embclust.pipeline import STAGES
 
 FAST = ("reducer=pca", "analysis.explain.enabled=false")  # UMAP and XGBoost+SHAP are covered elsewhere
 

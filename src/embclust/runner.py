@@ -1,5 +1,9 @@
-"""One clustering run: load -> validate -> preprocess -> cluster -> score -> map -> analyse -> plots
--> report -> log, recorded as one MLflow run; sweep cells take the light path in ``sweep.cell``."""
+"""The Hydra entry point: run one configured job (a single run or a sweep cell) as an MLflow run.
+
+The pipeline itself is :mod:`embclust.pipeline`; this module decides which way it runs (single
+run, light cell, full cell), limits threads under a parallel launcher, and turns failures into
+one line and an exit status.
+"""
 
 from __future__ import annotations
 
@@ -7,44 +11,22 @@ import logging
 import math
 import os
 import tempfile
-import time
-import traceback
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import mlflow
-import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
-from hydra.utils import instantiate
-from mlflow.entities import Metric
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from threadpoolctl import threadpool_limits
 
-from embclust import cluster, data, maps, preprocess, signals, stages, tracking, validate
-from embclust.errors import ConfigError, EmbclustError, user_error
+from embclust import pipeline, signals, stages, tracking, validate
+from embclust.errors import EmbclustError
+from embclust.pipeline import STAGES
 from embclust.processes import owner_token
-from embclust.explain import steps as explain_steps
-from embclust.scoring import silhouette, stability, torch_backend
 from embclust.sweep import callback as sweep
 from embclust.sweep.plan import SweepPlan
-from embclust.tracking import datasets, models, plots
-from embclust.tracking.report import Report
 
 log = logging.getLogger(__name__)
 
-STAGES = ("load", "validate", "preprocess", "cluster", "score", "map", "analyse", "plots", "report", "log")
-
-
-@dataclass
-class RunResult:
-    """What a finished run produced."""
-
-    run_id: str
-    labels: np.ndarray
-    metrics: dict[str, float]
-    stage_seconds: dict[str, float] = field(default_factory=dict)
-    report: Report | None = None
+__all__ = ["STAGES", "run"]
 
 
 def _hydra_overrides() -> list[str]:
@@ -77,241 +59,6 @@ def _threads_per_cell() -> int | None:
     n_jobs = launcher.get("n_jobs") or -1
     workers = cores if n_jobs < 0 else min(n_jobs, cores)
     return max(1, cores // workers)
-
-
-def select_drill_cluster(ds: data.Dataset, parent_run_id: str, cluster_id: int) -> data.Dataset:
-    """Members of cluster ``cluster_id`` of an earlier run on the same data (drill-down)."""
-    try:
-        parent = mlflow.get_run(str(parent_run_id))
-    except Exception:  # noqa: BLE001 - MLflow raises several types for unknown ids
-        raise ConfigError(f"drill.parent_run={parent_run_id}: no such run at {mlflow.get_tracking_uri()}") from None
-    if parent.data.tags.get("data_fingerprint") != ds.fingerprint:
-        raise ConfigError(
-            f"drill.parent_run={parent_run_id} clustered other data (fingerprint "
-            f"{parent.data.tags.get('data_fingerprint')}, this dataset {ds.fingerprint}): "
-            "pass the same dataset overrides as that run (see its config.yaml)"
-        )
-    path = mlflow.artifacts.download_artifacts(run_id=parent.info.run_id, artifact_path="labels.parquet")
-    parent_labels = pq.read_table(path, columns=["cluster"])["cluster"].to_numpy()
-    rows = np.flatnonzero(parent_labels == int(cluster_id))
-    if rows.size < 2:
-        available = ", ".join(str(c) for c in np.unique(parent_labels))
-        raise ConfigError(f"drill.cluster={cluster_id}: {rows.size} members in run {parent_run_id} (clusters: {available})")
-    log.info("drill-down: %d members of cluster %s of run %s", rows.size, cluster_id, parent_run_id)
-    return data.take_rows(ds, rows)
-
-
-
-
-def _run_name(cfg: DictConfig) -> str:
-    if cfg.get("run_name"):
-        return str(cfg.run_name)
-    clusterer = str(cfg.clusterer._target_).rsplit(".", 1)[-1]
-    size = cfg.clusterer.get("n_clusters") or cfg.clusterer.get("min_cluster_size")
-    pca = cfg.preprocess.get("pca_components")
-    parts = [str(cfg.dataset.get("name", "data")), clusterer + (f"-{size}" if size else "")]
-    if pca:
-        parts.append(f"pca{pca}")
-    return " ".join(parts)
-
-
-def execute(
-    cfg: DictConfig,
-    workdir: Path,
-    timer: stages.StageTimer,
-    plan: SweepPlan | None = None,
-    in_sweep: bool = False,
-    overrides: list[str] | None = None,
-    write_report: bool = True,
-    data_analyses: bool = True,
-    release_shared: bool = False,
-    fitted: stages.Clustering | None = None,
-) -> RunResult:
-    """Run the whole pipeline inside an active MLflow run, writing artifacts to ``workdir``.
-
-    In a sweep (``plan`` given) the data, PCA and scoring sample are the sweep's shared ones, so a
-    cell completed here gets the labels and scores it got as a light cell. With ``write_report``
-    false the report is returned in the result instead of written (the sweep's parent holds it).
-    ``release_shared`` frees the sweep's shared work once this run is scored (the sweep's best
-    cell, completed last). ``fitted``: the clustering already fitted for this config (the best
-    cell's light fit), used instead of fitting again.
-    """
-    seed = int(cfg.seed)
-    cache_dir = stages.cache_dir(cfg, in_sweep=plan is not None)
-    with timer("load"):
-        ds, hit = stages.load_dataset(cfg, cache_dir)
-        if hit is not None:
-            mlflow.set_tag("data_cache", "hit" if hit else "miss")
-        drill = cfg.get("drill")
-        if drill:
-            ds = select_drill_cluster(ds, drill.parent_run, drill.cluster)
-            mlflow.set_tags({"drill_parent_run": str(drill.parent_run), "drill_cluster": str(drill.cluster)})
-    with timer("validate"):
-        cfg.preprocess.normalize = preprocess.choose_normalize(cfg.preprocess.normalize, ds.n_features, ds.from_tabular)
-        mlflow.set_tag("normalize", cfg.preprocess.normalize)
-        pre_cfg = stages.preprocess_config(cfg, ds)
-        preprocessing = instantiate(cfg.preprocess)
-        clusterer = instantiate(cfg.clusterer)
-        reducer, max_points = stages.build_reducer(cfg.get("reducer"))
-        backend = torch_backend.resolve_backend(cfg.get("backend"))
-        preprocess.check_preprocessing(preprocessing, ds.n_samples, ds.n_features)
-        cluster.check_clusterer(clusterer, ds.n_samples)
-        clustered_dims = cfg.preprocess.get("umap_components") or cfg.preprocess.get("pca_components") or ds.n_features
-        maps.check_reducer(reducer, ds.n_samples, max_points, clustered_dims)
-        validate.check_quadratic_work(cfg, ds.n_samples)
-        cluster.check_implementation(cfg.get("cluster_implementation"))
-        plots.check_max_points(cfg.analysis.maps.max_points)
-        tags = tracking.reproducibility_tags(ds.fingerprint, overrides if overrides is not None else _hydra_overrides(),
-                                             Path(__file__).resolve().parent)
-        tags.update({"data_n_samples": ds.n_samples, "data_n_features": ds.n_features, "backend": backend})
-        mlflow.set_tags(tags)
-        datasets.log_dataset_input(ds, cfg.dataset.get("path"))
-        mlflow.log_metrics(
-            {
-                "data/dropped_invalid_rows": ds.n_dropped_invalid,
-                "data/dropped_duplicate_rows": ds.n_dropped_duplicates,
-                "data/duplicate_ids": ds.n_duplicate_ids,
-            }
-        )
-        log.debug("dataset '%s': %d x %d, fingerprint %s", ds.name, ds.n_samples, ds.n_features, ds.fingerprint)
-    with timer("preprocess"):
-        features = stages.fit_features(pre_cfg, ds, cache_dir, plan.max_pca_components if plan else None)
-        preprocessing, Xp = features.preprocessing, features.X
-        mlflow.set_tag("preprocess_source", features.how + (" (cached)" if features.cache_hit else ""))
-        _log_pca_variance(preprocessing)
-    if fitted is not None:  # the sweep's best cell: its light cell's fit (and time/cluster_s) stand
-        clustering = fitted
-    else:
-        with timer("cluster"):
-            clustering = stages.fit_clustering(
-                clusterer, Xp, backend, cfg.get("cluster_implementation", "auto"), stages.kmeans_sample(cfg)
-            )
-    clusterer, labels = clustering.estimator, clustering.labels
-    mlflow.set_tags({
-        **clustering.tags(),
-        "silhouette_implementation": "torch" if backend == "torch" else silhouette.IMPLEMENTATION,
-    })
-    with timer("score"):
-        scoring = stages.scoring_for(cfg, ds, pre_cfg.get("normalize", "l2"), backend)
-        scored = stages.score(Xp, clustering, ds.labels, scoring)
-        scores = scored.values
-        scores.update(stability.stability_from_config(cfg.clusterer, Xp, labels, cfg.metrics.get("stability"), seed))
-        mlflow.log_metrics(scores)
-        log.debug("scores: %s", ", ".join(f"{k}={v:.4g}" for k, v in scores.items()))
-        if release_shared:
-            # The sweep's last use of its shared work: the reference sample's distances (55 MB
-            # at 5,000 rows) and the other cells' projections go before the analyses.
-            del scoring
-            from embclust.sweep import shared
-
-            shared.clear()
-    with timer("map"):
-        coords = _compute_map(cfg, reducer, max_points, Xp, ds, pre_cfg, cache_dir)
-    map_title = _map_title(reducer, max_points, ds, scores)
-    state = explain_steps.RunState(
-        ds, Xp, labels, coords, preprocessing, clusterer, seed, map_title=map_title, silhouette=scored.silhouette
-    )
-    analyses = Report(title="")
-    with timer("analyse"):
-        explain_steps.run_analyses(state, cfg, workdir, analyses, in_sweep=in_sweep, data_analyses=data_analyses)
-        mlflow.log_metrics({**state.metrics, **state.seconds})
-        scores.update(state.metrics)
-    report = Report(title=f"{_run_name(cfg)} (run {mlflow.active_run().info.run_id})")
-    report.add_metrics(scores)
-    true_names = ds.label_strings()
-    with timer("plots"):
-        table = {"id": ds.ids, "cluster": labels, "x": coords[:, 0], "y": coords[:, 1]}
-        if true_names is not None:
-            table["label"] = true_names
-        pq.write_table(pa.table(table), workdir / "labels.parquet", compression="zstd")
-        (workdir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
-        sizes = plots.cluster_sizes_figure(labels)
-        figures_in_report = cfg.analysis.report.enabled or not write_report
-        if not figures_in_report:  # the report holds the figures; no plotly.js per file
-            plots.write_html(sizes, workdir / "cluster_sizes.html")
-        if reducer is not None:
-            names = {c: ", ".join(words[:3]) for c, words in state.cluster_keywords.items()}
-            fig = plots.cluster_map_figure(
-                coords, labels, ds.ids, true_names, map_title, ds.texts, names,
-                max_points=cfg.analysis.maps.max_points, seed=seed,
-            )
-            if not figures_in_report:
-                plots.write_html(fig, workdir / "cluster_map.html")
-            report.add_figure("Map", fig)
-        report.add_figure("Cluster sizes", sizes)
-    with timer("report"):
-        report.sections.extend(analyses.sections)
-        if cfg.analysis.report.enabled and write_report:
-            report.write(workdir / "report.html")
-    with timer("log"):
-        mlflow.log_artifacts(str(workdir))
-        _log_model(preprocessing, clusterer, ds.X, labels)
-    mlflow.log_metrics(timer.as_metrics())
-    return RunResult(mlflow.active_run().info.run_id, labels, scores, dict(timer.seconds), report)
-
-
-def _compute_map(cfg, reducer, max_points, Xp, ds, pre_cfg: dict, cache_dir: Path | None) -> np.ndarray:
-    """2-D map of the clustered space, through the cache when it is on (cells share it)."""
-    from embclust.sweep import cache
-
-    seed = int(cfg.seed)
-    if reducer is None or cache_dir is None:
-        return maps.compute_map(reducer, Xp, max_points=max_points, seed=seed)
-    coords, hit = cache.cached_map(
-        ds.fingerprint,
-        pre_cfg,
-        {**OmegaConf.to_container(cfg.reducer, resolve=True), "seed": seed},
-        cache_dir,
-        lambda: maps.compute_map(reducer, Xp, max_points=max_points, seed=seed),
-    )
-    mlflow.set_tag("map_cache", "hit" if hit else "miss")
-    return coords
-
-
-def _log_pca_variance(preprocessing) -> None:
-    """Log PCA's cumulative explained variance, one step per component."""
-    pca = preprocessing.named_steps["pca"]
-    if pca == "passthrough":
-        return
-    cumulative = np.cumsum(pca.explained_variance_ratio_)
-    mlflow.log_metric("pca_explained_variance", float(cumulative[-1]))
-    client = mlflow.MlflowClient()
-    now = int(time.time() * 1000)
-    client.log_batch(
-        mlflow.active_run().info.run_id,
-        metrics=[Metric("pca_cumulative_variance", float(v), now, i + 1) for i, v in enumerate(cumulative)],
-    )
-
-
-def _map_title(reducer, max_points: int | None, ds: data.Dataset, scores: dict) -> str:
-    if reducer is None:
-        return ""
-    title = f"{type(reducer).__name__} map of {ds.name}: {int(scores['n_clusters'])} clusters"
-    if max_points is not None and ds.n_samples > max_points:
-        placed = "the rest placed by transform" if hasattr(reducer, "transform") else "only the sample shown"
-        title += f" (fitted on a seeded sample of {max_points} of {ds.n_samples} points; {placed})"
-    return title
-
-
-def _log_model(preprocessing, clusterer, X: np.ndarray, labels: np.ndarray) -> None:
-    """Log preprocessing + clusterer as one scikit-learn model under artifact path ``model``."""
-    model = cluster.build_model(preprocessing, clusterer)
-    models.log_model(model, X[:5], labels[:5])
-    mlflow.set_tag("model_predicts", str(cluster.supports_predict(model)).lower())
-
-
-
-def _record_failure(exc: BaseException, timer: stages.StageTimer, run_id: str, prefix: str) -> str:
-    """Tag the active run with the error, end it FAILED and log one line; return the message."""
-    err = user_error(exc)
-    message = str(err) if err else f"{type(exc).__name__}: {exc}".replace("\n", " ")
-    mlflow.set_tag("error", message[:5000])
-    if err is None:
-        mlflow.log_text(traceback.format_exc(), "error.txt")
-    mlflow.log_metrics(timer.as_metrics())
-    mlflow.end_run(status="FAILED")
-    log.error("%srun %s FAILED: %s", prefix, run_id, message)
-    return message
 
 
 def _resumed_metric(cfg: DictConfig, cell: sweep.SweepCell, plan: SweepPlan) -> float | None:
@@ -373,11 +120,10 @@ def _run(cfg: DictConfig) -> float:
             if resumed is not None:
                 return resumed
         if cfg.analysis.get("in_sweeps", "light") == "light":
-            from embclust.sweep.cell import run_light_cell
-
             try:
                 with signals.stop_on_signals():
-                    return run_light_cell(cfg, plan, cell, threads)
+                    outcome = pipeline.run_light_cell(cfg, plan, cell, threads)
+                return outcome.value if outcome.failure is None else sweep.failed_cell_value(outcome.failure)
             except signals.Stopped as stopped:
                 raise SystemExit(stopped.exit_code) from None
         log.info("%s: %s", cell.position, cell.overrides or "(no overrides)")
@@ -387,14 +133,14 @@ def _run(cfg: DictConfig) -> float:
     tags[tracking.PROCESS_TAG] = owner_token()
     timer = stages.StageTimer(STAGES, prefix=f"{cell.position} " if cell else "")
     with mlflow.start_run(
-        run_name=_run_name(cfg), parent_run_id=cell.parent_run_id if cell else None, tags=tags
+        run_name=pipeline.run_name(cfg), parent_run_id=cell.parent_run_id if cell else None, tags=tags
     ) as active:
         try:
             validate.validate_config(cfg)
             mlflow.log_params(tracking.flatten_config(cfg))
             with signals.stop_on_signals(), tempfile.TemporaryDirectory(prefix="embclust-") as tmp, \
                     threadpool_limits(limits=threads):
-                result = execute(cfg, Path(tmp), timer, plan=plan, in_sweep=in_sweep)
+                result = pipeline.execute(cfg, Path(tmp), timer, plan=plan, in_sweep=in_sweep, overrides=_hydra_overrides())
         except signals.Stopped as stopped:
             signals.end_run_killed(stopped, f"{cell.position}: " if cell else "")
             raise SystemExit(stopped.exit_code) from None
@@ -402,7 +148,7 @@ def _run(cfg: DictConfig) -> float:
             if signals.received is not None:  # a stop signal that a library turned into an error of its own
                 signals.end_run_killed(signals.received, f"{cell.position}: " if cell else "")
                 raise SystemExit(signals.received.exit_code) from None
-            message = _record_failure(exc, timer, active.info.run_id, f"{cell.position}: " if cell else "")
+            message = pipeline.record_failure(exc, timer, active.info.run_id, f"{cell.position}: " if cell else "")
             if in_sweep:
                 return sweep.failed_cell_value(message)
             raise SystemExit(1) from None
@@ -417,49 +163,3 @@ def _run(cfg: DictConfig) -> float:
         f"; runs: {url}" if url else "",
     )
     return value
-
-
-def complete_best_cell(run_id: str, plan: SweepPlan) -> Report | None:
-    """Give a light cell the full treatment (map, analyses, tables, model) in its own run.
-
-    Uses the cell's logged ``config.yaml`` and the sweep's shared work, so its labels and scores
-    are the ones it was ranked by. Its figures are returned as a report for the sweep's parent
-    (one self-contained ``report.html`` per sweep, not one more copy of plotly.js per cell). A
-    failure here is tagged ``report_error`` on the cell, which keeps its FINISHED status and scores.
-    """
-    path = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="config.yaml")
-    cfg = OmegaConf.load(path)
-    client = mlflow.MlflowClient()
-    overrides = client.get_run(run_id).data.tags.get("sweep_cell", "").split()
-    timer = stages.StageTimer(STAGES, prefix="best cell ")
-    # Reopened by this process, which a concurrent run must not take for the gone worker that made it.
-    client.set_tag(run_id, tracking.PROCESS_TAG, owner_token())
-    with mlflow.start_run(run_id=run_id):
-        try:
-            with tempfile.TemporaryDirectory(prefix="embclust-best-") as tmp:
-                from embclust.sweep import shared
-
-                result = execute(cfg, Path(tmp), timer, plan=plan, in_sweep=False, overrides=overrides, write_report=False,
-                                 data_analyses=False, release_shared=True, fitted=shared.fitted_clustering(run_id))
-            mlflow.set_tag("sweep_best", "true")
-            if "report_error" in client.get_run(run_id).data.tags:  # of an earlier, stopped attempt
-                client.delete_tag(run_id, "report_error")
-            return result.report
-        except (signals.Stopped, Exception) as exc:
-            stopped = exc if isinstance(exc, signals.Stopped) else signals.received  # or a library's error for it
-            if stopped is not None:
-                # Its light result (scores, labels) was complete: it stays FINISHED, the report is what stopped.
-                with signals.ignored():
-                    mlflow.set_tag("report_error", f"full report {stopped}")
-                    mlflow.end_run(status="FINISHED")
-                raise stopped from None
-            err = user_error(exc)
-            message = str(err) if err else f"{type(exc).__name__}: {exc}".replace("\n", " ")
-            mlflow.set_tag("report_error", message[:5000])
-            log.error("best cell %s: full report failed: %s", run_id, message)
-            return None
-        finally:
-            # The sweep's last use of the data: the summary's figures come from the cells' runs.
-            from embclust.sweep import shared
-
-            shared.forget_dataset()

@@ -296,12 +296,12 @@ class MlflowSweepCallback(Callback):
         try:
             complete = None
             if config.analysis.get("in_sweeps", "light") == "light":
-                from embclust import runner
+                from embclust import pipeline
 
                 plan = self.plan
 
                 def complete(run_id: str):
-                    return runner.complete_best_cell(run_id, plan)
+                    return pipeline.complete_best_cell(run_id, plan)
 
             # A stop while the best cell is completed or the summary is written ends the parent
             # KILLED with the signal's exit code, as a stop during the cells does.

@@ -1,0 +1,499 @@
+"""One configured pipeline, three ways to run it: a single run, a light sweep cell, the sweep's best cell.
+
+A single run goes load -> validate -> preprocess -> cluster -> score -> map -> analyse -> plots
+-> report -> log, recorded as one MLflow run (:func:`execute`). A light sweep cell fits and
+scores on the sweep's shared work and logs only what tells cells apart (:func:`run_light_cell`);
+the sweep's best cell then gets the full treatment from its light fit
+(:func:`complete_best_cell`). The Hydra entry point is :mod:`embclust.runner`.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import tempfile
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import mlflow
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from hydra.utils import instantiate
+from mlflow.entities import Metric, Param, RunTag
+from omegaconf import DictConfig, OmegaConf
+
+from embclust import cluster, data, maps, preprocess, signals, stages, tracking, validate
+from embclust.errors import ConfigError, user_error
+from embclust.explain import steps as explain_steps
+from embclust.processes import owner_token
+from embclust.scoring import silhouette, stability, torch_backend
+from embclust.sweep import shared
+from embclust.sweep.plan import SweepPlan
+from embclust.tracking import datasets, models, plots
+from embclust.tracking.report import Report
+from embclust.tracking.store import flatten_config
+
+if TYPE_CHECKING:
+    from embclust.sweep.callback import SweepCell
+
+log = logging.getLogger(__name__)
+
+STAGES = ("load", "validate", "preprocess", "cluster", "score", "map", "analyse", "plots", "report", "log")
+
+
+@dataclass
+class RunResult:
+    """What a finished run produced."""
+
+    run_id: str
+    labels: np.ndarray
+    metrics: dict[str, float]
+    stage_seconds: dict[str, float] = field(default_factory=dict)
+    report: Report | None = None
+
+
+@dataclass
+class CellOutcome:
+    """A light cell's ranking metric, and why it failed (None when it did not)."""
+
+    value: float
+    failure: str | None = None
+
+
+def select_drill_cluster(ds: data.Dataset, parent_run_id: str, cluster_id: int) -> data.Dataset:
+    """Members of cluster ``cluster_id`` of an earlier run on the same data (drill-down)."""
+    try:
+        parent = mlflow.get_run(str(parent_run_id))
+    except Exception:  # noqa: BLE001 - MLflow raises several types for unknown ids
+        raise ConfigError(f"drill.parent_run={parent_run_id}: no such run at {mlflow.get_tracking_uri()}") from None
+    if parent.data.tags.get("data_fingerprint") != ds.fingerprint:
+        raise ConfigError(
+            f"drill.parent_run={parent_run_id} clustered other data (fingerprint "
+            f"{parent.data.tags.get('data_fingerprint')}, this dataset {ds.fingerprint}): "
+            "pass the same dataset overrides as that run (see its config.yaml)"
+        )
+    path = mlflow.artifacts.download_artifacts(run_id=parent.info.run_id, artifact_path="labels.parquet")
+    parent_labels = pq.read_table(path, columns=["cluster"])["cluster"].to_numpy()
+    rows = np.flatnonzero(parent_labels == int(cluster_id))
+    if rows.size < 2:
+        available = ", ".join(str(c) for c in np.unique(parent_labels))
+        raise ConfigError(f"drill.cluster={cluster_id}: {rows.size} members in run {parent_run_id} (clusters: {available})")
+    log.info("drill-down: %d members of cluster %s of run %s", rows.size, cluster_id, parent_run_id)
+    return data.take_rows(ds, rows)
+
+
+
+
+def run_name(cfg: DictConfig) -> str:
+    if cfg.get("run_name"):
+        return str(cfg.run_name)
+    clusterer = str(cfg.clusterer._target_).rsplit(".", 1)[-1]
+    size = cfg.clusterer.get("n_clusters") or cfg.clusterer.get("min_cluster_size")
+    pca = cfg.preprocess.get("pca_components")
+    parts = [str(cfg.dataset.get("name", "data")), clusterer + (f"-{size}" if size else "")]
+    if pca:
+        parts.append(f"pca{pca}")
+    return " ".join(parts)
+
+
+def execute(
+    cfg: DictConfig,
+    workdir: Path,
+    timer: stages.StageTimer,
+    plan: SweepPlan | None = None,
+    in_sweep: bool = False,
+    overrides: list[str] | None = None,
+    write_report: bool = True,
+    data_analyses: bool = True,
+    release_shared: bool = False,
+    fitted: stages.Clustering | None = None,
+) -> RunResult:
+    """Run the whole pipeline inside an active MLflow run, writing artifacts to ``workdir``.
+
+    In a sweep (``plan`` given) the data, PCA and scoring sample are the sweep's shared ones, so a
+    cell completed here gets the labels and scores it got as a light cell. With ``write_report``
+    false the report is returned in the result instead of written (the sweep's parent holds it).
+    ``release_shared`` frees the sweep's shared work once this run is scored (the sweep's best
+    cell, completed last). ``fitted``: the clustering already fitted for this config (the best
+    cell's light fit), used instead of fitting again.
+    """
+    seed = int(cfg.seed)
+    cache_dir = stages.cache_dir(cfg, in_sweep=plan is not None)
+    with timer("load"):
+        ds, hit = stages.load_dataset(cfg, cache_dir)
+        if hit is not None:
+            mlflow.set_tag("data_cache", "hit" if hit else "miss")
+        drill = cfg.get("drill")
+        if drill:
+            ds = select_drill_cluster(ds, drill.parent_run, drill.cluster)
+            mlflow.set_tags({"drill_parent_run": str(drill.parent_run), "drill_cluster": str(drill.cluster)})
+    with timer("validate"):
+        cfg.preprocess.normalize = preprocess.choose_normalize(cfg.preprocess.normalize, ds.n_features, ds.from_tabular)
+        mlflow.set_tag("normalize", cfg.preprocess.normalize)
+        pre_cfg = stages.preprocess_config(cfg, ds)
+        preprocessing = instantiate(cfg.preprocess)
+        clusterer = instantiate(cfg.clusterer)
+        reducer, max_points = stages.build_reducer(cfg.get("reducer"))
+        backend = torch_backend.resolve_backend(cfg.get("backend"))
+        preprocess.check_preprocessing(preprocessing, ds.n_samples, ds.n_features)
+        cluster.check_clusterer(clusterer, ds.n_samples)
+        clustered_dims = cfg.preprocess.get("umap_components") or cfg.preprocess.get("pca_components") or ds.n_features
+        maps.check_reducer(reducer, ds.n_samples, max_points, clustered_dims)
+        validate.check_quadratic_work(cfg, ds.n_samples)
+        cluster.check_implementation(cfg.get("cluster_implementation"))
+        plots.check_max_points(cfg.analysis.maps.max_points)
+        tags = tracking.reproducibility_tags(ds.fingerprint, overrides or [],
+                                             Path(__file__).resolve().parent)
+        tags.update({"data_n_samples": ds.n_samples, "data_n_features": ds.n_features, "backend": backend})
+        mlflow.set_tags(tags)
+        datasets.log_dataset_input(ds, cfg.dataset.get("path"))
+        mlflow.log_metrics(
+            {
+                "data/dropped_invalid_rows": ds.n_dropped_invalid,
+                "data/dropped_duplicate_rows": ds.n_dropped_duplicates,
+                "data/duplicate_ids": ds.n_duplicate_ids,
+            }
+        )
+        log.debug("dataset '%s': %d x %d, fingerprint %s", ds.name, ds.n_samples, ds.n_features, ds.fingerprint)
+    with timer("preprocess"):
+        features = stages.fit_features(pre_cfg, ds, cache_dir, plan.max_pca_components if plan else None)
+        preprocessing, Xp = features.preprocessing, features.X
+        mlflow.set_tag("preprocess_source", features.how + (" (cached)" if features.cache_hit else ""))
+        _log_pca_variance(preprocessing)
+    if fitted is not None:  # the sweep's best cell: its light cell's fit (and time/cluster_s) stand
+        clustering = fitted
+    else:
+        with timer("cluster"):
+            clustering = stages.fit_clustering(
+                clusterer, Xp, backend, cfg.get("cluster_implementation", "auto"), stages.kmeans_sample(cfg)
+            )
+    clusterer, labels = clustering.estimator, clustering.labels
+    mlflow.set_tags({
+        **clustering.tags(),
+        "silhouette_implementation": "torch" if backend == "torch" else silhouette.IMPLEMENTATION,
+    })
+    with timer("score"):
+        scoring = stages.scoring_for(cfg, ds, pre_cfg.get("normalize", "l2"), backend)
+        scored = stages.score(Xp, clustering, ds.labels, scoring)
+        scores = scored.values
+        scores.update(stability.stability_from_config(cfg.clusterer, Xp, labels, cfg.metrics.get("stability"), seed))
+        mlflow.log_metrics(scores)
+        log.debug("scores: %s", ", ".join(f"{k}={v:.4g}" for k, v in scores.items()))
+        if release_shared:
+            # The sweep's last use of its shared work: the reference sample's distances (55 MB
+            # at 5,000 rows) and the other cells' projections go before the analyses.
+            del scoring
+            shared.clear()
+    with timer("map"):
+        coords = _compute_map(cfg, reducer, max_points, Xp, ds, pre_cfg, cache_dir)
+    map_title = _map_title(reducer, max_points, ds, scores)
+    state = explain_steps.RunState(
+        ds, Xp, labels, coords, preprocessing, clusterer, seed, map_title=map_title, silhouette=scored.silhouette
+    )
+    analyses = Report(title="")
+    with timer("analyse"):
+        explain_steps.run_analyses(state, cfg, workdir, analyses, in_sweep=in_sweep, data_analyses=data_analyses)
+        mlflow.log_metrics({**state.metrics, **state.seconds})
+        scores.update(state.metrics)
+    report = Report(title=f"{run_name(cfg)} (run {mlflow.active_run().info.run_id})")
+    report.add_metrics(scores)
+    true_names = ds.label_strings()
+    with timer("plots"):
+        table = {"id": ds.ids, "cluster": labels, "x": coords[:, 0], "y": coords[:, 1]}
+        if true_names is not None:
+            table["label"] = true_names
+        pq.write_table(pa.table(table), workdir / "labels.parquet", compression="zstd")
+        (workdir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+        sizes = plots.cluster_sizes_figure(labels)
+        figures_in_report = cfg.analysis.report.enabled or not write_report
+        if not figures_in_report:  # the report holds the figures; no plotly.js per file
+            plots.write_html(sizes, workdir / "cluster_sizes.html")
+        if reducer is not None:
+            names = {c: ", ".join(words[:3]) for c, words in state.cluster_keywords.items()}
+            fig = plots.cluster_map_figure(
+                coords, labels, ds.ids, true_names, map_title, ds.texts, names,
+                max_points=cfg.analysis.maps.max_points, seed=seed,
+            )
+            if not figures_in_report:
+                plots.write_html(fig, workdir / "cluster_map.html")
+            report.add_figure("Map", fig)
+        report.add_figure("Cluster sizes", sizes)
+    with timer("report"):
+        report.sections.extend(analyses.sections)
+        if cfg.analysis.report.enabled and write_report:
+            report.write(workdir / "report.html")
+    with timer("log"):
+        mlflow.log_artifacts(str(workdir))
+        _log_model(preprocessing, clusterer, ds.X, labels)
+    mlflow.log_metrics(timer.as_metrics())
+    return RunResult(mlflow.active_run().info.run_id, labels, scores, dict(timer.seconds), report)
+
+
+def _compute_map(cfg, reducer, max_points, Xp, ds, pre_cfg: dict, cache_dir: Path | None) -> np.ndarray:
+    """2-D map of the clustered space, through the cache when it is on (cells share it)."""
+    from embclust.sweep import cache
+
+    seed = int(cfg.seed)
+    if reducer is None or cache_dir is None:
+        return maps.compute_map(reducer, Xp, max_points=max_points, seed=seed)
+    coords, hit = cache.cached_map(
+        ds.fingerprint,
+        pre_cfg,
+        {**OmegaConf.to_container(cfg.reducer, resolve=True), "seed": seed},
+        cache_dir,
+        lambda: maps.compute_map(reducer, Xp, max_points=max_points, seed=seed),
+    )
+    mlflow.set_tag("map_cache", "hit" if hit else "miss")
+    return coords
+
+
+def _log_pca_variance(preprocessing) -> None:
+    """Log PCA's cumulative explained variance, one step per component."""
+    pca = preprocessing.named_steps["pca"]
+    if pca == "passthrough":
+        return
+    cumulative = np.cumsum(pca.explained_variance_ratio_)
+    mlflow.log_metric("pca_explained_variance", float(cumulative[-1]))
+    client = mlflow.MlflowClient()
+    now = int(time.time() * 1000)
+    client.log_batch(
+        mlflow.active_run().info.run_id,
+        metrics=[Metric("pca_cumulative_variance", float(v), now, i + 1) for i, v in enumerate(cumulative)],
+    )
+
+
+def _map_title(reducer, max_points: int | None, ds: data.Dataset, scores: dict) -> str:
+    if reducer is None:
+        return ""
+    title = f"{type(reducer).__name__} map of {ds.name}: {int(scores['n_clusters'])} clusters"
+    if max_points is not None and ds.n_samples > max_points:
+        placed = "the rest placed by transform" if hasattr(reducer, "transform") else "only the sample shown"
+        title += f" (fitted on a seeded sample of {max_points} of {ds.n_samples} points; {placed})"
+    return title
+
+
+def _log_model(preprocessing, clusterer, X: np.ndarray, labels: np.ndarray) -> None:
+    """Log preprocessing + clusterer as one scikit-learn model under artifact path ``model``."""
+    model = cluster.build_model(preprocessing, clusterer)
+    models.log_model(model, X[:5], labels[:5])
+    mlflow.set_tag("model_predicts", str(cluster.supports_predict(model)).lower())
+
+
+
+def record_failure(exc: BaseException, timer: stages.StageTimer, run_id: str, prefix: str) -> str:
+    """Tag the active run with the error, end it FAILED and log one line; return the message."""
+    err = user_error(exc)
+    message = str(err) if err else f"{type(exc).__name__}: {exc}".replace("\n", " ")
+    mlflow.set_tag("error", message[:5000])
+    if err is None:
+        mlflow.log_text(traceback.format_exc(), "error.txt")
+    mlflow.log_metrics(timer.as_metrics())
+    mlflow.end_run(status="FAILED")
+    log.error("%srun %s FAILED: %s", prefix, run_id, message)
+    return message
+
+
+def complete_best_cell(run_id: str, plan: SweepPlan) -> Report | None:
+    """Give a light cell the full treatment (map, analyses, tables, model) in its own run.
+
+    Uses the cell's logged ``config.yaml`` and the sweep's shared work, so its labels and scores
+    are the ones it was ranked by. Its figures are returned as a report for the sweep's parent
+    (one self-contained ``report.html`` per sweep, not one more copy of plotly.js per cell). A
+    failure here is tagged ``report_error`` on the cell, which keeps its FINISHED status and scores.
+    """
+    path = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="config.yaml")
+    cfg = OmegaConf.load(path)
+    client = mlflow.MlflowClient()
+    overrides = client.get_run(run_id).data.tags.get("sweep_cell", "").split()
+    timer = stages.StageTimer(STAGES, prefix="best cell ")
+    # Reopened by this process, which a concurrent run must not take for the gone worker that made it.
+    client.set_tag(run_id, tracking.PROCESS_TAG, owner_token())
+    with mlflow.start_run(run_id=run_id):
+        try:
+            with tempfile.TemporaryDirectory(prefix="embclust-best-") as tmp:
+                result = execute(cfg, Path(tmp), timer, plan=plan, in_sweep=False, overrides=overrides, write_report=False,
+                                 data_analyses=False, release_shared=True, fitted=shared.fitted_clustering(run_id))
+            mlflow.set_tag("sweep_best", "true")
+            if "report_error" in client.get_run(run_id).data.tags:  # of an earlier, stopped attempt
+                client.delete_tag(run_id, "report_error")
+            return result.report
+        except (signals.Stopped, Exception) as exc:
+            stopped = exc if isinstance(exc, signals.Stopped) else signals.received  # or a library's error for it
+            if stopped is not None:
+                # Its light result (scores, labels) was complete: it stays FINISHED, the report is what stopped.
+                with signals.ignored():
+                    mlflow.set_tag("report_error", f"full report {stopped}")
+                    mlflow.end_run(status="FINISHED")
+                raise stopped from None
+            err = user_error(exc)
+            message = str(err) if err else f"{type(exc).__name__}: {exc}".replace("\n", " ")
+            mlflow.set_tag("report_error", message[:5000])
+            log.error("best cell %s: full report failed: %s", run_id, message)
+            return None
+        finally:
+            # The sweep's last use of the data: the summary's figures come from the cells' runs.
+            shared.forget_dataset()
+
+
+# --------------------------------------------------------------------------- light sweep cells
+# Params every cell logs besides its own overrides: what a reader needs to tell cells apart.
+IDENTITY_PARAMS = (
+    "dataset.name",
+    "preprocess.normalize",
+    "preprocess.pca_components",
+    "preprocess.umap_components",
+    "clusterer._target_",
+    "clusterer.n_clusters",
+    "clusterer.min_cluster_size",
+    "clusterer.n_init",
+    "seed",
+)
+CELL_STAGES = ("load", "preprocess", "cluster", "score", "log")
+
+
+def identity_params(cfg: DictConfig, overrides: list[str]) -> dict[str, str]:
+    """The cell's swept keys and :data:`IDENTITY_PARAMS`, as MLflow params."""
+    flat = flatten_config(cfg)
+    keys = [k for k in IDENTITY_PARAMS if k in flat]
+    for item in overrides:
+        key = item.split("=", 1)[0].lstrip("+~")
+        if key in flat and key not in keys:
+            keys.append(key)
+    return {k: str(flat[k])[:6000] for k in keys}
+
+
+def run_light_cell(cfg: DictConfig, plan: SweepPlan, cell: SweepCell, threads: int | None = None) -> CellOutcome:
+    """Run one light cell under the sweep's parent; return its ranking metric, or why it failed."""
+    client = mlflow.MlflowClient()
+    # One line per cell (when it is done); the stages are logged at DEBUG.
+    timer = stages.StageTimer(CELL_STAGES, prefix=f"{cell.position} ", level=logging.DEBUG)
+    # A stop signal waits until the run exists and the handlers that close it are in place.
+    with signals.deferred() as release:
+        run_id = _create_run(client, plan, cell).info.run_id
+        return _run_cell(client, run_id, cfg, plan, cell, timer, threads, release)
+
+
+def _create_run(client, plan: SweepPlan, cell: SweepCell):
+    return client.create_run(
+        plan.experiment_id,
+        run_name=plan.cell_name(cell.overrides) or f"cell {cell.index + 1}",
+        tags={
+            "mlflow.parentRunId": plan.parent_run_id,
+            "sweep_cell": cell.overrides,
+            "sweep_cell_key": cell.config_key,
+            "sweep_role": "cell",
+            tracking.PROCESS_TAG: owner_token(),
+            **plan.tags,
+        },
+    )
+
+
+def _run_cell(client, run_id: str, cfg: DictConfig, plan: SweepPlan, cell: SweepCell, timer, threads, release) -> CellOutcome:
+    try:
+        params = [Param(k, v) for k, v in identity_params(cfg, cell.overrides.split()).items()]
+    except Exception:  # noqa: BLE001 - an unresolvable config is reported by the run itself
+        params = []
+    try:
+        release()  # signals held while the run was created arrive here, inside the handlers
+        from threadpoolctl import threadpool_limits
+
+        with threadpool_limits(limits=threads):
+            scores, tags, ds, clustering = _fit_and_score(cfg, plan, timer)
+            labels = clustering.labels
+        with timer("log"):
+            now = int(time.time() * 1000)
+            metrics = {**scores.values, **timer.as_metrics()}
+            client.log_batch(
+                run_id,
+                metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items() if v is not None],
+                params=params,
+                tags=[RunTag(k, str(v)) for k, v in tags.items()],
+            )
+            with tempfile.TemporaryDirectory(prefix="embclust-cell-") as tmp:
+                folder = Path(tmp)
+                pq.write_table(pa.table({"id": np.asarray(ds.ids), "cluster": labels}), folder / "labels.parquet", compression="zstd")
+                (folder / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+                client.log_artifacts(run_id, str(folder))
+            datasets.log_dataset_input(ds, cfg.dataset.get("path"), run_id=run_id)
+        client.set_terminated(run_id, "FINISHED")
+        shared.keep_if_best(run_id, scores.values.get(plan.rank_metric, math.nan), plan.rank_metric, clustering)
+        del clustering
+        shared.release_free_memory()  # the cell's temporaries: keep the sweep's memory flat
+    except Exception as exc:  # noqa: BLE001 - a failed cell is recorded and the sweep goes on
+        if signals.received is not None:  # a stop signal that a library turned into an error of its own
+            _end_killed(client, run_id, cell, str(signals.received))
+            raise signals.received from None
+        err = user_error(exc)
+        message = str(err) if err else f"{type(exc).__name__}: {exc}".replace("\n", " ")
+        client.log_batch(run_id, params=params, tags=[RunTag("error", message[:5000])])
+        if err is None:
+            client.log_text(run_id, traceback.format_exc(), "error.txt")
+        client.set_terminated(run_id, "FAILED")
+        log.error("%s: run %s FAILED: %s", cell.position, run_id, message)
+        return CellOutcome(math.nan, message)
+    except BaseException as exc:
+        _end_killed(client, run_id, cell, str(exc) if isinstance(exc, signals.Stopped) else f"stopped: {type(exc).__name__} {exc}".strip())
+        raise
+    value = scores.values.get(plan.rank_metric, math.nan)
+    log.info(
+        "%s done in %.1fs: %s=%.4g (run %s)", cell.position, sum(timer.seconds.values()), plan.rank_metric, value, run_id
+    )
+    return CellOutcome(value)
+
+
+def _end_killed(client, run_id: str, cell: SweepCell, reason: str) -> None:
+    with signals.ignored():  # a second signal while this is recorded must not leave the run RUNNING
+        client.set_tag(run_id, "error", reason[:5000])
+        client.set_terminated(run_id, "KILLED")
+        log.error("%s: run %s KILLED: %s", cell.position, run_id, reason)
+
+
+def _fit_and_score(cfg: DictConfig, plan: SweepPlan, timer: stages.StageTimer):
+    from embclust import cluster, validate
+
+    validate.validate_config(cfg)
+    cache_dir = stages.cache_dir(cfg, in_sweep=True)
+    with timer("load"):
+        ds, hit = stages.load_dataset(cfg, cache_dir)
+        clusterer = instantiate(cfg.clusterer)
+        cluster.check_clusterer(clusterer, ds.n_samples)
+        cluster.check_implementation(cfg.get("cluster_implementation"))
+        validate.check_quadratic_work(cfg, ds.n_samples)
+    with timer("preprocess"):
+        pre_cfg = stages.preprocess_config(cfg, ds)
+        features = stages.fit_features(pre_cfg, ds, cache_dir, plan.max_pca_components)
+    with timer("cluster"):
+        backend = _backend(cfg)
+        clustering = stages.fit_clustering(
+            clusterer, features.X, backend, cfg.get("cluster_implementation", "auto"), stages.kmeans_sample(cfg)
+        )
+    with timer("score"):
+        scoring = stages.scoring_for(cfg, ds, pre_cfg.get("normalize", "l2"), backend)
+        scores = stages.score(features.X, clustering, ds.labels, scoring)
+        scores.values.update(
+            stability.stability_from_config(cfg.clusterer, features.X, clustering.labels, cfg.metrics.get("stability"), int(cfg.seed))
+        )
+        pca = features.preprocessing.named_steps.get("pca")
+        if pca is not None and pca != "passthrough":
+            scores.values["pca_explained_variance"] = float(np.sum(pca.explained_variance_ratio_))
+    tags = {
+        "data_fingerprint": ds.fingerprint,
+        "data_n_samples": ds.n_samples,
+        "data_n_features": ds.n_features,
+        "preprocess_source": features.how + (" (cached)" if features.cache_hit else ""),
+        **clustering.tags(),
+        "silhouette_implementation": "torch" if backend == "torch" else silhouette.IMPLEMENTATION,
+        "backend": backend,
+        "normalize": pre_cfg["normalize"],
+    }
+    if hit is not None:
+        tags["data_cache"] = "hit" if hit else "miss"
+    return scores, tags, ds, clustering
+
+
+def _backend(cfg: DictConfig) -> str:
+    return torch_backend.resolve_backend(cfg.get("backend"))
