@@ -87,3 +87,18 @@ def test_run_logs_stability_when_enabled(run_cli):
     assert res.returncode == 0, res.stderr[-2000:]
     (run,) = res.runs()
     assert run.data.metrics["stability"] >= 0.95 and run.data.metrics["time/stability_s"] > 0
+
+
+def test_refits_too_small_for_k_fail_before_any_work_naming_the_keys(run_cli):
+    # 20 rows x 0.8 = 16 rows per refit cannot hold 18 clusters: said before clustering, not by
+    # scikit-learn's "n_samples=16 should be >= n_clusters=18" after the run's work.
+    res = run_cli(
+        "reducer=none", "analysis.explain.enabled=false", "dataset=synthetic", "dataset.n_samples=20",
+        "dataset.n_features=4", "clusterer.n_clusters=18", "metrics.stability.enabled=true",
+    )
+    assert res.returncode == 1
+    line = res.stderr.strip().splitlines()[-1]
+    assert "metrics.stability refits on 16 of 20 rows (metrics.stability.fraction=0.8), too few for clusterer.n_clusters=18" in line
+    assert "[4/10] cluster" not in res.stderr
+    (run,) = res.runs()
+    assert run.info.status == "FAILED" and "metrics.stability.fraction" in run.data.tags["error"]

@@ -141,6 +141,7 @@ def execute(
         backend = torch_backend.resolve_backend(cfg.get("backend"))
         preprocess.check_preprocessing(preprocessing, ds.n_samples, ds.n_features)
         cluster.check_clusterer(clusterer, ds.n_samples)
+        stability.check_sizes(cfg.metrics.get("stability"), ds.n_samples, clusterer)
         clustered_dims = cfg.preprocess.get("umap_components") or cfg.preprocess.get("pca_components") or ds.n_features
         maps.check_reducer(reducer, ds.n_samples, max_points, clustered_dims)
         validate.check_quadratic_work(cfg, ds.n_samples)
@@ -461,6 +462,7 @@ def _fit_and_score(cfg: DictConfig, plan: SweepPlan, timer: stages.StageTimer):
         ds, hit = stages.load_dataset(cfg, cache_dir)
         clusterer = instantiate(cfg.clusterer)
         cluster.check_clusterer(clusterer, ds.n_samples)
+        stability.check_sizes(cfg.metrics.get("stability"), ds.n_samples, clusterer)
         cluster.check_implementation(cfg.get("cluster_implementation"))
         validate.check_quadratic_work(cfg, ds.n_samples)
     with timer("preprocess"):

@@ -172,7 +172,9 @@ def kmeans_sample(cfg: DictConfig) -> kmeans.SampleSettings:
     node = cfg.get("kmeans") or {}
     defaults = kmeans.SampleSettings()
     return kmeans.SampleSettings(
-        int(node.get("sample_per_cluster", defaults.sample_per_cluster)), int(node.get("min_sample", defaults.min_sample))
+        int(node.get("sample_per_cluster", defaults.sample_per_cluster)),
+        int(node.get("min_sample", defaults.min_sample)),
+        int(node.get("restarts_per_init", defaults.restarts_per_init)),
     )
 
 

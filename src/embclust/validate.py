@@ -52,6 +52,7 @@ _INT_KEYS = (
     ("clusterer.n_init", 1, False),
     ("kmeans.sample_per_cluster", 1, False),
     ("kmeans.min_sample", 2, False),
+    ("kmeans.restarts_per_init", 1, False),
     ("clusterer.max_iter", 1, False),
     ("clusterer.batch_size", 1, False),
     ("dataset.batch_size", 1, False),

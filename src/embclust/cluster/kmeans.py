@@ -100,6 +100,9 @@ class SampleSettings:
 
     sample_per_cluster: int = 256
     min_sample: int = 10_000
+    # Restarts on the sample per ``n_init``: a restart there costs a fraction of one on all rows,
+    # and a sample's inertia ranks basins less surely than all rows do.
+    restarts_per_init: int = 3
 
     def size(self, n_clusters: int) -> int:
         return max(int(self.sample_per_cluster) * int(n_clusters), int(self.min_sample))
@@ -195,8 +198,9 @@ def _fit_on_sample(clusterer: KMeans, X: np.ndarray, sample: SampleSettings) -> 
     n_threads = _openmp_threads()
     max_iter, tol = params.get("max_iter", 300), params.get("tol", 1e-4)
     mean = S.mean(axis=0)
+    n_restarts = _n_init(clusterer) * (1 if rows is None else max(1, int(sample.restarts_per_init)))
     with threadpool_limits(limits=1, user_api="blas"):  # OpenBLAS's GEMM rounds by its thread count
-        starts = kmeans_plusplus.kmeans_plusplus_starts(S, k, random_state, _n_init(clusterer), mean=mean)
+        starts = kmeans_plusplus.kmeans_plusplus_starts(S, k, random_state, n_restarts, mean=mean, n_threads=n_threads)
     labels, inertia, centers, n_iter = _best_of_restarts(S - mean, starts, k, max_iter, tol, n_threads)
     centers = np.asarray(centers, dtype=dtype) + mean
     del S

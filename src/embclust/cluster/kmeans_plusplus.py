@@ -169,6 +169,7 @@ def kmeans_plusplus_starts(
     n_starts: int,
     n_local_trials: int | None = None,
     mean: np.ndarray | None = None,
+    n_threads: int = 1,
 ) -> list[np.ndarray]:
     """The centres of ``n_starts`` consecutive :func:`kmeans_plusplus` calls on one ``random_state``.
 
@@ -179,6 +180,8 @@ def kmeans_plusplus_starts(
 
     ``mean``: seed on ``X - mean`` (computed in ``X``'s dtype, as ``KMeans.fit`` centres) without
     a centred copy of ``X``; the centres returned are rows of ``X - mean``.
+    ``n_threads`` > 1: the starts are split into at least that many groups, seeded on that many
+    threads with one BLAS thread each (the draws are made first, so the starts do not change).
     """
     global _FLOAT64_CUMSUM
     if _FLOAT64_CUMSUM is None:
@@ -194,6 +197,8 @@ def kmeans_plusplus_starts(
         first_ids.append(random_state.choice(n_samples, p=sample_weight / sample_weight.sum()))
         uniforms.append(random_state.uniform(size=(n_clusters - 1, n_local_trials)))
     per_group = max(1, MAX_LOCKSTEP_BYTES // max(1, n_local_trials * n_samples * 8))
+    if n_threads > 1:
+        per_group = min(per_group, -(-n_starts // n_threads))
     groups = [range(g, min(n_starts, g + per_group)) for g in range(0, n_starts, per_group)]
 
     def lockstep(members: range) -> np.ndarray:
@@ -221,4 +226,13 @@ def kmeans_plusplus_starts(
                 ids[j, c] = candidate_ids[best]
         return ids
 
-    return [dist.rows(row) for members in groups for row in lockstep(members)]
+    if n_threads > 1 and len(groups) > 1:
+        from concurrent.futures import ThreadPoolExecutor
+
+        from threadpoolctl import threadpool_limits
+
+        with threadpool_limits(limits=1, user_api="blas"), ThreadPoolExecutor(max_workers=n_threads) as pool:
+            seeded = list(pool.map(lockstep, groups))
+    else:
+        seeded = [lockstep(members) for members in groups]
+    return [dist.rows(row) for ids in seeded for row in ids]

@@ -96,6 +96,30 @@ def stability_from_config(
     return {METRIC: value, TIME_METRIC: seconds}
 
 
+def refit_rows(n_samples: int, fraction: float, max_samples: int | None) -> int:
+    """How many rows each stability refit is fitted on."""
+    pool = n_samples if max_samples is None else min(n_samples, max_samples)
+    return max(2, int(round(fraction * pool)))
+
+
+def check_sizes(stability_cfg: Mapping | None, n_samples: int, clusterer: BaseEstimator) -> None:
+    """Raise :class:`ConfigError` before any work when a refit's rows cannot hold the clusterer's sizes."""
+    if not stability_cfg or stability_cfg.get("enabled", False) is not True:
+        return
+    fraction, max_samples = stability_cfg.get("fraction", 0.8), stability_cfg.get("max_samples", 20_000)
+    _check(stability_cfg.get("n_resamples", 3), fraction, max_samples)
+    rows = refit_rows(n_samples, fraction, max_samples)
+    params = clusterer.get_params(deep=False)
+    for key in ("n_clusters", "min_cluster_size"):
+        size = params.get(key)
+        if isinstance(size, int) and not isinstance(size, bool) and size > rows - (key == "n_clusters"):
+            raise ConfigError(
+                f"metrics.stability refits on {rows} of {n_samples} rows (metrics.stability.fraction={fraction}), "
+                f"too few for clusterer.{key}={size}: raise metrics.stability.fraction, lower clusterer.{key} "
+                "or set metrics.stability.enabled=false"
+            )
+
+
 def _check(n_resamples, fraction, max_samples) -> None:
     if isinstance(n_resamples, bool) or not isinstance(n_resamples, int) or n_resamples < 1:
         raise ConfigError(f"metrics.stability.n_resamples={n_resamples!r} must be an integer >= 1")
