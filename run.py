@@ -13,4 +13,7 @@ def main(cfg: DictConfig) -> float:
 
 
 if __name__ == "__main__":
+    import sys
+
+    console.check_hydra_output_dir(sys.argv[1:])
     console.exit_without_teardown(main)

@@ -219,11 +219,10 @@ def test_umap_preprocessing_is_fitted_and_not_cached(tmp_path):
 
 
 @pytest.mark.parametrize("where", ["a_file", "a_file/sub", "read_only/sub"])
-def test_an_unwritable_cache_folder_is_one_line_naming_the_key(tmp_path, where):
+def test_an_unwritable_cache_folder_is_skipped_with_one_warning_naming_the_key(tmp_path, where, caplog):
     from omegaconf import OmegaConf
 
     from embclust import stages
-    from embclust.errors import ConfigError
 
     (tmp_path / "a_file").write_text("x")
     (tmp_path / "read_only").mkdir()
@@ -232,10 +231,40 @@ def test_an_unwritable_cache_folder_is_one_line_naming_the_key(tmp_path, where):
     try:
         if where.startswith("read_only") and os.access(tmp_path / "read_only", os.W_OK) and os.geteuid() == 0:
             pytest.skip("root writes in read-only folders")
-        with pytest.raises(ConfigError, match=r"cache.dir=.*cannot write there .*cache.enabled=false"):
-            stages.cache_dir(cfg, in_sweep=True)
+        with caplog.at_level("WARNING", logger="embclust.stages"):
+            assert stages.cache_dir(cfg, in_sweep=True) is None  # the run goes on without it
+            assert stages.cache_dir(cfg, in_sweep=True) is None
+        warnings = [r.getMessage() for r in caplog.records if "cache.dir=" in r.getMessage()]
+        assert len(warnings) == 1 and "cannot be written" in warnings[0] and "going on without the cache" in warnings[0]
         assert stages.cache_dir(cfg, in_sweep=False) is None  # off outside sweeps: not checked
     finally:
         (tmp_path / "read_only").chmod(0o700)
     good = OmegaConf.create({"cache": {"dir": str(tmp_path / "cache"), "enabled": True}})
     assert stages.cache_dir(good, in_sweep=False) == tmp_path / "cache" and not list((tmp_path / "cache").iterdir())
+
+
+def test_a_cache_that_fills_up_midway_is_skipped_and_a_data_error_is_not(tmp_path, monkeypatch, caplog):
+    """A full disk while an entry is written (numpy's 'N requested and M written') costs the cache, not the run."""
+    monkeypatch.setattr(cache_module, "_unwritable_warned", set())
+    ds = make_synthetic(n_samples=60, n_features=4, n_clusters=2, seed=0)
+    real_save = np.save
+
+    def full_disk_save(path, *args, **kwargs):
+        if str(path).endswith("X.npy"):
+            raise OSError("192000 requested and 31712 written")
+        return real_save(path, *args, **kwargs)
+
+    monkeypatch.setattr(cache_module.np, "save", full_disk_save)
+    with caplog.at_level("WARNING", logger="embclust.sweep.cache"):
+        for _ in range(2):
+            got, hit = cached_dataset({"name": "s"}, tmp_path / "cache", lambda: ds)
+            assert not hit and got is ds
+    warnings = [r.getMessage() for r in caplog.records if "cache.dir=" in r.getMessage()]
+    assert len(warnings) == 1 and str(tmp_path / "cache") in warnings[0] and "without the cache" in warnings[0]
+    assert not [p for p in (tmp_path / "cache" / "data").iterdir() if p.is_dir()]  # no entry, whole or half
+
+    def missing_file():
+        raise FileNotFoundError(2, "No such file or directory", "emb.npy")
+
+    with pytest.raises(FileNotFoundError):  # the data's own error is the run's, not the cache's
+        cached_dataset({"name": "other"}, tmp_path / "cache", missing_file)

@@ -99,6 +99,12 @@ def _main(argv: list[str] | None = None) -> int:
     except (EmbclustError, MlflowException) as exc:
         print(f"error: {first_line(exc)}", file=sys.stderr)
         return 1
+    except OSError as exc:  # a path the command reads or writes, outside the places that name their setting
+        from embclust.errors import os_error_reason
+
+        where = getattr(exc, "filename", None)
+        print(f"error: {str(where) + ': ' if where else ''}{os_error_reason(exc, where)}", file=sys.stderr)
+        return 1
     return 0
 
 

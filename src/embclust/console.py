@@ -8,6 +8,7 @@ import os
 import sys
 import threading
 import warnings
+from pathlib import Path
 from typing import Callable, NoReturn
 
 # Warnings that libraries raise on every ordinary run and that ask nothing of the user.
@@ -96,3 +97,61 @@ def exit_without_teardown(entry: Callable[[], object]) -> NoReturn:
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)
+
+
+_NO_OUTPUT_FLAGS = ("--help", "-h", "--hydra-help", "--cfg", "-c", "--info", "-i", "--shell-completion", "-sc",
+                    "--version")
+
+
+def hydra_output_dir(argv: list[str]) -> tuple[Path, str] | None:
+    """The folder Hydra will write this command's config and log in, and the key that sets it.
+
+    None when the command writes nothing there (``--help``, ``--cfg``, ...). Interpolations
+    (``${now:...}``) are cut off: their parent is what must be writable.
+    """
+    if any(arg in _NO_OUTPUT_FLAGS or arg.split("=", 1)[0] in _NO_OUTPUT_FLAGS for arg in argv):
+        return None
+    multirun = any(arg in ("-m", "--multirun") for arg in argv)
+    key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
+    value = "multirun" if multirun else "outputs"
+    for arg in argv:
+        name, _, given = arg.partition("=")
+        if name.lstrip("+") == key and given:
+            value = given.strip("'\"")
+    value = value.split("${", 1)[0] or "."
+    return Path(value), key
+
+
+def check_hydra_output_dir(argv: list[str]) -> None:
+    """Exit with one line when Hydra could not write its run folder (read-only, full, a file on the way).
+
+    Hydra writes each run's config and log there before any embclust code runs, and reports a
+    failure with a traceback.
+    """
+    import tempfile
+
+    from embclust.errors import os_error_reason
+
+    found = hydra_output_dir(argv)
+    if found is None:
+        return
+    folder, key = found
+    probe_in = folder
+    while not probe_in.exists() and probe_in != probe_in.parent:
+        probe_in = probe_in.parent
+    try:
+        if not probe_in.is_dir():
+            raise NotADirectoryError(20, "Not a directory", str(probe_in))
+        with tempfile.NamedTemporaryFile(dir=probe_in, prefix=".embclust-probe-") as f:
+            f.write(b"\0" * 4096)
+            f.flush()
+    except OSError as exc:
+        reason = os_error_reason(exc, folder / "x")
+        if isinstance(exc, NotADirectoryError):
+            reason = f"{probe_in} is a file, not a folder"
+        print(
+            f"cannot write in {folder.absolute()} ({key}, where Hydra keeps each run's config and log): {reason}; run from a "
+            f"folder you can write to, or set {key}=<a folder you can write to>",
+            file=sys.stderr,
+        )
+        raise SystemExit(1) from None

@@ -26,3 +26,37 @@ def user_error(exc: BaseException | None) -> EmbclustError | None:
             return exc
         exc = exc.__cause__ or exc.__context__
     return None
+
+
+class PathError(EmbclustError):
+    """A file or folder could not be read or written (missing, not a folder, read-only, full, no permission)."""
+
+
+def os_error_reason(exc: OSError, path=None) -> str:
+    """What went wrong with a path, in words: 'the disk is full', '/a/b is a file, not a folder', ..."""
+    import errno
+    from pathlib import Path
+
+    code = getattr(exc, "errno", None)
+    if code in (errno.ENOSPC, errno.EDQUOT) or "requested and" in str(exc) or "No space left" in str(exc):
+        return "the disk is full"
+    if code == errno.EROFS:
+        return "the file system is read-only"
+    if code in (errno.EACCES, errno.EPERM):
+        return "permission denied"
+    if code in (errno.ENOTDIR, errno.EEXIST) and path is not None:
+        for parent in Path(path).parents:
+            if parent.is_file():
+                return f"{parent} is a file, not a folder"
+    if code == errno.EISDIR:
+        return "it is a folder, not a file"
+    if code == errno.ENOENT:
+        return "no such file or folder"
+    return getattr(exc, "strerror", None) or first_line(exc)
+
+
+def path_error(exc: OSError, path, setting: str, action: str = "write") -> PathError:
+    """A one-line :class:`PathError` for ``exc`` at ``path``, naming the setting that chose the path."""
+    reason = os_error_reason(exc, path)
+    todo = f"free some space or choose another {setting}" if reason == "the disk is full" else f"choose another {setting}"
+    return PathError(f"cannot {action} {path} ({setting}): {reason}; {todo}")

@@ -9,6 +9,7 @@ the sweep's best cell then gets the full treatment from its light fit
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import tempfile
@@ -27,7 +28,7 @@ from mlflow.entities import Metric, Param, RunTag
 from omegaconf import DictConfig, OmegaConf
 
 from embclust import cluster, data, maps, preprocess, signals, stages, tracking, validate
-from embclust.errors import ConfigError, user_error
+from embclust.errors import ConfigError, path_error, user_error
 from embclust.explain import steps as explain_steps
 from embclust.processes import owner_token
 from embclust.scoring import silhouette, stability, torch_backend
@@ -228,7 +229,7 @@ def execute(
         if cfg.analysis.report.enabled and write_report:
             report.write(workdir / "report.html")
     with timer("log"):
-        mlflow.log_artifacts(str(workdir))
+        tracking.log_artifacts(workdir)
         _log_model(preprocessing, clusterer, ds.X, labels)
     mlflow.log_metrics(timer.as_metrics())
     return RunResult(mlflow.active_run().info.run_id, labels, scores, dict(timer.seconds), report)
@@ -280,18 +281,41 @@ def _map_title(reducer, max_points: int | None, ds: data.Dataset, scores: dict) 
 def _log_model(preprocessing, clusterer, X: np.ndarray, labels: np.ndarray) -> None:
     """Log preprocessing + clusterer as one scikit-learn model under artifact path ``model``."""
     model = cluster.build_model(preprocessing, clusterer)
-    models.log_model(model, X[:5], labels[:5])
+    try:
+        models.log_model(model, X[:5], labels[:5])
+    except OSError as exc:
+        where = f"{mlflow.active_run().info.artifact_uri}/model"
+        raise path_error(exc, where, "the run's artifact location, under mlflow.tracking_uri's artifact root") from None
     mlflow.set_tag("model_predicts", str(cluster.supports_predict(model)).lower())
 
 
 
+def failure_message(exc: BaseException) -> tuple[str, bool]:
+    """The one line that says why a run failed, and whether it is the user's to fix (no traceback kept).
+
+    A write into the run's temporary folder that the file system refused names that file and
+    ``TMPDIR``, where the run's artifacts are made before they are logged.
+    """
+    err = user_error(exc)
+    if err is not None:
+        return str(err), True
+    chain, seen = [], exc
+    while seen is not None and len(chain) < 20:
+        chain.append(seen)
+        seen = seen.__cause__ or seen.__context__
+    os_error = next((e for e in chain if isinstance(e, OSError) and getattr(e, "filename", None)), None)
+    if os_error is not None and str(os_error.filename).startswith(tempfile.gettempdir()):
+        return str(path_error(os_error, os_error.filename, "the temporary folder, TMPDIR")), True
+    return f"{type(exc).__name__}: {exc}".replace("\n", " "), False
+
+
 def record_failure(exc: BaseException, timer: stages.StageTimer, run_id: str, prefix: str) -> str:
     """Tag the active run with the error, end it FAILED and log one line; return the message."""
-    err = user_error(exc)
-    message = str(err) if err else f"{type(exc).__name__}: {exc}".replace("\n", " ")
+    message, users = failure_message(exc)
     mlflow.set_tag("error", message[:5000])
-    if err is None:
-        mlflow.log_text(traceback.format_exc(), "error.txt")
+    if not users:
+        with contextlib.suppress(OSError):  # the disk that failed the run may refuse this too
+            mlflow.log_text(traceback.format_exc(), "error.txt")
     mlflow.log_metrics(timer.as_metrics())
     mlflow.end_run(status="FAILED")
     log.error("%srun %s FAILED: %s", prefix, run_id, message)
@@ -418,7 +442,7 @@ def _run_cell(client, run_id: str, cfg: DictConfig, plan: SweepPlan, cell: Sweep
                 folder = Path(tmp)
                 pq.write_table(pa.table({"id": np.asarray(ds.ids), "cluster": labels}), folder / "labels.parquet", compression="zstd")
                 (folder / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
-                client.log_artifacts(run_id, str(folder))
+                tracking.log_artifacts(folder, run_id)
             datasets.log_dataset_input(ds, cfg.dataset.get("path"), run_id=run_id)
         client.set_terminated(run_id, "FINISHED")
         shared.keep_if_best(run_id, scores.values.get(plan.rank_metric, math.nan), plan.rank_metric, clustering)
@@ -428,11 +452,11 @@ def _run_cell(client, run_id: str, cfg: DictConfig, plan: SweepPlan, cell: Sweep
         if signals.received is not None:  # a stop signal that a library turned into an error of its own
             _end_killed(client, run_id, cell, str(signals.received))
             raise signals.received from None
-        err = user_error(exc)
-        message = str(err) if err else f"{type(exc).__name__}: {exc}".replace("\n", " ")
+        message, users = failure_message(exc)
         client.log_batch(run_id, params=params, tags=[RunTag("error", message[:5000])])
-        if err is None:
-            client.log_text(run_id, traceback.format_exc(), "error.txt")
+        if not users:
+            with contextlib.suppress(OSError):
+                client.log_text(run_id, traceback.format_exc(), "error.txt")
         client.set_terminated(run_id, "FAILED")
         log.error("%s: run %s FAILED: %s", cell.position, run_id, message)
         return CellOutcome(math.nan, message)

@@ -89,12 +89,20 @@ def cache_dir(cfg: DictConfig, in_sweep: bool) -> Path | None:
         folder.mkdir(parents=True, exist_ok=True)
         os.rmdir(tempfile.mkdtemp(prefix=".probe-", dir=folder))
     except OSError as exc:
+        # A cache is an optimisation: the run goes on without it, once warned.
         reason = "a file, not a folder" if folder.is_file() else exc.strerror or str(exc)
-        raise ConfigError(
-            f"cache.dir={str(cfg.cache.dir)!r}: cannot write there ({reason}); point cache.dir "
-            "(or EMBCLUST_CACHE_DIR) at a folder you can write to, or set cache.enabled=false"
-        ) from None
+        if str(folder) not in _unwritable_cache_dirs:
+            _unwritable_cache_dirs.add(str(folder))
+            log.warning(
+                "cache.dir=%r cannot be written (%s): going on without the cache; point cache.dir (or "
+                "EMBCLUST_CACHE_DIR) at a folder you can write to, or set cache.enabled=false",
+                str(cfg.cache.dir), reason,
+            )
+        return None
     return folder
+
+
+_unwritable_cache_dirs: set[str] = set()
 
 
 def load_dataset(cfg: DictConfig, cache_dir: Path | None) -> tuple[data.Dataset, bool | None]:

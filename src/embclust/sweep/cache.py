@@ -157,7 +157,51 @@ def _discard(entry: Path) -> None:
 _READ_ERRORS = (ValueError, KeyError, TypeError, OSError)
 
 
-def _cached(entry: Path, create: Callable[[Path], None], read: Callable[[Path], Any]) -> tuple[Any, bool]:
+_NOTHING = object()
+_unwritable_warned: set[str] = set()
+
+
+def _cached(
+    entry: Path, compute: Callable[[], Any], write: Callable[[Any, Path], None], read: Callable[[Path], Any]
+) -> tuple[Any, bool]:
+    """``(value, hit)``: ``read(entry)`` for a verified entry, else ``compute()`` stored by ``write``.
+
+    A cache is an optimisation: where its folder cannot be written (full, read-only, not a
+    folder, no permission) the value is computed without it, after one warning naming
+    ``cache.dir``. Errors of ``compute`` itself (a missing data file) are raised as they are.
+    """
+    state = {"computing": False, "value": _NOTHING}
+
+    def create(tmp: Path) -> None:
+        state["computing"] = True
+        value = compute()
+        state["computing"], state["value"] = False, value
+        write(value, tmp)
+
+    try:
+        return _verified_read(entry, create, read)
+    except OSError as exc:
+        if state["computing"]:
+            raise
+        _warn_unwritable(entry.parent.parent, exc)
+        value = state["value"]
+        return (compute() if value is _NOTHING else value), False
+
+
+def _warn_unwritable(cache_dir: Path, exc: OSError) -> None:
+    key = str(cache_dir)
+    if key in _unwritable_warned:
+        return
+    _unwritable_warned.add(key)
+    reason = exc.strerror or first_line(exc)
+    where = f" ({exc.filename})" if getattr(exc, "filename", None) else ""
+    log.warning(
+        "cache.dir=%s cannot be written (%s%s): going on without the cache; free some space there or set "
+        "cache.dir to a writable folder to share work between runs", cache_dir, reason, where,
+    )
+
+
+def _verified_read(entry: Path, create: Callable[[Path], None], read: Callable[[Path], Any]) -> tuple[Any, bool]:
     """``(read(entry), hit)`` for a verified entry, rebuilding once when it cannot be read."""
     folder, hit = _get_or_create(entry, create)
     try:
@@ -195,8 +239,7 @@ def cached_dataset(dataset_config: dict, cache_dir: Path, load: Callable[[], Dat
     key = stable_hash({"dataset": dataset_config, "files": file_stamps(dataset_config)})
     entry = Path(cache_dir) / "data" / key
 
-    def create(tmp: Path) -> None:
-        ds = load()
+    def write(ds: Dataset, tmp: Path) -> None:
         np.save(tmp / "X.npy", np.ascontiguousarray(ds.X, dtype=np.float32))
         ids = ds.ids if ds.ids.dtype != object else ds.ids.astype(str)
         np.save(tmp / "ids.npy", ids)
@@ -219,7 +262,7 @@ def cached_dataset(dataset_config: dict, cache_dir: Path, load: Callable[[], Dat
         }
         (tmp / "meta.json").write_text(json.dumps(meta))
 
-    return _cached(entry, create, _read_dataset)
+    return _cached(entry, load, write, _read_dataset)
 
 
 def _read_dataset(entry: Path) -> Dataset:
@@ -257,9 +300,12 @@ def cached_preprocessing(
     entry = Path(cache_dir) / "preprocess" / key
     fitted: list = []
 
-    def create(tmp: Path) -> None:
-        pipeline, Xp = fit()
-        fitted.append((pipeline, Xp))
+    def compute() -> tuple[Any, np.ndarray]:
+        fitted.append(fit())
+        return fitted[-1]
+
+    def write(value: tuple[Any, np.ndarray], tmp: Path) -> None:
+        pipeline, Xp = value
         try:
             save_pipeline(pipeline, tmp)
         except NotStorable as exc:
@@ -267,7 +313,7 @@ def cached_preprocessing(
         np.save(tmp / "Xp.npy", np.ascontiguousarray(Xp, dtype=np.float32))
 
     try:
-        (pipeline, Xp), hit = _cached(entry, create, lambda e: (load_pipeline(e), _load(e / "Xp.npy", mmap=True)))
+        (pipeline, Xp), hit = _cached(entry, compute, write, lambda e: (load_pipeline(e), _load(e / "Xp.npy", mmap=True)))
     except _Uncached as exc:
         log.info("preprocessing not cached (%s): fitted in this run", exc)
         pipeline, Xp = fitted[-1]
@@ -346,7 +392,7 @@ def cached_map(
     key = stable_hash({"data": data_fingerprint, "preprocess": preprocess_config, "reducer": reducer_config})
     entry = Path(cache_dir) / "map" / key
 
-    def create(tmp: Path) -> None:
-        np.save(tmp / "coords.npy", np.asarray(compute(), dtype=np.float32))
+    def write(coords: np.ndarray, tmp: Path) -> None:
+        np.save(tmp / "coords.npy", np.asarray(coords, dtype=np.float32))
 
-    return _cached(entry, create, lambda e: _load(e / "coords.npy"))
+    return _cached(entry, compute, write, lambda e: _load(e / "coords.npy"))

@@ -197,11 +197,31 @@ def main(argv: list[str] | None = None) -> int:
     with pd.option_context("display.width", 200, "display.max_columns", 20, "display.max_colwidth", 60):
         print(table.drop(columns=["error"]).head(args.top).to_string(index=False, float_format=lambda v: f"{v:.4g}"))
     if args.html:
-        args.html.write_text(
-            table.to_html(index=False, float_format=lambda v: f"{v:.4g}", na_rep="", escape=True, border=0)
-        )
+        html = table.to_html(index=False, float_format=lambda v: f"{v:.4g}", na_rep="", escape=True, border=0)
+        try:
+            write_text_whole(args.html, html)
+        except OSError as exc:
+            from embclust.errors import path_error
+
+            print(f"error: {path_error(exc, args.html, '--html')}", file=sys.stderr)
+            return 1
         print(f"wrote {args.html}")
     return 0
+
+
+def write_text_whole(path: Path, text: str) -> None:
+    """Write ``text`` beside ``path`` and rename it into place: a failure leaves no half-written file."""
+    import contextlib
+    import os
+
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        raise
 
 
 if __name__ == "__main__":

@@ -184,6 +184,12 @@ def store_failure_message(exc: BaseException, tracking_uri: str) -> str | None:
     locked = locked_store_message(exc, tracking_uri)
     if locked is not None:
         return locked
+    db = sqlite_path(tracking_uri)
+    if db is not None and any("readonly database" in str(e) or "read-only database" in str(e) for e in _chain(exc)):
+        return (
+            f"the MLflow store {db} (mlflow.tracking_uri={tracking_uri!r}) cannot be written (attempt to write a "
+            "readonly database): make the file and its folder writable, or point mlflow.tracking_uri elsewhere"
+        )
     # the first failed write names the file; later ones (recording the failure) only the store
     full = next((e for e in _chain(exc) if isinstance(e, OSError) and e.errno == errno.ENOSPC), None)
     full = full or next((e for e in _chain(exc) if _is_disk_full(e)), None)
@@ -508,3 +514,41 @@ def runs_page_url(tracking_uri: str, experiment_id: str) -> str | None:
     else:
         base = LOCAL_UI_URL
     return f"{base}/#/experiments/{experiment_id}/runs"
+
+
+def log_artifacts(folder: Path, run_id: str | None = None) -> None:
+    """Log every file under ``folder`` as the run's artifacts; a failed write names the artifact.
+
+    MLflow's own error for a full or read-only artifact store names neither the file nor the
+    place (``[Errno 28] No space left on device``); this one says which artifact could not be
+    written where, and what to do (:class:`~embclust.errors.PathError`).
+    """
+    from embclust.errors import path_error
+
+    client = mlflow.MlflowClient()
+    run_id = run_id or mlflow.active_run().info.run_id
+    try:
+        client.log_artifacts(run_id, str(folder))
+    except OSError as exc:
+        where = _first_artifact_not_written(folder, client.get_run(run_id).info.artifact_uri)
+        raise path_error(exc, where, "the run's artifact location, under mlflow.tracking_uri's artifact root") from None
+
+
+def _first_artifact_not_written(folder: Path, artifact_uri: str) -> str:
+    """The destination of the first file under ``folder`` missing or short in a local ``artifact_uri``."""
+    from urllib.parse import unquote, urlparse
+
+    parsed = urlparse(artifact_uri)
+    local = Path(unquote(parsed.path)) if parsed.scheme in ("", "file") else None
+    for source in sorted(p for p in Path(folder).rglob("*") if p.is_file()):
+        relative = source.relative_to(folder)
+        if local is None:
+            return f"{artifact_uri}/{relative.as_posix()}"
+        target = local / relative
+        try:
+            if target.stat().st_size == source.stat().st_size:
+                continue
+        except OSError:
+            pass
+        return str(target)
+    return artifact_uri

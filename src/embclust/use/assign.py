@@ -16,7 +16,7 @@ import pyarrow.parquet as pq
 
 from embclust.data.dataset import Dataset
 from embclust.data.loaders import as_strings
-from embclust.errors import ConfigError, DataError
+from embclust.errors import ConfigError, DataError, path_error
 from embclust.use import runs
 
 log = logging.getLogger(__name__)
@@ -37,9 +37,20 @@ def check_output(path: str) -> Path:
     return p
 
 
-def write_table(table: pa.Table, path: Path) -> None:
+def write_table(table: pa.Table, path: Path, setting: str = "--output") -> None:
     """Write ``table`` as parquet or CSV, by the file's extension (CSV: missing values empty, quotes only
-    where needed, floats as 1.0 / 0.2505928 / NaN)."""
+    where needed, floats as 1.0 / 0.2505928 / NaN).
+
+    An operating-system error (a parent that is a file, a read-only or full disk, no permission)
+    is a :class:`PathError` naming ``path`` and ``setting``; nothing is left behind.
+    """
+    try:
+        _write_table(table, path)
+    except OSError as exc:
+        raise path_error(exc, path, setting) from None
+
+
+def _write_table(table: pa.Table, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     # Written beside it and renamed when complete: an error or Ctrl-C midway leaves no half-written
     # file that looks like a result, and an earlier output of the same name stays whole.
