@@ -1,5 +1,6 @@
 """Multiruns as subprocesses: nesting, summary, fault isolation, caching and resume."""
 
+import numpy as np
 import mlflow
 import pytest
 
@@ -171,3 +172,27 @@ def test_compare_prints_the_leaderboard_of_the_latest_sweep(run_cli, tmp_path):
     )
     assert wrong.returncode == 1
     assert f"run {cell_id} is a cell of the sweep {parent.info.run_id}: pass that as --parent-run" in wrong.stderr
+
+
+def test_a_joblib_cell_and_the_same_run_alone_log_identical_metrics_and_labels(run_cli, tmp_path):
+    """A cell in a parallel worker (one thread) and the same config alone (all threads): the same numbers."""
+    import pandas as pd
+
+    common = ("reducer=none", "analysis.explain.enabled=false", "preprocess.pca_components=20")
+    alone = run_cli(*common, "clusterer.n_clusters=10")
+    assert alone.returncode == 0, alone.stderr[-2000:]
+    swept = run_cli("-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", *common, "clusterer.n_clusters=10,12")
+    assert swept.returncode == 0, swept.stderr[-2000:]
+    runs = swept.runs()
+    single = next(r for r in runs if "sweep_role" not in r.data.tags)
+    cell = next(r for r in runs if r.data.tags.get("sweep_role") == "cell" and r.data.params["clusterer.n_clusters"] == "10")
+    shared = [k for k in single.data.metrics if k in cell.data.metrics and not k.startswith("time/")]
+    assert {"inertia", "silhouette", "calinski_harabasz", "davies_bouldin", "silhouette_ref", "ari"} <= set(shared)
+    assert {k: single.data.metrics[k] for k in shared} == {k: cell.data.metrics[k] for k in shared}
+
+    def labels(run):
+        path = mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path="labels.parquet",
+                                                   dst_path=str(tmp_path / run.info.run_id))
+        return pd.read_parquet(path)["cluster"].to_numpy()
+
+    np.testing.assert_array_equal(labels(single), labels(cell))

@@ -258,7 +258,7 @@ def _log_pca_variance(preprocessing) -> None:
     pca = preprocessing.named_steps["pca"]
     if pca == "passthrough":
         return
-    cumulative = np.cumsum(pca.explained_variance_ratio_)
+    cumulative = preprocess.cumulative_explained_variance(pca)
     mlflow.log_metric("pca_explained_variance", float(cumulative[-1]))
     client = mlflow.MlflowClient()
     now = int(time.time() * 1000)
@@ -505,7 +505,7 @@ def _fit_and_score(cfg: DictConfig, plan: SweepPlan, timer: stages.StageTimer):
         )
         pca = features.preprocessing.named_steps.get("pca")
         if pca is not None and pca != "passthrough":
-            scores.values["pca_explained_variance"] = float(np.sum(pca.explained_variance_ratio_))
+            scores.values["pca_explained_variance"] = float(preprocess.cumulative_explained_variance(pca)[-1])
     tags = {
         "data_fingerprint": ds.fingerprint,
         "data_n_samples": ds.n_samples,

@@ -139,7 +139,41 @@ def check_preprocessing(pipeline: Pipeline, n_samples: int, n_features: int) -> 
 
 
 def fit_preprocessing(pipeline: Pipeline, X: np.ndarray) -> np.ndarray:
-    """Fit ``pipeline`` on ``X`` and return the transformed matrix as float32."""
+    """Fit ``pipeline`` on ``X`` and return the transformed matrix as float32.
+
+    Row-wise pipelines (normalisation, PCA) are fitted on one BLAS thread and applied block by
+    block, one BLAS thread per block: the result does not depend on the thread count, so a
+    sweep cell in a parallel worker and the same run alone get the same numbers.
+    """
     check_preprocessing(pipeline, X.shape[0], X.shape[1])
-    Xt = pipeline.fit_transform(X)
-    return np.asarray(Xt, dtype=np.float32)
+    if pipeline.named_steps.get("umap", "passthrough") != "passthrough":
+        # UMAP's transform of new rows is not its fitted embedding.
+        return np.asarray(pipeline.fit_transform(X), dtype=np.float32)
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=1, user_api="blas"):
+        pipeline.fit(X)
+    return transform_by_blocks(pipeline, X, int(pipeline.transform(np.asarray(X[:1])).shape[1]))
+
+
+def cumulative_explained_variance(pca) -> np.ndarray:
+    """Cumulative explained variance ratio of a fitted PCA, summed in float64 in component order."""
+    return np.cumsum(np.asarray(pca.explained_variance_ratio_, dtype=np.float64))
+
+
+def transform_by_blocks(pipeline: Pipeline, X: np.ndarray, n_out: int, block_rows: int = 4096) -> np.ndarray:
+    """``pipeline.transform(X)`` as float32, block by block: no full-size normalised copy of ``X``.
+
+    The steps are row-wise (normalisation, a fitted projection), so each block gives the rows a
+    transform of the whole matrix gives; blocks run on the available threads, one BLAS thread
+    each. A block's temporaries (its normalised and centred copies) are 25 MB at 768 columns.
+    """
+    from embclust import blocks
+
+    out = np.empty((X.shape[0], n_out), dtype=np.float32)
+
+    def one(rows: slice) -> None:
+        out[rows] = pipeline.transform(np.asarray(X[rows]))
+
+    blocks.map_blocks(one, X.shape[0], blocks.available_threads(), block_rows)
+    return out

@@ -23,7 +23,6 @@ from omegaconf import DictConfig, OmegaConf
 
 from embclust import cluster, data, signals, validate
 from embclust.cluster import kmeans
-from embclust.errors import ConfigError
 from embclust.explain import duplicates
 from embclust.scoring import metrics
 from embclust.sweep import shared

@@ -15,30 +15,11 @@ stop on the tolerance, labels are assigned once more to the final centres.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
-from threadpoolctl import threadpool_limits
 
-BLOCK_ROWS = 8_192
-
-
-def row_blocks(n_rows: int, block_rows: int = BLOCK_ROWS) -> list[slice]:
-    """Consecutive row slices of at most ``block_rows`` rows covering ``n_rows`` rows."""
-    return [slice(start, min(n_rows, start + block_rows)) for start in range(0, n_rows, block_rows)]
-
-
-def map_blocks(fn: Callable[[slice], Any], n_rows: int, n_threads: int, block_rows: int = BLOCK_ROWS) -> list:
-    """``fn(block)`` for every row block, in block order, on ``n_threads`` threads with one BLAS thread each."""
-    blocks = row_blocks(n_rows, block_rows)
-    with threadpool_limits(limits=1, user_api="blas"):
-        if n_threads <= 1 or len(blocks) == 1:
-            return [fn(b) for b in blocks]
-        with ThreadPoolExecutor(max_workers=n_threads) as pool:
-            return list(pool.map(fn, blocks))
+from embclust.blocks import BLOCK_ROWS, map_blocks
 
 
 def assign_block(X_block: np.ndarray, centers: np.ndarray, half_sq_norms: np.ndarray) -> np.ndarray:

@@ -49,13 +49,18 @@ class TriangularDistances:
 
     def sums_by_cluster(self, indicator: np.ndarray) -> np.ndarray:
         """``D @ indicator`` (float64) without the full matrix: each stored pair counts both ways."""
+        from threadpoolctl import threadpool_limits
+
         indicator = np.asarray(indicator, dtype=np.float32)
         out = np.zeros((self.n, indicator.shape[1]), dtype=np.float64)
-        for start, block in zip(self.starts, self.blocks):
-            stop = start + block.shape[0]
-            out[start:stop] += block @ indicator[start:]
-            if stop < self.n:  # the pairs (later row, this block's row), read from the transpose
-                out[stop:] += block[:, stop - start :].T @ indicator[start:stop]
+        # One BLAS thread: OpenBLAS's float32 GEMM rounds by its thread count, and a cell's
+        # scores must not depend on how many cores its worker got.
+        with threadpool_limits(limits=1, user_api="blas"):
+            for start, block in zip(self.starts, self.blocks):
+                stop = start + block.shape[0]
+                out[start:stop] += block @ indicator[start:]
+                if stop < self.n:  # the pairs (later row, this block's row), read from the transpose
+                    out[stop:] += block[:, stop - start :].T @ indicator[start:stop]
         return out
 
     def full(self) -> np.ndarray:

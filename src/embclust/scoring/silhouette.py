@@ -31,6 +31,8 @@ TILE_ROWS = 1024
 # Threads share the tiles only while each extra thread's own sums (rows x clusters, float64)
 # stay under this size.
 MAX_THREAD_SUMS_BYTES = 64 * 2**20
+# Groups of row blocks, each summed on its own (on as many threads as there are, up to this).
+SHARES = 2
 
 
 def silhouette_samples(
@@ -62,20 +64,24 @@ def silhouette_samples(
     tile = _tile_size(n, block_bytes)
     bounds = list(range(0, n, tile)) + [n]
     # sums[i, c]: sum of the distances from sorted row i to the rows of cluster c. Row blocks
-    # are shared out among threads, each with its own sums (added up in a fixed order).
-    threads = _threads(n_threads) if n * k * 8 <= MAX_THREAD_SUMS_BYTES else 1
-    groups = _share_blocks(len(bounds) - 1, threads)
+    # are shared out in SHARES groups, each with its own sums added up in a fixed order; the
+    # groups do not depend on the thread count, so neither do the sums (to the last bit).
+    shares = SHARES if n * k * 8 <= MAX_THREAD_SUMS_BYTES else 1
+    groups = _share_blocks(len(bounds) - 1, shares)
+    threads = min(_threads(n_threads), len(groups))
     # Each thread's sums and distance tile are allocated here, once: tiles allocated inside the
     # threads would stay on their own malloc arenas (about 45 MB more at 10,000 rows).
     parts = [np.zeros((n, k), dtype=np.float64) for _ in groups]
     tiles = [np.empty(tile * tile, dtype=np.float64) for _ in groups]
-    if len(groups) == 1:
-        _add_distance_sums(parts[0], tiles[0], groups[0], bounds, right, starts)
+    if threads == 1:
+        with _blas_controller().limit(limits=1, user_api="blas"):  # as each thread's GEMMs below
+            for part, buf, g in zip(parts, tiles, groups):
+                _add_distance_sums(part, buf, g, bounds, right, starts)
     else:
         from concurrent.futures import ThreadPoolExecutor
 
         # numpy's ufuncs and BLAS release the GIL; each thread's GEMMs run on one core.
-        with _blas_controller().limit(limits=1, user_api="blas"), ThreadPoolExecutor(len(groups)) as pool:
+        with _blas_controller().limit(limits=1, user_api="blas"), ThreadPoolExecutor(threads) as pool:
             jobs = [pool.submit(_add_distance_sums, part, buf, g, bounds, right, starts)
                     for part, buf, g in zip(parts, tiles, groups)]
             for job in jobs:

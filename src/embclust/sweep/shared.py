@@ -220,25 +220,12 @@ def features(pre_cfg: dict, ds: Dataset, cache_dir: Path | None, max_pca_compone
                 steps = dict(big.steps)
                 steps["pca"] = truncated_pca(pca, int(c), ds.n_samples, ds.n_features)
                 pipeline = Pipeline(list(steps.items()))
-                return pipeline, transform_by_blocks(pipeline, ds.X, int(c))
+                return pipeline, preprocess.transform_by_blocks(pipeline, ds.X, int(c))
 
             (pipeline, X), slice_hit = _remember(ds.fingerprint, key, project)
             return Features(pipeline, X, f"sliced from PCA {largest}", hit or slice_hit)
     pipeline, X, hit = _fit_cached(pre_cfg, ds, cache_dir)
     return Features(pipeline, X, "fitted", hit)
-
-
-def transform_by_blocks(pipeline: Pipeline, X: np.ndarray, n_out: int, block_rows: int = 4096) -> np.ndarray:
-    """``pipeline.transform(X)`` as float32, block by block: no full-size normalised copy of ``X``.
-
-    The steps are row-wise (normalisation, a fitted projection), so each block gives the rows a
-    transform of the whole matrix gives. A block's temporaries (its normalised and centred
-    copies) are 25 MB at 768 columns.
-    """
-    out = np.empty((X.shape[0], n_out), dtype=np.float32)
-    for start in range(0, X.shape[0], block_rows):
-        out[start : start + block_rows] = pipeline.transform(np.asarray(X[start : start + block_rows]))
-    return out
 
 
 def scoring_rows(n_samples: int, sample_size: int | None, seed: int) -> np.ndarray:
