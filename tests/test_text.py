@@ -45,6 +45,7 @@ def test_empty_documents_are_named_in_a_warning(tmp_path, caplog):
 
 
 def test_a_device_torch_cannot_use_is_named_with_the_fix():
+    pytest.importorskip("torch", reason="torch comes with the text extra (README: Your embeddings)")
     from embclust.data.text import check_device
     from embclust.errors import ConfigError
 
