@@ -102,3 +102,15 @@ def test_refits_too_small_for_k_fail_before_any_work_naming_the_keys(run_cli):
     assert "[4/10] cluster" not in res.stderr
     (run,) = res.runs()
     assert run.info.status == "FAILED" and "metrics.stability.fraction" in run.data.tags["error"]
+
+
+def test_a_sweeps_best_cell_keeps_its_stability_instead_of_computing_it_again(run_cli):
+    res = run_cli(
+        "-m", "reducer=none", "analysis.explain.enabled=false", "dataset=synthetic", "dataset.n_samples=600",
+        "dataset.n_features=8", "dataset.n_clusters=4", "clusterer.n_clusters=3,4", "metrics.stability.enabled=true",
+    )
+    assert res.returncode == 0, res.stderr[-2000:]
+    # One "stability:" line per cell, none more for the best cell's report.
+    assert res.stderr.count("stability: mean ARI") == 2, res.stderr[-3000:]
+    best = next(r for r in res.runs() if r.data.tags.get("sweep_best") == "true")
+    assert best.data.metrics["stability"] > 0.9 and best.data.metrics["time/stability_s"] > 0

@@ -196,3 +196,31 @@ def test_a_joblib_cell_and_the_same_run_alone_log_identical_metrics_and_labels(r
         return pd.read_parquet(path)["cluster"].to_numpy()
 
     np.testing.assert_array_equal(labels(single), labels(cell))
+
+
+def test_a_best_cell_at_the_edge_of_the_grid_is_said_on_stderr_in_a_tag_and_the_report(run_cli, tmp_path):
+    # Inertia always falls as k grows: ranked by it, the best cell is the largest k tried.
+    res = run_cli(
+        "-m", "reducer=none", "analysis.explain.enabled=false", "sweep.metric=inertia", "clusterer.n_clusters=4,6,8",
+    )
+    assert res.returncode == 0, res.stderr[-2000:]
+    parent = next(r for r in res.runs() if r.data.tags.get("sweep_role") == "parent")
+    expected = "clusterer.n_clusters=8 is the largest value tried (4..8)"
+    assert expected in parent.data.tags["best_at_edge"]
+    assert f"sweep: the best cell lies at the edge of the grid: {expected}" in res.stderr
+    report = mlflow.artifacts.download_artifacts(run_id=parent.info.run_id, artifact_path="report.html",
+                                                 dst_path=str(tmp_path))
+    assert expected in open(report, encoding="utf-8").read()
+
+
+def test_edge_of_grid_needs_three_values_and_names_each_axis():
+    import pandas as pd
+
+    from embclust.sweep.summary import edge_of_grid
+
+    table = pd.DataFrame({"preprocess.pca_components": [5, 5, 5, 20, 20, 20], "clusterer.n_clusters": [10, 20, 30] * 2})
+    swept = ["preprocess.pca_components", "clusterer.n_clusters"]
+    inside = edge_of_grid(table, table.iloc[1], swept)
+    assert inside is None  # k = 20 is inside; PCA has only two values, every cell is on its edge
+    low = edge_of_grid(table, table.iloc[0], swept)
+    assert "clusterer.n_clusters=10 is the smallest value tried (10..30)" in low and "pca_components" not in low

@@ -112,6 +112,7 @@ def execute(
     data_analyses: bool = True,
     release_shared: bool = False,
     fitted: stages.Clustering | None = None,
+    known_scores: dict[str, float] | None = None,
 ) -> RunResult:
     """Run the whole pipeline inside an active MLflow run, writing artifacts to ``workdir``.
 
@@ -120,7 +121,8 @@ def execute(
     false the report is returned in the result instead of written (the sweep's parent holds it).
     ``release_shared`` frees the sweep's shared work once this run is scored (the sweep's best
     cell, completed last). ``fitted``: the clustering already fitted for this config (the best
-    cell's light fit), used instead of fitting again.
+    cell's light fit), used instead of fitting again; ``known_scores``: the metrics that light cell
+    logged, whose ``stability`` (a refit per resample, minutes on large data) is not computed again.
     """
     seed = int(cfg.seed)
     cache_dir = stages.cache_dir(cfg, in_sweep=plan is not None)
@@ -182,7 +184,10 @@ def execute(
         scoring = stages.scoring_for(cfg, ds, pre_cfg.get("normalize", "l2"), backend)
         scored = stages.score(Xp, clustering, ds.labels, scoring)
         scores = scored.values
-        scores.update(stability.stability_from_config(cfg.clusterer, Xp, labels, cfg.metrics.get("stability"), seed))
+        if known_scores and stability.METRIC in known_scores:  # the best cell's, from its light cell
+            scores.update({k: known_scores[k] for k in (stability.METRIC, stability.TIME_METRIC) if k in known_scores})
+        else:
+            scores.update(stability.stability_from_config(cfg.clusterer, Xp, labels, cfg.metrics.get("stability"), seed))
         mlflow.log_metrics(scores)
         log.debug("scores: %s", ", ".join(f"{k}={v:.4g}" for k, v in scores.items()))
         if release_shared:
@@ -341,7 +346,8 @@ def complete_best_cell(run_id: str, plan: SweepPlan) -> Report | None:
         try:
             with tempfile.TemporaryDirectory(prefix="embclust-best-") as tmp:
                 result = execute(cfg, Path(tmp), timer, plan=plan, in_sweep=False, overrides=overrides, write_report=False,
-                                 data_analyses=False, release_shared=True, fitted=shared.fitted_clustering(run_id))
+                                 data_analyses=False, release_shared=True, fitted=shared.fitted_clustering(run_id),
+                                 known_scores=client.get_run(run_id).data.metrics)
             mlflow.set_tag("sweep_best", "true")
             if "report_error" in client.get_run(run_id).data.tags:  # of an earlier, stopped attempt
                 client.delete_tag(run_id, "report_error")

@@ -326,6 +326,8 @@ class MlflowSweepCallback(Callback):
             log.info("sweep done: best %s", summary.best)
         if summary.caution:
             log.warning("sweep: caution: %s", summary.caution)
+        if summary.edge:
+            log.warning("sweep: %s", summary.edge)
         if summary.advice:
             log.info("sweep: %s", summary.advice)
         if url:

@@ -37,6 +37,7 @@ class SweepSummary:
     best: str | None = None
     advice: str | None = None
     caution: str | None = None  # why the best cell's score is not on the same footing as the others'
+    edge: str | None = None  # the best cell lies on the first or last value of a swept axis
     first_error: str | None = None  # the error of the first failed cell, in the leaderboard's order
 
 
@@ -85,6 +86,9 @@ def summarize_sweep(
         summary.caution = noise_caution(scored, metric, swept)
         if summary.caution:
             client.set_tag(parent_run_id, "best_caution", summary.caution[:5000])
+        summary.edge = edge_of_grid(table, best_row, swept)
+        if summary.edge:
+            client.set_tag(parent_run_id, "best_at_edge", summary.edge[:5000])
     best_report = None
     if complete_best is not None and summary.best_run_id:
         # First: it is the sweep's last use of the shared work (data, projections, reference
@@ -96,7 +100,8 @@ def summarize_sweep(
         report.add_text(
             "Best cell",
             f"{summary.best}. Its run holds the model and the analysis tables; its map and analyses "
-            f"are at the end of this report." + (f" Caution: {summary.caution}." if summary.caution else ""),
+            f"are at the end of this report." + (f" Caution: {summary.caution}." if summary.caution else "")
+            + (f" Edge of the grid: {summary.edge}." if summary.edge else ""),
         )
     elif len(table):
         report.add_text("Best cell", f"none: no cell was scored on {metric} ({n_failed} of {len(table)} failed)")
@@ -179,6 +184,34 @@ def noise_caution(scored: pd.DataFrame, metric: str, swept: list[str]) -> str | 
         f"the best cell with {float(noise.min()):.0%} noise is {where} ({metric}={cleaner[metric]:.4g}): "
         "compare noise_fraction in the leaderboard before taking it"
     )
+
+
+def edge_of_grid(table: pd.DataFrame, best_row: pd.Series, swept: list[str]) -> str | None:
+    """Advice when the best cell sits on the first or last value of a numeric swept axis of 3+ values.
+
+    A score that keeps rising (silhouette in the reference space with k on text embeddings) puts
+    the best cell on the grid's edge, where the optimum may lie outside what was tried.
+    """
+    edges = []
+    for key in swept:
+        values = pd.to_numeric(table[key], errors="coerce").dropna().unique()
+        best = pd.to_numeric(pd.Series([best_row[key]]), errors="coerce").iloc[0]
+        if values.size < 3 or pd.isna(best):
+            continue
+        low, high = float(values.min()), float(values.max())
+        if float(best) in (low, high):
+            side = "largest" if float(best) == high else "smallest"
+            edges.append(f"{key}={best_row[key]} is the {side} value tried ({_number(low)}..{_number(high)})")
+    if not edges:
+        return None
+    return (
+        f"the best cell lies at the edge of the grid: {'; '.join(edges)}; the optimum may lie outside it: "
+        "widen the grid that way, or read the knee and stability before taking it"
+    )
+
+
+def _number(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else f"{value:g}"
 
 
 def grid_heatmaps(table: pd.DataFrame, swept: list[str], metrics: tuple[str, ...] = _HEATMAP_METRICS) -> go.Figure:
