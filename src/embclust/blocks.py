@@ -22,14 +22,19 @@ def row_blocks(n_rows: int, block_rows: int = BLOCK_ROWS) -> list[slice]:
     return [slice(start, min(n_rows, start + block_rows)) for start in range(0, n_rows, block_rows)]
 
 
+def map_on_threads(fn: Callable[[Any], Any], items: list, n_threads: int) -> list:
+    """``fn(item)`` for every item, results in item order, on up to ``n_threads`` threads with one BLAS thread each."""
+    items = list(items)
+    with threadpool_limits(limits=1, user_api="blas"):
+        if n_threads <= 1 or len(items) <= 1:
+            return [fn(item) for item in items]
+        with ThreadPoolExecutor(max_workers=min(n_threads, len(items))) as pool:
+            return list(pool.map(fn, items))
+
+
 def map_blocks(fn: Callable[[slice], Any], n_rows: int, n_threads: int, block_rows: int = BLOCK_ROWS) -> list:
     """``fn(block)`` for every row block, in block order, on ``n_threads`` threads with one BLAS thread each."""
-    blocks = row_blocks(n_rows, block_rows)
-    with threadpool_limits(limits=1, user_api="blas"):
-        if n_threads <= 1 or len(blocks) == 1:
-            return [fn(b) for b in blocks]
-        with ThreadPoolExecutor(max_workers=n_threads) as pool:
-            return list(pool.map(fn, blocks))
+    return map_on_threads(fn, row_blocks(n_rows, block_rows), n_threads)
 
 
 def available_threads() -> int:

@@ -39,12 +39,12 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
 from sklearn.cluster import KMeans
 
+from embclust import blocks
 from embclust.cluster import kmeans_plusplus, lloyd
 from embclust.errors import ConfigError
 
@@ -341,13 +341,8 @@ def lloyd_refinements(
             init = np.array(centers, dtype=Xc.dtype, order="C", copy=True)  # the loop writes into it
             return _kmeans_single_lloyd(Xc, weights, init, max_iter=max_iter, tol=absolute_tol, n_threads=per_start)
 
-    starts = list(starts)
     # scikit-learn's KMeans.fit runs its loop with one BLAS thread too.
-    with threadpool_limits(limits=1, user_api="blas"):
-        if not one_thread_each or n_threads == 1 or len(starts) == 1:
-            return [one(c) for c in starts]
-        with ThreadPoolExecutor(max_workers=min(n_threads, len(starts))) as pool:
-            return list(pool.map(one, starts))
+    return blocks.map_on_threads(one, list(starts), n_threads if one_thread_each else 1)
 
 
 def _same_clustering(a: np.ndarray, b: np.ndarray, k: int) -> bool:

@@ -227,12 +227,9 @@ def kmeans_plusplus_starts(
         return ids
 
     if n_threads > 1 and len(groups) > 1:
-        from concurrent.futures import ThreadPoolExecutor
+        from embclust.blocks import map_on_threads
 
-        from threadpoolctl import threadpool_limits
-
-        with threadpool_limits(limits=1, user_api="blas"), ThreadPoolExecutor(max_workers=n_threads) as pool:
-            seeded = list(pool.map(lockstep, groups))
+        seeded = map_on_threads(lockstep, groups, n_threads)
     else:
         seeded = [lockstep(members) for members in groups]
     return [dist.rows(row) for ids in seeded for row in ids]
