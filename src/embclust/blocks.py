@@ -8,13 +8,73 @@ block's result must not depend on how many threads there are.
 
 from __future__ import annotations
 
+import logging
+import mmap
+import os
+import tempfile
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+import numpy as np
 from threadpoolctl import threadpool_limits
 
+from embclust.errors import PathError, os_error_reason
+
+log = logging.getLogger(__name__)
+
 BLOCK_ROWS = 8_192
+# Row-sized results larger than this (MB) live in a file-backed temporary mapping (memory.spill_above_mb).
+DEFAULT_SPILL_ABOVE_MB = 1024
+_spill_above_mb: float | None = DEFAULT_SPILL_ABOVE_MB
+
+
+def set_spill_above_mb(value: float | None) -> None:
+    """Size (MB) above which :func:`scratch_matrix` maps a temporary file (None: never)."""
+    global _spill_above_mb
+    _spill_above_mb = None if value is None else float(value)
+
+
+def spill_above_mb() -> float | None:
+    return _spill_above_mb
+
+
+def is_spilled(array: np.ndarray) -> bool:
+    """Whether ``array`` lies in a temporary file mapped by :func:`scratch_matrix`."""
+    base = array
+    while isinstance(base, np.ndarray):
+        base = base.base
+    if isinstance(base, memoryview):
+        base = base.obj
+    return isinstance(base, mmap.mmap)
+
+
+def scratch_matrix(n_rows: int, n_cols: int, dtype=np.float32, what: str = "matrix") -> np.ndarray:
+    """An uninitialised ``(n_rows, n_cols)`` array, in memory or, above ``memory.spill_above_mb``,
+    mapped onto an unnamed temporary file under TMPDIR.
+
+    The file's pages are the kernel's to write back and drop (file pages, not anonymous memory),
+    so a matrix the size of the data never needs that much RAM. The file has no name: it is gone
+    when the array is, even if the process is killed. Its space is reserved first, so a full disk
+    is one clear error here, not a crash on a later write.
+    """
+    nbytes = int(n_rows) * int(n_cols) * np.dtype(dtype).itemsize
+    if _spill_above_mb is None or nbytes <= _spill_above_mb * 2**20 or nbytes == 0:
+        return np.empty((n_rows, n_cols), dtype=dtype)
+    folder = tempfile.gettempdir()
+    try:
+        with tempfile.TemporaryFile(dir=folder) as fh:
+            os.posix_fallocate(fh.fileno(), 0, nbytes)
+            mapping = mmap.mmap(fh.fileno(), nbytes)
+    except OSError as exc:
+        raise PathError(
+            f"cannot keep the {what} ({nbytes / 2**30:.1f} GB) in a temporary file under {folder}: "
+            f"{os_error_reason(exc, folder)}; point TMPDIR at a disk with room, or raise "
+            "memory.spill_above_mb to keep it in memory"
+        ) from None
+    log.info("%s: %d x %d (%.1f GB) kept in a temporary file under %s, not in memory (memory.spill_above_mb=%g)",
+             what, n_rows, n_cols, nbytes / 2**30, folder, _spill_above_mb)
+    return np.frombuffer(mapping, dtype=dtype).reshape(n_rows, n_cols)
 
 
 def row_blocks(n_rows: int, block_rows: int = BLOCK_ROWS) -> list[slice]:

@@ -35,9 +35,26 @@ def compute_map(reducer, X: np.ndarray, max_points: int | None = None, seed: int
     log.info("map: fitting %s on a seeded sample of %d of %d points", type(reducer).__name__, max_points, n)
     coords[sample] = reducer.fit_transform(X[sample])
     if hasattr(reducer, "transform"):
-        rest = np.setdiff1d(np.arange(n), sample, assume_unique=True)
-        coords[rest] = reducer.transform(X[rest])
+        _place_rest(reducer, X, coords, sample)
     return coords
+
+
+def _place_rest(reducer, X: np.ndarray, coords: np.ndarray, sample: np.ndarray, block_rows: int = 65_536) -> None:
+    """Place the rows outside the fitted sample with ``reducer.transform``, block by block (one
+    block's rows in memory at a time), reporting progress on stderr for large data."""
+    import time
+
+    in_sample = np.zeros(X.shape[0], dtype=bool)
+    in_sample[sample] = True
+    n_rest, done, started, last = X.shape[0] - sample.size, 0, time.perf_counter(), time.perf_counter()
+    for start in range(0, X.shape[0], block_rows):
+        rows = start + np.flatnonzero(~in_sample[start : start + block_rows])
+        if rows.size:
+            coords[rows] = reducer.transform(np.asarray(X[rows]))
+            done += rows.size
+        if time.perf_counter() - last > 10:
+            last = time.perf_counter()
+            log.info("map: %d / %d rows placed (%.0f s)", done, n_rest, last - started)
 
 
 def check_reducer(reducer, n_samples: int, max_points: int | None, n_features: int = 2) -> None:

@@ -125,6 +125,7 @@ def execute(
     logged, whose ``stability`` (a refit per resample, minutes on large data) is not computed again.
     """
     seed = int(cfg.seed)
+    stages.configure_memory(cfg)
     cache_dir = stages.cache_dir(cfg, in_sweep=plan is not None)
     with timer("load"):
         ds, hit = stages.load_dataset(cfg, cache_dir)
@@ -148,6 +149,7 @@ def execute(
         clustered_dims = cfg.preprocess.get("umap_components") or cfg.preprocess.get("pca_components") or ds.n_features
         maps.check_reducer(reducer, ds.n_samples, max_points, clustered_dims)
         validate.check_quadratic_work(cfg, ds.n_samples)
+        validate.check_in_memory_clusterer(cfg, ds.n_samples, int(clustered_dims))
         cluster.check_implementation(cfg.get("cluster_implementation"))
         plots.check_max_points(cfg.analysis.maps.max_points)
         tags = tracking.reproducibility_tags(ds.fingerprint, overrides or [],
@@ -210,10 +212,7 @@ def execute(
     report.add_metrics(scores)
     true_names = ds.label_strings()
     with timer("plots"):
-        table = {"id": ds.ids, "cluster": labels, "x": coords[:, 0], "y": coords[:, 1]}
-        if true_names is not None:
-            table["label"] = true_names
-        pq.write_table(pa.table(table), workdir / "labels.parquet", compression="zstd")
+        write_labels(workdir / "labels.parquet", ds, labels, coords)
         (workdir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
         sizes = plots.cluster_sizes_figure(labels)
         figures_in_report = cfg.analysis.report.enabled or not write_report
@@ -238,6 +237,29 @@ def execute(
         _log_model(preprocessing, clusterer, ds.X, labels)
     mlflow.log_metrics(timer.as_metrics())
     return RunResult(mlflow.active_run().info.run_id, labels, scores, dict(timer.seconds), report)
+
+
+LABELS_BLOCK_ROWS = 1_000_000
+
+
+def write_labels(path: Path, ds: data.Dataset, labels: np.ndarray, coords: np.ndarray) -> None:
+    """``labels.parquet``: id, cluster, x, y and the true label where known, written a block of
+    rows at a time (one row group each), so no table of every row is built in memory."""
+    n = labels.shape[0]
+    writer = None
+    try:
+        for start in range(0, n, LABELS_BLOCK_ROWS):
+            rows = slice(start, min(n, start + LABELS_BLOCK_ROWS))
+            table = {"id": np.asarray(ds.ids[rows]), "cluster": labels[rows], "x": coords[rows, 0], "y": coords[rows, 1]}
+            if ds.labels is not None:
+                table["label"] = ds.label_strings(rows)
+            block = pa.table(table)
+            if writer is None:
+                writer = pq.ParquetWriter(path, block.schema, compression="zstd")
+            writer.write_table(block)
+    finally:
+        if writer is not None:
+            writer.close()
 
 
 def _compute_map(cfg, reducer, max_points, Xp, ds, pre_cfg: dict, cache_dir: Path | None) -> np.ndarray:
@@ -487,6 +509,7 @@ def _fit_and_score(cfg: DictConfig, plan: SweepPlan, timer: stages.StageTimer):
     from embclust import cluster, validate
 
     validate.validate_config(cfg)
+    stages.configure_memory(cfg)
     cache_dir = stages.cache_dir(cfg, in_sweep=True)
     with timer("load"):
         ds, hit = stages.load_dataset(cfg, cache_dir)
@@ -495,6 +518,9 @@ def _fit_and_score(cfg: DictConfig, plan: SweepPlan, timer: stages.StageTimer):
         stability.check_sizes(cfg.metrics.get("stability"), ds.n_samples, clusterer)
         cluster.check_implementation(cfg.get("cluster_implementation"))
         validate.check_quadratic_work(cfg, ds.n_samples)
+        validate.check_in_memory_clusterer(
+            cfg, ds.n_samples, int(cfg.preprocess.get("umap_components") or cfg.preprocess.get("pca_components") or ds.n_features)
+        )
     with timer("preprocess"):
         pre_cfg = stages.preprocess_config(cfg, ds)
         features = stages.fit_features(pre_cfg, ds, cache_dir, plan.max_pca_components)

@@ -67,8 +67,12 @@ def build_preprocessing(
     umap_n_neighbors: int = 15,
     umap_min_dist: float = 0.0,
     umap_metric: str = "euclidean",
+    fit_sample_size: int | None = None,
 ) -> Pipeline:
     """Return an unfitted ``Pipeline(normalize, pca, umap)``; unused steps are ``"passthrough"``.
+
+    ``fit_sample_size`` is how :func:`fit_preprocessing` fits it (the rows PCA is fitted on), not
+    part of the pipeline.
 
     ``umap_components`` adds a UMAP reduction before clustering (density clustering of tabular
     or text features, as in the UMAP -> HDBSCAN recipe); it is separate from the 2-D map.
@@ -138,12 +142,15 @@ def check_preprocessing(pipeline: Pipeline, n_samples: int, n_features: int) -> 
         )
 
 
-def fit_preprocessing(pipeline: Pipeline, X: np.ndarray) -> np.ndarray:
+def fit_preprocessing(pipeline: Pipeline, X: np.ndarray, fit_sample_size: int | None = None, seed: int = 0) -> np.ndarray:
     """Fit ``pipeline`` on ``X`` and return the transformed matrix as float32.
 
     Row-wise pipelines (normalisation, PCA) are fitted on one BLAS thread and applied block by
     block, one BLAS thread per block: the result does not depend on the thread count, so a
-    sweep cell in a parallel worker and the same run alone get the same numbers.
+    sweep cell in a parallel worker and the same run alone get the same numbers. Above
+    ``fit_sample_size`` rows, a StandardScaler is fitted block by block over all rows (exact) and
+    PCA on a seeded sample of ``fit_sample_size`` rows, so no full-size copy of ``X`` is made;
+    the result (float32) is kept in memory or, above ``memory.spill_above_mb``, in a temporary file.
     """
     check_preprocessing(pipeline, X.shape[0], X.shape[1])
     if pipeline.named_steps.get("umap", "passthrough") != "passthrough":
@@ -152,8 +159,37 @@ def fit_preprocessing(pipeline: Pipeline, X: np.ndarray) -> np.ndarray:
     from threadpoolctl import threadpool_limits
 
     with threadpool_limits(limits=1, user_api="blas"):
-        pipeline.fit(X)
+        if fit_sample_size is None or X.shape[0] <= fit_sample_size:
+            pipeline.fit(X)
+        else:
+            _fit_on_sample(pipeline, X, int(fit_sample_size), seed)
     return transform_by_blocks(pipeline, X, int(pipeline.transform(np.asarray(X[:1])).shape[1]))
+
+
+def _fit_on_sample(pipeline: Pipeline, X: np.ndarray, fit_sample_size: int, seed: int) -> None:
+    """The scaler over all rows' blocks, in block order; PCA on the scaled rows of a seeded sample."""
+    scaler, pca = pipeline.named_steps["normalize"], pipeline.named_steps["pca"]
+    if scaler != "passthrough":
+        fit_scaler_by_blocks(scaler, X)
+    if pca == "passthrough":
+        return
+    rows = np.sort(np.random.default_rng(seed).choice(X.shape[0], size=fit_sample_size, replace=False))
+    sample = np.asarray(X[rows])
+    if scaler != "passthrough":
+        sample = scaler.transform(sample)
+    log.info("preprocess: PCA fitted on a seeded sample of %d of %d rows (preprocess.fit_sample_size)",
+             fit_sample_size, X.shape[0])
+    pca.fit(sample)
+
+
+def fit_scaler_by_blocks(scaler, X: np.ndarray, block_rows: int = 65_536):
+    """Fit a Normalizer (nothing to learn) or StandardScaler (means and variances, merged block by
+    block in row order) without a full-size temporary of ``X``."""
+    if not hasattr(scaler, "partial_fit"):
+        return scaler.fit(np.asarray(X[:1]))
+    for start in range(0, X.shape[0], block_rows):
+        scaler.partial_fit(np.asarray(X[start : start + block_rows]))
+    return scaler
 
 
 def cumulative_explained_variance(pca) -> np.ndarray:
@@ -170,7 +206,7 @@ def transform_by_blocks(pipeline: Pipeline, X: np.ndarray, n_out: int, block_row
     """
     from embclust import blocks
 
-    out = np.empty((X.shape[0], n_out), dtype=np.float32)
+    out = blocks.scratch_matrix(X.shape[0], n_out, np.float32, "preprocessed rows")
 
     def one(rows: slice) -> None:
         out[rows] = pipeline.transform(np.asarray(X[rows]))

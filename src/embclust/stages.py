@@ -23,6 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from embclust import cluster, data, signals, validate
 from embclust.cluster import kmeans
+from embclust.errors import ConfigError
 from embclust.explain import duplicates
 from embclust.scoring import metrics
 from embclust.sweep import shared
@@ -174,6 +175,14 @@ class Clustering:
         return tags
 
 
+def configure_memory(cfg: DictConfig) -> None:
+    """Apply ``memory.spill_above_mb`` (where row-sized matrices live) for this run."""
+    from embclust import blocks
+
+    node = cfg.get("memory") or {}
+    blocks.set_spill_above_mb(node.get("spill_above_mb", blocks.DEFAULT_SPILL_ABOVE_MB))
+
+
 def kmeans_sample(cfg: DictConfig) -> kmeans.SampleSettings:
     """The ``kmeans`` settings of ``cluster_implementation=auto`` (defaults where a config lacks them)."""
     node = cfg.get("kmeans") or {}
@@ -182,7 +191,20 @@ def kmeans_sample(cfg: DictConfig) -> kmeans.SampleSettings:
         int(node.get("sample_per_cluster", defaults.sample_per_cluster)),
         int(node.get("min_sample", defaults.min_sample)),
         int(node.get("restarts_per_init", defaults.restarts_per_init)),
+        _optional_float(node.get("refine_tol", defaults.refine_tol), "kmeans.refine_tol"),
     )
+
+
+def _optional_float(value, key: str) -> float | None:
+    if value is None:
+        return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = -1.0
+    if not 0 <= number < 1:
+        raise ConfigError(f"{key}={value!r} must be null or a fraction in [0, 1), e.g. 1e-4")
+    return number
 
 
 def fit_clustering(

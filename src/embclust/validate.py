@@ -8,6 +8,8 @@ memory or time grows with the square of the rows, before it starts.
 
 from __future__ import annotations
 
+import os
+
 import re
 from typing import Any
 
@@ -44,6 +46,8 @@ _INT_KEYS = (
     ("seed", 0, False),
     ("dataset.sample_size", 2, True),
     ("preprocess.pca_components", 1, True),
+    ("preprocess.fit_sample_size", 2, True),
+    ("memory.spill_above_mb", 0, True),
     ("preprocess.umap_components", 1, True),
     ("preprocess.umap_n_neighbors", 2, False),
     ("clusterer.n_clusters", 2, False),
@@ -236,6 +240,32 @@ def validate_config(cfg: DictConfig, skip: tuple[str, ...] = ()) -> None:
 
 def _size(n_bytes: float) -> str:
     return f"{n_bytes / 1e9:.1f} GB" if n_bytes >= 1e9 else f"{n_bytes / 1e6:.0f} MB"
+
+
+# Clusterers that hold every row in memory, in float64, with structures of their own besides.
+IN_MEMORY_CLUSTERERS = ("HDBSCAN", "AgglomerativeClustering", "DBSCAN", "OPTICS", "SpectralClustering")
+
+
+def check_in_memory_clusterer(cfg: DictConfig, n_samples: int, n_columns: int, memory_bytes: int | None = None) -> None:
+    """Refuse, before any work, a clusterer that needs all rows in memory when they would not fit.
+
+    Such clusterers copy the clustered rows to float64 and build trees or graphs over them (at
+    least twice the copy); above half of this machine's memory the run is refused, naming the
+    sample key that bounds it, instead of being killed by the kernel later.
+    """
+    target = str((cfg.get("clusterer") or {}).get("_target_", "")).rsplit(".", 1)[-1]
+    if target not in IN_MEMORY_CLUSTERERS:
+        return
+    if memory_bytes is None:
+        memory_bytes = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    need = 2 * 8 * n_samples * n_columns
+    if need > memory_bytes / 2:
+        rows = max(2, int(memory_bytes / 2 / (2 * 8 * n_columns)))
+        raise ConfigError(
+            f"clusterer={target} holds all {n_samples} rows in memory ({n_columns} columns, about {_size(need)} with its "
+            f"float64 copy), more than half of this machine's {_size(memory_bytes)}: set dataset.sample_size={rows} "
+            "(or fewer), reduce the columns (preprocess.pca_components), or use clusterer=kmeans, which streams the rows"
+        )
 
 
 def check_quadratic_work(cfg: DictConfig, n_samples: int) -> None:

@@ -103,6 +103,9 @@ class SampleSettings:
     # Restarts on the sample per ``n_init``: a restart there costs a fraction of one on all rows,
     # and a sample's inertia ranks basins less surely than all rows do.
     restarts_per_init: int = 3
+    # The refinement over all rows stops once a pass lowers the inertia by less than this
+    # fraction (None: scikit-learn's rule alone, up to max_iter passes over every row).
+    refine_tol: float | None = 1e-4
 
     def size(self, n_clusters: int) -> int:
         return max(int(self.sample_per_cluster) * int(n_clusters), int(self.min_sample))
@@ -206,7 +209,7 @@ def _fit_on_sample(clusterer: KMeans, X: np.ndarray, sample: SampleSettings) -> 
     del S
     if rows is not None:
         X = X if X.dtype == dtype else np.asarray(X, dtype=dtype)
-        refined = lloyd.refine(X, centers, n_threads, max_iter=max_iter, tol=tol)
+        refined = lloyd.refine(X, centers, n_threads, max_iter=max_iter, tol=tol, inertia_tol=sample.refine_tol)
         labels, inertia, centers, n_iter = refined.labels, refined.inertia, refined.centers, refined.n_iter
     _set_fitted(clusterer, labels, inertia, centers, n_iter, X.shape[1], _n_init(clusterer), dtype)
     return KMeansFit(SAMPLE_IMPLEMENTATION, None if rows is None else int(rows.size))

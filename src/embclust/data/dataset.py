@@ -65,16 +65,17 @@ class Dataset:
             self._fingerprint = fingerprint_array(self.X)
         return self._fingerprint
 
-    def label_strings(self) -> np.ndarray | None:
-        """True labels as strings, mapped through ``label_names`` when given."""
+    def label_strings(self, rows: slice | np.ndarray | None = None) -> np.ndarray | None:
+        """True labels (of ``rows``, else all) as strings, mapped through ``label_names`` when given."""
         if self.labels is None:
             return None
-        if self.label_names is not None and np.issubdtype(self.labels.dtype, np.integer):
+        labels = self.labels if rows is None else np.asarray(self.labels[rows])
+        if self.label_names is not None and np.issubdtype(labels.dtype, np.integer):
             # Negative labels mean unknown; indexing with them would pick the last names.
             names = np.asarray([*self.label_names, UNKNOWN_LABEL], dtype=object)
-            codes = np.where(self.labels < 0, len(self.label_names), self.labels)
+            codes = np.where(labels < 0, len(self.label_names), labels)
             return names[codes].astype(str)
-        return self.labels.astype(str)
+        return labels.astype(str)
 
 
 def fingerprint_array(X: np.ndarray) -> str:

@@ -10,6 +10,7 @@ import json
 import logging
 import os
 import re
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -335,11 +336,18 @@ def load_table(
     metadata_columns: list[str] | None = None,
     name: str = "table",
 ) -> Dataset:
-    """Embeddings stored as columns (``bert_0..``, ``feature_0..``) or one list column of a parquet/CSV."""
+    """Embeddings stored as columns (``bert_0..``, ``feature_0..``) or one list column of a parquet/CSV.
+
+    ``path`` may also be a folder of parquet files or a glob (``data/part-*.parquet``): the files
+    are read as one pyarrow dataset, a record batch at a time (see :func:`load_parquet_dataset`).
+    """
     chosen = [f"dataset.{k}" for k, v in (("vector_column", vector_column), ("feature_prefix", feature_prefix),
                                            ("feature_columns", feature_columns)) if v]
     if len(chosen) > 1:  # which one would win is not the user's to guess
         raise ConfigError(f"{' and '.join(chosen)} are set together: the features come from one of them; keep one, set the rest to null")
+    if path and (Path(path).is_dir() or any(c in str(path) for c in "*?[")):
+        return load_parquet_dataset(path, id_column, feature_prefix, feature_columns, vector_column, label_column,
+                                    text_column, metadata_columns, name)
     p, schema = open_table(
         path,
         {
@@ -425,3 +433,113 @@ def load_tabular(
     X = np.hstack(parts) if len(parts) > 1 else parts[0]
     ids, labels = ids_and_labels(table, id_column, label_column, p)
     return Dataset(name=name, X=as_float32(X), ids=ids, labels=labels, feature_names=names, from_tabular=True)
+
+
+# ---------------------------------------------------------------------------- parquet datasets
+DATASET_BATCH_ROWS = 65_536
+
+
+def dataset_files(path: str) -> list[Path]:
+    """The parquet files of a folder (names starting with '.' or '_' left out) or a glob, sorted."""
+    import glob
+
+    p = Path(path)
+    if p.is_dir():
+        files = sorted(f for f in p.rglob("*.parquet") if not any(part.startswith((".", "_")) for part in f.relative_to(p).parts))
+        if not files:
+            raise DataError(f"{path}: the folder holds no .parquet files (dataset.path)")
+    else:
+        files = sorted(Path(f) for f in glob.glob(str(path)) if Path(f).is_file())
+        if not files:
+            raise DataError(f"{path}: no file matches this pattern (dataset.path)")
+    for f in files:
+        check_file(str(f), (".parquet",), "dataset.path")
+    return files
+
+
+def load_parquet_dataset(
+    path: str,
+    id_column: str | None = None,
+    feature_prefix: str | None = None,
+    feature_columns: list[str] | None = None,
+    vector_column: str | None = None,
+    label_column: str | None = None,
+    text_column: str | None = None,
+    metadata_columns: list[str] | None = None,
+    name: str = "table",
+) -> Dataset:
+    """Embeddings from many parquet files (a folder or a glob), read as one pyarrow dataset.
+
+    Only the needed columns are read, one record batch at a time, into one float32 matrix that
+    lives in memory or, above ``memory.spill_above_mb``, in a temporary file (see
+    :func:`embclust.blocks.scratch_matrix`): the files are never held whole beside it. Rows come
+    in file order (files sorted by name), so the same files give the same matrix.
+    """
+    import pyarrow.dataset as pads
+
+    from embclust import blocks
+
+    files = dataset_files(path)
+    try:
+        dataset = pads.dataset([str(f) for f in files], format="parquet")
+        schema = {f.name: f.type for f in dataset.schema}
+        n_rows = sum(pq.ParquetFile(f).metadata.num_rows for f in files)
+    except (pa.ArrowException, OSError) as exc:
+        raise _read_error(Path(path), exc, "cannot be read as parquet files", []) from exc
+    p = Path(path)
+    for key, column in {"dataset.id_column": id_column, "dataset.label_column": label_column,
+                        "dataset.text_column": text_column, "dataset.vector_column": vector_column}.items():
+        require_column(schema, column, key, p)
+    metadata_columns = column_names(metadata_columns, "dataset.metadata_columns")
+    for column in metadata_columns:
+        require_column(schema, column, "dataset.metadata_columns", p)
+    if n_rows == 0:
+        raise DataError(f"{path}: 0 rows in {len(files)} parquet files")
+    features = [] if vector_column else _select_features(
+        schema, p, feature_prefix, column_names(feature_columns, "dataset.feature_columns") or None
+    )
+    if vector_column:
+        value = schema[vector_column]
+        if not (pa.types.is_list(value) or pa.types.is_large_list(value) or pa.types.is_fixed_size_list(value)):
+            raise DataError(f"{p}: vector column {vector_column!r} is {value}, expected a list of numbers")
+        first = next(iter(pq.ParquetFile(files[0]).iter_batches(batch_size=1, columns=[vector_column])))
+        n_features = len(first.column(0)[0]) if first.num_rows else 0
+    else:
+        n_features = len(features)
+    extra = list(dict.fromkeys(c for c in (id_column, label_column, text_column, *metadata_columns) if c))
+    X = blocks.scratch_matrix(n_rows, n_features, np.float32, "parquet vectors")
+    parts: list[pa.RecordBatch] = []
+    start, started, last = 0, time.perf_counter(), time.perf_counter()
+    for f in files:
+        try:
+            reader = pq.ParquetFile(f)
+            for batch in reader.iter_batches(batch_size=DATASET_BATCH_ROWS, columns=extra + ([vector_column] if vector_column else features)):
+                stop = start + batch.num_rows
+                if vector_column:
+                    ids = np.arange(start, stop)
+                    vectors = _vectors_from_list_column(pa.chunked_array([batch.column(vector_column)]), vector_column, f, ids)
+                    if vectors.shape[1] != n_features:
+                        raise DataError(f"{f}: vector column {vector_column!r} holds vectors of length {vectors.shape[1]}, "
+                                        f"the first file's are of length {n_features}")
+                    X[start:stop] = vectors
+                else:
+                    X[start:stop] = np.stack([batch.column(c).cast(pa.float32(), safe=False).to_numpy(zero_copy_only=False)
+                                              for c in features], axis=1)
+                parts.append(batch.select(extra))
+                start = stop
+                if time.perf_counter() - last > 10:
+                    last = time.perf_counter()
+                    log.info("load: %d / %d rows read (%.0f s)", start, n_rows, last - started)
+        except (pa.ArrowException, OSError) as exc:
+            raise _read_error(f, exc, "failed to read columns", list(schema)) from exc
+    table = pa.Table.from_batches(parts, schema=pa.schema([dataset.schema.field(c) for c in extra]))
+    ids, labels = ids_and_labels(table, id_column, label_column, p)
+    return Dataset(
+        name=name,
+        X=X,
+        ids=ids,
+        labels=labels,
+        texts=as_strings(table[text_column], missing="") if text_column else None,
+        feature_names=None if vector_column else features,
+        metadata={c: as_strings(table[c]) for c in metadata_columns},
+    )

@@ -19,6 +19,7 @@ import pandas as pd
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
+from embclust import preprocess
 from embclust.explain import duplicates, keywords
 from embclust.explain import profiles, shap_models, tables
 from embclust.tracking import plots, safe_csv
@@ -83,7 +84,10 @@ def explain_features(state: RunState, acfg: DictConfig) -> tuple[np.ndarray, lis
     pcs = None
     if steps["pca"] != "passthrough":
         # Normaliser + PCA output: the clustered space itself unless UMAP followed.
-        pcs = state.Xp if steps["umap"] == "passthrough" else state.preprocessing[:2].transform(ds.X)
+        if steps["umap"] == "passthrough":
+            pcs = state.Xp
+        else:
+            pcs = preprocess.transform_by_blocks(state.preprocessing[:2], ds.X, int(steps["pca"].n_components_))
     wanted = acfg.features
     if wanted == "auto":
         if ds.feature_names is not None and len(ds.feature_names) <= 200:
@@ -93,7 +97,8 @@ def explain_features(state: RunState, acfg: DictConfig) -> tuple[np.ndarray, lis
 
             k = min(int(acfg.n_components), ds.n_features, ds.n_samples)
             sample = tables.seeded_sample(ds.n_samples, 20_000, state.seed)
-            pcs = PCA(n_components=k, random_state=state.seed).fit(ds.X[sample]).transform(ds.X)
+            pca = PCA(n_components=k, random_state=state.seed).fit(ds.X[sample])
+            pcs = preprocess.transform_by_blocks(pca, ds.X, int(pca.n_components_))
         return pcs, [f"pc{i + 1}" for i in range(pcs.shape[1])], "PCA components"
     names = list(wanted)
     columns = []

@@ -94,6 +94,19 @@ def _describe_member(i: int, ids: np.ndarray, texts: np.ndarray | None, width: i
     return f"{ids[i]}: {text[:width]}{'...' if len(text) > width else ''}"
 
 
+def _distance_to_centroid(X: np.ndarray, labels: np.ndarray, cluster_ids: np.ndarray, centroids: np.ndarray,
+                          block_rows: int = 65_536) -> np.ndarray:
+    """Each row's Euclidean distance to its own cluster's centroid (NaN for noise), block by block."""
+    out = np.full(X.shape[0], np.nan)
+    for start in range(0, X.shape[0], block_rows):
+        lab = labels[start : start + block_rows]
+        keep = np.flatnonzero(lab != NOISE)
+        if keep.size:
+            block = np.asarray(X[start : start + block_rows][keep], dtype=np.float64)
+            out[start + keep] = np.linalg.norm(block - centroids[np.searchsorted(cluster_ids, lab[keep])], axis=1)
+    return out
+
+
 def profile_table(
     X: np.ndarray,
     labels: np.ndarray,
@@ -114,9 +127,12 @@ def profile_table(
         nearest = between.min(1)
     else:
         nearest = np.full(cluster_ids.size, np.nan)
+    distance = _distance_to_centroid(X, labels, cluster_ids, centroids)
+    order = np.argsort(labels, kind="stable")
+    bounds = np.searchsorted(labels[order], cluster_ids, side="left"), np.searchsorted(labels[order], cluster_ids, side="right")
     for i, c in enumerate(cluster_ids):
-        members = np.flatnonzero(labels == c)
-        d = np.linalg.norm(np.asarray(X[members], dtype=np.float64) - centroids[i], axis=1)
+        members = order[bounds[0][i] : bounds[1][i]]  # in row order (a stable sort)
+        d = distance[members]
         closest = members[np.argsort(d, kind="stable")[:n_nearest]]
         row = {
             "cluster": int(c),

@@ -45,12 +45,24 @@ def stable_hash(obj: Any) -> str:
 
 
 def file_stamps(config: dict) -> dict[str, list]:
-    """Size and mtime of every existing file named by a ``*path`` key, so edits invalidate."""
+    """Size and mtime of every existing file named by a ``*path`` key (each parquet file of a
+    folder or glob), so edits invalidate."""
+    from embclust.data.loaders import dataset_files
+
     stamps = {}
     for key, value in config.items():
-        if key.endswith("path") and isinstance(value, str) and os.path.isfile(value):
-            st = os.stat(value)
-            stamps[key] = [os.path.abspath(value), st.st_size, st.st_mtime_ns]
+        if not (key.endswith("path") and isinstance(value, str)):
+            continue
+        if os.path.isfile(value):
+            files = [value]
+        elif os.path.isdir(value) or any(c in value for c in "*?["):
+            try:
+                files = [str(f) for f in dataset_files(value)]
+            except Exception:  # noqa: BLE001 - the loader reports what is wrong with the path
+                continue
+        else:
+            continue
+        stamps[key] = [[os.path.abspath(f), os.stat(f).st_size, os.stat(f).st_mtime_ns] for f in files]
     return stamps
 
 
@@ -239,7 +251,14 @@ def cached_dataset(dataset_config: dict, cache_dir: Path, load: Callable[[], Dat
     key = stable_hash({"dataset": dataset_config, "files": file_stamps(dataset_config)})
     entry = Path(cache_dir) / "data" / key
 
+    loaded: list = []
+
+    def compute() -> Dataset:
+        loaded.append(load())
+        return loaded[-1]
+
     def write(ds: Dataset, tmp: Path) -> None:
+        _refuse_large(ds.X, "the dataset")
         np.save(tmp / "X.npy", np.ascontiguousarray(ds.X, dtype=np.float32))
         ids = ds.ids if ds.ids.dtype != object else ds.ids.astype(str)
         np.save(tmp / "ids.npy", ids)
@@ -262,7 +281,20 @@ def cached_dataset(dataset_config: dict, cache_dir: Path, load: Callable[[], Dat
         }
         (tmp / "meta.json").write_text(json.dumps(meta))
 
-    return _cached(entry, load, write, _read_dataset)
+    try:
+        return _cached(entry, compute, write, _read_dataset)
+    except _Uncached as exc:
+        log.info("dataset not cached (%s): loaded in this run", exc)
+        return loaded[-1], False
+
+
+def _refuse_large(X: np.ndarray, what: str) -> None:
+    """No copy in the cache of a matrix above ``memory.spill_above_mb``: it is read where it lies."""
+    from embclust import blocks
+
+    limit = blocks.spill_above_mb()
+    if limit is not None and X.nbytes > limit * 2**20:
+        raise _Uncached(f"{what} is {X.nbytes / 2**30:.1f} GB, above memory.spill_above_mb={limit:g}")
 
 
 def _read_dataset(entry: Path) -> Dataset:
@@ -310,6 +342,7 @@ def cached_preprocessing(
             save_pipeline(pipeline, tmp)
         except NotStorable as exc:
             raise _Uncached(str(exc)) from None
+        _refuse_large(Xp, "the preprocessed matrix")
         np.save(tmp / "Xp.npy", np.ascontiguousarray(Xp, dtype=np.float32))
 
     try:

@@ -146,7 +146,9 @@ class Features:
 
 def _fit(pre_cfg: dict, ds: Dataset) -> tuple[Pipeline, np.ndarray]:
     pipeline = instantiate(pre_cfg)
-    return pipeline, preprocess.fit_preprocessing(pipeline, ds.X)
+    return pipeline, preprocess.fit_preprocessing(
+        pipeline, ds.X, pre_cfg.get("fit_sample_size"), int(pre_cfg.get("seed") or 0)
+    )
 
 
 def _fit_cached(pre_cfg: dict, ds: Dataset, cache_dir: Path | None) -> tuple[Pipeline, np.ndarray, bool]:
@@ -242,7 +244,7 @@ def reference_space(
         scaler = preprocess.build_preprocessing(normalize=normalize).named_steps["normalize"]
         if scaler == "passthrough":
             return ReferenceSpace(ds.X, rows[:max_rows])
-        scaler.fit(ds.X)  # Normalizer: nothing to learn; StandardScaler: column means and scales
+        preprocess.fit_scaler_by_blocks(scaler, ds.X)  # Normalizer: nothing to learn; StandardScaler: means, scales
         return ReferenceSpace(ds.X, rows[:max_rows], transform=scaler.transform)
 
     key = "ref:" + cache.stable_hash([normalize, rows[:max_rows].tolist()[:64], rows.size, max_rows, seed])

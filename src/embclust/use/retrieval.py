@@ -33,16 +33,13 @@ def normalize_rows(X: np.ndarray) -> np.ndarray:
 
 
 def cluster_centroids(X: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Mean of each cluster's rows (noise excluded): (sorted cluster ids, centroids)."""
-    clusters = np.unique(labels[labels != NOISE])
-    if clusters.size == 0:
+    """Mean of each cluster's rows (noise excluded): (sorted cluster ids, centroids), summed block by block."""
+    from embclust.explain.tables import cluster_centroids as centroids_by_blocks
+
+    if not (labels != NOISE).any():
         raise DataError("every point is noise: there are no clusters to compute centroids of")
-    index = np.searchsorted(clusters, labels)
-    member = labels != NOISE
-    sums = np.zeros((clusters.size, X.shape[1]), dtype=np.float64)
-    np.add.at(sums, index[member], np.asarray(X[member], dtype=np.float64))
-    counts = np.bincount(index[member], minlength=clusters.size)
-    return clusters, (sums / counts[:, None]).astype(np.float32)
+    clusters, centroids = centroids_by_blocks(X, labels)
+    return clusters, centroids.astype(np.float32)
 
 
 def top_k(queries: np.ndarray, corpus: np.ndarray, k: int, exclude: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
