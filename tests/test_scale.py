@@ -217,3 +217,23 @@ def test_a_clusterer_that_holds_every_row_is_refused_up_front_naming_the_sample_
     check_in_memory_clusterer(cfg, rows, 384, memory_bytes=24 * 2**30)  # the size it names is accepted
     kmeans_cfg = OmegaConf.create({"clusterer": {"_target_": "sklearn.cluster.KMeans"}})
     check_in_memory_clusterer(kmeans_cfg, 10_000_000, 384, memory_bytes=24 * 2**30)  # streams: no limit
+
+
+# ------------------------------------------------------------------ true labels without strings
+@pytest.mark.parametrize("labels, names", [
+    (np.array([3, 10, 2, -1, 10, 3, -2, 2]), None),
+    (np.array([0, 2, 1, -1, 2, 0]), ["b", "a", "c"]),
+    (np.array(["x", "y", "x", "z"], dtype=object), None),
+])
+def test_label_codes_name_the_same_classes_as_a_string_per_row(labels, names):
+    from embclust.data.dataset import Dataset
+
+    ds = Dataset("t", np.zeros((labels.size, 2), np.float32), np.arange(labels.size), labels, names)
+    classes, codes = ds.label_codes()
+    expected_classes, expected_codes = np.unique(ds.label_strings(), return_inverse=True)
+    np.testing.assert_array_equal(classes, expected_classes)
+    np.testing.assert_array_equal(codes, expected_codes)
+    clusters = np.arange(labels.size) % 3
+    by_codes, purity = tables.composition_table(clusters, codes=(classes, codes))
+    by_strings, purity_strings = tables.composition_table(clusters, ds.label_strings())
+    assert by_codes.equals(by_strings) and purity == purity_strings

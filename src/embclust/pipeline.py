@@ -210,7 +210,7 @@ def execute(
         scores.update(state.metrics)
     report = Report(title=f"{run_name(cfg)} (run {mlflow.active_run().info.run_id})")
     report.add_metrics(scores)
-    true_names = ds.label_strings()
+    true_names = ds.label_strings if ds.labels is not None else None  # of the drawn rows only
     with timer("plots"):
         write_labels(workdir / "labels.parquet", ds, labels, coords)
         (workdir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))

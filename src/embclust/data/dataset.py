@@ -77,6 +77,18 @@ class Dataset:
             return names[codes].astype(str)
         return labels.astype(str)
 
+    def label_codes(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """(class names sorted as strings, each row's index into them): the true labels without a
+        string per row (integer labels are named once per distinct value)."""
+        if self.labels is None:
+            return None
+        if np.issubdtype(self.labels.dtype, np.integer):
+            values, inverse = np.unique(self.labels, return_inverse=True)
+            names = Dataset(self.name, np.empty((values.size, 0)), values, values, self.label_names).label_strings()
+            classes, name_index = np.unique(names, return_inverse=True)  # unknown labels share one name
+            return classes, name_index[inverse]
+        return np.unique(self.labels.astype(str), return_inverse=True)
+
 
 def fingerprint_array(X: np.ndarray) -> str:
     """Return a short blake2b hex digest of ``X``'s shape, dtype and bytes."""

@@ -138,7 +138,7 @@ def run_analyses(
     ds, X, labels = state.ds, state.Xp, state.labels
     as_file = not a.report.enabled
     texts = ds.texts
-    true_names = ds.label_strings()
+    true_codes = ds.label_codes()
 
     if a.keywords.enabled and texts is not None:
         with _step(state, "keywords"):
@@ -180,12 +180,12 @@ def run_analyses(
             _save_table(table, folder, "cluster_profile")
             report.add_table("Cluster profiles", table)
 
-    if a.composition.enabled and true_names is not None:
+    if a.composition.enabled and true_codes is not None:
         with _step(state, "composition"):
-            table, overall = tables.composition_table(labels, true_names, top=int(a.composition.top))
+            table, overall = tables.composition_table(labels, top=int(a.composition.top), codes=true_codes)
             state.metrics["composition_purity"] = overall
             _save_table(table, folder, "cluster_composition")
-            fig = tables.contingency_figure(labels, true_names)
+            fig = tables.contingency_figure(labels, codes=true_codes)
             report.add_table("Composition vs true labels", table, note=f"overall purity {overall:.4f}")
             _add_figure(report, "Clusters vs true labels", fig, folder, "composition_heatmap", as_file)
 

@@ -154,10 +154,19 @@ def profile_table(
 # --------------------------------------------------------------------------- composition
 
 
-def composition_table(labels: np.ndarray, true_labels: np.ndarray, top: int = 5) -> tuple[pd.DataFrame, float]:
+def _codes(true_labels, codes):
+    if codes is not None:
+        return codes
+    return np.unique(np.asarray(true_labels).astype(str), return_inverse=True)
+
+
+def composition_table(
+    labels: np.ndarray, true_labels: np.ndarray | None = None, top: int = 5, codes: tuple | None = None
+) -> tuple[pd.DataFrame, float]:
     """Per cluster: size, purity, entropy (bits) of its true labels and the top labels with
-    their share; returns the table and the overall purity."""
-    classes, class_idx = np.unique(np.asarray(true_labels).astype(str), return_inverse=True)
+    their share; returns the table and the overall purity. ``codes``: (class names, each row's
+    class index) instead of ``true_labels`` (see :meth:`Dataset.label_codes`)."""
+    classes, class_idx = _codes(true_labels, codes)
     clusters = np.unique(labels)
     table = contingency_matrix(class_idx, labels)  # classes x clusters
     rows = []
@@ -182,9 +191,11 @@ def composition_table(labels: np.ndarray, true_labels: np.ndarray, top: int = 5)
     return pd.DataFrame(rows), overall
 
 
-def contingency_figure(labels: np.ndarray, true_labels: np.ndarray, max_labels: int = 40) -> go.Figure:
+def contingency_figure(
+    labels: np.ndarray, true_labels: np.ndarray | None = None, max_labels: int = 40, codes: tuple | None = None
+) -> go.Figure:
     """Heatmap of cluster x true-label counts (the ``max_labels`` most common labels)."""
-    classes, class_idx = np.unique(np.asarray(true_labels).astype(str), return_inverse=True)
+    classes, class_idx = _codes(true_labels, codes)
     clusters = np.unique(labels)
     table = contingency_matrix(class_idx, labels)
     keep = np.argsort(-table.sum(1), kind="stable")[:max_labels]

@@ -68,7 +68,7 @@ def cluster_map_figure(
     coords: np.ndarray,
     clusters: np.ndarray,
     ids: np.ndarray,
-    true_labels: np.ndarray | None = None,
+    true_labels=None,
     title: str = "",
     texts: np.ndarray | None = None,
     cluster_names: dict[int, str] | None = None,
@@ -77,13 +77,19 @@ def cluster_map_figure(
 ) -> go.Figure:
     """Scatter of the 2-D map coloured by cluster, beside one coloured by true label when known.
 
+    ``true_labels``: an array, or a function of the drawn rows giving theirs (no string per row
+    of a large dataset).
+
     ``cluster_names`` (e.g. top keywords) are shown in the legend; points without coordinates
     (outside a t-SNE sample) are left out, and at most ``max_points`` are drawn (seeded sample).
     """
     rows, note = drawn_rows(coords, max_points, seed)
     title += note
     coords, clusters, ids = coords[rows], clusters[rows], np.asarray(ids)[rows]
-    true_labels = None if true_labels is None else np.asarray(true_labels)[rows]
+    if callable(true_labels):
+        true_labels = np.asarray(true_labels(rows))
+    elif true_labels is not None:
+        true_labels = np.asarray(true_labels)[rows]
     texts = None if texts is None else np.asarray(texts)[rows]
     x, y = coords[:, 0], coords[:, 1]
     cluster_str = np.where(clusters < 0, "noise", clusters.astype(str))
