@@ -87,7 +87,12 @@ class Dataset:
             names = Dataset(self.name, np.empty((values.size, 0)), values, values, self.label_names).label_strings()
             classes, name_index = np.unique(names, return_inverse=True)  # unknown labels share one name
             return classes, name_index[inverse]
-        return np.unique(self.labels.astype(str), return_inverse=True)
+        import pandas as pd
+
+        codes, uniques = pd.factorize(self.labels)  # a hash pass, not a sort of every row's string
+        names = np.asarray(uniques).astype(str)
+        classes, name_index = np.unique(names, return_inverse=True)
+        return classes, name_index[codes]
 
 
 def fingerprint_array(X: np.ndarray) -> str:
