@@ -237,3 +237,19 @@ def test_label_codes_name_the_same_classes_as_a_string_per_row(labels, names):
     by_codes, purity = tables.composition_table(clusters, codes=(classes, codes))
     by_strings, purity_strings = tables.composition_table(clusters, ds.label_strings())
     assert by_codes.equals(by_strings) and purity == purity_strings
+
+
+def test_a_long_pass_reports_rows_done_on_stderr(caplog, monkeypatch):
+    import logging
+
+    monkeypatch.setattr(blocks, "PROGRESS_ROWS", 1000)
+    monkeypatch.setattr(blocks, "PROGRESS_SECONDS", 0.0)
+    X, _ = _blobs(n=5000, d=4)
+    with caplog.at_level(logging.INFO, logger="embclust.blocks"):
+        lloyd.assign(X, X[:3], n_threads=2, block_rows=1000)
+    lines = [r.getMessage() for r in caplog.records if "rows assigned" in r.getMessage()]
+    assert lines and lines[0].startswith("kmeans: rows assigned: 1000 / 5000 rows")
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="embclust.blocks"):
+        lloyd.assign(X[:900], X[:3], n_threads=1, block_rows=100)  # below PROGRESS_ROWS: silent
+    assert not caplog.records

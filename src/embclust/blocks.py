@@ -35,6 +35,29 @@ def set_spill_above_mb(value: float | None) -> None:
     _spill_above_mb = None if value is None else float(value)
 
 
+# Passes over at least this many rows report progress on stderr, at most every PROGRESS_SECONDS.
+PROGRESS_ROWS = 1_000_000
+PROGRESS_SECONDS = 10.0
+
+
+class Progress:
+    """``what: done / total rows (s)`` on stderr while a long pass runs (silent below PROGRESS_ROWS)."""
+
+    def __init__(self, what: str, total: int) -> None:
+        import time
+
+        self.what, self.total, self.done = what, int(total), 0
+        self._clock = time.perf_counter
+        self.started = self.last = self._clock()
+
+    def __call__(self, rows: int) -> None:
+        self.done += int(rows)
+        now = self._clock()
+        if self.total >= PROGRESS_ROWS and now - self.last >= PROGRESS_SECONDS and self.done < self.total:
+            self.last = now
+            log.info("%s: %d / %d rows (%.0f s)", self.what, self.done, self.total, now - self.started)
+
+
 def spill_above_mb() -> float | None:
     return _spill_above_mb
 
@@ -82,19 +105,34 @@ def row_blocks(n_rows: int, block_rows: int = BLOCK_ROWS) -> list[slice]:
     return [slice(start, min(n_rows, start + block_rows)) for start in range(0, n_rows, block_rows)]
 
 
-def map_on_threads(fn: Callable[[Any], Any], items: list, n_threads: int) -> list:
-    """``fn(item)`` for every item, results in item order, on up to ``n_threads`` threads with one BLAS thread each."""
+def map_on_threads(fn: Callable[[Any], Any], items: list, n_threads: int,
+                   done: Callable[[Any], None] | None = None) -> list:
+    """``fn(item)`` for every item, results in item order, on up to ``n_threads`` threads with one
+    BLAS thread each; ``done(item)`` is called as each result is collected (progress)."""
     items = list(items)
+    results = []
     with threadpool_limits(limits=1, user_api="blas"):
         if n_threads <= 1 or len(items) <= 1:
-            return [fn(item) for item in items]
+            for item in items:
+                results.append(fn(item))
+                if done is not None:
+                    done(item)
+            return results
         with ThreadPoolExecutor(max_workers=min(n_threads, len(items))) as pool:
-            return list(pool.map(fn, items))
+            for item, result in zip(items, pool.map(fn, items)):
+                results.append(result)
+                if done is not None:
+                    done(item)
+            return results
 
 
-def map_blocks(fn: Callable[[slice], Any], n_rows: int, n_threads: int, block_rows: int = BLOCK_ROWS) -> list:
-    """``fn(block)`` for every row block, in block order, on ``n_threads`` threads with one BLAS thread each."""
-    return map_on_threads(fn, row_blocks(n_rows, block_rows), n_threads)
+def map_blocks(fn: Callable[[slice], Any], n_rows: int, n_threads: int, block_rows: int = BLOCK_ROWS,
+               progress: str | None = None) -> list:
+    """``fn(block)`` for every row block, in block order, on ``n_threads`` threads with one BLAS
+    thread each; ``progress`` names the pass in progress lines on stderr for large data."""
+    tick = Progress(progress, n_rows) if progress else None
+    return map_on_threads(fn, row_blocks(n_rows, block_rows), n_threads,
+                          None if tick is None else lambda block: tick(block.stop - block.start))
 
 
 def available_threads() -> int:

@@ -243,8 +243,8 @@ LABELS_BLOCK_ROWS = 1_000_000
 
 
 def write_labels(path: Path, ds: data.Dataset, labels: np.ndarray, coords: np.ndarray) -> None:
-    """``labels.parquet``: id, cluster, x, y and the true label where known, written a block of
-    rows at a time (one row group each), so no table of every row is built in memory."""
+    """``labels.parquet``: id, cluster, x, y, and the true label and text where known, written a
+    block of rows at a time (one row group each), so no table of every row is built in memory."""
     n = labels.shape[0]
     writer = None
     try:
@@ -253,6 +253,8 @@ def write_labels(path: Path, ds: data.Dataset, labels: np.ndarray, coords: np.nd
             table = {"id": np.asarray(ds.ids[rows]), "cluster": labels[rows], "x": coords[rows, 0], "y": coords[rows, 1]}
             if ds.labels is not None:
                 table["label"] = ds.label_strings(rows)
+            if ds.texts is not None:
+                table["text"] = np.asarray(ds.texts[rows]).astype(str)
             block = pa.table(table)
             if writer is None:
                 writer = pq.ParquetWriter(path, block.schema, compression="zstd")

@@ -211,5 +211,5 @@ def transform_by_blocks(pipeline: Pipeline, X: np.ndarray, n_out: int, block_row
     def one(rows: slice) -> None:
         out[rows] = pipeline.transform(np.asarray(X[rows]))
 
-    blocks.map_blocks(one, X.shape[0], blocks.available_threads(), block_rows)
+    blocks.map_blocks(one, X.shape[0], blocks.available_threads(), block_rows, progress="preprocess: rows transformed")
     return out

@@ -25,11 +25,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from embclust.blocks import BLOCK_ROWS, map_blocks
+from embclust.blocks import BLOCK_ROWS, PROGRESS_ROWS, map_blocks
 
 log = logging.getLogger(__name__)
-# Passes over at least this many rows report progress on stderr.
-PROGRESS_ROWS = 1_000_000
 
 
 def assign_block(X_block: np.ndarray, centers: np.ndarray, half_sq_norms: np.ndarray) -> np.ndarray:
@@ -83,7 +81,7 @@ def lloyd_pass(X: np.ndarray, centers: np.ndarray, n_threads: int, block_rows: i
         labels, distance = _nearest(X_block, centers, half)
         return (labels, *_block_sums(X_block, labels, k), distance)
 
-    parts = map_blocks(one, X.shape[0], n_threads, block_rows)
+    parts = map_blocks(one, X.shape[0], n_threads, block_rows, progress="kmeans: refinement pass, rows")
     sums = np.zeros((k, X.shape[1]), dtype=np.float64)
     counts = np.zeros(k, dtype=np.int64)
     total = 0.0
@@ -98,7 +96,8 @@ def assign(X: np.ndarray, centers: np.ndarray, n_threads: int, block_rows: int =
     """Nearest-centre label (int32) of every row, block by block."""
     centers = np.ascontiguousarray(centers, dtype=X.dtype)
     half = _half_sq_norms(centers)
-    parts = map_blocks(lambda b: assign_block(np.asarray(X[b]), centers, half), X.shape[0], n_threads, block_rows)
+    parts = map_blocks(lambda b: assign_block(np.asarray(X[b]), centers, half), X.shape[0], n_threads, block_rows,
+                       progress="kmeans: rows assigned")
     return np.concatenate(parts)
 
 
@@ -110,7 +109,7 @@ def inertia(X: np.ndarray, labels: np.ndarray, centers: np.ndarray, n_threads: i
         diff = np.asarray(X[block], dtype=np.float64) - centers64[labels[block]]
         return float(np.einsum("ij,ij->", diff, diff))
 
-    return float(sum(map_blocks(one, X.shape[0], n_threads, block_rows)))
+    return float(sum(map_blocks(one, X.shape[0], n_threads, block_rows, progress="kmeans: inertia, rows")))
 
 
 def mean_variance(X: np.ndarray, n_threads: int, block_rows: int = BLOCK_ROWS) -> float:

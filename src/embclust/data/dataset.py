@@ -97,10 +97,14 @@ class Dataset:
 
 def fingerprint_array(X: np.ndarray) -> str:
     """Return a short blake2b hex digest of ``X``'s shape, dtype and bytes."""
+    from embclust.blocks import Progress
+
     h = hashlib.blake2b(digest_size=16)
     h.update(repr((X.shape, str(X.dtype))).encode())
+    tick = Progress("data fingerprint", X.shape[0])
     for start in range(0, X.shape[0], _HASH_CHUNK_ROWS):
         h.update(memoryview(np.ascontiguousarray(X[start : start + _HASH_CHUNK_ROWS])))
+        tick(_HASH_CHUNK_ROWS)
     return h.hexdigest()
 
 
@@ -192,7 +196,7 @@ def take_rows(ds: Dataset, rows: np.ndarray) -> Dataset:
     take = lambda a: None if a is None else np.asarray(a)[rows]  # noqa: E731
     return Dataset(
         name=ds.name,
-        X=np.ascontiguousarray(ds.X[rows]),
+        X=_take_matrix_rows(ds.X, np.asarray(rows)),
         ids=take(ds.ids),
         labels=take(ds.labels),
         label_names=ds.label_names,
@@ -204,6 +208,21 @@ def take_rows(ds: Dataset, rows: np.ndarray) -> Dataset:
         n_dropped_duplicates=ds.n_dropped_duplicates,
         from_tabular=ds.from_tabular,
     )
+
+
+def _take_matrix_rows(X: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """``X[rows]`` gathered a block at a time into memory or, above ``memory.spill_above_mb``, a
+    temporary file: a large sample of a memory-mapped file is never a second copy in RAM."""
+    from embclust import blocks
+
+    if rows.dtype == bool:
+        rows = np.flatnonzero(rows)
+    if X.ndim != 2:
+        return np.ascontiguousarray(X[rows])
+    out = blocks.scratch_matrix(rows.size, X.shape[1], X.dtype, "sampled rows")
+    for start in range(0, rows.size, _HASH_CHUNK_ROWS):
+        out[start : start + _HASH_CHUNK_ROWS] = X[rows[start : start + _HASH_CHUNK_ROWS]]
+    return out
 
 
 def _all_rows_equal(X: np.ndarray) -> bool:
@@ -221,8 +240,12 @@ def _invalid_rows(X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     The second kind (values near 1e20 and above) turn into inf while normalising or computing
     distances and silently collapse the clustering. Computed chunk by chunk to bound memory.
     """
+    from embclust.blocks import Progress
+
     bad, huge = [], []
+    tick = Progress("validate: rows checked for NaN, inf and overflow", X.shape[0])
     for start in range(0, X.shape[0], _HASH_CHUNK_ROWS):
+        tick(_HASH_CHUNK_ROWS)
         block = np.asarray(X[start : start + _HASH_CHUNK_ROWS])
         finite = np.isfinite(block).all(axis=1)
         bad.append(np.flatnonzero(~finite) + start)

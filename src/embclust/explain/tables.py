@@ -32,7 +32,11 @@ def cluster_centroids(X: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np
     ids = np.unique(labels[labels != NOISE])
     sums = np.zeros((ids.size, X.shape[1]))
     counts = np.zeros(ids.size)
+    from embclust.blocks import Progress
+
+    tick = Progress("centroids", X.shape[0])
     for start in range(0, X.shape[0], 65_536):
+        tick(65_536)
         lab = labels[start : start + 65_536]
         keep = np.flatnonzero(lab != NOISE)
         rows = np.searchsorted(ids, lab[keep])
@@ -97,8 +101,12 @@ def _describe_member(i: int, ids: np.ndarray, texts: np.ndarray | None, width: i
 def _distance_to_centroid(X: np.ndarray, labels: np.ndarray, cluster_ids: np.ndarray, centroids: np.ndarray,
                           block_rows: int = 65_536) -> np.ndarray:
     """Each row's Euclidean distance to its own cluster's centroid (NaN for noise), block by block."""
+    from embclust.blocks import Progress
+
     out = np.full(X.shape[0], np.nan)
+    tick = Progress("profile: distances to centroids", X.shape[0])
     for start in range(0, X.shape[0], block_rows):
+        tick(block_rows)
         lab = labels[start : start + block_rows]
         keep = np.flatnonzero(lab != NOISE)
         if keep.size:

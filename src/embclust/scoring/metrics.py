@@ -64,17 +64,22 @@ class ClusterStats:
         step = _chunk_rows(d, chunk_size)
 
         # Pass 1: per-cluster sums -> centroids; overall sum -> mean.
+        from embclust.blocks import Progress
+
+        tick = Progress("score: CH / DB pass 1 of 2", X.shape[0])
         sums = np.zeros((k, d), dtype=np.float64)
         for start in range(0, X.shape[0], step):
             block, c = self._block(X, start, step)
             if c.size:
                 _add_by_cluster(sums, block, c)
+            tick(step)
         self.centroids = sums / np.maximum(self.counts, 1)[:, None]
         self.mean = sums.sum(axis=0) / max(self.n_samples, 1)
 
         # Pass 2: squared and plain distances of each point to its own centroid.
         self.sq_dist = np.zeros(k, dtype=np.float64)
         self.dist = np.zeros(k, dtype=np.float64)
+        tick = Progress("score: CH / DB pass 2 of 2", X.shape[0])
         for start in range(0, X.shape[0], step):
             block, c = self._block(X, start, step)
             if c.size:
@@ -82,6 +87,7 @@ class ClusterStats:
                 sq = np.einsum("ij,ij->i", block, block)
                 self.sq_dist += np.bincount(c, weights=sq, minlength=k)
                 self.dist += np.bincount(c, weights=np.sqrt(sq), minlength=k)
+            tick(step)
 
     def _block(self, X: np.ndarray, start: int, step: int) -> tuple[np.ndarray, np.ndarray]:
         """Rows ``start:start+step`` that are scored, as float64, with their cluster codes."""
