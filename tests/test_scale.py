@@ -253,3 +253,17 @@ def test_a_long_pass_reports_rows_done_on_stderr(caplog, monkeypatch):
     with caplog.at_level(logging.INFO, logger="embclust.blocks"):
         lloyd.assign(X[:900], X[:3], n_threads=1, block_rows=100)  # below PROGRESS_ROWS: silent
     assert not caplog.records
+
+
+def test_umap_before_clustering_above_fit_sample_size_is_fitted_on_the_sample_and_places_the_rest():
+    X, y = _blobs(n=3000, d=20, k=4, seed=8)
+    pipeline = preprocess.build_preprocessing("l2", pca_components=10, umap_components=3, seed=0)
+    Xu = preprocess.fit_preprocessing(pipeline, X, fit_sample_size=800, seed=0)
+    assert Xu.shape == (3000, 3) and np.isfinite(Xu).all()
+    rows = np.sort(np.random.default_rng(0).choice(3000, size=800, replace=False))
+    np.testing.assert_array_equal(Xu[rows], pipeline.named_steps["umap"].embedding_)  # the sample keeps its fit
+    assert pipeline.named_steps["pca"].n_samples_ == 800
+    # The placed rows land with their own blob: KMeans on the reduced rows recovers the blobs.
+    from sklearn.metrics import adjusted_rand_score
+
+    assert adjusted_rand_score(y, KMeans(4, n_init=3, random_state=0).fit_predict(Xu)) > 0.9

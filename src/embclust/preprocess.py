@@ -154,6 +154,8 @@ def fit_preprocessing(pipeline: Pipeline, X: np.ndarray, fit_sample_size: int | 
     """
     check_preprocessing(pipeline, X.shape[0], X.shape[1])
     if pipeline.named_steps.get("umap", "passthrough") != "passthrough":
+        if fit_sample_size is not None and X.shape[0] > fit_sample_size:
+            return _fit_umap_on_sample(pipeline, X, int(fit_sample_size), seed)
         # UMAP's transform of new rows is not its fitted embedding.
         return np.asarray(pipeline.fit_transform(X), dtype=np.float32)
     from threadpoolctl import threadpool_limits
@@ -164,6 +166,35 @@ def fit_preprocessing(pipeline: Pipeline, X: np.ndarray, fit_sample_size: int | 
         else:
             _fit_on_sample(pipeline, X, int(fit_sample_size), seed)
     return transform_by_blocks(pipeline, X, int(pipeline.transform(np.asarray(X[:1])).shape[1]))
+
+
+def _fit_umap_on_sample(pipeline: Pipeline, X: np.ndarray, fit_sample_size: int, seed: int) -> np.ndarray:
+    """Normalisation and PCA as for row-wise pipelines, UMAP fitted on the seeded sample's rows
+    (which keep their fitted embedding) and every other row placed by UMAP's ``transform``,
+    block by block: UMAP's neighbour graph of all rows would not fit in memory at scale."""
+    from threadpoolctl import threadpool_limits
+
+    from embclust import blocks
+
+    with threadpool_limits(limits=1, user_api="blas"):
+        _fit_on_sample(pipeline, X, fit_sample_size, seed)
+    rows = np.sort(np.random.default_rng(seed).choice(X.shape[0], size=fit_sample_size, replace=False))
+    before = pipeline[:2]
+    reducer = pipeline.named_steps["umap"]
+    log.info("preprocess: UMAP fitted on a seeded sample of %d of %d rows, the rest placed by its transform "
+             "(preprocess.fit_sample_size)", fit_sample_size, X.shape[0])
+    embedded = np.asarray(reducer.fit_transform(before.transform(np.asarray(X[rows]))), dtype=np.float32)
+    out = blocks.scratch_matrix(X.shape[0], embedded.shape[1], np.float32, "UMAP-reduced rows")
+    out[rows] = embedded
+    in_sample = np.zeros(X.shape[0], dtype=bool)
+    in_sample[rows] = True
+    tick = blocks.Progress("preprocess: rows placed by UMAP", X.shape[0])
+    for start in range(0, X.shape[0], 65_536):
+        rest = start + np.flatnonzero(~in_sample[start : start + 65_536])
+        if rest.size:
+            out[rest] = reducer.transform(before.transform(np.asarray(X[rest])))
+        tick(65_536)
+    return out
 
 
 def _fit_on_sample(pipeline: Pipeline, X: np.ndarray, fit_sample_size: int, seed: int) -> None:
