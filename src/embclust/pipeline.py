@@ -95,10 +95,26 @@ def run_name(cfg: DictConfig) -> str:
     clusterer = str(cfg.clusterer._target_).rsplit(".", 1)[-1]
     size = cfg.clusterer.get("n_clusters") or cfg.clusterer.get("min_cluster_size")
     pca = cfg.preprocess.get("pca_components")
-    parts = [str(cfg.dataset.get("name", "data")), clusterer + (f"-{size}" if size else "")]
+    parts = [_dataset_label(cfg.dataset), clusterer + (f"-{size}" if size else "")]
     if pca:
         parts.append(f"pca{pca}")
+    if cfg.preprocess.get("umap_components"):
+        parts.append(f"umap{cfg.preprocess.umap_components}")
     return " ".join(parts)
+
+
+# Dataset config names that say which loader, not which data: the file names the data instead.
+_LOADER_NAMES = ("npy", "parquet", "csv", "texts", "tabular", "table")
+
+
+def _dataset_label(dataset: DictConfig) -> str:
+    name = str(dataset.get("name", "data"))
+    path = dataset.get("path")
+    if name in _LOADER_NAMES and isinstance(path, str) and path:
+        stem = Path(path.rstrip("/")).name
+        stem = stem.rsplit(".", 1)[0] if "." in stem and not any(c in stem for c in "*?[") else stem
+        return stem[:40]
+    return name
 
 
 def execute(

@@ -39,9 +39,10 @@ class SweepPlan:
     swept_keys: list[str] = field(default_factory=list)
 
     def cell_name(self, overrides: str) -> str:
-        """A cell's run name: its swept overrides, without those every cell shares."""
+        """A cell's run name: its swept overrides, without those every cell shares; a swept file
+        path is shown by its file name (the runs list has room for what differs, not for paths)."""
         swept = [o for o in overrides.split() if o.split("=", 1)[0].lstrip("+~") in self.swept_keys]
-        return " ".join(swept) or overrides
+        return " ".join(short_override(o) for o in swept) or overrides
 
     @property
     def rank_metric(self) -> str:
@@ -57,6 +58,16 @@ class SweepPlan:
         if not raw:
             return None
         return cls(**json.loads(raw))
+
+
+def short_override(override: str, most: int = 40) -> str:
+    """``key=value`` with a path-like value cut to its last part, and any value to ``most`` characters."""
+    key, sep, value = override.partition("=")
+    if "/" in value.rstrip("/"):
+        value = value.rstrip("/").rsplit("/", 1)[-1]
+    if len(value) > most:
+        value = value[: most - 3] + "..."
+    return f"{key}{sep}{value}"
 
 
 # Metrics that have a reference-space counterpart ``<name>_ref``.
