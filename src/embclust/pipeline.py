@@ -35,7 +35,7 @@ from embclust.scoring import silhouette, stability, torch_backend
 from embclust.sweep import shared
 from embclust.sweep.plan import SweepPlan
 from embclust.tracking import datasets, models, plots
-from embclust.tracking.report import Report
+from embclust.tracking.report import Report, score_advice
 from embclust.tracking.store import flatten_config
 
 if TYPE_CHECKING:
@@ -115,6 +115,27 @@ def _dataset_label(dataset: DictConfig) -> str:
         stem = stem.rsplit(".", 1)[0] if "." in stem and not any(c in stem for c in "*?[") else stem
         return stem[:40]
     return name
+
+
+def report_config(cfg: DictConfig) -> dict[str, object]:
+    """The configuration a reader of ``report.html`` needs: what clustered the data, in which space, seeded how."""
+    clusterer = str(cfg.clusterer._target_).rsplit(".", 1)[-1]
+    sizes = [f"{k}={cfg.clusterer[k]}" for k in ("n_clusters", "min_cluster_size", "min_samples", "linkage")
+             if cfg.clusterer.get(k) is not None]
+    reducer = cfg.get("reducer")
+    target = reducer.get("_target_") if reducer is not None else None
+    config: dict[str, object] = {"clusterer": f"{clusterer}({', '.join(sizes)})" if sizes else clusterer}
+    if cfg.dataset.get("path"):
+        config["data file"] = Path(str(cfg.dataset.path).rstrip("/")).name
+    config["normalize"] = cfg.preprocess.get("normalize")
+    config["pca_components"] = cfg.preprocess.get("pca_components") or "none"
+    if cfg.preprocess.get("umap_components"):
+        config["umap_components"] = cfg.preprocess.umap_components
+    config["map (reducer)"] = str(target).rsplit(".", 1)[-1] if target else "none"
+    if cfg.get("drill"):
+        config["drill-down"] = f"cluster {cfg.drill.cluster} of run {cfg.drill.parent_run}"
+    config["seed"] = cfg.seed
+    return config
 
 
 def execute(
@@ -225,6 +246,10 @@ def execute(
         mlflow.log_metrics({**state.metrics, **state.seconds})
         scores.update(state.metrics)
     report = Report(title=f"{run_name(cfg)} (run {mlflow.active_run().info.run_id})")
+    report.set_header(
+        dataset=_dataset_label(cfg.dataset), rows=ds.n_samples, columns=ds.n_features,
+        config=report_config(cfg), advice=score_advice(scores),
+    )
     report.add_metrics(scores)
     true_names = ds.label_strings if ds.labels is not None else None  # of the drawn rows only
     with timer("plots"):

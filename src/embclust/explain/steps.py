@@ -203,7 +203,7 @@ def run_analyses(
             _add_figure(report, "Dendrogram", fig, folder, "dendrogram", as_file)
 
     pca = state.preprocessing.named_steps["pca"]
-    if a.pca_variance.enabled and pca != "passthrough":
+    if a.pca_variance.enabled and pca != "passthrough" and len(pca.explained_variance_ratio_) > 1:
         with _step(state, "pca_variance"):
             fig = tables.pca_pareto_figure(pca.explained_variance_ratio_)
             _add_figure(report, "PCA explained variance", fig, folder, "pca_variance", as_file)

@@ -17,6 +17,7 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from embclust.sweep import advice, compare
+from embclust.sweep.plan import short_override
 from embclust.tracking import plots
 from embclust.tracking.report import Report
 
@@ -105,7 +106,7 @@ def summarize_sweep(
         )
     elif len(table):
         report.add_text("Best cell", f"none: no cell was scored on {metric} ({n_failed} of {len(table)} failed)")
-    report.add_table("Leaderboard", table.drop(columns=["error"]) if n_failed == 0 else table)
+    report.add_table("Leaderboard", shown_leaderboard(table.drop(columns=["error"]) if n_failed == 0 else table, swept))
     with tempfile.TemporaryDirectory(prefix="embclust-sweep-") as tmp:
         folder = Path(tmp)
         compare.write_leaderboard(table, folder, f"Sweep leaderboard by {metric}")
@@ -142,6 +143,7 @@ def summarize_sweep(
             report.add_figure(heading, fig)
         if best_report is not None:
             report.sections.extend((f"Best cell: {h}", c) for h, c in best_report.sections)
+        _fill_header(report, summary, table, scored, swept, metric, best_report)
         report.write(folder / "report.html")
         client.log_artifacts(parent_run_id, str(folder))
     if n_failed:
@@ -151,6 +153,61 @@ def summarize_sweep(
 
 def _now() -> int:
     return int(time.time() * 1000)
+
+
+def cell_label(cell: str, swept: list[str]) -> str:
+    """A cell named by what varies between cells: its swept overrides, a path by its last part."""
+    overrides = cell.split()
+    varied = [o for o in overrides if o.split("=", 1)[0].lstrip("+~") in swept]
+    return " ".join(short_override(o) for o in (varied or overrides))
+
+
+def shown_leaderboard(table: pd.DataFrame, swept: list[str]) -> pd.DataFrame:
+    """The leaderboard as the report shows it: cells named by their swept values, paths by their last part.
+
+    ``leaderboard.csv`` and the ``best_cell`` tag keep the cells' full overrides.
+    """
+    if table.empty:
+        return table
+    shown = table.assign(cell=table["cell"].map(lambda cell: cell_label(str(cell), swept)))
+    for key in swept:
+        if key in shown and shown[key].dtype == object:
+            shown[key] = shown[key].map(lambda v: v if pd.isna(v) else short_override(f"{key}={v}").split("=", 1)[1])
+    return shown
+
+
+def _fill_header(
+    report: Report,
+    summary: SweepSummary,
+    table: pd.DataFrame,
+    scored: pd.DataFrame,
+    swept: list[str],
+    metric: str,
+    best_report: Report | None,
+) -> None:
+    """The sweep report's header: the data, what was swept, the best cell's scores and the advice."""
+    shown = shown_leaderboard(table, swept)
+    config: dict[str, object] = {}
+    for key in (k for k in swept if k in shown):
+        values = [str(v) for v in _axis_values(shown[key])]
+        config[key] = ", ".join(values) if len(values) <= 8 else f"{values[0]} .. {values[-1]} ({len(values)} values)"
+    config["ranked by"] = metric
+    config["cells"] = f"{summary.n_cells} ({summary.n_scored} scored, {summary.n_failed} failed)"
+    scores = {}
+    if len(scored):
+        best_row = scored.iloc[0]
+        config["best cell"] = cell_label(str(best_row["cell"]), swept)
+        scores = {m: float(best_row[m]) for m in compare.SCORE_COLUMNS if m in best_row and pd.notna(best_row[m])}
+    advice_lines = [
+        summary.edge,
+        summary.caution and f"caution: {summary.caution}",
+        summary.advice,
+        summary.n_failed and f"{summary.n_failed} of {summary.n_cells} cells FAILED: their errors are in the leaderboard",
+    ]
+    report.set_header(config=config, scores=scores, advice=[line[:1].upper() + line[1:] for line in advice_lines if line],
+                      subtitle=f"Best cell: {summary.best}" if summary.best else None)
+    if best_report is not None:
+        report.set_header(dataset=best_report.dataset, rows=best_report.rows, columns=best_report.columns)
 
 
 def _axis_values(series: pd.Series) -> list:
@@ -271,6 +328,8 @@ def _pca_variance_curve(runs: pd.DataFrame) -> go.Figure | None:
     if done.empty:
         return None
     points = done.groupby(done[col].astype(int))[metric].first().sort_index()
+    if len(points) < 2:  # one PCA size: one point is no curve
+        return None
     fig = go.Figure(go.Scatter(x=points.index, y=points.values, mode="lines+markers"))
     fig.update_layout(
         title="PCA cumulative explained variance at each size in the sweep",
