@@ -1,4 +1,4 @@
-"""The ``embclust`` command: use the clusters of logged runs (assign, search, export, compare)."""
+"""The ``embclust`` command: use the clusters of logged runs (assign, search, export, compare, atlas)."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     common.add_argument("-q", "--quiet", action="store_true", help="log only warnings and errors")
     parser = argparse.ArgumentParser(prog="embclust", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{assign,search,export,compare}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{assign,search,export,compare,atlas}")
 
     p = sub.add_parser("assign", parents=[common], help="assign the rows of a new file to a run's clusters")
     p.add_argument("run", help="run id, or a sweep's parent id (its best cell is used)")
@@ -36,6 +36,12 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("export", parents=[common], help="one table of a sweep: a cluster column per cell")
     p.add_argument("sweep", help="the sweep's parent run id")
     p.add_argument("--output", required=True, help="output table, .parquet or .csv")
+
+    p = sub.add_parser("atlas", parents=[common], help="browse a run's map in Embedding Atlas (needs the atlas extra)")
+    p.add_argument("run", help="run id, or a sweep's parent id (its best cell is used)")
+    p.add_argument("--host", default="127.0.0.1", help="address to serve on (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=None, help="port (default 5055, or a free one when it is taken; 0: a free one)")
+    p.add_argument("--no-browser", action="store_true", help="only print the URL, do not open a browser")
 
     sub.add_parser("compare", add_help=False, help="leaderboard of a sweep (see embclust compare --help)")
     return parser
@@ -96,6 +102,12 @@ def _main(argv: list[str] | None = None) -> int:
             table = export_sweep(args.sweep, args.output)
             cells = [c for c in table.column_names if c not in ("id", "label", "x", "y")]
             print(f"wrote {args.output}: {table.num_rows} rows, {len(cells)} cell columns ({', '.join(cells)})")
+        elif args.command == "atlas":
+            from embclust.use import atlas
+
+            server = atlas.open_atlas(args.run, host=args.host, port=args.port, open_browser=not args.no_browser)
+            print(server.url, flush=True)
+            atlas.serve(server)  # until Ctrl-C
     except (EmbclustError, MlflowException) as exc:
         print(f"error: {first_line(exc)}", file=sys.stderr)
         return 1
