@@ -189,3 +189,19 @@ def test_xgboost_tree_shap_equals_the_shap_library():
     theirs = np.asarray(shap.TreeExplainer(model).shap_values(X[:50]))
     np.testing.assert_allclose(ours, theirs, atol=1e-4)
     assert np.abs(ours).mean(axis=0).argmax() == 2
+
+
+def test_near_duplicates_are_skipped_by_what_the_data_is_not_by_width_alone():
+    from embclust.explain import duplicates
+
+    rng = np.random.default_rng(0)
+    # Tabular-like: 19 positive columns on large offsets, so unrelated rows point the same way.
+    tabular = (rng.normal(size=(2000, 19)) + 50.0).astype(np.float32)
+    reason = duplicates.skip_reason(19, tabular, 0.98)
+    assert reason is not None and "random pairs of rows already have cosine >= 0.98" in reason
+    assert "analysis.duplicates.threshold" in reason
+    # Embedding-like: unrelated rows are far below the threshold; the check runs.
+    embeddings = rng.normal(size=(2000, 64)).astype(np.float32)
+    assert duplicates.skip_reason(64, embeddings, 0.98) is None
+    assert "dataset=tabular" in duplicates.skip_reason(64, embeddings, 0.98, from_tabular=True)
+    assert "columns" in duplicates.skip_reason(8, embeddings[:, :8], 0.98)

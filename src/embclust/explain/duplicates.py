@@ -24,14 +24,48 @@ log = logging.getLogger(__name__)
 MIN_FEATURES = 17
 
 
-def skip_reason(n_features: int) -> str | None:
-    """One line saying why the near-duplicate check is skipped for this data, or None."""
+# Random pairs checked, and the share of them at or above the threshold that makes it meaningless.
+RANDOM_PAIRS = 2000
+MAX_RANDOM_SHARE = 0.001
+
+
+def skip_reason(n_features: int, X: np.ndarray | None = None, threshold: float = 0.98, from_tabular: bool = False,
+                seed: int = 0) -> str | None:
+    """One line saying why the near-duplicate check is skipped for this data, or None.
+
+    Decided by what the data is, not by its width alone: few columns, features from the tabular
+    loader, or rows that share a common direction so that unrelated rows already reach the
+    threshold (checked on ``RANDOM_PAIRS`` seeded random pairs of ``X``).
+    """
     if n_features < MIN_FEATURES:
         return (
             f"near-duplicates skipped: data with {n_features} columns (<= {MIN_FEATURES - 1}); "
             "cosine similarity does not identify duplicates there"
         )
+    if from_tabular:
+        return ("near-duplicates skipped: tabular features (dataset=tabular); cosine similarity between rows of "
+                "user features does not identify duplicates")
+    if X is not None and X.shape[0] >= 2:
+        share = random_pair_share(X, threshold, seed)
+        if share > MAX_RANDOM_SHARE:
+            return (
+                f"near-duplicates skipped: {share:.1%} of {RANDOM_PAIRS} random pairs of rows already have cosine >= "
+                f"{threshold:g} (the rows share a common direction), so a pair above it is no duplicate; standardise "
+                "the data first or raise analysis.duplicates.threshold"
+            )
     return None
+
+
+def random_pair_share(X: np.ndarray, threshold: float, seed: int = 0) -> float:
+    """Share of seeded random pairs of distinct rows whose cosine similarity reaches ``threshold``."""
+    rng = np.random.default_rng(seed)
+    n = X.shape[0]
+    a = rng.integers(0, n, RANDOM_PAIRS)
+    b = (a + rng.integers(1, n, RANDOM_PAIRS)) % n  # another row
+    rows = np.unique(np.concatenate([a, b]))  # read in file order (memory-mapped files)
+    unit = _unit_rows(np.asarray(X[rows]))
+    left, right = unit[np.searchsorted(rows, a)], unit[np.searchsorted(rows, b)]
+    return float(np.mean(np.einsum("ij,ij->i", left, right) >= threshold))
 
 
 def _unit_rows(X: np.ndarray) -> np.ndarray:

@@ -234,7 +234,10 @@ def run_analyses(
                 (folder / "explain_skipped.txt").write_text(skipped + "\n")
                 report.add_text("Clusters not explained", skipped)
 
-    skip_duplicates = duplicates.skip_reason(ds.n_features) if a.duplicates.enabled and not light else None
+    skip_duplicates = (
+        duplicates.skip_reason(ds.n_features, ds.X, float(a.duplicates.threshold), ds.from_tabular, state.seed)
+        if a.duplicates.enabled and not light and data_analyses else None
+    )
     if a.duplicates.enabled and not light and not data_analyses:
         skip_duplicates = (
             "near-duplicates: not searched for the best cell of a sweep (a property of the data, not of the "
