@@ -42,3 +42,35 @@ def test_a_map_that_cannot_be_drawn_fails_the_run_before_the_clustering(run_cli,
     assert res.returncode == 1 and "reducer=umap maps at least 4 rows" in res.stderr
     (run,) = res.runs()
     assert run.info.status == "FAILED" and "time/cluster_s" not in run.data.metrics
+
+
+_UMAP_SCRIPT = """
+import sys, numpy as np
+from embclust import compiled
+print(compiled.enable_umap_cache(), file=sys.stderr)
+import umap
+X = np.random.default_rng(0).normal(size=(300, 8)).astype(np.float32)
+np.save(sys.argv[1], umap.UMAP(random_state=0, n_jobs=1, n_epochs=50).fit_transform(X))
+"""
+
+
+def test_umap_with_its_compiled_functions_cached_maps_exactly_as_without(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    runs = {"uncached": blocker / "numba", "cold": tmp_path / "numba", "warm": tmp_path / "numba"}
+    out = {}
+    for name, folder in runs.items():
+        env = {**os.environ, "EMBCLUST_NUMBA_CACHE_DIR": str(folder)}
+        env.pop("NUMBA_CACHE_DIR", None)
+        proc = subprocess.run([sys.executable, "-c", _UMAP_SCRIPT, str(tmp_path / f"{name}.npy")], env=env,
+                              capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        assert proc.stderr.strip().splitlines()[0] == str(name != "uncached")
+        out[name] = np.load(tmp_path / f"{name}.npy")
+    assert list((tmp_path / "numba").rglob("*.nbi"))  # compiled functions were written to the cache
+    np.testing.assert_array_equal(out["cold"], out["uncached"])
+    np.testing.assert_array_equal(out["warm"], out["uncached"])

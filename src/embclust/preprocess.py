@@ -101,6 +101,9 @@ def build_preprocessing(
     if umap_components is None:
         reduce = "passthrough"
     else:
+        from embclust import compiled
+
+        compiled.enable_umap_cache()
         from umap import UMAP
 
         reduce = UMAP(

@@ -71,6 +71,10 @@ def build_reducer(reducer_cfg: DictConfig | None):
     """Instantiate the 2-D reducer, or None for ``reducer=none``; returns (reducer, max_points)."""
     if reducer_cfg is None:
         return None, None
+    if str(reducer_cfg.get("_target_", "")).startswith("umap."):
+        from embclust import compiled
+
+        compiled.enable_umap_cache()
     reducer, options = instantiate_with_options(reducer_cfg, REDUCER_OPTIONS)
     if reducer is not None:
         validate.check_estimator_params(reducer, "reducer")
