@@ -17,22 +17,44 @@ def feature_profile_table(features: np.ndarray, names: list[str], labels: np.nda
     deviation; ``rank`` orders each cluster's features by its absolute value (1 = differs most).
     Constant features get a difference of 0.
     """
-    X = np.asarray(features, dtype=np.float64)
-    overall_mean = X.mean(axis=0)
-    overall_std = X.std(axis=0)
+    clusters, cluster_means, counts, overall_mean, overall_std = _moments(features, labels)
     scale = np.where(overall_std > 0, overall_std, np.inf)
     rows = []
-    for c in np.unique(labels[labels != NOISE]):
-        members = X[labels == c]
-        mean = members.mean(axis=0)
+    for i, c in enumerate(clusters):
+        mean = cluster_means[i]
         smd = (mean - overall_mean) / scale
         order = np.argsort(-np.abs(smd), kind="stable")
         for rank, k in enumerate(order, start=1):
             rows.append(
                 {"cluster": int(c), "rank": rank, "feature": names[k], "cluster_mean": float(mean[k]),
-                 "overall_mean": float(overall_mean[k]), "smd": float(smd[k]), "cluster_size": int(members.shape[0])}
+                 "overall_mean": float(overall_mean[k]), "smd": float(smd[k]), "cluster_size": int(counts[i])}
             )
     return pd.DataFrame(rows)
+
+
+def _moments(features: np.ndarray, labels: np.ndarray, block_rows: int = 65_536):
+    """Per-cluster means and the overall mean and standard deviation, in float64, block by block
+    (two passes over the rows; no float64 copy of the whole matrix)."""
+    from scipy.sparse import csr_matrix
+
+    n, d = features.shape
+    clusters = np.unique(labels[labels != NOISE])
+    sums, total = np.zeros((clusters.size, d)), np.zeros(d)
+    counts = np.zeros(clusters.size, dtype=np.int64)
+    for start in range(0, n, block_rows):
+        block = np.asarray(features[start : start + block_rows], dtype=np.float64)
+        lab = labels[start : start + block_rows]
+        keep = np.flatnonzero(lab != NOISE)
+        index = np.searchsorted(clusters, lab[keep])
+        sums += csr_matrix((np.ones(keep.size), (index, keep)), shape=(clusters.size, lab.size)) @ block
+        counts += np.bincount(index, minlength=clusters.size)
+        total += block.sum(axis=0)
+    mean = total / n
+    squares = np.zeros(d)
+    for start in range(0, n, block_rows):
+        diff = np.asarray(features[start : start + block_rows], dtype=np.float64) - mean
+        squares += np.einsum("ij,ij->j", diff, diff)
+    return clusters, sums / np.maximum(counts, 1)[:, None], counts, mean, np.sqrt(squares / n)
 
 
 def top_features_table(profile: pd.DataFrame, top: int = 5) -> pd.DataFrame:

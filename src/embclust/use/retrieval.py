@@ -23,13 +23,21 @@ BLOCK_ROWS = 65_536
 
 
 def normalize_rows(X: np.ndarray) -> np.ndarray:
-    """Rows scaled to unit L2 norm (zero rows stay zero), as float32."""
-    X = np.asarray(X, dtype=np.float32)
-    norms = np.linalg.norm(X, axis=1, keepdims=True)
+    """Rows scaled to unit L2 norm (zero rows stay zero), as float32, a block of rows at a time
+    into memory or, above ``memory.spill_above_mb``, a temporary file."""
+    from embclust import blocks
+
+    X = X if X.dtype == np.float32 else np.asarray(X, dtype=np.float32)
+    norms = np.concatenate([np.linalg.norm(np.asarray(X[b]), axis=1) for b in blocks.row_blocks(X.shape[0], BLOCK_ROWS)]) \
+        if X.shape[0] else np.zeros(0, dtype=np.float32)
     if np.allclose(norms, 1.0, atol=1e-4):
         # Sentence-transformer embeddings usually come normalised: no second corpus-sized copy.
         return X
-    return X / np.where(norms > 0, norms, 1.0)
+    out = blocks.scratch_matrix(X.shape[0], X.shape[1], np.float32, "normalised corpus")
+    for b in blocks.row_blocks(X.shape[0], BLOCK_ROWS):
+        n = norms[b][:, None]
+        out[b] = np.asarray(X[b]) / np.where(n > 0, n, 1.0)
+    return out
 
 
 def cluster_centroids(X: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
