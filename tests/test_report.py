@@ -156,3 +156,42 @@ def test_a_reference_score_gets_a_card_only_when_it_differs_from_the_score(tmp_p
     assert "silhouette_ref" not in _written(report, tmp_path)
     report.set_header(scores={"silhouette": 0.2, "silhouette_ref": 0.1})
     assert "<div class='name'>silhouette_ref</div>" in _written(report, tmp_path)
+
+
+def test_the_report_renders_offline_in_a_browser_header_first_and_its_figures_drawn(tmp_path):
+    """Screenshot test: the page a user opens, in headless Chromium with every other host unreachable."""
+    from pathlib import Path
+
+    import pytest
+
+    chromium = "/usr/bin/chromium"
+    if not Path(chromium).exists():
+        pytest.skip(f"no {chromium} (apt-get install -y --no-install-recommends chromium fonts-liberation)")
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install playwright)")
+    report = Report(title="products KMeans-30 (run abc)")
+    report.set_header(dataset="products", rows=42_000, columns=768, config={"clusterer": "KMeans(n_clusters=30)"},
+                      advice=["The best cell lies at the edge of the grid"])
+    report.add_metrics({"silhouette": 0.1234567, "calinski_harabasz": 1234.5, "davies_bouldin": 2.5, "n_clusters": 30})
+    report.add_figure("Map", go.Figure(go.Scattergl(x=np.arange(50), y=np.arange(50) ** 0.5, mode="markers")))
+    report.add_table("Cluster profiles", pd.DataFrame({"cluster": [0, 1], "size": [25_000, 17_000]}))
+    report.write(tmp_path / "report.html")
+    requests: list[str] = []
+    args = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+            "--disable-background-networking", "--disable-component-update", "--disable-sync",
+            "--host-resolver-rules=MAP * ~NOTFOUND"]
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, headless=True, args=args)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 1000})
+            page.on("request", lambda request: requests.append(request.url))
+            page.goto((tmp_path / "report.html").as_uri(), wait_until="load")
+            page.wait_for_selector(".main-svg", timeout=30_000)  # plotly drew the figure
+            header = page.inner_text("body")
+            page.screenshot(path=str(tmp_path / "report.png"), full_page=True)
+        finally:
+            browser.close()
+    assert header.index("products") < header.index("Cluster profiles")  # the header comes first
+    for text in ("42,000", "768", "KMeans(n_clusters=30)", "0.1235", "edge of the grid", "25,000"):
+        assert text in header, text
+    assert all(url.startswith(("file:", "data:", "blob:", "about:")) for url in requests), requests
+    assert (tmp_path / "report.png").stat().st_size > 10_000
