@@ -88,3 +88,29 @@ def test_umap_components_beyond_what_the_rows_allow_are_refused_and_the_most_tha
     with pytest.raises(ConfigError, match=r"umap_components=59 needs at least 61 rows; the data has 60: ask for at most 58"):
         fit_preprocessing(build_preprocessing("l2", umap_components=59, seed=0), X)
     assert fit_preprocessing(build_preprocessing("l2", umap_components=58, seed=0), X).shape == (60, 58)
+
+
+@pytest.mark.parametrize("d", [20, 64, 200])
+def test_auto_normalisation_looks_at_the_data_not_only_its_width(d):
+    """Two Gaussian clusters far from the origin, their means pointing the same way (cosine ~0.9998):
+    L2 merges them; auto must see that and standardise instead."""
+    from sklearn.cluster import KMeans
+    from sklearn.metrics import adjusted_rand_score
+
+    from embclust.preprocess import build_preprocessing, fit_preprocessing, resolve_normalize
+
+    rng = np.random.default_rng(d)
+    direction = rng.normal(size=d)
+    direction /= np.linalg.norm(direction)
+    y = np.repeat([0, 1], 600)
+    X = (rng.normal(size=(1200, d)) + (60.0 + 6.0 * y)[:, None] * direction).astype(np.float32)
+    choice, message = resolve_normalize("auto", d, X=X)
+    assert choice == "standard" and "median cosine" in message and "preprocess.normalize=l2" in message
+    ari = {}
+    for how in ("standard", "l2"):
+        Xp = fit_preprocessing(build_preprocessing(how), X)
+        ari[how] = adjusted_rand_score(y, KMeans(2, n_init=3, random_state=0).fit_predict(Xp))
+    assert ari["standard"] > 0.9 > ari["l2"] + 0.3  # the choice matters, and auto made the right one
+    # Embedding-like rows (a shared offset, median pair cosine ~0.3) keep L2.
+    E = rng.normal(size=(1200, d)) + 0.5 * direction * np.sqrt(d) / 3
+    assert resolve_normalize("auto", d, X=E.astype(np.float32))[0] == "l2"

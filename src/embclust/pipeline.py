@@ -173,7 +173,7 @@ def execute(
             ds = select_drill_cluster(ds, drill.parent_run, drill.cluster)
             mlflow.set_tags({"drill_parent_run": str(drill.parent_run), "drill_cluster": str(drill.cluster)})
     with timer("validate"):
-        cfg.preprocess.normalize = preprocess.choose_normalize(cfg.preprocess.normalize, ds.n_features, ds.from_tabular)
+        cfg.preprocess.normalize = preprocess.choose_normalize(cfg.preprocess.normalize, ds.n_features, ds.from_tabular, ds.X)
         mlflow.set_tag("normalize", cfg.preprocess.normalize)
         pre_cfg = stages.preprocess_config(cfg, ds)
         preprocessing = instantiate(cfg.preprocess)

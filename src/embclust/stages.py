@@ -151,7 +151,7 @@ def preprocess_config(cfg: DictConfig, ds: data.Dataset) -> dict:
     from embclust import preprocess
 
     pre_cfg = OmegaConf.to_container(cfg.preprocess, resolve=True)
-    pre_cfg["normalize"], _ = preprocess.resolve_normalize(pre_cfg.get("normalize", "l2"), ds.n_features, ds.from_tabular)
+    pre_cfg["normalize"], _ = preprocess.resolve_normalize(pre_cfg.get("normalize", "l2"), ds.n_features, ds.from_tabular, ds.X)
     return pre_cfg
 
 
