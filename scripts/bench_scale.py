@@ -223,6 +223,35 @@ def report(title: str, result: dict, store: Path, data_mb: float) -> None:
             print("    analyses (s): " + ", ".join(f"{k} {v:.1f}" for k, v in sorted(steps.items(), key=lambda kv: -kv[1])))
 
 
+def quality(x_path: Path, store: Path, k: int, n_init: int) -> None:
+    """The streamed run against the in-memory way: scikit-learn's KMeans on all rows, and
+    scikit-learn's CH / DB on the run's own labels."""
+    import mlflow
+    import pyarrow.parquet as pq
+    from sklearn.cluster import KMeans
+    from sklearn.metrics import calinski_harabasz_score, davies_bouldin_score
+    from sklearn.preprocessing import normalize
+
+    mlflow.set_tracking_uri(f"sqlite:///{store / 'mlflow.db'}")
+    run = mlflow.search_runs(experiment_names=["embclust"], output_format="list")[0]
+    labels = pq.read_table(mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path="labels.parquet",
+                                                               dst_path=str(store / "q")), columns=["cluster"])["cluster"].to_numpy()
+    X = normalize(np.load(x_path))  # in memory, as a notebook would
+    m = run.data.metrics
+    ch, db = calinski_harabasz_score(X, labels), davies_bouldin_score(X, labels)
+    print(f"\n## quality at {X.shape[0]:,} rows")
+    print(f"CH on the run's labels: logged {m['calinski_harabasz']:.10g}, scikit-learn {ch:.10g}, "
+          f"relative difference {abs(m['calinski_harabasz'] - ch) / ch:.2e}")
+    print(f"DB on the run's labels: logged {m['davies_bouldin']:.10g}, scikit-learn {db:.10g}, "
+          f"relative difference {abs(m['davies_bouldin'] - db) / db:.2e}")
+    start = time.perf_counter()
+    fitted = KMeans(k, n_init=n_init, random_state=42).fit(X)
+    seconds = time.perf_counter() - start
+    print(f"inertia: streamed run {m['inertia']:.8g}; scikit-learn KMeans(n_init={n_init}) on all rows in memory "
+          f"{fitted.inertia_:.8g} ({seconds:.0f} s, {fitted.n_iter_} iterations): streamed "
+          f"{(m['inertia'] / fitted.inertia_ - 1) * 100:+.3f}%")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--n", type=int, default=10_000_000)
@@ -237,6 +266,9 @@ def main() -> None:
     parser.add_argument("--map-points", type=int, default=50_000, help="reducer.max_points")
     parser.add_argument("--data-dir", type=Path, default=Path(tempfile.gettempdir()) / "embclust-bench-scale",
                         help="where the generated data is kept between calls")
+    parser.add_argument("--quality", type=int, default=0, metavar="N_INIT",
+                        help="after the .npy single run: fit scikit-learn KMeans(n_init=N_INIT) on all rows in memory "
+                             "and compare inertia; recompute CH / DB with scikit-learn on the run's labels")
     parser.add_argument("overrides", nargs="*", help="more Hydra overrides for every run")
     args = parser.parse_args()
     formats = [f for f in args.formats.split(",") if f]
@@ -268,6 +300,8 @@ def main() -> None:
             if result["rc"] != 0:
                 sys.stderr.write("".join((tmp / "run.log").read_text(errors="replace").splitlines(keepends=True)[-15:]))
             report(title, result, tmp, data_mb)
+            if args.quality and title.startswith("npy: single") and result["rc"] == 0:
+                quality(paths["npy"], tmp, args.k, args.quality)
             sys.stdout.flush()
 
 
