@@ -267,3 +267,19 @@ def test_umap_before_clustering_above_fit_sample_size_is_fitted_on_the_sample_an
     from sklearn.metrics import adjusted_rand_score
 
     assert adjusted_rand_score(y, KMeans(4, n_init=3, random_state=0).fit_predict(Xu)) > 0.9
+
+
+def test_dedupe_on_more_rows_than_memory_holds_is_refused_up_front_naming_the_sample_key(tmp_path):
+    import os
+
+    from embclust import data, stages
+    from embclust.errors import ConfigError
+
+    memory = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    rows = int(memory / 2 / (3 * 4 * 384)) + 1000  # just above the bound; a sparse file, nothing written
+    X = np.lib.format.open_memmap(tmp_path / "big.npy", mode="w+", dtype=np.float32, shape=(rows, 384))
+    with pytest.raises(ConfigError) as err:
+        stages.drop_near_duplicates(data.Dataset("big", X, np.arange(rows)), 0.98, 0)
+    suggested = int(str(err.value).split("dataset.sample_size=")[1].split()[0])
+    assert f"on {rows} rows" in str(err.value) and "dataset.dedupe=false" in str(err.value)
+    assert suggested < rows

@@ -130,7 +130,20 @@ def load_dataset(cfg: DictConfig, cache_dir: Path | None) -> tuple[data.Dataset,
 
 
 def drop_near_duplicates(ds: data.Dataset, threshold: float, seed: int) -> data.Dataset:
-    """Keep the first row of each group of rows with cosine similarity >= ``threshold``."""
+    """Keep the first row of each group of rows with cosine similarity >= ``threshold``.
+
+    It needs every row in memory at once (unit rows and a nearest-neighbour index over them,
+    about three copies of the data): refused before any work above half the machine's memory.
+    """
+    memory = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    per_row = 3 * 4 * max(ds.n_features, 1)
+    if ds.n_samples * per_row > memory / 2:
+        rows = int(memory / 2 / per_row)
+        raise ConfigError(
+            f"dataset.dedupe=true on {ds.n_samples} rows builds a nearest-neighbour index over all of them (about "
+            f"{ds.n_samples * per_row / 1e9:.1f} GB), more than half of this machine's {memory / 1e9:.1f} GB: set "
+            f"dataset.sample_size={rows} (or fewer) or dataset.dedupe=false"
+        )
     pairs = duplicates.near_duplicate_pairs(ds.X, threshold=threshold, seed=seed)
     drop = duplicates.rows_to_drop(pairs, ds.n_samples)
     if drop.size == 0:
