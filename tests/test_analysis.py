@@ -198,10 +198,14 @@ def test_near_duplicates_are_skipped_by_what_the_data_is_not_by_width_alone():
     # Tabular-like: 19 positive columns on large offsets, so unrelated rows point the same way.
     tabular = (rng.normal(size=(2000, 19)) + 50.0).astype(np.float32)
     reason = duplicates.skip_reason(19, tabular, 0.98)
-    assert reason is not None and "random pairs of rows already have cosine >= 0.98" in reason
+    assert reason is not None and "the rows all point the same way from the origin" in reason
     assert "analysis.duplicates.threshold" in reason
     # Embedding-like: unrelated rows are far below the threshold; the check runs.
     embeddings = rng.normal(size=(2000, 64)).astype(np.float32)
     assert duplicates.skip_reason(64, embeddings, 0.98) is None
+    # Tight clusters in random directions: pairs within a cluster are near-duplicates, the check runs.
+    centres = rng.normal(size=(3, 20)) * 5
+    clusters = (np.repeat(centres, 200, axis=0) + rng.normal(size=(600, 20)) * 0.1).astype(np.float32)
+    assert duplicates.skip_reason(20, clusters, 0.98) is None
     assert "dataset=tabular" in duplicates.skip_reason(64, embeddings, 0.98, from_tabular=True)
     assert "columns" in duplicates.skip_reason(8, embeddings[:, :8], 0.98)

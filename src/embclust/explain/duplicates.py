@@ -24,9 +24,8 @@ log = logging.getLogger(__name__)
 MIN_FEATURES = 17
 
 
-# Random pairs checked, and the share of them at or above the threshold that makes it meaningless.
+# Random pairs of rows checked for a common direction.
 RANDOM_PAIRS = 2000
-MAX_RANDOM_SHARE = 0.001
 
 
 def skip_reason(n_features: int, X: np.ndarray | None = None, threshold: float = 0.98, from_tabular: bool = False,
@@ -34,8 +33,10 @@ def skip_reason(n_features: int, X: np.ndarray | None = None, threshold: float =
     """One line saying why the near-duplicate check is skipped for this data, or None.
 
     Decided by what the data is, not by its width alone: few columns, features from the tabular
-    loader, or rows that share a common direction so that unrelated rows already reach the
-    threshold (checked on ``RANDOM_PAIRS`` seeded random pairs of ``X``).
+    loader, or rows that all point the same way from the origin (the median cosine of
+    ``RANDOM_PAIRS`` seeded random pairs of rows at least ``preprocess.NARROW_CONE_COSINE``), where
+    unrelated rows reach the threshold. Tight clusters are not such data: pairs across clusters
+    keep the median low, and pairs within a cluster are the near-duplicates the check reports.
     """
     if n_features < MIN_FEATURES:
         return (
@@ -46,26 +47,16 @@ def skip_reason(n_features: int, X: np.ndarray | None = None, threshold: float =
         return ("near-duplicates skipped: tabular features (dataset=tabular); cosine similarity between rows of "
                 "user features does not identify duplicates")
     if X is not None and X.shape[0] >= 2:
-        share = random_pair_share(X, threshold, seed)
-        if share > MAX_RANDOM_SHARE:
+        from embclust.preprocess import NARROW_CONE_COSINE, median_pair_cosine
+
+        cosine = median_pair_cosine(X, RANDOM_PAIRS, seed)
+        if cosine >= NARROW_CONE_COSINE:
             return (
-                f"near-duplicates skipped: {share:.1%} of {RANDOM_PAIRS} random pairs of rows already have cosine >= "
-                f"{threshold:g} (the rows share a common direction), so a pair above it is no duplicate; standardise "
-                "the data first or raise analysis.duplicates.threshold"
+                f"near-duplicates skipped: the rows all point the same way from the origin (median cosine {cosine:.3f} "
+                f"between {RANDOM_PAIRS} random pairs of rows), so unrelated rows reach cosine {threshold:g}; standardise "
+                "the data first, or raise analysis.duplicates.threshold"
             )
     return None
-
-
-def random_pair_share(X: np.ndarray, threshold: float, seed: int = 0) -> float:
-    """Share of seeded random pairs of distinct rows whose cosine similarity reaches ``threshold``."""
-    rng = np.random.default_rng(seed)
-    n = X.shape[0]
-    a = rng.integers(0, n, RANDOM_PAIRS)
-    b = (a + rng.integers(1, n, RANDOM_PAIRS)) % n  # another row
-    rows = np.unique(np.concatenate([a, b]))  # read in file order (memory-mapped files)
-    unit = _unit_rows(np.asarray(X[rows]))
-    left, right = unit[np.searchsorted(rows, a)], unit[np.searchsorted(rows, b)]
-    return float(np.mean(np.einsum("ij,ij->i", left, right) >= threshold))
 
 
 def _unit_rows(X: np.ndarray) -> np.ndarray:
