@@ -74,3 +74,28 @@ def test_umap_with_its_compiled_functions_cached_maps_exactly_as_without(tmp_pat
     assert list((tmp_path / "numba").rglob("*.nbi"))  # compiled functions were written to the cache
     np.testing.assert_array_equal(out["cold"], out["uncached"])
     np.testing.assert_array_equal(out["warm"], out["uncached"])
+
+
+def test_a_numba_cache_that_cannot_be_written_does_not_fail_the_map(tmp_path, monkeypatch):
+    import subprocess
+    import sys
+    import os
+
+    script = """
+import errno, sys, numpy as np
+from embclust import compiled
+assert compiled.enable_umap_cache()
+from numba.core.caching import IndexDataCacheFile
+def full(self, *a, **k):
+    raise OSError(errno.ENOSPC, "No space left on device")
+IndexDataCacheFile.save = full   # every cache write now fails as on a full disk
+import umap
+X = np.random.default_rng(0).normal(size=(200, 6)).astype(np.float32)
+Y = umap.UMAP(random_state=0, n_jobs=1, n_epochs=20).fit_transform(X)
+print(np.isfinite(Y).all())
+"""
+    env = {**os.environ, "EMBCLUST_NUMBA_CACHE_DIR": str(tmp_path / "numba")}
+    proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip() == "True"
+    assert proc.stderr.count("cannot be written") == 1  # one warning, not one per function

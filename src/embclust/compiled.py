@@ -21,7 +21,11 @@ log = logging.getLogger(__name__)
 
 CACHE_ENV = "EMBCLUST_NUMBA_CACHE_DIR"
 _UMAP_MODULES = ("umap.utils", "umap.distances", "umap.sparse", "umap.layouts", "umap.spectral", "umap.umap_")
+# Cached already by their authors: their cache writes are guarded the same way.
+_CACHED_MODULES = ("pynndescent.distances", "pynndescent.utils", "pynndescent.rp_trees", "pynndescent.pynndescent_",
+                   "pynndescent.sparse", "pynndescent.sparse_nndescent", "pynndescent.graph_utils")
 _enabled: bool | None = None
+_warned: list[bool] = []
 
 
 def cache_folder() -> Path | None:
@@ -38,6 +42,26 @@ def cache_folder() -> Path | None:
         log.debug("numba cache %s not writable (%s): UMAP compiles in this process", folder, exc.strerror or exc)
         return None
     return folder
+
+
+def _never_fails(save, folder: Path):
+    """numba raises a cache write's OSError (a full or read-only disk) into the caller; a cache
+    that cannot be written must not fail the map: warn once and go on compiling in memory."""
+    if getattr(save, "_embclust_guarded", False):
+        return save
+
+    def save_overload(*args, **kwargs):
+        try:
+            return save(*args, **kwargs)
+        except OSError as exc:
+            if not _warned:
+                _warned.append(True)
+                log.warning("numba cache %s cannot be written (%s): UMAP compiles in this process", folder,
+                            exc.strerror or exc)
+            return None
+
+    save_overload._embclust_guarded = True
+    return save_overload
 
 
 def enable_umap_cache() -> bool:
@@ -58,16 +82,21 @@ def enable_umap_cache() -> bool:
     if not os.environ.get("NUMBA_CACHE_DIR"):  # the user's own choice stands
         numba.config.CACHE_DIR = str(folder)
     replaced = 0
-    for name in _UMAP_MODULES:
+    for name in (*_UMAP_MODULES, *_CACHED_MODULES):
         try:
             module = importlib.import_module(name)
         except ImportError:
             continue
         for attr, obj in list(vars(module).items()):
-            if isinstance(obj, CPUDispatcher) and isinstance(obj._cache, NullCache) and not obj.signatures:
+            if not isinstance(obj, CPUDispatcher):
+                continue
+            if name in _UMAP_MODULES and isinstance(obj._cache, NullCache) and not obj.signatures:
                 options = {k: v for k, v in obj.targetoptions.items() if k not in ("cache", "nopython")}
-                setattr(module, attr, numba.njit(cache=True, **options)(obj.py_func))
+                obj = numba.njit(cache=True, **options)(obj.py_func)
+                setattr(module, attr, obj)
                 replaced += 1
+            if not isinstance(obj._cache, NullCache):
+                obj._cache.save_overload = _never_fails(obj._cache.save_overload, folder)
     log.debug("UMAP: %d compiled functions cached under %s", replaced, folder)
     _enabled = True
     return True
