@@ -79,24 +79,30 @@ def enable_umap_cache() -> bool:
     from numba.core.caching import NullCache
     from numba.core.registry import CPUDispatcher
 
+    # The caches made below take their folder when they are made: point numba at embclust's
+    # folder for them only, so other libraries' caches stay where they were.
+    previous = numba.config.CACHE_DIR
     if not os.environ.get("NUMBA_CACHE_DIR"):  # the user's own choice stands
         numba.config.CACHE_DIR = str(folder)
     replaced = 0
-    for name in (*_UMAP_MODULES, *_CACHED_MODULES):
-        try:
-            module = importlib.import_module(name)
-        except ImportError:
-            continue
-        for attr, obj in list(vars(module).items()):
-            if not isinstance(obj, CPUDispatcher):
+    try:
+        for name in (*_UMAP_MODULES, *_CACHED_MODULES):
+            try:
+                module = importlib.import_module(name)
+            except ImportError:
                 continue
-            if name in _UMAP_MODULES and isinstance(obj._cache, NullCache) and not obj.signatures:
-                options = {k: v for k, v in obj.targetoptions.items() if k not in ("cache", "nopython")}
-                obj = numba.njit(cache=True, **options)(obj.py_func)
-                setattr(module, attr, obj)
-                replaced += 1
-            if not isinstance(obj._cache, NullCache):
-                obj._cache.save_overload = _never_fails(obj._cache.save_overload, folder)
+            for attr, obj in list(vars(module).items()):
+                if not isinstance(obj, CPUDispatcher):
+                    continue
+                if name in _UMAP_MODULES and isinstance(obj._cache, NullCache) and not obj.signatures:
+                    options = {k: v for k, v in obj.targetoptions.items() if k not in ("cache", "nopython")}
+                    obj = numba.njit(cache=True, **options)(obj.py_func)
+                    setattr(module, attr, obj)
+                    replaced += 1
+                if not isinstance(obj._cache, NullCache):
+                    obj._cache.save_overload = _never_fails(obj._cache.save_overload, folder)
+    finally:
+        numba.config.CACHE_DIR = previous
     log.debug("UMAP: %d compiled functions cached under %s", replaced, folder)
     _enabled = True
     return True
