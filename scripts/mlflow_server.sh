@@ -9,8 +9,11 @@
 #
 # Environment: MLFLOW_SERVER_DIR (store and artifacts, default ./mlflow-server), HOST (default
 # 127.0.0.1: only this machine; 0.0.0.0 exposes it, unauthenticated, to the network), PORT
-# (default 5000). Extra arguments are passed to `mlflow server`.
+# (default 5000), MLFLOW_SERVER_ENABLE_JOB_EXECUTION (default false here: MLflow's job runner
+# starts about six worker processes of ~370 MB each for GenAI jobs that embclust does not use).
+# Extra arguments are passed to `mlflow server`.
 set -euo pipefail
+export MLFLOW_SERVER_ENABLE_JOB_EXECUTION="${MLFLOW_SERVER_ENABLE_JOB_EXECUTION:-false}"
 dir="${MLFLOW_SERVER_DIR:-mlflow-server}"
 mkdir -p "$dir/artifacts"
 dir="$(cd "$dir" && pwd)"
