@@ -98,8 +98,9 @@ def run_name(cfg: DictConfig) -> str:
     parts = [_dataset_label(cfg.dataset), clusterer + (f"-{size}" if size else "")]
     if pca:
         parts.append(f"pca{pca}")
-    if cfg.preprocess.get("umap_components"):
-        parts.append(f"umap{cfg.preprocess.umap_components}")
+    umap = cfg.preprocess.get("umap_components")
+    if umap and umap != "auto":
+        parts.append(f"umap{umap}")
     return " ".join(parts)
 
 
@@ -175,6 +176,8 @@ def execute(
     with timer("validate"):
         cfg.preprocess.normalize = preprocess.choose_normalize(cfg.preprocess.normalize, ds.n_features, ds.from_tabular, ds.X)
         mlflow.set_tag("normalize", cfg.preprocess.normalize)
+        umap_components = stages.resolve_umap_before_clustering(cfg, ds)
+        mlflow.set_tag("umap_before_clustering", str(umap_components or "none"))
         pre_cfg = stages.preprocess_config(cfg, ds)
         preprocessing = instantiate(cfg.preprocess)
         clusterer = instantiate(cfg.clusterer)
@@ -229,6 +232,10 @@ def execute(
             scores.update(stability.stability_from_config(cfg.clusterer, Xp, labels, cfg.metrics.get("stability"), seed))
         mlflow.log_metrics(scores)
         log.debug("scores: %s", ", ".join(f"{k}={v:.4g}" for k, v in scores.items()))
+        noisy = stages.noise_warning(scores.get("noise_fraction"), cfg)
+        if noisy:
+            log.warning(noisy)
+            mlflow.set_tag("high_noise", f"{scores['noise_fraction']:.3f}")
         if release_shared:
             # The sweep's last use of its shared work: the reference sample's distances (55 MB
             # at 5,000 rows) and the other cells' projections go before the analyses.
@@ -556,6 +563,7 @@ def _fit_and_score(cfg: DictConfig, plan: SweepPlan, timer: stages.StageTimer):
     cache_dir = stages.cache_dir(cfg, in_sweep=True)
     with timer("load"):
         ds, hit = stages.load_dataset(cfg, cache_dir)
+        umap_components = stages.resolve_umap_before_clustering(cfg, ds)
         clusterer = instantiate(cfg.clusterer)
         cluster.check_clusterer(clusterer, ds.n_samples)
         stability.check_sizes(cfg.metrics.get("stability"), ds.n_samples, clusterer)
@@ -590,9 +598,12 @@ def _fit_and_score(cfg: DictConfig, plan: SweepPlan, timer: stages.StageTimer):
         "silhouette_implementation": "torch" if backend == "torch" else silhouette.IMPLEMENTATION,
         "backend": backend,
         "normalize": pre_cfg["normalize"],
+        "umap_before_clustering": str(umap_components or "none"),
     }
     if hit is not None:
         tags["data_cache"] = "hit" if hit else "miss"
+    if stages.noise_warning(scores.values.get("noise_fraction"), cfg):
+        tags["high_noise"] = f"{scores.values['noise_fraction']:.3f}"
     return scores, tags, ds, clustering
 
 

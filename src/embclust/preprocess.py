@@ -78,6 +78,35 @@ def resolve_normalize(normalize: str, n_features: int, from_tabular: bool = Fals
     return normalize, None
 
 
+# Clusterers that find dense regions and call the rest noise: on raw embeddings (hundreds of
+# columns, distances that all look alike) they call most rows noise.
+DENSITY_CLUSTERERS = ("HDBSCAN", "DBSCAN", "OPTICS")
+# UMAP's dimension before a density clusterer (BERTopic's and the UMAP docs' recipe: 5).
+DENSITY_UMAP_COMPONENTS = 5
+
+
+def resolve_umap_components(value, clusterer_target: str | None, clustered_dims: int,
+                            from_tabular: bool = False) -> tuple[int | None, str | None]:
+    """UMAP's dimension before clustering (None: no UMAP), and the line that explains an ``auto`` choice.
+
+    ``auto`` is ``DENSITY_UMAP_COMPONENTS`` before a density clusterer (HDBSCAN, DBSCAN, OPTICS)
+    on embeddings: more than ``LOW_DIM_FEATURES`` columns reach the clusterer (after PCA) and the
+    data is not from the tabular loader. In hundreds of dimensions every row's nearest neighbours
+    are nearly as far as any other row, so a density clusterer finds few dense cores and calls
+    most rows noise; UMAP keeps the neighbourhoods and makes them dense. Otherwise no UMAP.
+    """
+    if value != "auto":
+        return value, None
+    name = str(clusterer_target or "").rsplit(".", 1)[-1]
+    if name not in DENSITY_CLUSTERERS or clustered_dims <= LOW_DIM_FEATURES or from_tabular:
+        return None, None
+    return DENSITY_UMAP_COMPONENTS, (
+        f"preprocess.umap_components=auto: UMAP to {DENSITY_UMAP_COMPONENTS} dimensions before {name} on "
+        f"{clustered_dims}-column data, where a density clusterer calls most rows noise; "
+        "set preprocess.umap_components=null to cluster the data as it is"
+    )
+
+
 def choose_normalize(normalize: str, n_features: int, from_tabular: bool = False, X=None) -> str:
     """``resolve_normalize``, logging its line: INFO for ``auto``, a WARNING (once) for ``l2``."""
     choice, message = resolve_normalize(normalize, n_features, from_tabular, X)

@@ -22,7 +22,7 @@ from embclust.errors import EmbclustError
 from embclust.pipeline import STAGES
 from embclust.processes import owner_token
 from embclust.sweep import callback as sweep
-from embclust.sweep.plan import SweepPlan
+from embclust.sweep.plan import SweepPlan, resolve_metric
 
 log = logging.getLogger(__name__)
 
@@ -152,7 +152,7 @@ def _run(cfg: DictConfig) -> float:
             if in_sweep:
                 return sweep.failed_cell_value(message)
             raise SystemExit(1) from None
-    metric = plan.rank_metric if plan else cfg.sweep.metric
+    metric = plan.rank_metric if plan else resolve_metric(cfg, ())
     value = result.metrics.get(metric, math.nan)
     prefix = f"{cell.position} done: " if cell else ""
     url = None if in_sweep else tracking.runs_page_url(

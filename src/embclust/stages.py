@@ -155,6 +155,47 @@ def drop_near_duplicates(ds: data.Dataset, threshold: float, seed: int) -> data.
     return out
 
 
+def resolve_umap_before_clustering(cfg: DictConfig, ds: data.Dataset) -> int | None:
+    """Turn ``preprocess.umap_components: auto`` into this run's value (in ``cfg``), saying why on stderr.
+
+    See :func:`embclust.preprocess.resolve_umap_components`: UMAP to 5 dimensions before a density
+    clusterer on embeddings, no UMAP otherwise.
+    """
+    from embclust import preprocess
+
+    value = cfg.preprocess.get("umap_components")
+    clustered = cfg.preprocess.get("pca_components") or ds.n_features
+    resolved, message = preprocess.resolve_umap_components(
+        value, cfg.clusterer.get("_target_"), int(min(int(clustered), ds.n_features)), ds.from_tabular
+    )
+    if value == "auto":
+        cfg.preprocess.umap_components = resolved
+        if message:
+            log.info(message)
+    return resolved
+
+
+# Above this fraction of rows called noise a run says so (stderr and tag ``high_noise``).
+HIGH_NOISE_FRACTION = 0.3
+
+
+def noise_warning(noise_fraction: float | None, cfg: DictConfig) -> str | None:
+    """One line when a density clusterer called more than ``HIGH_NOISE_FRACTION`` of the rows noise."""
+    if noise_fraction is None or not noise_fraction > HIGH_NOISE_FRACTION:
+        return None
+    name = str(cfg.clusterer.get("_target_", "")).rsplit(".", 1)[-1]
+    fixes = []
+    if not cfg.preprocess.get("umap_components"):
+        fixes.append("preprocess.umap_components=5 (UMAP before clustering)")
+    for key in ("min_samples", "min_cluster_size"):
+        if cfg.clusterer.get(key) is not None:
+            fixes.append(f"a smaller clusterer.{key} (now {cfg.clusterer[key]})")
+    return (
+        f"{name} called {noise_fraction:.0%} of the rows noise (label -1); its scores describe the other "
+        f"{1 - noise_fraction:.0%} only" + (f". To cluster more of them: {', or '.join(fixes)}" if fixes else "")
+    )
+
+
 def preprocess_config(cfg: DictConfig, ds: data.Dataset) -> dict:
     """The resolved ``preprocess`` node as a plain dict (what decides the clustered space).
 
@@ -283,4 +324,25 @@ def score(X: np.ndarray, clustering: Clustering, true_labels: np.ndarray | None,
     inertia = getattr(clustering.estimator, "inertia_", None)
     if inertia is not None:
         values["inertia"] = float(inertia)
+    dbcv = density_validity(clustering.estimator)
+    if dbcv is not None:
+        values["dbcv"] = dbcv
     return Scores(values, silhouette)
+
+
+def density_validity(estimator) -> float | None:
+    """HDBSCAN's ``relative_validity_``: DBCV (density-based clustering validation, Moulavi et al.
+    2014) computed on its minimum spanning tree, in [-1, 1], higher is better. Unlike silhouette
+    it counts the rows called noise (each cluster's term is weighted by its share of all rows),
+    so calling rows noise does not raise it. None for other clusterers, or without the tree
+    (``gen_min_span_tree: false``) or with fewer than two clusters."""
+    if type(estimator).__name__ != "HDBSCAN" or not getattr(estimator, "gen_min_span_tree", False):
+        return None
+    labels = np.asarray(getattr(estimator, "labels_", []))
+    if np.unique(labels[labels >= 0]).size < 2:
+        return None
+    try:
+        value = float(estimator.relative_validity_)
+    except (AttributeError, ValueError, IndexError):  # no tree kept, or a degenerate one
+        return None
+    return value if np.isfinite(value) else None

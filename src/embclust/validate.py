@@ -30,6 +30,7 @@ KNOWN_METRICS = (
     "n_clusters",
     "noise_fraction",
     "inertia",
+    "dbcv",
 )
 BACKENDS = ("cpu", "torch", "auto")
 LINKAGES = ("ward", "complete", "average", "single")
@@ -91,6 +92,9 @@ _INT_KEYS = (
     ("reducer.n_components", 1, False),
     ("clusterer.core_dist_n_jobs", 1, False),
 )
+# Integer keys that also take the word auto: scikit-learn's KMeans n_init, and UMAP before a
+# density clusterer on embeddings (embclust.preprocess.resolve_umap_components).
+_AUTO_INT_KEYS = ("clusterer.n_init", "preprocess.umap_components")
 # (key, lowest, whether the lowest itself is allowed): numbers checked when the key exists.
 _NUMBER_KEYS = (
     ("reducer.min_dist", 0.0, True),
@@ -103,7 +107,7 @@ _NUMBER_KEYS = (
 # (key, allowed values): choices checked when the key exists.
 _CHOICE_KEYS = (
     ("backend", BACKENDS),
-    ("sweep.metric", KNOWN_METRICS),
+    ("sweep.metric", (*KNOWN_METRICS, "auto")),
     ("dataset.on_invalid", ("error", "drop")),
     ("dataset.encoding", ("onehot", "ordinal")),
     ("preprocess.normalize", ("auto", "l2", "standard", "none")),
@@ -113,6 +117,7 @@ _CHOICE_KEYS = (
 )
 _BOOL_KEYS = (
     "sweep.resume", "dataset.dedupe", "metrics.reference_space", "clusterer.prediction_data",
+    "clusterer.gen_min_span_tree",
 )
 # Groups whose ``enabled`` switches (``analysis.explain.enabled``, ...) are checked as booleans.
 _SWITCH_GROUPS = ("analysis", "metrics")
@@ -200,10 +205,10 @@ def validate_config(cfg: DictConfig, skip: tuple[str, ...] = ()) -> None:
         value = checked(key)
         if value is _MISSING or (value is None and nullable):
             continue
-        if key == "clusterer.n_init" and value == "auto":  # scikit-learn's KMeans accepts "auto"
+        if value == "auto" and key in _AUTO_INT_KEYS:
             continue
         if not _is_int(value) or value < minimum:
-            allowed = f"{'null or ' if nullable else ''}an integer >= {minimum}"
+            allowed = f"{'null or ' if nullable else ''}{'auto or ' if key in _AUTO_INT_KEYS else ''}an integer >= {minimum}"
             raise ConfigError(f"{key}={value!r} must be {allowed}")
     for key, lowest, closed in _NUMBER_KEYS:
         value = checked(key)

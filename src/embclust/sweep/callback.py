@@ -26,7 +26,7 @@ from embclust.errors import EmbclustError, first_line, user_error
 from embclust.sweep import compare
 from embclust.sweep.cache import stable_hash
 from embclust.processes import owner_is_alive, owner_token
-from embclust.sweep.plan import ENV_VAR, PREPROCESS_PREFIX, SweepPlan, largest_pca, sweep_values
+from embclust.sweep.plan import ENV_VAR, PREPROCESS_PREFIX, SweepPlan, largest_pca, resolve_metric, sweep_values
 from embclust.sweep.summary import summarize_sweep
 
 log = logging.getLogger(__name__)
@@ -235,7 +235,7 @@ class MlflowSweepCallback(Callback):
             parent_run_id=self.parent_run_id,
             experiment_id=experiment_id,
             total=count_cells(config),
-            metric=str(config.sweep.metric),
+            metric=resolve_metric(config, swept),
             max_pca_components=largest_pca(config, swept),
             preprocessing_varies=preprocessing_varies,
             resumed=previous is not None,
@@ -274,7 +274,7 @@ class MlflowSweepCallback(Callback):
                     "sweep_key": key,
                     "hydra_overrides": " ".join(task_overrides) or "(none)",
                     "sweep_params": json.dumps(sweep_params),
-                    "sweep.metric": config.sweep.metric,
+                    "sweep.metric": resolve_metric(config, sweep_values(config)),
                     OWNER_TAG: owner_token(),
                     **repro,
                 },

@@ -27,6 +27,7 @@ SCORE_COLUMNS = (
     "nmi",
     "purity",
     "n_clusters",
+    "dbcv",
     "noise_fraction",
     "inertia",
 )

@@ -70,6 +70,21 @@ def short_override(override: str, most: int = 40) -> str:
     return f"{key}{sep}{value}"
 
 
+def resolve_metric(config: DictConfig, swept) -> str:
+    """``sweep.metric``, with ``auto`` resolved: ``dbcv`` when every cell is an HDBSCAN clustering
+    that keeps its spanning tree (the clusterer group is not swept), else ``silhouette``.
+
+    Silhouette, CH and DB leave the rows called noise out, so a cell that calls more rows noise
+    scores higher on the rest; DBCV weighs each cluster by its share of all rows.
+    """
+    metric = str(config.sweep.metric)
+    if metric != "auto":
+        return metric
+    clusterer = config.get("clusterer") or {}
+    hdbscan = str(clusterer.get("_target_", "")).rsplit(".", 1)[-1] == "HDBSCAN"
+    return "dbcv" if hdbscan and clusterer.get("gen_min_span_tree", False) and "clusterer" not in swept else "silhouette"
+
+
 # Metrics that have a reference-space counterpart ``<name>_ref``.
 REFERENCE_METRICS = ("silhouette", "calinski_harabasz", "davies_bouldin")
 
