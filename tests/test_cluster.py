@@ -149,6 +149,25 @@ def test_auto_gives_the_same_labels_and_inertia_on_one_or_two_threads(embeddings
     np.testing.assert_array_equal(one.cluster_centers_, two.cluster_centers_)
 
 
+def test_a_restart_budget_runs_fewer_restarts_each_on_every_thread_with_the_same_result(embeddings_large):
+    from threadpoolctl import threadpool_limits
+
+    # 2,000 sample rows x 12 centres = 24,000 per restart: a budget of 50,000 leaves 2 of 12.
+    budget = kmeans.SampleSettings(sample_per_cluster=100, min_sample=2_000, max_restart_work=50_000)
+    assert budget.restarts(8, 2_000, 12) == 2 and budget.restarts(8, 10**6, 12) == 1
+    assert kmeans.SampleSettings(max_restart_work=None).restarts(8, 10**9, 1000) == 8
+    fits = []
+    for threads in (1, 2):
+        with threadpool_limits(limits=threads):
+            fits.append(fit(KMeans(12, n_init=4, random_state=1), embeddings_large, sample=budget))
+    assert fits[0].restarts == fits[1].restarts == 2
+    np.testing.assert_array_equal(fits[0].labels, fits[1].labels)
+    assert fits[0].estimator.inertia_ == fits[1].estimator.inertia_
+    full = fit(KMeans(12, n_init=4, random_state=1), embeddings_large, sample=SMALL_SAMPLE)
+    assert full.restarts == 12  # n_init x restarts_per_init
+    assert fits[0].estimator.inertia_ <= full.estimator.inertia_ * 1.01
+
+
 def test_auto_same_seed_same_fit_other_seed_other_sample(embeddings_large):
     a = fit(KMeans(12, n_init=2, random_state=4), embeddings_large, sample=SMALL_SAMPLE).estimator
     b = fit(KMeans(12, n_init=2, random_state=4), embeddings_large, sample=SMALL_SAMPLE).estimator

@@ -21,6 +21,7 @@ import urllib.request
 from pathlib import Path
 
 import mlflow
+import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
@@ -308,3 +309,59 @@ def test_unreachable_ray_address_fails_with_one_line(tmp_path):
     assert res.returncode == 1
     assert f"Ray cluster {address} is unreachable: start it with `ray start --head`" in output
     assert "Traceback" not in output and "cell 1/" not in output
+
+
+ENGINE_RUN = ("reducer=none", "analysis.explain.enabled=false", "analysis.duplicates.enabled=false",
+              "clusterer.n_clusters=6", "metrics.silhouette_sample_size=2000")
+
+
+def test_engine_ray_gives_the_labels_and_metrics_of_engine_local(ray_head, tmp_path):
+    """KMeans's passes over 540,000 rows (two row groups) as Ray Data jobs on a 2-CPU cluster."""
+    import pandas as pd
+
+    address, auth = ray_head
+    rng = np.random.default_rng(3)
+    centres = rng.normal(scale=4.0, size=(6, 6))
+    X = (centres[rng.integers(0, 6, 540_000)] + rng.normal(size=(540_000, 6))).astype(np.float32)
+    np.save(tmp_path / "rows.npy", X)
+    store = f"mlflow.tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}"
+    data = ("dataset=npy", f"dataset.path={tmp_path / 'rows.npy'}")
+    results = {}
+    for engine in ("local", "ray"):
+        res = _run([*ENGINE_RUN, *data, f"engine={engine}", store, f"run_name={engine}"], tmp_path, timeout=300,
+                   env={"RAY_ADDRESS": address, **auth} if engine == "ray" else None)
+        assert res.returncode == 0, res.stderr[-3000:]
+        results[engine] = res
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    runs = {r.info.run_name: r for r in mlflow.search_runs(experiment_names=["embclust"], output_format="list")}
+    local, ray_run = runs["local"], runs["ray"]
+    assert ray_run.data.tags["engine"] == "ray" and local.data.tags["engine"] == "local"
+    assert int(ray_run.data.tags["engine_passes"]) >= 3  # refinement passes, then the inertia
+    assert "rows in 2 groups on Ray" in results["ray"].stderr
+    for metric in ("inertia", "silhouette", "calinski_harabasz", "davies_bouldin"):
+        assert ray_run.data.metrics[metric] == local.data.metrics[metric], metric
+    labels = {}
+    for name, run in (("local", local), ("ray", ray_run)):
+        path = mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path="labels.parquet",
+                                                   dst_path=str(tmp_path / name))
+        labels[name] = pd.read_parquet(path)["cluster"].to_numpy()
+    np.testing.assert_array_equal(labels["local"], labels["ray"])
+
+
+def test_engine_ray_with_an_unreachable_cluster_fails_the_run_in_one_line(tmp_path):
+    try:
+        import ray  # noqa: F401
+    except ImportError:
+        _missing("Ray")
+    rng = np.random.default_rng(0)
+    np.save(tmp_path / "rows.npy", rng.normal(size=(20_000, 4)).astype(np.float32))
+    address = f"127.0.0.1:{_free_port()}"
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    res = _run([*ENGINE_RUN, "dataset=npy", f"dataset.path={tmp_path / 'rows.npy'}", "engine=ray",
+                f"mlflow.tracking_uri={store}"], tmp_path, timeout=120, env={"RAY_ADDRESS": address})
+    assert res.returncode == 1
+    lines = [line for line in res.stderr.splitlines() if f"RAY_ADDRESS={address} is unreachable" in line]
+    assert len(lines) == 1 and "ray start --head" in lines[0] and "Traceback" not in res.stderr
+    mlflow.set_tracking_uri(store)
+    (run,) = mlflow.search_runs(experiment_names=["embclust"], output_format="list")
+    assert run.info.status == "FAILED" and "unreachable" in run.data.tags.get("error", "")

@@ -135,6 +135,24 @@ def map_blocks(fn: Callable[[slice], Any], n_rows: int, n_threads: int, block_ro
                           None if tick is None else lambda block: tick(block.stop - block.start))
 
 
+# Block results of a pass are folded per group of this many consecutive blocks (524,288 rows),
+# and the groups' folds added in group order: the same float64 sums whether the blocks run on
+# threads here or one group per Ray task (embclust.engine.ray_rows).
+GROUP_BLOCKS = 64
+
+
+def map_groups(X, block_fn: Callable[[slice, np.ndarray], Any], fold: Callable[[list], Any], n_threads: int,
+               block_rows: int = BLOCK_ROWS, progress: str | None = None) -> list:
+    """``fold([block_fn(rows, X[rows]) for each block of a group])`` for every group of
+    ``GROUP_BLOCKS`` blocks, in group order. ``X`` is an array (blocks on ``n_threads`` threads,
+    one BLAS thread each) or a remote row set with its own ``map_groups`` (engine=ray)."""
+    remote = getattr(X, "map_groups", None)
+    if remote is not None:
+        return remote(block_fn, fold, block_rows, GROUP_BLOCKS, progress)
+    parts = map_blocks(lambda rows: block_fn(rows, np.asarray(X[rows])), X.shape[0], n_threads, block_rows, progress)
+    return [fold(parts[i : i + GROUP_BLOCKS]) for i in range(0, len(parts), GROUP_BLOCKS)]
+
+
 def available_threads() -> int:
     """Threads a pass may use here: the OpenMP limit threadpoolctl sets (a sweep cell's share of the cores)."""
     from sklearn.utils._openmp_helpers import _openmp_effective_n_threads

@@ -214,9 +214,11 @@ def execute(
         clustering = fitted
     else:
         with timer("cluster"):
+            passes = stages.engine_rows(cfg, ds, features)
             clustering = stages.fit_clustering(
-                clusterer, Xp, backend, cfg.get("cluster_implementation", "auto"), stages.kmeans_sample(cfg)
+                clusterer, Xp, backend, cfg.get("cluster_implementation", "auto"), stages.kmeans_sample(cfg), passes
             )
+            _log_engine(passes)
     clusterer, labels = clustering.estimator, clustering.labels
     mlflow.set_tags({
         **clustering.tags(),
@@ -577,8 +579,9 @@ def _fit_and_score(cfg: DictConfig, plan: SweepPlan, timer: stages.StageTimer):
         features = stages.fit_features(pre_cfg, ds, cache_dir, plan.max_pca_components)
     with timer("cluster"):
         backend = _backend(cfg)
+        passes = stages.engine_rows(cfg, ds, features)
         clustering = stages.fit_clustering(
-            clusterer, features.X, backend, cfg.get("cluster_implementation", "auto"), stages.kmeans_sample(cfg)
+            clusterer, features.X, backend, cfg.get("cluster_implementation", "auto"), stages.kmeans_sample(cfg), passes
         )
     with timer("score"):
         scoring = stages.scoring_for(cfg, ds, pre_cfg.get("normalize", "l2"), backend)
@@ -599,12 +602,25 @@ def _fit_and_score(cfg: DictConfig, plan: SweepPlan, timer: stages.StageTimer):
         "backend": backend,
         "normalize": pre_cfg["normalize"],
         "umap_before_clustering": str(umap_components or "none"),
+        **_engine_tags(passes),
     }
     if hit is not None:
         tags["data_cache"] = "hit" if hit else "miss"
     if stages.noise_warning(scores.values.get("noise_fraction"), cfg):
         tags["high_noise"] = f"{scores.values['noise_fraction']:.3f}"
     return scores, tags, ds, clustering
+
+
+def _engine_tags(passes) -> dict[str, str]:
+    """Where the passes over the rows ran (and how many ran on Ray)."""
+    return {"engine": "local"} if passes is None else {"engine": "ray", "engine_passes": str(passes.passes)}
+
+
+def _log_engine(passes) -> None:
+    """Tag where the passes over the rows ran, and what engine=ray's passes took."""
+    mlflow.set_tags(_engine_tags(passes))
+    if passes is not None:
+        mlflow.log_metric("time/engine_passes_s", passes.seconds)
 
 
 def _backend(cfg: DictConfig) -> str:

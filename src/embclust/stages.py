@@ -224,13 +224,45 @@ class Clustering:
     labels: np.ndarray
     implementation: str
     sample_size: int | None = None  # rows KMeans's restarts ran on; None: all rows
+    restarts: int | None = None  # KMeans restarts run on the sample (auto)
 
     def tags(self) -> dict[str, str]:
         """MLflow tags saying how the clustering was fitted."""
         tags = {"cluster_implementation": self.implementation}
         if self.implementation == kmeans.SAMPLE_IMPLEMENTATION:
             tags["kmeans_sample_size"] = "all" if self.sample_size is None else str(self.sample_size)
+            if self.restarts is not None:
+                tags["kmeans_restarts"] = str(self.restarts)
         return tags
+
+
+def engine_rows(cfg: DictConfig, ds: data.Dataset, features: Features):
+    """The rows KMeans's passes run on: None for ``engine=local``; for ``engine=ray`` a remote row
+    set that Ray workers read from the data's files and preprocess themselves, or one line
+    saying why this run cannot use it."""
+    from embclust.engine import ENGINES
+
+    engine = str(cfg.get("engine") or "local")
+    if engine not in ENGINES:
+        raise ConfigError(f"engine={engine!r} is not allowed (allowed: {', '.join(ENGINES)})")
+    if engine == "local":
+        return None
+    from embclust.engine.ray_rows import RayRows, connect
+    from embclust.engine.rows import TransformedRows
+
+    target = str(cfg.clusterer.get("_target_", ""))
+    if target != "sklearn.cluster.KMeans" or str(cfg.get("cluster_implementation", "auto")) != "auto":
+        raise ConfigError("engine=ray runs KMeans's passes over the rows (clusterer=kmeans, cluster_implementation=auto); "
+                          f"this run has clusterer._target_={target}: use engine=local")
+    if ds.source is None or ds.source.n_rows != ds.n_samples:
+        raise ConfigError("engine=ray needs rows that workers read from the files themselves: dataset=npy (.npy) or "
+                          "dataset=parquet (a file, folder or glob), every row (no dataset.sample_size, dedupe or rows "
+                          "dropped by on_invalid=drop); use engine=local")
+    if features.preprocessing.named_steps.get("umap", "passthrough") != "passthrough":
+        raise ConfigError("engine=ray applies row-wise preprocessing on the workers; UMAP before clustering is not: "
+                          "set preprocess.umap_components=null, or use engine=local")
+    connect()
+    return RayRows(TransformedRows(ds.source, features.preprocessing, int(features.X.shape[1])))
 
 
 def configure_memory(cfg: DictConfig) -> None:
@@ -250,7 +282,20 @@ def kmeans_sample(cfg: DictConfig) -> kmeans.SampleSettings:
         int(node.get("min_sample", defaults.min_sample)),
         int(node.get("restarts_per_init", defaults.restarts_per_init)),
         _optional_float(node.get("refine_tol", defaults.refine_tol), "kmeans.refine_tol"),
+        _optional_positive(node.get("max_restart_work", defaults.max_restart_work), "kmeans.max_restart_work"),
     )
+
+
+def _optional_positive(value, key: str) -> float | None:
+    if value is None:
+        return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = 0.0
+    if not number >= 1:
+        raise ConfigError(f"{key}={value!r} must be null or a number >= 1, e.g. 5e8")
+    return number
 
 
 def _optional_float(value, key: str) -> float | None:
@@ -266,17 +311,19 @@ def _optional_float(value, key: str) -> float | None:
 
 
 def fit_clustering(
-    clusterer, X: np.ndarray, backend: str, implementation: str = "auto", sample: kmeans.SampleSettings | None = None
+    clusterer, X: np.ndarray, backend: str, implementation: str = "auto", sample: kmeans.SampleSettings | None = None,
+    passes=None,
 ) -> Clustering:
-    """Fit ``clusterer`` on ``X`` with the chosen backend (torch for KMeans, else the CPU path)."""
+    """Fit ``clusterer`` on ``X`` with the chosen backend (torch for KMeans, else the CPU path);
+    ``passes``: the remote rows KMeans's passes over all rows run on (engine=ray)."""
     if backend == "torch":
         from embclust.scoring import torch_backend
 
         labels = torch_backend.fit_clusterer(clusterer, X)
         return Clustering(clusterer, labels, "torch")
-    fitted = cluster.fit(clusterer, X, implementation, sample)
+    fitted = cluster.fit(clusterer, X, implementation, sample, passes)
     shared.release_free_memory()  # the fit's temporaries (seeding copies), before scoring adds its own
-    return Clustering(fitted.estimator, fitted.labels, fitted.implementation, fitted.sample_size)
+    return Clustering(fitted.estimator, fitted.labels, fitted.implementation, fitted.sample_size, fitted.restarts)
 
 
 @dataclass

@@ -107,6 +107,7 @@ _NUMBER_KEYS = (
 # (key, allowed values): choices checked when the key exists.
 _CHOICE_KEYS = (
     ("backend", BACKENDS),
+    ("engine", ("local", "ray")),
     ("sweep.metric", (*KNOWN_METRICS, "auto")),
     ("dataset.on_invalid", ("error", "drop")),
     ("dataset.encoding", ("onehot", "ordinal")),

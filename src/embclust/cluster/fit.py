@@ -22,6 +22,7 @@ class FittedClustering:
     estimator: BaseEstimator
     implementation: str  # e.g. "embclust-sample-restarts", "sklearnex", "scikit-learn"
     sample_size: int | None = None  # rows KMeans's restarts ran on; None: all rows
+    restarts: int | None = None  # KMeans restarts run on the sample (auto)
 
 
 def check_clusterer(clusterer: BaseEstimator, n_samples: int) -> None:
@@ -49,7 +50,8 @@ def fit_input(clusterer: BaseEstimator, X: np.ndarray) -> np.ndarray:
 
 
 def fit(
-    clusterer: BaseEstimator, X: np.ndarray, implementation: str = "auto", sample: kmeans.SampleSettings | None = None
+    clusterer: BaseEstimator, X: np.ndarray, implementation: str = "auto", sample: kmeans.SampleSettings | None = None,
+    passes=None,
 ) -> FittedClustering:
     """Fit ``clusterer`` on ``X`` in place.
 
@@ -61,9 +63,9 @@ def fit(
     implementation = kmeans.check_implementation(implementation)
     check_clusterer(clusterer, X.shape[0])
     if type(clusterer) is KMeans:  # subclasses may override fit: leave them to their own
-        ran = kmeans.fit_kmeans(clusterer, X, implementation, sample)
+        ran = kmeans.fit_kmeans(clusterer, X, implementation, sample, passes)
         return FittedClustering(
-            np.asarray(clusterer.labels_, dtype=np.int64), clusterer, ran.implementation, ran.sample_size
+            np.asarray(clusterer.labels_, dtype=np.int64), clusterer, ran.implementation, ran.sample_size, ran.restarts
         )
     labels = np.asarray(clusterer.fit_predict(fit_input(clusterer, X)), dtype=np.int64)
     return FittedClustering(labels, clusterer, "scikit-learn")

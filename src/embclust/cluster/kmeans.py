@@ -106,9 +106,20 @@ class SampleSettings:
     # The refinement over all rows stops once a pass lowers the inertia by less than this
     # fraction (None: scikit-learn's rule alone, up to max_iter passes over every row).
     refine_tol: float | None = 1e-4
+    # At most this many row-centre distances per Lloyd iteration, summed over the restarts on the
+    # sample (restarts x sample rows x k); above it, fewer restarts (at least one), each spread
+    # over every thread by row blocks. None: no limit. At k = 1,000 the sample is 256,000 rows
+    # and 30 restarts would be 7.7e9 per iteration; at k <= 200 the limit is not reached.
+    max_restart_work: float | None = 5e8
 
     def size(self, n_clusters: int) -> int:
         return max(int(self.sample_per_cluster) * int(n_clusters), int(self.min_sample))
+
+    def restarts(self, requested: int, sample_rows: int, n_clusters: int) -> int:
+        """How many of the ``requested`` restarts fit in ``max_restart_work`` (at least one)."""
+        if self.max_restart_work is None:
+            return requested
+        return max(1, min(requested, int(float(self.max_restart_work) // (int(sample_rows) * int(n_clusters)))))
 
 
 @dataclass
@@ -117,10 +128,12 @@ class KMeansFit:
 
     implementation: str
     sample_size: int | None = None
+    restarts: int | None = None  # restarts run on the sample (auto)
 
 
 def fit_kmeans(
-    clusterer: KMeans, X: np.ndarray, implementation: str = "auto", sample: SampleSettings | None = None
+    clusterer: KMeans, X: np.ndarray, implementation: str = "auto", sample: SampleSettings | None = None,
+    passes=None,
 ) -> KMeansFit:
     """Fit ``clusterer`` (a ``sklearn.cluster.KMeans``) in place; say which implementation ran.
 
@@ -132,6 +145,8 @@ def fit_kmeans(
     ``sklearnex``: sklearnex end to end (``sklearnex``). Where sklearnex is missing, a parameter
     is unsupported or the seeding kernel does not apply (``init`` not ``k-means++``), the next
     implementation that can runs and the reason is logged once.
+    ``passes``: where ``auto``'s passes over all rows run (a remote row set holding the rows of
+    ``X``, engine=ray); ``X`` itself by default.
     """
     implementation = check_implementation(implementation)
     if implementation == "scikit-learn":
@@ -140,7 +155,7 @@ def fit_kmeans(
     if implementation in ("auto", "embclust"):
         seeding_reason = _seeding_unsupported(clusterer, X)
         if seeding_reason is None and implementation == "auto":
-            return _fit_on_sample(clusterer, X, sample or SampleSettings())
+            return _fit_on_sample(clusterer, X, sample or SampleSettings(), passes)
         if seeding_reason is None:
             _fit_with_own_seeding(clusterer, X)
             return KMeansFit(f"{kmeans_plusplus.IMPLEMENTATION}/scikit-learn")
@@ -173,7 +188,7 @@ def sample_rows(n_rows: int, size: int, random_state) -> np.ndarray | None:
     return np.sort(rng.choice(n_rows, size=size, replace=False))
 
 
-def _fit_on_sample(clusterer: KMeans, X: np.ndarray, sample: SampleSettings) -> KMeansFit:
+def _fit_on_sample(clusterer: KMeans, X: np.ndarray, sample: SampleSettings, passes=None) -> KMeansFit:
     """``n_init`` restarts on a seeded sample, the best refined by Lloyd over all rows' blocks.
 
     Restarts find a good basin, which a sample of a few hundred rows per cluster already shows
@@ -201,18 +216,38 @@ def _fit_on_sample(clusterer: KMeans, X: np.ndarray, sample: SampleSettings) -> 
     n_threads = _openmp_threads()
     max_iter, tol = params.get("max_iter", 300), params.get("tol", 1e-4)
     mean = S.mean(axis=0)
-    n_restarts = _n_init(clusterer) * (1 if rows is None else max(1, int(sample.restarts_per_init)))
+    requested = _n_init(clusterer) * (1 if rows is None else max(1, int(sample.restarts_per_init)))
+    n_restarts = sample.restarts(requested, S.shape[0], k)
     with threadpool_limits(limits=1, user_api="blas"):  # OpenBLAS's GEMM rounds by its thread count
         starts = kmeans_plusplus.kmeans_plusplus_starts(S, k, random_state, n_restarts, mean=mean, n_threads=n_threads)
-    labels, inertia, centers, n_iter = _best_of_restarts(S - mean, starts, k, max_iter, tol, n_threads)
+    if n_restarts < requested:
+        # Large k: few restarts, too few to keep the threads busy one restart each; each runs
+        # Lloyd over the sample's row blocks on every thread (block sums in block order).
+        log.info("kmeans: %d of %d restarts on %d sample rows (kmeans.max_restart_work=%g)",
+                 n_restarts, requested, S.shape[0], sample.max_restart_work)
+        labels, inertia, centers, n_iter = _best_of_blocked_restarts(S - mean, starts, k, max_iter, tol, n_threads, sample.refine_tol)
+    else:
+        labels, inertia, centers, n_iter = _best_of_restarts(S - mean, starts, k, max_iter, tol, n_threads)
     centers = np.asarray(centers, dtype=dtype) + mean
     del S
     if rows is not None:
         X = X if X.dtype == dtype else np.asarray(X, dtype=dtype)
-        refined = lloyd.refine(X, centers, n_threads, max_iter=max_iter, tol=tol, inertia_tol=sample.refine_tol)
+        rows_for_passes = X if passes is None or dtype != np.float32 else passes
+        refined = lloyd.refine(rows_for_passes, centers, n_threads, max_iter=max_iter, tol=tol, inertia_tol=sample.refine_tol)
         labels, inertia, centers, n_iter = refined.labels, refined.inertia, refined.centers, refined.n_iter
     _set_fitted(clusterer, labels, inertia, centers, n_iter, X.shape[1], _n_init(clusterer), dtype)
-    return KMeansFit(SAMPLE_IMPLEMENTATION, None if rows is None else int(rows.size))
+    return KMeansFit(SAMPLE_IMPLEMENTATION, None if rows is None else int(rows.size), n_restarts)
+
+
+def _best_of_blocked_restarts(Xc: np.ndarray, starts, k: int, max_iter: int, tol: float, n_threads: int,
+                              inertia_tol: float | None):
+    """Lloyd from each start over ``Xc``'s row blocks on ``n_threads`` threads, the best kept as scikit-learn keeps it."""
+    best = None
+    for start in starts:
+        r = lloyd.refine(Xc, start, n_threads, max_iter=max_iter, tol=tol, inertia_tol=inertia_tol)
+        if best is None or (r.inertia < best[1] and not _same_clustering(r.labels, best[0], k)):
+            best = (r.labels, r.inertia, r.centers, r.n_iter)
+    return best
 
 
 def _best_of_restarts(Xc: np.ndarray, starts, k: int, max_iter: int, tol: float, n_threads: int):

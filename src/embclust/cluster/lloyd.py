@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from embclust.blocks import BLOCK_ROWS, PROGRESS_ROWS, map_blocks
+from embclust.blocks import BLOCK_ROWS, PROGRESS_ROWS, map_groups
 
 log = logging.getLogger(__name__)
 
@@ -70,59 +70,82 @@ class PassResult:
     inertia: float = float("nan")  # of the rows to the centres the pass assigned them to
 
 
-def lloyd_pass(X: np.ndarray, centers: np.ndarray, n_threads: int, block_rows: int = BLOCK_ROWS) -> PassResult:
-    """Assign every row to its nearest centre and sum the rows of each cluster, block by block."""
-    k = centers.shape[0]
+def _add_in_order(parts: list, k: int, d: int) -> tuple[np.ndarray, np.ndarray, float]:
+    """Sums, counts and distance totals of ``parts`` (labels, sums, counts, distance), added in order."""
+    sums = np.zeros((k, d), dtype=np.float64)
+    counts = np.zeros(k, dtype=np.int64)
+    total = 0.0
+    for _, part_sums, part_counts, distance in parts:
+        sums += part_sums
+        counts += part_counts
+        total += distance
+    return sums, counts, total
+
+
+def lloyd_pass(X, centers: np.ndarray, n_threads: int, block_rows: int = BLOCK_ROWS) -> PassResult:
+    """Assign every row to its nearest centre and sum the rows of each cluster, block by block
+    (here, or on Ray workers when ``X`` is a remote row set); sums added per group of blocks,
+    then the groups in order, so both give the same result whatever the threads."""
+    k, d = centers.shape[0], X.shape[1]
     centers = np.ascontiguousarray(centers, dtype=X.dtype)
     half = _half_sq_norms(centers)
 
-    def one(block: slice):
-        X_block = np.asarray(X[block])
+    def one(rows: slice, X_block: np.ndarray):
         labels, distance = _nearest(X_block, centers, half)
         return (labels, *_block_sums(X_block, labels, k), distance)
 
-    parts = map_blocks(one, X.shape[0], n_threads, block_rows, progress="kmeans: refinement pass, rows")
-    sums = np.zeros((k, X.shape[1]), dtype=np.float64)
-    counts = np.zeros(k, dtype=np.int64)
-    total = 0.0
-    for _, block_sums, block_counts, distance in parts:  # in block order: the same sums whatever the threads
-        sums += block_sums
-        counts += block_counts
-        total += distance
-    return PassResult(np.concatenate([p[0] for p in parts]), sums, counts, total)
+    def fold(parts: list):
+        return (np.concatenate([p[0] for p in parts]), *_add_in_order(parts, k, d))
+
+    groups = map_groups(X, one, fold, n_threads, block_rows, progress="kmeans: refinement pass, rows")
+    sums, counts, total = _add_in_order(groups, k, d)
+    return PassResult(np.concatenate([g[0] for g in groups]), sums, counts, total)
 
 
-def assign(X: np.ndarray, centers: np.ndarray, n_threads: int, block_rows: int = BLOCK_ROWS) -> np.ndarray:
+def assign(X, centers: np.ndarray, n_threads: int, block_rows: int = BLOCK_ROWS) -> np.ndarray:
     """Nearest-centre label (int32) of every row, block by block."""
     centers = np.ascontiguousarray(centers, dtype=X.dtype)
     half = _half_sq_norms(centers)
-    parts = map_blocks(lambda b: assign_block(np.asarray(X[b]), centers, half), X.shape[0], n_threads, block_rows,
-                       progress="kmeans: rows assigned")
-    return np.concatenate(parts)
+    groups = map_groups(X, lambda rows, X_block: assign_block(X_block, centers, half), np.concatenate,
+                        n_threads, block_rows, progress="kmeans: rows assigned")
+    return np.concatenate(groups)
 
 
-def inertia(X: np.ndarray, labels: np.ndarray, centers: np.ndarray, n_threads: int, block_rows: int = BLOCK_ROWS) -> float:
+def _sum_in_order(values: list) -> float:
+    total = 0.0
+    for value in values:
+        total += value
+    return total
+
+
+def inertia(X, labels: np.ndarray, centers: np.ndarray, n_threads: int, block_rows: int = BLOCK_ROWS) -> float:
     """Sum of squared distances of the rows to their centres, exact in float64, summed in block order."""
     centers64 = np.asarray(centers, dtype=np.float64)
 
-    def one(block: slice) -> float:
-        diff = np.asarray(X[block], dtype=np.float64) - centers64[labels[block]]
+    def one(rows: slice, X_block: np.ndarray) -> float:
+        diff = np.asarray(X_block, dtype=np.float64) - centers64[labels[rows]]
         return float(np.einsum("ij,ij->", diff, diff))
 
-    return float(sum(map_blocks(one, X.shape[0], n_threads, block_rows, progress="kmeans: inertia, rows")))
+    return _sum_in_order(map_groups(X, one, _sum_in_order, n_threads, block_rows, progress="kmeans: inertia, rows"))
 
 
-def mean_variance(X: np.ndarray, n_threads: int, block_rows: int = BLOCK_ROWS) -> float:
+def mean_variance(X, n_threads: int, block_rows: int = BLOCK_ROWS) -> float:
     """Mean over columns of the per-column variance (scikit-learn's tolerance scale), in two passes."""
     n = X.shape[0]
-    total = sum(map_blocks(lambda b: np.asarray(X[b], dtype=np.float64).sum(axis=0), n, n_threads, block_rows))
-    mean = total / n
 
-    def one(block: slice) -> np.ndarray:
-        diff = np.asarray(X[block], dtype=np.float64) - mean
+    def add(parts: list) -> np.ndarray:
+        total = np.zeros(X.shape[1], dtype=np.float64)
+        for part in parts:
+            total += part
+        return total
+
+    mean = add(map_groups(X, lambda rows, B: np.asarray(B, dtype=np.float64).sum(axis=0), add, n_threads, block_rows)) / n
+
+    def one(rows: slice, X_block: np.ndarray) -> np.ndarray:
+        diff = np.asarray(X_block, dtype=np.float64) - mean
         return np.einsum("ij,ij->j", diff, diff)
 
-    return float(np.mean(sum(map_blocks(one, n, n_threads, block_rows)) / n))
+    return float(np.mean(add(map_groups(X, one, add, n_threads, block_rows)) / n))
 
 
 @dataclass

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -48,6 +49,9 @@ class Dataset:
     n_duplicate_ids: int = 0
     n_dropped_duplicates: int = 0
     from_tabular: bool = False
+    # Where the rows of X are on disk, for engine=ray's workers to read themselves
+    # (embclust.engine.rows); None once rows were dropped, sampled or reordered.
+    source: Any = field(default=None, repr=False)
     _fingerprint: str | None = field(default=None, repr=False)
 
     @property

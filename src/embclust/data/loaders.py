@@ -104,7 +104,10 @@ def load_npy(
     label_names = _load_names(label_names_path) if label_names_path else None
     if labels is not None:
         labels = _check_labels(labels, labels_path, label_names, label_names_path, ids)
-    return Dataset(name=name, X=as_float32(X), ids=np.asarray(ids), labels=labels, label_names=label_names)
+    from embclust.engine.rows import NpyRows
+
+    source = NpyRows(str(Path(path).resolve()), int(X.shape[0]), int(X.shape[1])) if str(path).endswith(".npy") else None
+    return Dataset(name=name, X=as_float32(X), ids=np.asarray(ids), labels=labels, label_names=label_names, source=source)
 
 
 def _check_labels(labels: np.ndarray, path: str, names: list[str] | None, names_path: str | None, ids) -> np.ndarray:
@@ -368,14 +371,21 @@ def load_table(
     if vector_column:
         X = _vectors_from_list_column(table[vector_column], vector_column, p, ids)
     texts = as_strings(table[text_column], missing="") if text_column else None
+    X = as_float32(X)
+    source = None
+    if p.suffix == ".parquet":
+        from embclust.engine.rows import ParquetRows
+
+        source = ParquetRows([str(p.resolve())], [0, int(X.shape[0])], int(X.shape[1]), vector_column, list(features))
     return Dataset(
         name=name,
-        X=as_float32(X),
+        X=X,
         ids=ids,
         labels=labels,
         texts=texts,
         feature_names=None if vector_column else features,
         metadata={c: as_strings(table[c]) for c in metadata_columns},
+        source=source,
     )
 
 
@@ -534,7 +544,13 @@ def load_parquet_dataset(
             raise _read_error(f, exc, "failed to read columns", list(schema)) from exc
     table = pa.Table.from_batches(parts, schema=pa.schema([dataset.schema.field(c) for c in extra]))
     ids, labels = ids_and_labels(table, id_column, label_column, p)
+    from embclust.engine.rows import ParquetRows
+
+    counts = [pq.ParquetFile(f).metadata.num_rows for f in files]
+    source = ParquetRows([str(Path(f).resolve()) for f in files], [int(x) for x in np.concatenate([[0], np.cumsum(counts)])],
+                         int(n_features), vector_column, list(features))
     return Dataset(
+        source=source,
         name=name,
         X=X,
         ids=ids,

@@ -1,0 +1,119 @@
+"""Passes over the rows as Ray Data jobs: each task reads its rows where it runs.
+
+A pass is a function of (row block, what the driver broadcasts: centres, means) whose block
+results are folded per group of :data:`embclust.blocks.GROUP_BLOCKS` consecutive blocks. Here a
+group is one Ray Data row (``from_items`` of group numbers, ``map_batches`` one group per
+batch): the task reads the group's rows from the :class:`~embclust.engine.rows.RowSource` (a
+file every worker opens), runs the pass on each block with one BLAS thread, folds, and sends back
+only the fold (per-cluster sums and counts, a distance total, the group's labels). The driver
+adds the groups' results in group order, as a local run does, so both engines give the same
+bits. What crosses the network is the pass function with its broadcast values and the folds;
+the rows never reach the driver.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from embclust.engine.rows import RowSource
+from embclust.errors import ConfigError, EmbclustError
+
+log = logging.getLogger(__name__)
+
+
+def connect() -> None:
+    """Join the Ray cluster of ``RAY_ADDRESS``, or the one ``ray start`` left running here, or
+    start a local one; a run already inside a Ray task uses its cluster. A cluster that does not
+    answer is one line (Ray itself would wait minutes)."""
+    # Ray Data logs every execution's plan and progress at INFO on stderr; the run says what ran.
+    os.environ.setdefault("RAY_DATA_LOG_LEVEL", "WARNING")
+    try:
+        import ray
+    except ImportError:
+        raise ConfigError("engine=ray needs Ray: pip install 'embclust[ray]'") from None
+    if not ray.is_initialized():
+        from hydra_plugins.embclust_ray_launcher._core import _answers, _cluster_address
+
+        explicit = os.environ.get("RAY_ADDRESS")
+        if explicit and not _answers(explicit):
+            raise EmbclustError(f"engine=ray: the Ray cluster at RAY_ADDRESS={explicit} is unreachable: start it with "
+                                "`ray start --head`, or unset RAY_ADDRESS to start a local Ray")
+        os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+        ray.init(address=_cluster_address(None), logging_level=logging.WARNING, log_to_driver=False,
+                 include_dashboard=False)
+    ctx = ray.data.DataContext.get_current()
+    ctx.print_on_execution_start = False
+
+
+class RayRows:
+    """A row matrix on files that Ray workers read; ``map_groups`` runs a pass there."""
+
+    def __init__(self, source: RowSource):
+        self.source = source
+        self.shape = (int(source.n_rows), int(source.n_cols))
+        self.dtype = np.dtype(np.float32)
+        self.ndim = 2
+        self.passes = 0
+        self.seconds = 0.0
+
+    def map_groups(self, block_fn: Callable[[slice, np.ndarray], Any], fold: Callable[[list], Any],
+                   block_rows: int, group_blocks: int, progress: str | None = None) -> list:
+        """``fold([block_fn(rows, X[rows]) for each block of a group])`` for every group, in group order."""
+        import ray
+
+        connect()
+        n = self.shape[0]
+        group_rows = block_rows * group_blocks
+        n_groups = -(-n // group_rows)
+        source = self.source
+
+        def run_groups(batch: dict) -> dict:
+            from threadpoolctl import threadpool_limits
+
+            results = []
+            with threadpool_limits(limits=1, user_api="blas"):
+                for group in batch["group"]:
+                    start = int(group) * group_rows
+                    stop = min(n, start + group_rows)
+                    X = source.read(start, stop)
+                    parts = [block_fn(slice(a, min(stop, a + block_rows)), X[a - start : min(stop, a + block_rows) - start])
+                             for a in range(start, stop, block_rows)]
+                    results.append(pickle.dumps(fold(parts), protocol=pickle.HIGHEST_PROTOCOL))
+            return {"group": np.asarray(batch["group"]), "result": np.array(results, dtype=object)}
+
+        started = time.perf_counter()
+        items = ray.data.from_items([{"group": g} for g in range(n_groups)], override_num_blocks=n_groups)
+        rows = items.map_batches(run_groups, batch_size=1, num_cpus=1, batch_format="numpy").take_all()
+        rows.sort(key=lambda r: int(r["group"]))
+        if len(rows) != n_groups:  # pragma: no cover - Ray Data returns every row or raises
+            raise RuntimeError(f"engine=ray: {len(rows)} of {n_groups} row groups came back")
+        self.passes += 1
+        self.seconds += time.perf_counter() - started
+        if progress:
+            log.info("%s: %d rows in %d groups on Ray (%.1f s)", progress, n, n_groups, time.perf_counter() - started)
+        return [pickle.loads(r["result"]) for r in rows]
+
+    def __getitem__(self, rows):
+        """Rows gathered on the driver: a sorted index array (a sample) or a slice."""
+        if isinstance(rows, slice):
+            start, stop, _ = rows.indices(self.shape[0])
+            return self.source.read(start, stop)
+        rows = np.asarray(rows)
+        out = np.empty((rows.size, self.shape[1]), dtype=np.float32)
+        order = np.argsort(rows, kind="stable")
+        sorted_rows = rows[order]
+        chunk = 65_536
+        for start in range(0, self.shape[0], chunk):
+            lo, hi = np.searchsorted(sorted_rows, [start, start + chunk])
+            if lo == hi:
+                continue
+            X = self.source.read(start, min(self.shape[0], start + chunk))
+            out[order[lo:hi]] = X[sorted_rows[lo:hi] - start]
+        return out
