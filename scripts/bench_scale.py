@@ -3,6 +3,7 @@
     python scripts/bench_scale.py                          # 10,000,000 x 384, .npy and parquet folder
     python scripts/bench_scale.py --n 1000000 --formats npy --reducer umap
     python scripts/bench_scale.py --n 4000000 --no-sweep --data-dir /big/disk/embeddings
+    python scripts/bench_scale.py --formats npy --no-sweep --engine local,ray   # engine=ray beside local
 
 Generates realistic embeddings (the sweep benchmark's cluster model: anisotropic clusters of
 Dirichlet-drawn sizes in a 32-d latent space, a shared offset direction, isotropic noise, unit
@@ -269,6 +270,9 @@ def main() -> None:
     parser.add_argument("--quality", type=int, default=0, metavar="N_INIT",
                         help="after the .npy single run: fit scikit-learn KMeans(n_init=N_INIT) on all rows in memory "
                              "and compare inertia; recompute CH / DB with scikit-learn on the run's labels")
+    parser.add_argument("--engine", default="local",
+                        help="engine of the single runs: local, ray (a local Ray started by the run, on this "
+                             "machine's cores) or local,ray side by side")
     parser.add_argument("overrides", nargs="*", help="more Hydra overrides for every run")
     args = parser.parse_args()
     formats = [f for f in args.formats.split(",") if f]
@@ -286,7 +290,9 @@ def main() -> None:
         if args.reducer != "none":
             common.append(f"reducer.max_points={args.map_points}")
         if not args.no_single:
-            jobs.append((f"{fmt}: single run, k={args.k}", [f"clusterer.n_clusters={args.k}", *common]))
+            for engine in [e for e in args.engine.split(",") if e]:
+                jobs.append((f"{fmt}: single run, k={args.k}" + ("" if engine == "local" and args.engine == "local" else f", engine={engine}"),
+                             [f"clusterer.n_clusters={args.k}", f"engine={engine}", *common]))
         if args.sweep_k and not args.no_sweep:
             jobs.append((f"{fmt}: sweep k={args.sweep_k}", ["-m", f"clusterer.n_clusters={args.sweep_k}", *common]))
     for title, overrides in jobs:
@@ -295,6 +301,7 @@ def main() -> None:
             cmd = [sys.executable, str(REPO / "run.py"), *overrides, f"mlflow.tracking_uri=sqlite:///{tmp / 'mlflow.db'}",
                    f"hydra.run.dir={tmp / 'outputs'}", f"hydra.sweep.dir={tmp / 'multirun'}"]
             run_env = {**env, "EMBCLUST_CACHE_DIR": str(tmp / "cache"), "TMPDIR": str(tmp)}
+            run_env.pop("RAY_ADDRESS", None)  # engine=ray: a local Ray, its processes in the sampled tree
             print(f"\n$ python run.py {' '.join(overrides)}", flush=True)
             result = run_sampled(cmd, run_env, tmp, tmp / "run.log")
             if result["rc"] != 0:

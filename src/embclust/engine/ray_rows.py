@@ -97,7 +97,7 @@ class RayRows:
         self.passes += 1
         self.seconds += time.perf_counter() - started
         if progress:
-            log.info("%s: %d rows in %d groups on Ray (%.1f s)", progress, n, n_groups, time.perf_counter() - started)
+            log.info("%s: %d / %d done on Ray, %d row groups (%.1f s)", progress, n, n, n_groups, time.perf_counter() - started)
         return [pickle.loads(r["result"]) for r in rows]
 
     def __getitem__(self, rows):
