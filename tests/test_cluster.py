@@ -166,6 +166,13 @@ def test_a_restart_budget_runs_fewer_restarts_each_on_every_thread_with_the_same
     full = fit(KMeans(12, n_init=4, random_state=1), embeddings_large, sample=SMALL_SAMPLE)
     assert full.restarts == 12  # n_init x restarts_per_init
     assert fits[0].estimator.inertia_ <= full.estimator.inertia_ * 1.01
+    # 200 rows per centre and a small min_sample: k-means++ seeds from every 6th sample row
+    # (about 32 per centre), Lloyd runs on all 2,400.
+    seeded = kmeans.SampleSettings(sample_per_cluster=200, min_sample=100, max_restart_work=50_000)
+    thin = [fit(KMeans(12, n_init=4, random_state=1), embeddings_large, sample=seeded) for _ in range(2)]
+    assert thin[0].restarts == 1 and thin[0].sample_size == 2_400
+    np.testing.assert_array_equal(thin[0].labels, thin[1].labels)
+    assert thin[0].estimator.inertia_ <= full.estimator.inertia_ * 1.02
 
 
 def test_auto_same_seed_same_fit_other_seed_other_sample(embeddings_large):

@@ -175,6 +175,8 @@ def fit_kmeans(
 
 
 SAMPLE_IMPLEMENTATION = "embclust-sample-restarts"
+# Rows per centre k-means++ seeds from when the restart budget is reached (large k).
+SEED_ROWS_PER_CLUSTER = 32
 
 
 def sample_rows(n_rows: int, size: int, random_state) -> np.ndarray | None:
@@ -218,8 +220,13 @@ def _fit_on_sample(clusterer: KMeans, X: np.ndarray, sample: SampleSettings, pas
     mean = S.mean(axis=0)
     requested = _n_init(clusterer) * (1 if rows is None else max(1, int(sample.restarts_per_init)))
     n_restarts = sample.restarts(requested, S.shape[0], k)
+    # k-means++ is k sequential steps over every row it seeds from; above the budget (large k)
+    # it seeds from every step-th sample row, about SEED_ROWS_PER_CLUSTER per centre, and Lloyd
+    # then runs on the whole sample.
+    step = max(1, S.shape[0] // max(SEED_ROWS_PER_CLUSTER * k, int(sample.min_sample))) if n_restarts < requested else 1
     with threadpool_limits(limits=1, user_api="blas"):  # OpenBLAS's GEMM rounds by its thread count
-        starts = kmeans_plusplus.kmeans_plusplus_starts(S, k, random_state, n_restarts, mean=mean, n_threads=n_threads)
+        starts = kmeans_plusplus.kmeans_plusplus_starts(np.ascontiguousarray(S[::step]) if step > 1 else S, k, random_state, n_restarts,
+                                                        mean=mean, n_threads=n_threads)
     if n_restarts < requested:
         # Large k: few restarts, too few to keep the threads busy one restart each; each runs
         # Lloyd over the sample's row blocks on every thread (block sums in block order).
