@@ -75,6 +75,7 @@ def test_sweep_metric_auto_is_dbcv_for_hdbscan_cells_only():
     hdbscan = OmegaConf.create({"sweep": {"metric": "auto"}, "clusterer": {"_target_": "hdbscan.HDBSCAN", "gen_min_span_tree": True}})
     assert resolve_metric(hdbscan, ["clusterer.min_cluster_size"]) == "dbcv"
     assert resolve_metric(hdbscan, ["clusterer"]) == "silhouette"  # HDBSCAN against KMeans: one scale for both
+    assert resolve_metric(hdbscan, ["preprocess.pca_components"]) == "silhouette"  # spaces differ: silhouette_ref
     kmeans = OmegaConf.create({"sweep": {"metric": "auto"}, "clusterer": {"_target_": "sklearn.cluster.KMeans"}})
     assert resolve_metric(kmeans, []) == "silhouette"
     hdbscan.sweep.metric = "davies_bouldin"
@@ -118,3 +119,13 @@ def test_a_hdbscan_sweep_is_ranked_by_dbcv_not_by_the_silhouette_of_its_noisiest
     assert cells["30"].data.metrics["silhouette"] > cells["5"].data.metrics["silhouette"]
     assert cells["5"].data.metrics["dbcv"] > cells["30"].data.metrics["dbcv"]
     assert "min_samples=5" in parent.data.tags["best_cell"]
+
+
+def test_a_sweep_of_kmeans_against_hdbscan_is_ranked_in_the_shared_reference_space(run_cli, embeddings_npy):
+    # With umap_components=auto the HDBSCAN cells are clustered after UMAP, the KMeans cells not.
+    res = run_cli("-m", *QUIET, *embeddings_npy, "clusterer=kmeans,hdbscan")
+    assert res.returncode == 0, res.stderr[-2000:]
+    (parent,) = [r for r in res.runs() if r.data.tags.get("sweep_role") == "parent"]
+    assert parent.data.tags["sweep.rank_metric"] == "silhouette_ref"
+    cells = {r.data.tags["umap_before_clustering"] for r in res.runs() if r.data.tags.get("sweep_role") != "parent"}
+    assert cells == {"5", "none"}

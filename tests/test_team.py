@@ -129,6 +129,10 @@ def ray_head():
     Token authentication with a token of its own, whatever ~/.ray holds: ``ray start`` turns
     it on when ~/.ray/auth_token exists, a driver given an explicit address does not.
     """
+    try:  # this interpreter's Ray, not only a `ray` command from another environment on PATH
+        import ray  # noqa: F401
+    except ImportError:
+        _missing("Ray")
     if shutil.which("ray") is None:
         _missing("Ray")
     # Short temp dir: Ray's unix socket paths must stay under ~107 characters.
@@ -365,3 +369,22 @@ def test_engine_ray_with_an_unreachable_cluster_fails_the_run_in_one_line(tmp_pa
     mlflow.set_tracking_uri(store)
     (run,) = mlflow.search_runs(experiment_names=["embclust"], output_format="list")
     assert run.info.status == "FAILED" and "unreachable" in run.data.tags.get("error", "")
+
+
+def test_an_engine_ray_sweep_runs_its_cells_passes_on_ray(ray_head, tmp_path):
+    """A sweep's cells share a dataset cache; with engine=ray they read the files themselves instead."""
+    address, auth = ray_head
+    rng = np.random.default_rng(4)
+    X = (rng.normal(scale=4.0, size=(5, 5))[rng.integers(0, 5, 30_000)] + rng.normal(size=(30_000, 5))).astype(np.float32)
+    np.save(tmp_path / "rows.npy", X)
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    res = _run(["-m", *ENGINE_RUN[:-2], "dataset=npy", f"dataset.path={tmp_path / 'rows.npy'}", "engine=ray",
+                "clusterer.n_clusters=4,5", f"mlflow.tracking_uri={store}"], tmp_path, timeout=300,
+               env={"RAY_ADDRESS": address, **auth})
+    assert res.returncode == 0, res.stderr[-3000:]
+    mlflow.set_tracking_uri(store)
+    cells = [r for r in mlflow.search_runs(experiment_names=["embclust"], output_format="list")
+             if r.data.tags.get("sweep_role") != "parent"]
+    assert sorted(r.data.params["clusterer.n_clusters"] for r in cells) == ["4", "5"]
+    assert all(r.info.status == "FINISHED" for r in cells)
+    assert all(r.data.tags["engine"] == "ray" and int(r.data.tags["engine_passes"]) >= 3 for r in cells)

@@ -137,6 +137,7 @@ def _run(cfg: DictConfig) -> float:
     ) as active:
         try:
             validate.validate_config(cfg)
+            stages.check_engine(cfg)
             mlflow.log_params(tracking.flatten_config(cfg))
             with signals.stop_on_signals(), tempfile.TemporaryDirectory(prefix="embclust-") as tmp, \
                     threadpool_limits(limits=threads):

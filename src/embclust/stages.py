@@ -126,6 +126,8 @@ def load_dataset(cfg: DictConfig, cache_dir: Path | None) -> tuple[data.Dataset,
         return ds
 
     key = {**OmegaConf.to_container(cfg.dataset, resolve=True), "_seed": seed, "_dedupe_threshold": threshold}
+    if str(cfg.get("engine") or "local") == "ray":
+        cache_dir = None  # the workers read the data's own files: a cached copy would lose where they are
     return shared.load_dataset(key, cache_dir, load)
 
 
@@ -236,24 +238,34 @@ class Clustering:
         return tags
 
 
-def engine_rows(cfg: DictConfig, ds: data.Dataset, features: Features):
-    """The rows KMeans's passes run on: None for ``engine=local``; for ``engine=ray`` a remote row
-    set that Ray workers read from the data's files and preprocess themselves, or one line
-    saying why this run cannot use it."""
+def check_engine(cfg: DictConfig) -> str:
+    """``engine`` (local or ray), and for ray what the config must be, before any work."""
     from embclust.engine import ENGINES
 
     engine = str(cfg.get("engine") or "local")
     if engine not in ENGINES:
         raise ConfigError(f"engine={engine!r} is not allowed (allowed: {', '.join(ENGINES)})")
-    if engine == "local":
+    if engine == "ray":
+        target = str(cfg.clusterer.get("_target_", ""))
+        if target != "sklearn.cluster.KMeans" or str(cfg.get("cluster_implementation", "auto")) != "auto":
+            raise ConfigError("engine=ray runs KMeans's passes over the rows (clusterer=kmeans, cluster_implementation=auto); "
+                              f"this run has clusterer._target_={target}: use engine=local")
+        umap = cfg.preprocess.get("umap_components")
+        if umap not in (None, "auto"):
+            raise ConfigError("engine=ray applies row-wise preprocessing on the workers; UMAP before clustering is not: "
+                              "set preprocess.umap_components=null, or use engine=local")
+    return engine
+
+
+def engine_rows(cfg: DictConfig, ds: data.Dataset, features: Features):
+    """The rows KMeans's passes run on: None for ``engine=local``; for ``engine=ray`` a remote row
+    set that Ray workers read from the data's files and preprocess themselves, or one line
+    saying why this run cannot use it."""
+    if check_engine(cfg) == "local":
         return None
-    from embclust.engine.ray_rows import RayRows, connect
+    from embclust.engine.ray_rows import RayRows
     from embclust.engine.rows import TransformedRows
 
-    target = str(cfg.clusterer.get("_target_", ""))
-    if target != "sklearn.cluster.KMeans" or str(cfg.get("cluster_implementation", "auto")) != "auto":
-        raise ConfigError("engine=ray runs KMeans's passes over the rows (clusterer=kmeans, cluster_implementation=auto); "
-                          f"this run has clusterer._target_={target}: use engine=local")
     if ds.source is None or ds.source.n_rows != ds.n_samples:
         raise ConfigError("engine=ray needs rows that workers read from the files themselves: dataset=npy (.npy) or "
                           "dataset=parquet (a file, folder or glob), every row (no dataset.sample_size, dedupe or rows "
@@ -261,7 +273,6 @@ def engine_rows(cfg: DictConfig, ds: data.Dataset, features: Features):
     if features.preprocessing.named_steps.get("umap", "passthrough") != "passthrough":
         raise ConfigError("engine=ray applies row-wise preprocessing on the workers; UMAP before clustering is not: "
                           "set preprocess.umap_components=null, or use engine=local")
-    connect()
     return RayRows(TransformedRows(ds.source, features.preprocessing, int(features.X.shape[1])))
 
 

@@ -129,6 +129,25 @@ def inertia(X, labels: np.ndarray, centers: np.ndarray, n_threads: int, block_ro
     return _sum_in_order(map_groups(X, one, _sum_in_order, n_threads, block_rows, progress="kmeans: inertia, rows"))
 
 
+def assign_with_inertia(X, centers: np.ndarray, n_threads: int, block_rows: int = BLOCK_ROWS) -> tuple[np.ndarray, float]:
+    """Nearest-centre labels and the exact float64 inertia to them, in one pass that ships only the
+    centres (for rows on Ray workers, where :func:`inertia` would ship every row's label)."""
+    centers_x = np.ascontiguousarray(centers, dtype=X.dtype)
+    half = _half_sq_norms(centers_x)
+    centers64 = np.asarray(centers, dtype=np.float64)
+
+    def one(rows: slice, X_block: np.ndarray):
+        labels = assign_block(X_block, centers_x, half)
+        diff = np.asarray(X_block, dtype=np.float64) - centers64[labels]
+        return labels, float(np.einsum("ij,ij->", diff, diff))
+
+    def fold(parts: list):
+        return np.concatenate([p[0] for p in parts]), _sum_in_order([p[1] for p in parts])
+
+    groups = map_groups(X, one, fold, n_threads, block_rows, progress="kmeans: labels and inertia, rows")
+    return np.concatenate([g[0] for g in groups]), _sum_in_order([g[1] for g in groups])
+
+
 def mean_variance(X, n_threads: int, block_rows: int = BLOCK_ROWS) -> float:
     """Mean over columns of the per-column variance (scikit-learn's tolerance scale), in two passes."""
     n = X.shape[0]
@@ -197,6 +216,9 @@ def refine(
         centers, labels_before = new_centers, result.labels
         if shift <= absolute_tol:
             break
+    if getattr(X, "map_groups", None) is not None:  # rows on Ray workers: the same labels, recomputed there
+        labels, total = assign_with_inertia(X, centers, n_threads, block_rows)
+        return Refinement(labels, total, centers, n_iter)
     if not converged_strictly:
         labels = assign(X, centers, n_threads, block_rows)
     return Refinement(labels, inertia(X, labels, centers, n_threads, block_rows), centers, n_iter)

@@ -16,6 +16,8 @@ from __future__ import annotations
 import logging
 import os
 import pickle
+import signal
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -46,8 +48,17 @@ def connect() -> None:
             raise EmbclustError(f"engine=ray: the Ray cluster at RAY_ADDRESS={explicit} is unreachable: start it with "
                                 "`ray start --head`, or unset RAY_ADDRESS to start a local Ray")
         os.environ.setdefault("RAY_DEDUP_LOGS", "0")
-        ray.init(address=_cluster_address(None), logging_level=logging.WARNING, log_to_driver=False,
-                 include_dashboard=False)
+        # ray.init installs a SIGTERM handler that exits at once; the run's own handlers (which
+        # end the MLflow run KILLED with its stage) stay in place.
+        main = threading.current_thread() is threading.main_thread()
+        handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)} if main else {}
+        try:
+            ray.init(address=_cluster_address(None), logging_level=logging.WARNING, log_to_driver=False,
+                     include_dashboard=False)
+        finally:
+            for sig, handler in handlers.items():
+                if handler is not None:
+                    signal.signal(sig, handler)
     ctx = ray.data.DataContext.get_current()
     ctx.print_on_execution_start = False
 

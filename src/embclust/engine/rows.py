@@ -64,7 +64,7 @@ class ParquetRows(RowSource):
         columns = [self.vector_column] if self.vector_column else self.feature_columns
         for i, path in enumerate(self.files):
             first, last = self.offsets[i], self.offsets[i + 1]
-            if last <= start or first >= stop:
+            if last <= start or first >= stop or last == first:  # outside the range, or an empty file
                 continue
             lo, hi = max(start, first) - first, min(stop, last) - first
             table = _read_rows(pq.ParquetFile(path), lo, hi, columns)

@@ -230,7 +230,11 @@ class MlflowSweepCallback(Callback):
             previous = _parent_to_resume(experiment_id, key) if config.sweep.resume else None
             self._open_parent(client, experiment_id, previous, key, config, task_cfg, task_overrides, sweep_params, repro)
             _close_on_exit(self.parent_run_id, experiment_id)
-        preprocessing_varies = any(k.startswith(PREPROCESS_PREFIX) for k in swept)
+        # preprocess.umap_components=auto gives density cells UMAP and the others none: a swept
+        # clusterer group then clusters cells in different spaces.
+        preprocessing_varies = any(k.startswith(PREPROCESS_PREFIX) for k in swept) or (
+            "clusterer" in swept and config.preprocess.get("umap_components") == "auto"
+        )
         self.plan = SweepPlan(
             parent_run_id=self.parent_run_id,
             experiment_id=experiment_id,

@@ -72,7 +72,8 @@ def short_override(override: str, most: int = 40) -> str:
 
 def resolve_metric(config: DictConfig, swept) -> str:
     """``sweep.metric``, with ``auto`` resolved: ``dbcv`` when every cell is an HDBSCAN clustering
-    that keeps its spanning tree (the clusterer group is not swept), else ``silhouette``.
+    that keeps its spanning tree in one shared space (neither the clusterer group nor a
+    ``preprocess.*`` key is swept: DBCV has no reference-space form), else ``silhouette``.
 
     Silhouette, CH and DB leave the rows called noise out, so a cell that calls more rows noise
     scores higher on the rest; DBCV weighs each cluster by its share of all rows.
@@ -82,7 +83,8 @@ def resolve_metric(config: DictConfig, swept) -> str:
         return metric
     clusterer = config.get("clusterer") or {}
     hdbscan = str(clusterer.get("_target_", "")).rsplit(".", 1)[-1] == "HDBSCAN"
-    return "dbcv" if hdbscan and clusterer.get("gen_min_span_tree", False) and "clusterer" not in swept else "silhouette"
+    one_space = "clusterer" not in swept and not any(str(k).startswith(PREPROCESS_PREFIX) for k in swept)
+    return "dbcv" if hdbscan and clusterer.get("gen_min_span_tree", False) and one_space else "silhouette"
 
 
 # Metrics that have a reference-space counterpart ``<name>_ref``.
