@@ -1,4 +1,5 @@
 import pickle
+import re
 
 import numpy as np
 import pytest
@@ -385,3 +386,23 @@ def test_more_clusters_than_distinct_points_is_said_in_one_log_line(caplog):
         fitted = fit(KMeans(5, n_init=2, random_state=0), X)
     assert np.unique(fitted.labels).size == 3
     assert any("3 distinct clusters for clusterer.n_clusters=5" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("refine_tol", "x", "kmeans.refine_tol='x' must be null or a fraction in [0, 1)"),
+        ("refine_tol", 1.5, "kmeans.refine_tol=1.5 must be null or a fraction in [0, 1)"),
+        ("max_restart_work", 0, "kmeans.max_restart_work=0 must be null or a number >= 1"),
+        ("max_restart_work", "lots", "kmeans.max_restart_work='lots' must be null or a number >= 1"),
+    ],
+)
+def test_kmeans_sample_settings_out_of_range_name_the_key(key, value, message):
+    from omegaconf import OmegaConf
+
+    from embclust import stages
+    from embclust.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        stages.kmeans_sample(OmegaConf.create({"kmeans": {key: value}}))
+    assert stages.kmeans_sample(OmegaConf.create({"kmeans": {key: None}})) is not None

@@ -292,32 +292,23 @@ def kmeans_sample(cfg: DictConfig) -> kmeans.SampleSettings:
         int(node.get("sample_per_cluster", defaults.sample_per_cluster)),
         int(node.get("min_sample", defaults.min_sample)),
         int(node.get("restarts_per_init", defaults.restarts_per_init)),
-        _optional_float(node.get("refine_tol", defaults.refine_tol), "kmeans.refine_tol"),
-        _optional_positive(node.get("max_restart_work", defaults.max_restart_work), "kmeans.max_restart_work"),
+        _optional_number(node.get("refine_tol", defaults.refine_tol), "kmeans.refine_tol",
+                         lambda x: 0 <= x < 1, "a fraction in [0, 1), e.g. 1e-4"),
+        _optional_number(node.get("max_restart_work", defaults.max_restart_work), "kmeans.max_restart_work",
+                         lambda x: x >= 1, "a number >= 1, e.g. 5e8"),
     )
 
 
-def _optional_positive(value, key: str) -> float | None:
+def _optional_number(value, key: str, allowed, wanted: str) -> float | None:
+    """``value`` as a float, or None; :class:`ConfigError` naming ``key`` unless ``allowed(number)``."""
     if value is None:
         return None
     try:
         number = float(value)
     except (TypeError, ValueError):
-        number = 0.0
-    if not number >= 1:
-        raise ConfigError(f"{key}={value!r} must be null or a number >= 1, e.g. 5e8")
-    return number
-
-
-def _optional_float(value, key: str) -> float | None:
-    if value is None:
-        return None
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        number = -1.0
-    if not 0 <= number < 1:
-        raise ConfigError(f"{key}={value!r} must be null or a fraction in [0, 1), e.g. 1e-4")
+        number = float("nan")
+    if not allowed(number):
+        raise ConfigError(f"{key}={value!r} must be null or {wanted}")
     return number
 
 
