@@ -191,7 +191,6 @@ def execute(
         validate.check_quadratic_work(cfg, ds.n_samples)
         validate.check_in_memory_clusterer(cfg, ds.n_samples, int(clustered_dims))
         cluster.check_implementation(cfg.get("cluster_implementation"))
-        stages.check_engine(cfg)
         plots.check_max_points(cfg.analysis.maps.max_points)
         tags = tracking.reproducibility_tags(ds.fingerprint, overrides or [],
                                              Path(__file__).resolve().parent)
@@ -572,7 +571,6 @@ def _fit_and_score(cfg: DictConfig, plan: SweepPlan, timer: stages.StageTimer):
         cluster.check_clusterer(clusterer, ds.n_samples)
         stability.check_sizes(cfg.metrics.get("stability"), ds.n_samples, clusterer)
         cluster.check_implementation(cfg.get("cluster_implementation"))
-        stages.check_engine(cfg)
         validate.check_quadratic_work(cfg, ds.n_samples)
         validate.check_in_memory_clusterer(
             cfg, ds.n_samples, int(cfg.preprocess.get("umap_components") or cfg.preprocess.get("pca_components") or ds.n_features)
