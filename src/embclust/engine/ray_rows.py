@@ -70,7 +70,6 @@ class RayRows:
         self.source = source
         self.shape = (int(source.n_rows), int(source.n_cols))
         self.dtype = np.dtype(np.float32)
-        self.ndim = 2
         self.passes = 0
         self.seconds = 0.0
 
@@ -110,21 +109,3 @@ class RayRows:
         if progress:
             log.info("%s: %d / %d done on Ray, %d row groups (%.1f s)", progress, n, n, n_groups, time.perf_counter() - started)
         return [pickle.loads(r["result"]) for r in rows]
-
-    def __getitem__(self, rows):
-        """Rows gathered on the driver: a sorted index array (a sample) or a slice."""
-        if isinstance(rows, slice):
-            start, stop, _ = rows.indices(self.shape[0])
-            return self.source.read(start, stop)
-        rows = np.asarray(rows)
-        out = np.empty((rows.size, self.shape[1]), dtype=np.float32)
-        order = np.argsort(rows, kind="stable")
-        sorted_rows = rows[order]
-        chunk = 65_536
-        for start in range(0, self.shape[0], chunk):
-            lo, hi = np.searchsorted(sorted_rows, [start, start + chunk])
-            if lo == hi:
-                continue
-            X = self.source.read(start, min(self.shape[0], start + chunk))
-            out[order[lo:hi]] = X[sorted_rows[lo:hi] - start]
-        return out
