@@ -155,6 +155,8 @@ def test_atlas_serves_a_run_offline_and_headless_chromium_shows_its_points(tmp_p
                 # The point count of the run's placed rows, the cluster legend, the rows' ids and texts.
                 page.wait_for_function("t => document.body.innerText.includes(t)", arg="280 / 280 points", timeout=60_000)
                 page.wait_for_function("t => document.body.innerText.includes(t)", arg="cluster (BIGINT)", timeout=60_000)
+                # The table's rows come from a later query than the legend's counts.
+                page.wait_for_function("t => document.body.innerText.includes(t)", arg="document 0 of cluster -1", timeout=60_000)
                 body = page.inner_text("body")
                 assert "doc0" in body and "document 0 of cluster -1" in body
                 webgpu = "WebGPU is unavailable" not in body

@@ -200,12 +200,15 @@ def _start_sweep(tmp_path, tracking_uri, *overrides, sweep_dir="multirun"):
     return subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def _wait_for_running_cell(tracking_uri, timeout=180):
+def _wait_for_running_cell(tracking_uri, proc, timeout=180):
     import time
 
     mlflow.set_tracking_uri(tracking_uri)
     deadline = time.time() + timeout
     while time.time() < deadline:
+        if proc.poll() is not None:  # ended before a cell was seen running: the grid is too fast, or it failed
+            out, err = proc.communicate()
+            raise AssertionError(f"the sweep ended (rc {proc.returncode}) before a cell was seen running: {err[-2000:]}")
         try:
             runs = mlflow.search_runs(search_all_experiments=True, output_format="list")
         except Exception:  # noqa: BLE001 - the store may not exist yet
@@ -216,14 +219,17 @@ def _wait_for_running_cell(tracking_uri, timeout=180):
     raise AssertionError("no cell started")
 
 
-SLOW_GRID = ("dataset=synthetic", "dataset.n_samples=30000", "dataset.n_features=64", "reducer=none",
-             "clusterer.n_clusters=30,40", "clusterer.n_init=5", "analysis.explain.enabled=false")
+# Cells of several seconds each (scikit-learn's own KMeans, every restart on all 120,000 rows), so
+# that a poll of the store sees one RUNNING: embclust's default KMeans ends such a cell in ~1 s.
+SLOW_GRID = ("dataset=synthetic", "dataset.n_samples=120000", "dataset.n_features=64", "reducer=none",
+             "clusterer.n_clusters=30,40", "clusterer.n_init=5", "cluster_implementation=scikit-learn",
+             "analysis.explain.enabled=false")
 
 
 def _signal_slow_sweep_mid_cell(tmp_path, tracking_uri, sig, timeout: float):
     """Start the slow sweep, send ``sig`` once a cell runs, and wait for the process to end."""
     proc = _start_sweep(tmp_path, tracking_uri, *SLOW_GRID)
-    _wait_for_running_cell(tracking_uri)
+    _wait_for_running_cell(tracking_uri, proc)
     proc.send_signal(sig)
     proc.communicate(timeout=timeout)
     return proc
@@ -322,7 +328,7 @@ def test_the_same_sweep_started_while_it_runs_gets_its_own_parent(tmp_path, trac
     import signal
 
     first = _start_sweep(tmp_path, tracking_uri, *SLOW_GRID)
-    _wait_for_running_cell(tracking_uri)
+    _wait_for_running_cell(tracking_uri, first)
     _stop_outside_a_store_write(first, tracking_uri)  # alive, mid-cell, for as long as the second sweep runs
     try:
         second = _start_sweep(tmp_path, tracking_uri, *SLOW_GRID, sweep_dir="second")
@@ -407,7 +413,7 @@ def test_a_killed_launcher_worker_fails_the_sweep_in_one_line_and_closes_its_run
 
     # what the system's out-of-memory killer does to a joblib worker in the middle of a cell
     proc = _start_sweep(tmp_path, tracking_uri, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", *SLOW_GRID)
-    _wait_for_running_cell(tracking_uri)
+    _wait_for_running_cell(tracking_uri, proc)
     deadline = time.time() + 60
     while not (workers := [p for p, cmd in _descendants(proc.pid) if "loky" in cmd and "popen" in cmd]):
         assert time.time() < deadline, "no joblib worker found"
