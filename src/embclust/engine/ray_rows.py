@@ -61,13 +61,19 @@ def connect() -> None:
                     signal.signal(sig, handler)
     ctx = ray.data.DataContext.get_current()
     ctx.print_on_execution_start = False
+    # Ray Data's progress bars redraw many times a second (from a cell's task, on the sweep's
+    # stderr); each pass says on stderr what it did when it is done.
+    ctx.enable_progress_bars = False
+    logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)  # "Progress bars disabled. To enable..."
 
 
 class RayRows:
     """A row matrix on files that Ray workers read; ``map_groups`` runs a pass there."""
 
-    def __init__(self, source: RowSource):
+    def __init__(self, source: RowSource, labels_sink=None):
         self.source = source
+        # Where the last pass's tasks write the labels dataset (embclust.engine.labels.LabelsSink).
+        self.labels_sink = labels_sink
         self.shape = (int(source.n_rows), int(source.n_cols))
         self.dtype = np.dtype(np.float32)
         self.passes = 0

@@ -135,13 +135,47 @@ def launch(launcher: Any, job_overrides: Sequence[Sequence[str]], initial_job_id
     # Shared by every task: stored once in Ray's object store, not pickled per task.
     context, function, state = (ray.put(x) for x in (launcher.hydra_context, launcher.task_function, Singleton.get_state()))
     driver_cwd = os.getcwd()
-    refs = []
+    jobs = []
     for offset, overrides in enumerate(job_overrides):
         idx = initial_job_idx + offset
-        log.info("\t#%d : %s", idx, " ".join(filter_overrides(overrides)))
         sweep_config = launcher.hydra_context.config_loader.load_sweep_config(launcher.config, list(overrides))
         with open_dict(sweep_config):
             sweep_config.hydra.job.id = f"{sweep_config.hydra.job.name}_{idx}"
             sweep_config.hydra.job.num = idx
-        refs.append(task.remote(context, sweep_config, function, state, driver_cwd))
-    return ray.get(refs)
+        jobs.append((idx, overrides, sweep_config))
+    at_once = cells_at_once(jobs, resources.get("CPU", 0), float(remote_opts["num_cpus"] or 0))
+    results: list = [None] * len(jobs)
+    running: Dict[Any, int] = {}
+    waiting = list(enumerate(jobs))
+    while waiting or running:
+        while waiting and (at_once is None or len(running) < at_once):
+            position, (idx, overrides, sweep_config) = waiting.pop(0)
+            log.info("\t#%d : %s", idx, " ".join(filter_overrides(overrides)))
+            running[task.remote(context, sweep_config, function, state, driver_cwd)] = position
+        done, _ = ray.wait(list(running), num_returns=1)
+        for ref in done:
+            results[running.pop(ref)] = ray.get(ref)
+    return results
+
+
+def cells_at_once(jobs: Sequence[Any], cluster_cpus: float, cell_cpus: float) -> int | None:
+    """How many cells may run at once (None: as many as Ray schedules).
+
+    A cell with ``engine=ray`` holds its CPUs while its passes over the rows run as further Ray
+    tasks of one CPU each; were every CPU held by a cell, no pass could start and the sweep
+    would wait for ever. Such cells run at most ``(cluster CPUs - 1) / num_cpus`` at a time, so
+    at least one CPU is left to their passes.
+    """
+    if not any(str(job[2].get("engine") or "local") == "ray" for job in jobs) or cell_cpus <= 0:
+        return None
+    at_once = int((cluster_cpus - 1) // cell_cpus)
+    if at_once < 1:
+        log.error(
+            "engine=ray with hydra/launcher=ray: each cell reserves hydra.launcher.num_cpus=%g of the cluster's %g CPUs, "
+            "which leaves none to its passes over the rows: add CPUs to the cluster, or lower hydra.launcher.num_cpus",
+            cell_cpus, cluster_cpus,
+        )
+        raise SystemExit(1)
+    log.info("Ray launcher: engine=ray cells run at most %d at a time, so that their passes over the rows have "
+             "%g of the cluster's %g CPUs", at_once, cluster_cpus - at_once * cell_cpus, cluster_cpus)
+    return at_once
