@@ -62,3 +62,98 @@ def test_engine_ray_refuses_what_it_cannot_run_before_loading(run_cli, override)
     assert res.returncode != 0
     line = res.stderr.strip().splitlines()[-1]
     assert ("engine=" in line) and "Traceback" not in res.stderr
+
+
+class _InProcessRows:
+    """A remote row set run in this process: groups read from the source, as a Ray task reads them."""
+
+    def __init__(self, source, labels_sink=None):
+        self.source, self.labels_sink = source, labels_sink
+        self.shape, self.dtype = source.shape, np.dtype(np.float32)
+
+    def map_groups(self, block_fn, fold, block_rows, group_blocks, progress=None):
+        n, group_rows = self.shape[0], block_rows * group_blocks
+        out = []
+        for start in range(0, n, group_rows):
+            stop = min(n, start + group_rows)
+            X = self.source.read(start, stop)
+            out.append(fold([block_fn(slice(a, min(stop, a + block_rows)), X[a - start : min(stop, a + block_rows) - start])
+                             for a in range(start, stop, block_rows)]))
+        return out
+
+
+def _rows_with_ids(tmp_path, n=9_000, d=4):
+    rng = np.random.default_rng(7)
+    X = (rng.normal(scale=5.0, size=(3, d))[rng.integers(0, 3, n)] + rng.normal(size=(n, d))).astype(np.float32)
+    ids = np.array([f"doc-{i}" for i in range(n)])
+    pq.write_table(pa.table({"doc": ids, "v": pa.array(list(X), type=pa.list_(pa.float32()))}), tmp_path / "rows.parquet",
+                   row_group_size=1_000)
+    ds = load_table(str(tmp_path / "rows.parquet"), vector_column="v", id_column="doc")
+    return ds, X, ids
+
+
+@pytest.mark.parametrize("direct", [True, False])
+def test_the_last_pass_writes_ids_labels_and_distances_one_part_per_group(tmp_path, direct):
+    import pandas as pd
+
+    from embclust.cluster import lloyd
+    from embclust.engine.labels import LabelsSink
+
+    ds, X, ids = _rows_with_ids(tmp_path)
+    folder = tmp_path / "artifacts" / "labels"
+    sink = LabelsSink(ds.source, str(folder) if direct else None, "test")
+    rows = _InProcessRows(ds.source, sink)
+    centers = X[[0, 1, 2]].copy()
+    labels, total = lloyd.assign_with_inertia(rows, centers, 1, block_rows=1_000)
+    # the same labels and inertia as the pass over the array in memory
+    local_labels, local_total = lloyd.assign_with_inertia(X, centers, 1, block_rows=1_000)
+    np.testing.assert_array_equal(labels, local_labels)
+    assert total == local_total
+    assert [name for name, _ in sink.parts] == ["part-000000000000.parquet"]  # 9,000 rows: one group of 64 blocks
+    if not direct:
+        assert not folder.exists() and sink.save_returned(tmp_path / "artifacts") > 0
+    written = pd.read_parquet(folder)
+    assert list(written.columns) == ["id", "cluster", "distance"]
+    np.testing.assert_array_equal(written["id"].to_numpy(), ids)
+    np.testing.assert_array_equal(written["cluster"].to_numpy(), labels)
+    np.testing.assert_allclose(written["distance"], np.linalg.norm(X - centers[labels], axis=1), rtol=1e-5)
+    assert not list(folder.glob(".*.tmp"))  # written under a temporary name, then renamed
+
+
+def test_parts_name_their_first_row_so_they_read_back_in_row_order(tmp_path):
+    import pandas as pd
+
+    from embclust.cluster import lloyd
+    from embclust.engine.labels import LabelsSink
+
+    ds, X, ids = _rows_with_ids(tmp_path, n=20_000)
+    sink = LabelsSink(ds.source, str(tmp_path / "labels"), "test")
+    labels, _ = lloyd.assign_with_inertia(_InProcessRows(ds.source, sink), X[[0, 1, 2]].copy(), 1, block_rows=100)
+    assert [name for name, _ in sink.parts] == [f"part-{start:012d}.parquet" for start in range(0, 20_000, 6_400)]
+    written = pd.read_parquet(tmp_path / "labels")
+    np.testing.assert_array_equal(written["id"].to_numpy(), ids)
+    np.testing.assert_array_equal(written["cluster"].to_numpy(), labels)
+
+
+def test_npy_ids_are_read_where_the_rows_are(tmp_path):
+    np.save(tmp_path / "x.npy", np.zeros((50, 2), dtype=np.float32))
+    np.save(tmp_path / "ids.npy", np.arange(1000, 1050))
+    ds = load_npy(str(tmp_path / "x.npy"), ids_path=str(tmp_path / "ids.npy"))
+    np.testing.assert_array_equal(ds.source.read_ids(10, 20), np.asarray(ds.ids)[10:20])
+    assert load_npy(str(tmp_path / "x.npy")).source.read_ids(3, 5).tolist() == [3, 4]
+
+
+@pytest.mark.parametrize("uri, direct", [
+    ("/srv/mlruns/1/abc/artifacts", True),
+    ("file:///srv/mlruns/1/abc/artifacts", True),
+    ("mlflow-artifacts:/1/abc/artifacts", False),
+    ("http://tracking:5000/api/2.0/mlflow-artifacts/artifacts/1/abc", False),
+])
+def test_workers_write_the_artifact_folder_only_where_they_can(uri, direct):
+    from embclust.engine.labels import writable_folder
+
+    folder, how = writable_folder(uri)
+    if direct:
+        assert folder == "/srv/mlruns/1/abc/artifacts/labels" and "written by the Ray workers" in how
+    else:
+        assert folder is None and "is not a filesystem the Ray workers can write" in how

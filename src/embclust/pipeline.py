@@ -214,11 +214,11 @@ def execute(
         clustering = fitted
     else:
         with timer("cluster"):
-            passes = stages.engine_rows(cfg, ds, features)
+            passes = stages.engine_rows(cfg, ds, features, labels_artifact_uri=mlflow.active_run().info.artifact_uri)
             clustering = stages.fit_clustering(
                 clusterer, Xp, backend, cfg.get("cluster_implementation", "auto"), stages.kmeans_sample(cfg), passes
             )
-            _log_engine(passes)
+            _log_engine(passes, workdir)
     clusterer, labels = clustering.estimator, clustering.labels
     mlflow.set_tags({
         **clustering.tags(),
@@ -617,11 +617,20 @@ def _engine_tags(passes) -> dict[str, str]:
     return {"engine": "local"} if passes is None else {"engine": "ray", "engine_passes": str(passes.passes)}
 
 
-def _log_engine(passes) -> None:
-    """Tag where the passes over the rows ran, and what engine=ray's passes took."""
+def _log_engine(passes, workdir: Path) -> None:
+    """Tag where the passes over the rows ran, what engine=ray's passes took, and where its
+    workers' labels dataset went (parts they sent back are saved into ``workdir`` for logging)."""
     mlflow.set_tags(_engine_tags(passes))
-    if passes is not None:
-        mlflow.log_metric("time/engine_passes_s", passes.seconds)
+    if passes is None:
+        return
+    mlflow.log_metric("time/engine_passes_s", passes.seconds)
+    sink = passes.labels_sink
+    if sink is None or not sink.parts:
+        return
+    size = sink.save_returned(workdir) + sink.written_bytes()
+    mlflow.set_tag("labels_dataset", f"labels/: {len(sink.parts)} parquet parts (id, cluster, distance), "
+                                     f"{size / 1e6:.1f} MB, {sink.how}")
+    log.info("labels: %d rows in %d parquet parts (%.1f MB), %s", passes.shape[0], len(sink.parts), size / 1e6, sink.how)
 
 
 def _backend(cfg: DictConfig) -> str:

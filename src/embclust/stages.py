@@ -257,10 +257,11 @@ def check_engine(cfg: DictConfig) -> str:
     return engine
 
 
-def engine_rows(cfg: DictConfig, ds: data.Dataset, features: Features):
+def engine_rows(cfg: DictConfig, ds: data.Dataset, features: Features, labels_artifact_uri: str | None = None):
     """The rows KMeans's passes run on: None for ``engine=local``; for ``engine=ray`` a remote row
     set that Ray workers read from the data's files and preprocess themselves, or one line
-    saying why this run cannot use it."""
+    saying why this run cannot use it. ``labels_artifact_uri``: the run's artifact location, under
+    which the last pass's workers write the ``labels/`` dataset (id, cluster, distance)."""
     if check_engine(cfg) == "local":
         return None
     from embclust.engine.ray_rows import RayRows
@@ -273,7 +274,13 @@ def engine_rows(cfg: DictConfig, ds: data.Dataset, features: Features):
     if features.preprocessing.named_steps.get("umap", "passthrough") != "passthrough":
         raise ConfigError("engine=ray applies row-wise preprocessing on the workers; UMAP before clustering is not: "
                           "set preprocess.umap_components=null, or use engine=local")
-    return RayRows(TransformedRows(ds.source, features.preprocessing, int(features.X.shape[1])))
+    rows = TransformedRows(ds.source, features.preprocessing, int(features.X.shape[1]))
+    sink = None
+    if labels_artifact_uri is not None:
+        from embclust.engine.labels import LabelsSink, writable_folder
+
+        sink = LabelsSink(rows, *writable_folder(labels_artifact_uri))
+    return RayRows(rows, sink)
 
 
 def configure_memory(cfg: DictConfig) -> None:

@@ -131,20 +131,29 @@ def inertia(X, labels: np.ndarray, centers: np.ndarray, n_threads: int, block_ro
 
 def assign_with_inertia(X, centers: np.ndarray, n_threads: int, block_rows: int = BLOCK_ROWS) -> tuple[np.ndarray, float]:
     """Nearest-centre labels and the exact float64 inertia to them, in one pass that ships only the
-    centres (for rows on Ray workers, where :func:`inertia` would ship every row's label)."""
+    centres (for rows on Ray workers, where :func:`inertia` would ship every row's label).
+
+    Where ``X`` has a ``labels_sink`` (:class:`embclust.engine.labels.LabelsSink`), each group's
+    task also writes that group's ids, labels and distances to their centre there."""
     centers_x = np.ascontiguousarray(centers, dtype=X.dtype)
     half = _half_sq_norms(centers_x)
     centers64 = np.asarray(centers, dtype=np.float64)
+    sink = getattr(X, "labels_sink", None)
 
     def one(rows: slice, X_block: np.ndarray):
         labels = assign_block(X_block, centers_x, half)
         diff = np.asarray(X_block, dtype=np.float64) - centers64[labels]
-        return labels, float(np.einsum("ij,ij->", diff, diff))
+        distances = None if sink is None else np.sqrt(np.einsum("ij,ij->i", diff, diff)).astype(np.float32)
+        return labels, float(np.einsum("ij,ij->", diff, diff)), rows.start, distances
 
     def fold(parts: list):
-        return np.concatenate([p[0] for p in parts]), _sum_in_order([p[1] for p in parts])
+        labels = np.concatenate([p[0] for p in parts])
+        written = None if sink is None else sink.write(parts[0][2], labels, np.concatenate([p[3] for p in parts]))
+        return labels, _sum_in_order([p[1] for p in parts]), written
 
     groups = map_groups(X, one, fold, n_threads, block_rows, progress="kmeans: labels and inertia, rows")
+    if sink is not None:
+        sink.collect([g[2] for g in groups])
     return np.concatenate([g[0] for g in groups]), _sum_in_order([g[1] for g in groups])
 
 

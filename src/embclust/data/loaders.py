@@ -106,7 +106,10 @@ def load_npy(
         labels = _check_labels(labels, labels_path, label_names, label_names_path, ids)
     from embclust.engine.rows import NpyRows
 
-    source = NpyRows(str(Path(path).resolve()), int(X.shape[0]), int(X.shape[1])) if str(path).endswith(".npy") else None
+    source = None
+    if str(path).endswith(".npy"):
+        source = NpyRows(str(Path(path).resolve()), int(X.shape[0]), int(X.shape[1]),
+                         str(Path(ids_path).resolve()) if ids_path else None)
     return Dataset(name=name, X=as_float32(X), ids=np.asarray(ids), labels=labels, label_names=label_names, source=source)
 
 
@@ -376,7 +379,8 @@ def load_table(
     if p.suffix == ".parquet":
         from embclust.engine.rows import ParquetRows
 
-        source = ParquetRows([str(p.resolve())], [0, int(X.shape[0])], int(X.shape[1]), vector_column, list(features))
+        source = ParquetRows([str(p.resolve())], [0, int(X.shape[0])], int(X.shape[1]), vector_column, list(features),
+                             id_column or None)
     return Dataset(
         name=name,
         X=X,
@@ -548,7 +552,7 @@ def load_parquet_dataset(
 
     counts = [pq.ParquetFile(f).metadata.num_rows for f in files]
     source = ParquetRows([str(Path(f).resolve()) for f in files], [int(x) for x in np.concatenate([[0], np.cumsum(counts)])],
-                         int(n_features), vector_column, list(features))
+                         int(n_features), vector_column, list(features), id_column or None)
     return Dataset(
         source=source,
         name=name,

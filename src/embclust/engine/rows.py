@@ -24,6 +24,10 @@ class RowSource:
     def read(self, start: int, stop: int) -> np.ndarray:  # pragma: no cover - interface
         raise NotImplementedError
 
+    def read_ids(self, start: int, stop: int) -> np.ndarray:
+        """The ids of rows ``[start, stop)``, as the loaders give them (row numbers by default)."""
+        return np.arange(start, stop)
+
     @property
     def shape(self) -> tuple[int, int]:
         return (self.n_rows, self.n_cols)
@@ -36,10 +40,19 @@ class NpyRows(RowSource):
     path: str
     n_rows: int
     n_cols: int
+    ids_path: str | None = None  # dataset.ids_path: a .npy (memory-mapped where it is read) or .npz (its first array)
 
     def read(self, start: int, stop: int) -> np.ndarray:
         X = np.load(self.path, mmap_mode="r")
         return np.asarray(X[start:stop], dtype=np.float32)
+
+    def read_ids(self, start: int, stop: int) -> np.ndarray:
+        if self.ids_path is None:
+            return np.arange(start, stop)
+        if self.ids_path.lower().endswith(".npz"):
+            with np.load(self.ids_path, allow_pickle=False) as archive:
+                return np.asarray(archive[next(iter(archive.keys()))][start:stop])
+        return np.asarray(np.load(self.ids_path, mmap_mode="r", allow_pickle=False)[start:stop])
 
 
 @dataclass
@@ -52,6 +65,7 @@ class ParquetRows(RowSource):
     n_cols: int
     vector_column: str | None = None
     feature_columns: list[str] = field(default_factory=list)
+    id_column: str | None = None
 
     @property
     def n_rows(self) -> int:  # type: ignore[override]
@@ -70,6 +84,21 @@ class ParquetRows(RowSource):
             table = _read_rows(pq.ParquetFile(path), lo, hi, columns)
             out[max(start, first) - start : min(stop, last) - start] = self._matrix(table)
         return out
+
+    def read_ids(self, start: int, stop: int) -> np.ndarray:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        if self.id_column is None:
+            return np.arange(start, stop)
+        parts = []
+        for i, path in enumerate(self.files):
+            first, last = self.offsets[i], self.offsets[i + 1]
+            if last <= start or first >= stop or last == first:
+                continue
+            lo, hi = max(start, first) - first, min(stop, last) - first
+            parts.append(_read_rows(pq.ParquetFile(path), lo, hi, [self.id_column]).column(self.id_column))
+        return pa.chunked_array([c for p in parts for c in p.chunks]).to_numpy(zero_copy_only=False)
 
     def _matrix(self, table) -> np.ndarray:
         import pyarrow as pa
@@ -113,6 +142,9 @@ class TransformedRows(RowSource):
     @property
     def n_rows(self) -> int:  # type: ignore[override]
         return self.source.n_rows
+
+    def read_ids(self, start: int, stop: int) -> np.ndarray:
+        return self.source.read_ids(start, stop)
 
     def read(self, start: int, stop: int) -> np.ndarray:
         raw = self.source.read(start, stop)
