@@ -350,6 +350,17 @@ def test_engine_ray_gives_the_labels_and_metrics_of_engine_local(ray_head, tmp_p
                                                    dst_path=str(tmp_path / name))
         labels[name] = pd.read_parquet(path)["cluster"].to_numpy()
     np.testing.assert_array_equal(labels["local"], labels["ray"])
+    # The workers of the last pass wrote the labels dataset into the run's artifacts, one part per row group.
+    assert ray_run.data.tags["labels_dataset"].startswith("labels/: 2 parquet parts (id, cluster, distance)")
+    assert "written by the Ray workers into the run's artifact folder" in ray_run.data.tags["labels_dataset"]
+    folder = mlflow.artifacts.download_artifacts(run_id=ray_run.info.run_id, artifact_path="labels", dst_path=str(tmp_path / "parts"))
+    written = pd.read_parquet(folder)
+    assert list(written.columns) == ["id", "cluster", "distance"] and len(written) == 540_000
+    np.testing.assert_array_equal(written["id"].to_numpy(), np.arange(540_000))
+    np.testing.assert_array_equal(written["cluster"].to_numpy(), labels["ray"])
+    distance = written["distance"].to_numpy(dtype=np.float64)  # to the centre of the row's cluster
+    assert (distance >= 0).all() and np.sum(distance**2) == pytest.approx(ray_run.data.metrics["inertia"], rel=1e-5)
+    assert "labels_dataset" not in local.data.tags
 
 
 def test_engine_ray_with_an_unreachable_cluster_fails_the_run_in_one_line(tmp_path):
@@ -388,3 +399,83 @@ def test_an_engine_ray_sweep_runs_its_cells_passes_on_ray(ray_head, tmp_path):
     assert sorted(r.data.params["clusterer.n_clusters"] for r in cells) == ["4", "5"]
     assert all(r.info.status == "FINISHED" for r in cells)
     assert all(r.data.tags["engine"] == "ray" and int(r.data.tags["engine_passes"]) >= 3 for r in cells)
+
+
+def test_ray_launcher_cells_with_engine_ray_leave_cpus_to_their_passes(ray_head, tmp_path):
+    """Cells as Ray tasks whose passes are Ray Data jobs, on 2 CPUs: two cells holding one CPU
+    each would leave their passes none (the sweep waited for ever); one runs at a time instead."""
+    address, auth = ray_head
+    rng = np.random.default_rng(5)
+    X = (rng.normal(scale=4.0, size=(4, 5))[rng.integers(0, 4, 20_000)] + rng.normal(size=(20_000, 5))).astype(np.float32)
+    np.save(tmp_path / "rows.npy", X)
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    res = _run(["-m", *ENGINE_RUN[:-2], "dataset=npy", f"dataset.path={tmp_path / 'rows.npy'}", "engine=ray",
+                "clusterer.n_clusters=3,4", "hydra/launcher=ray", f"hydra.launcher.address={address}",
+                f"mlflow.tracking_uri={store}"], tmp_path, timeout=240, env=auth)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "engine=ray cells run at most 1 at a time, so that their passes over the rows have 1 of the cluster's 2 CPUs" in res.stderr
+    assert "Progress bars disabled" not in res.stderr and "MapBatches(" not in res.stderr  # no Ray Data progress on the sweep's stderr
+    mlflow.set_tracking_uri(store)
+    runs = mlflow.search_runs(experiment_names=["embclust"], output_format="list")
+    cells = [r for r in runs if r.data.tags.get("sweep_role") == "cell"]
+    assert len(cells) == 2 and all(r.info.status == "FINISHED" and r.data.tags["engine"] == "ray" for r in cells)
+
+
+def test_cells_at_once_keeps_a_cpu_for_the_passes_of_engine_ray_cells():
+    from omegaconf import OmegaConf
+
+    from hydra_plugins.embclust_ray_launcher._core import cells_at_once
+
+    ray_cells = [(0, [], OmegaConf.create({"engine": "ray"})), (1, [], OmegaConf.create({"engine": "ray"}))]
+    local_cells = [(0, [], OmegaConf.create({"engine": "local"}))]
+    assert cells_at_once(local_cells, 2, 1) is None  # Ray schedules them as it likes
+    assert cells_at_once(ray_cells, 2, 1) == 1
+    assert cells_at_once(ray_cells, 16, 1) == 15
+    assert cells_at_once(ray_cells, 16, 4) == 3
+    with pytest.raises(SystemExit):  # a cell's CPUs would be the whole cluster
+        cells_at_once(ray_cells, 1, 1)
+
+
+def _kill_first_task(marker: str, deadline: float) -> int | None:
+    """SIGKILL the first process whose command line holds ``marker`` (a Ray worker running a task)."""
+    me = os.getpid()
+    while time.time() < deadline:
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit() or int(entry) == me:
+                continue
+            try:
+                cmdline = Path(f"/proc/{entry}/cmdline").read_bytes()
+            except OSError:
+                continue
+            if marker.encode() in cmdline:
+                os.kill(int(entry), signal.SIGKILL)
+                return int(entry)
+        time.sleep(0.005)
+    return None
+
+
+def test_a_ray_worker_killed_during_a_pass_is_retried_and_the_run_gives_the_same_answer(ray_head, tmp_path):
+    """Ray re-runs the task of a worker killed mid-pass; the group's sums are the same, so is the run."""
+    import threading
+
+    address, auth = ray_head
+    rng = np.random.default_rng(8)
+    X = (rng.normal(scale=4.0, size=(6, 32))[rng.integers(0, 6, 800_000)] + rng.normal(size=(800_000, 32))).astype(np.float32)
+    np.save(tmp_path / "rows.npy", X)
+    store = f"mlflow.tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}"
+    data = ("dataset=npy", f"dataset.path={tmp_path / 'rows.npy'}")
+    killed: list = []
+    killer = threading.Thread(target=lambda: killed.append(_kill_first_task("ray::MapBatches", time.time() + 240)))
+    killer.start()
+    res = _run([*ENGINE_RUN, *data, "engine=ray", store, "run_name=killed"], tmp_path, timeout=300,
+               env={"RAY_ADDRESS": address, **auth})
+    killer.join()
+    assert killed and killed[0] is not None, "no Ray task was seen running"
+    assert res.returncode == 0, res.stderr[-3000:]
+    local = _run([*ENGINE_RUN, *data, "engine=local", store, "run_name=local"], tmp_path, timeout=300)
+    assert local.returncode == 0, local.stderr[-3000:]
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    runs = {r.info.run_name: r for r in mlflow.search_runs(experiment_names=["embclust"], output_format="list")}
+    assert runs["killed"].info.status == "FINISHED"
+    for metric in ("inertia", "silhouette", "calinski_harabasz", "davies_bouldin"):
+        assert runs["killed"].data.metrics[metric] == runs["local"].data.metrics[metric], metric
