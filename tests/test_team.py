@@ -479,3 +479,30 @@ def test_a_ray_worker_killed_during_a_pass_is_retried_and_the_run_gives_the_same
     assert runs["killed"].info.status == "FINISHED"
     for metric in ("inertia", "silhouette", "calinski_harabasz", "davies_bouldin"):
         assert runs["killed"].data.metrics[metric] == runs["local"].data.metrics[metric], metric
+
+
+def test_a_task_that_fails_on_the_cluster_is_one_line_naming_the_pass_and_the_error(ray_head, tmp_path):
+    """A worker's error (a full disk where it writes the labels) comes back as Ray's wrapper with the
+    remote traceback as text; the run says the pass and the worker's own error, in one line."""
+    address, auth = ray_head
+    np.save(tmp_path / "rows.npy", np.zeros((3_000, 2), dtype=np.float32))
+    script = f"""
+import numpy as np
+from embclust.engine.ray_rows import RayRows
+from embclust.engine.rows import NpyRows
+from embclust.errors import EmbclustError
+
+def full_disk(rows, X_block):
+    raise OSError(28, "No space left on device")
+
+try:
+    RayRows(NpyRows({str(tmp_path / 'rows.npy')!r}, 3_000, 2)).map_groups(full_disk, list, 1_000, 2, progress="kmeans: labels and inertia, rows")
+except EmbclustError as exc:
+    print("ERROR", exc)
+"""
+    res = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=_env(RAY_ADDRESS=address, **auth),
+                         capture_output=True, text=True, timeout=180)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert res.stdout.strip() == ("ERROR engine=ray: kmeans: labels and inertia failed on the Ray cluster: "
+                                  "OSError: [Errno 28] No space left on device")
+    assert "Traceback" not in res.stderr and "UserCodeException" not in res.stderr

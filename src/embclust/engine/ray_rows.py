@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import os
 import pickle
+import re
 import signal
 import threading
 import time
@@ -65,6 +66,9 @@ def connect() -> None:
     # stderr); each pass says on stderr what it did when it is done.
     ctx.enable_progress_bars = False
     logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)  # "Progress bars disabled. To enable..."
+    # A failed task is reported by the run in one line (remote_error); Ray Data would also log
+    # it at ERROR with its traceback.
+    logging.getLogger("ray.data").setLevel(logging.CRITICAL)
 
 
 class RayRows:
@@ -106,7 +110,11 @@ class RayRows:
 
         started = time.perf_counter()
         items = ray.data.from_items([{"group": g} for g in range(n_groups)], override_num_blocks=n_groups)
-        rows = items.map_batches(run_groups, batch_size=1, num_cpus=1, batch_format="numpy").take_all()
+        try:
+            rows = items.map_batches(run_groups, batch_size=1, num_cpus=1, batch_format="numpy").take_all()
+        except Exception as exc:  # noqa: BLE001 - a task's error comes back as Ray's, its traceback in the text
+            what = (progress or "a pass over the rows").split(",")[0]
+            raise EmbclustError(f"engine=ray: {what} failed on the Ray cluster: {remote_error(exc)}") from None
         rows.sort(key=lambda r: int(r["group"]))
         if len(rows) != n_groups:  # pragma: no cover - Ray Data returns every row or raises
             raise RuntimeError(f"engine=ray: {len(rows)} of {n_groups} row groups came back")
@@ -115,3 +123,19 @@ class RayRows:
         if progress:
             log.info("%s: %d / %d done on Ray, %d row groups (%.1f s)", progress, n, n, n_groups, time.perf_counter() - started)
         return [pickle.loads(r["result"]) for r in rows]
+
+
+_EXCEPTION_LINE = re.compile(r"^(?:[A-Za-z_][\w]*\.)*[A-Za-z_]\w*(?:Error|Exception|Exit|Interrupt)(?::.*)?$")
+
+
+def remote_error(exc: BaseException) -> str:
+    """The error a Ray task raised, as ``Type: message``: the last exception line of its remote
+    traceback before Ray's own wrapper (the original exception object does not come back)."""
+    text = str(exc).replace("\x1b[36m", "").replace("\x1b[39m", "")
+    text = text.split("The above exception was the direct cause of the following exception")[0]
+    found = [line.strip() for line in text.splitlines()
+             if _EXCEPTION_LINE.match(line.strip()) and not line.strip().startswith("ray.")]
+    if found:
+        return found[-1]
+    first = next((line.strip() for line in text.splitlines() if line.strip()), "")
+    return f"{type(exc).__name__}: {first}"
