@@ -157,3 +157,24 @@ def test_workers_write_the_artifact_folder_only_where_they_can(uri, direct):
         assert folder == "/srv/mlruns/1/abc/artifacts/labels" and "written by the Ray workers" in how
     else:
         assert folder is None and "is not a filesystem the Ray workers can write" in how
+
+
+def test_ch_and_db_over_remote_rows_label_each_block_again_and_give_the_local_bits(tmp_path):
+    from sklearn.metrics import calinski_harabasz_score, davies_bouldin_score
+
+    from embclust.cluster import lloyd
+    from embclust.scoring.metrics import ClusterStats
+
+    ds, X, _ = _rows_with_ids(tmp_path, n=30_000, d=6)
+    centers = X[[0, 1, 2, 3]].copy()
+    labels = lloyd.assign(X, centers, 1)
+    local = ClusterStats(X, labels, ignore_noise=True, chunk_size=1_000)
+    remote = ClusterStats(X, labels, ignore_noise=True, chunk_size=1_000, passes=_InProcessRows(ds.source),
+                          block_labels=lloyd.NearestCentre(centers))
+    assert remote.calinski_harabasz() == local.calinski_harabasz()
+    assert remote.davies_bouldin() == local.davies_bouldin()
+    assert local.calinski_harabasz() == pytest.approx(calinski_harabasz_score(X, labels), rel=1e-9)
+    assert local.davies_bouldin() == pytest.approx(davies_bouldin_score(X, labels), rel=1e-6)  # scikit-learn: float32 distances
+    # labels given again that are not the run's labels are an error, not other scores
+    with pytest.raises(RuntimeError, match="differ from the run's labels"):
+        ClusterStats(X, labels, passes=_InProcessRows(ds.source), block_labels=lloyd.NearestCentre(X[[5, 6, 7, 8]]))

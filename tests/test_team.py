@@ -342,6 +342,8 @@ def test_engine_ray_gives_the_labels_and_metrics_of_engine_local(ray_head, tmp_p
     assert ray_run.data.tags["engine"] == "ray" and local.data.tags["engine"] == "local"
     assert int(ray_run.data.tags["engine_passes"]) >= 3  # refinement passes, then the inertia
     assert "540000 / 540000 done on Ray, 2 row groups" in results["ray"].stderr
+    for scoring_pass in ("score: CH / DB pass 1 of 2", "score: CH / DB pass 2 of 2"):  # the scores' passes too
+        assert f"{scoring_pass}, rows: 540000 / 540000 done on Ray" in results["ray"].stderr
     for metric in ("inertia", "silhouette", "calinski_harabasz", "davies_bouldin"):
         assert ray_run.data.metrics[metric] == local.data.metrics[metric], metric
     labels = {}

@@ -149,8 +149,14 @@ def map_groups(X, block_fn: Callable[[slice, np.ndarray], Any], fold: Callable[[
     remote = getattr(X, "map_groups", None)
     if remote is not None:
         return remote(block_fn, fold, block_rows, GROUP_BLOCKS, progress)
-    parts = map_blocks(lambda rows: block_fn(rows, np.asarray(X[rows])), X.shape[0], n_threads, block_rows, progress)
-    return [fold(parts[i : i + GROUP_BLOCKS]) for i in range(0, len(parts), GROUP_BLOCKS)]
+    tick = Progress(progress, X.shape[0]) if progress else None
+    blocks = row_blocks(X.shape[0], block_rows)
+    folds = []
+    for first in range(0, len(blocks), GROUP_BLOCKS):  # one group's block results in memory at a time
+        parts = map_on_threads(lambda rows: block_fn(rows, np.asarray(X[rows])), blocks[first : first + GROUP_BLOCKS],
+                               n_threads, None if tick is None else lambda rows: tick(rows.stop - rows.start))
+        folds.append(fold(parts))
+    return folds
 
 
 def available_threads() -> int:

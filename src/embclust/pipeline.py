@@ -210,6 +210,7 @@ def execute(
         preprocessing, Xp = features.preprocessing, features.X
         mlflow.set_tag("preprocess_source", features.how + (" (cached)" if features.cache_hit else ""))
         _log_pca_variance(preprocessing)
+    passes = None  # engine=ray's rows on the cluster
     if fitted is not None:  # the sweep's best cell: its light cell's fit (and time/cluster_s) stand
         clustering = fitted
     else:
@@ -218,7 +219,6 @@ def execute(
             clustering = stages.fit_clustering(
                 clusterer, Xp, backend, cfg.get("cluster_implementation", "auto"), stages.kmeans_sample(cfg), passes
             )
-            _log_engine(passes, workdir)
     clusterer, labels = clustering.estimator, clustering.labels
     mlflow.set_tags({
         **clustering.tags(),
@@ -226,7 +226,9 @@ def execute(
     })
     with timer("score"):
         scoring = stages.scoring_for(cfg, ds, pre_cfg.get("normalize", "l2"), backend)
-        scored = stages.score(Xp, clustering, ds.labels, scoring)
+        scored = stages.score(Xp, clustering, ds.labels, scoring, passes)
+        if fitted is None:
+            _log_engine(passes, workdir)
         scores = scored.values
         if known_scores and stability.METRIC in known_scores:  # the best cell's, from its light cell
             scores.update({k: known_scores[k] for k in (stability.METRIC, stability.TIME_METRIC) if k in known_scores})
@@ -586,7 +588,7 @@ def _fit_and_score(cfg: DictConfig, plan: SweepPlan, timer: stages.StageTimer):
         )
     with timer("score"):
         scoring = stages.scoring_for(cfg, ds, pre_cfg.get("normalize", "l2"), backend)
-        scores = stages.score(features.X, clustering, ds.labels, scoring)
+        scores = stages.score(features.X, clustering, ds.labels, scoring, passes)
         scores.values.update(
             stability.stability_from_config(cfg.clusterer, features.X, clustering.labels, cfg.metrics.get("stability"), int(cfg.seed))
         )

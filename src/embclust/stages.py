@@ -363,8 +363,11 @@ class Scores:
     silhouette: tuple[np.ndarray, np.ndarray] | None = None
 
 
-def score(X: np.ndarray, clustering: Clustering, true_labels: np.ndarray | None, scoring: Scoring) -> Scores:
-    """Silhouette / CH / DB in the clustered space and the reference space, and agreement scores."""
+def score(X: np.ndarray, clustering: Clustering, true_labels: np.ndarray | None, scoring: Scoring,
+          passes=None) -> Scores:
+    """Silhouette / CH / DB in the clustered space and the reference space, and agreement scores.
+    ``passes``: the remote rows of engine=ray, where CH and DB's passes then run (each block's
+    labels given again by the fitted KMeans's centres, not shipped)."""
     if scoring.backend == "torch":
         from embclust.scoring import torch_backend
 
@@ -372,8 +375,16 @@ def score(X: np.ndarray, clustering: Clustering, true_labels: np.ndarray | None,
             X, clustering.labels, true_labels, sample_rows=scoring.sample_rows, return_silhouette_values=True
         )
     else:
+        block_labels = None
+        if passes is not None and passes.passes == 0:  # the fit ran no pass there (data no larger than its sample)
+            passes = None
+        if passes is not None:
+            from embclust.cluster.lloyd import NearestCentre
+
+            block_labels = NearestCentre(clustering.estimator.cluster_centers_)
         values, silhouette = metrics.score_clustering(
-            X, clustering.labels, true_labels, sample_rows=scoring.sample_rows, return_silhouette_values=True
+            X, clustering.labels, true_labels, sample_rows=scoring.sample_rows, return_silhouette_values=True,
+            passes=passes, block_labels=block_labels,
         )
     if scoring.reference is not None:
         values.update(scoring.reference.score(clustering.labels))

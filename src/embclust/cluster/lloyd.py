@@ -35,6 +35,18 @@ def assign_block(X_block: np.ndarray, centers: np.ndarray, half_sq_norms: np.nda
     return _nearest(X_block, centers, half_sq_norms)[0]
 
 
+class NearestCentre:
+    """A block's labels from fitted centres (picklable: shipped to Ray workers instead of labels),
+    as :func:`assign_with_inertia` gave them: the same centres in the rows' dtype, the same bits."""
+
+    def __init__(self, centers: np.ndarray):
+        self.centers = np.ascontiguousarray(centers, dtype=np.float32)
+        self.half = _half_sq_norms(self.centers)
+
+    def __call__(self, X_block: np.ndarray) -> np.ndarray:
+        return assign_block(X_block, self.centers, self.half)
+
+
 def _nearest(X_block: np.ndarray, centers: np.ndarray, half_sq_norms: np.ndarray) -> tuple[np.ndarray, float]:
     """Nearest centre of each row, and the block's summed squared distance to it (float64 sum of
     the expanded form |x|^2 - 2 x.c + |c|^2: for a stopping rule, not the reported inertia)."""

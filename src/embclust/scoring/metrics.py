@@ -42,61 +42,68 @@ def _chunk_rows(n_features: int, chunk_size: int | None) -> int:
 
 
 class ClusterStats:
-    """Per-cluster counts, float64 centroids and within-cluster distances, from chunked passes.
+    """Per-cluster counts, float64 centroids and within-cluster distances, from two passes over
+    row blocks (:func:`embclust.blocks.map_groups`: on threads here, or on Ray workers).
 
     ``labels`` may hold ``NOISE`` (-1) when ``ignore_noise`` is true: those rows are skipped
-    without copying ``X``. ``X`` may be float32 or a memory map; it is read one chunk at a time.
+    without copying ``X``. ``X`` may be float32 or a memory map; it is read one block at a time.
+    ``passes``: the same rows on Ray workers (engine=ray), where ``block_labels(X_block)`` gives
+    a block's labels again (KMeans: the nearest of its centres) instead of shipping every row's
+    label; the block results are those of a local pass, so the scores are the same bits.
     """
 
-    def __init__(self, X: np.ndarray, labels: np.ndarray, ignore_noise: bool = False, chunk_size: int | None = None):
+    def __init__(self, X: np.ndarray, labels: np.ndarray, ignore_noise: bool = False, chunk_size: int | None = None,
+                 passes=None, block_labels=None):
+        from embclust import blocks
+
         labels = np.asarray(labels)
         if X.ndim != 2 or X.shape[0] != labels.shape[0]:
             raise ValueError(f"X of shape {X.shape} and {labels.shape[0]} labels do not match")
         keep = labels != NOISE if ignore_noise else np.ones(labels.shape[0], dtype=bool)
         self.cluster_ids, codes = np.unique(labels[keep], return_inverse=True)
         k, d = self.cluster_ids.size, X.shape[1]
-        # Codes for every row, -1 for skipped rows.
-        self._codes = np.full(labels.shape[0], -1, dtype=np.int64)
-        self._codes[keep] = codes.ravel()
         self.n_clusters = k
         self.counts = np.bincount(codes.ravel(), minlength=k).astype(np.int64)
         self.n_samples = int(self.counts.sum())
         step = _chunk_rows(d, chunk_size)
+        if passes is None:
+            all_codes = np.full(labels.shape[0], -1, dtype=np.int64)  # -1 for skipped rows
+            all_codes[keep] = codes.ravel()
+            codes_of = _codes_from_rows(all_codes)
+            rows = X
+        else:
+            codes_of = _codes_from_labels(block_labels, self.cluster_ids, ignore_noise)
+            rows = passes
+        n_threads = blocks.available_threads()
 
         # Pass 1: per-cluster sums -> centroids; overall sum -> mean.
-        from embclust.blocks import Progress
-
-        tick = Progress("score: CH / DB pass 1 of 2", X.shape[0])
-        sums = np.zeros((k, d), dtype=np.float64)
-        for start in range(0, X.shape[0], step):
-            block, c = self._block(X, start, step)
+        def sums_of(rows_slice: slice, X_block: np.ndarray):
+            block, c = _scored(X_block, codes_of(rows_slice, X_block))
+            partial = np.zeros((k, d), dtype=np.float64)
             if c.size:
-                _add_by_cluster(sums, block, c)
-            tick(step)
+                _add_by_cluster(partial, block, c)
+            return partial, np.bincount(c, minlength=k)
+
+        folds = blocks.map_groups(rows, sums_of, _add_parts, n_threads, step, progress="score: CH / DB pass 1 of 2, rows")
+        sums, counts = _add_parts(folds)
+        if not np.array_equal(counts, self.counts):  # the labels given again on the workers are not these labels
+            raise RuntimeError("CH / DB: the labels of the passes over the rows differ from the run's labels")
         self.centroids = sums / np.maximum(self.counts, 1)[:, None]
         self.mean = sums.sum(axis=0) / max(self.n_samples, 1)
 
         # Pass 2: squared and plain distances of each point to its own centroid.
-        self.sq_dist = np.zeros(k, dtype=np.float64)
-        self.dist = np.zeros(k, dtype=np.float64)
-        tick = Progress("score: CH / DB pass 2 of 2", X.shape[0])
-        for start in range(0, X.shape[0], step):
-            block, c = self._block(X, start, step)
-            if c.size:
-                block -= self.centroids[c]
-                sq = np.einsum("ij,ij->i", block, block)
-                self.sq_dist += np.bincount(c, weights=sq, minlength=k)
-                self.dist += np.bincount(c, weights=np.sqrt(sq), minlength=k)
-            tick(step)
+        centroids = self.centroids
 
-    def _block(self, X: np.ndarray, start: int, step: int) -> tuple[np.ndarray, np.ndarray]:
-        """Rows ``start:start+step`` that are scored, as float64, with their cluster codes."""
-        c = self._codes[start : start + step]
-        block = np.asarray(X[start : start + step])
-        sel = c >= 0
-        if not sel.all():
-            block, c = block[sel], c[sel]
-        return block.astype(np.float64), c
+        def distances_of(rows_slice: slice, X_block: np.ndarray):
+            block, c = _scored(X_block, codes_of(rows_slice, X_block))
+            if not c.size:
+                return np.zeros(k), np.zeros(k)
+            block -= centroids[c]
+            sq = np.einsum("ij,ij->i", block, block)
+            return np.bincount(c, weights=sq, minlength=k), np.bincount(c, weights=np.sqrt(sq), minlength=k)
+
+        folds = blocks.map_groups(rows, distances_of, _add_parts, n_threads, step, progress="score: CH / DB pass 2 of 2, rows")
+        self.sq_dist, self.dist = _add_parts(folds)
 
     def calinski_harabasz(self) -> float:
         """scikit-learn's ``calinski_harabasz_score`` from the accumulated statistics."""
@@ -116,6 +123,43 @@ class ClusterStats:
         centroid_distances[centroid_distances == 0] = np.inf
         combined = intra[:, None] + intra
         return float(np.mean(np.max(combined / centroid_distances, axis=1)))
+
+
+def _add_parts(parts: list) -> tuple:
+    """Element-wise sums of the tuples of arrays in ``parts``, added in list order (float64)."""
+    totals = [np.zeros_like(np.asarray(x), dtype=np.float64) for x in parts[0]]
+    for part in parts:
+        for total, x in zip(totals, part):
+            total += x
+    return tuple(totals)
+
+
+def _scored(X_block: np.ndarray, codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The block's scored rows as float64, with their cluster codes."""
+    sel = codes >= 0
+    block = np.asarray(X_block)
+    if not sel.all():
+        block, codes = block[sel], codes[sel]
+    return block.astype(np.float64), codes
+
+
+def _codes_from_rows(all_codes: np.ndarray):
+    return lambda rows, X_block: all_codes[rows]
+
+
+def _codes_from_labels(block_labels, cluster_ids: np.ndarray, ignore_noise: bool):
+    """Codes of a block's labels as ``block_labels`` gives them where the block is read (-1: not scored)."""
+    k = cluster_ids.size
+
+    def codes_of(rows, X_block):
+        labels = np.asarray(block_labels(X_block))
+        codes = np.minimum(np.searchsorted(cluster_ids, labels), k - 1)
+        known = cluster_ids[codes] == labels
+        if ignore_noise:
+            known &= labels != NOISE
+        return np.where(known, codes, -1)
+
+    return codes_of
 
 
 def _add_by_cluster(sums: np.ndarray, block: np.ndarray, codes: np.ndarray) -> None:
@@ -189,6 +233,8 @@ def score_clustering(
     seed: int = 0,
     return_silhouette_values: bool = False,
     sample_rows: np.ndarray | None = None,
+    passes=None,
+    block_labels=None,
 ):
     """Return the metrics logged for one run.
 
@@ -201,6 +247,8 @@ def score_clustering(
 
     With ``return_silhouette_values``, return ``(scores, (rows, values))``: the per-point
     silhouette of the scored rows (None when not scored), which the silhouette diagram reuses.
+    ``passes`` / ``block_labels``: CH and DB's passes run on those rows (engine=ray), see
+    :class:`ClusterStats`.
     """
     labels = np.asarray(labels)
     scores = size_scores(labels)
@@ -214,7 +262,7 @@ def score_clustering(
         per_point = silhouette_values(X, labels, rows, None, seed)
         scores["silhouette"] = float(np.mean(per_point[1]))
         scores["silhouette_sample_size"] = float(rows.size)
-        stats = ClusterStats(X, labels, ignore_noise=True)
+        stats = ClusterStats(X, labels, ignore_noise=True, passes=passes, block_labels=block_labels)
         scores["calinski_harabasz"] = stats.calinski_harabasz()
         scores["davies_bouldin"] = stats.davies_bouldin()
     else:
