@@ -55,13 +55,16 @@ def test_rows_that_were_dropped_or_sampled_have_no_source(tmp_path):
     assert subsample(ds, 50, seed=0).source is None
 
 
-@pytest.mark.parametrize("override", ["clusterer=hdbscan", "cluster_implementation=scikit-learn", "engine=spark"])
+@pytest.mark.parametrize("override", ["clusterer=hdbscan", "cluster_implementation=scikit-learn", "engine=spark",
+                                      "dataset.ids_path=ids.npz"])
 def test_engine_ray_refuses_what_it_cannot_run_before_loading(run_cli, override):
     res = run_cli("engine=ray" if override != "engine=spark" else "engine=spark", override, "dataset.path=missing.npy",
                   "dataset=npy")
     assert res.returncode != 0
     line = res.stderr.strip().splitlines()[-1]
     assert ("engine=" in line) and "Traceback" not in res.stderr
+    if override.endswith(".npz"):
+        assert "save the ids with numpy.save as a .npy" in line
 
 
 class _InProcessRows:
@@ -109,9 +112,11 @@ def test_the_last_pass_writes_ids_labels_and_distances_one_part_per_group(tmp_pa
     local_labels, local_total = lloyd.assign_with_inertia(X, centers, 1, block_rows=1_000)
     np.testing.assert_array_equal(labels, local_labels)
     assert total == local_total
-    assert [name for name, _ in sink.parts] == ["part-000000000000.parquet"]  # 9,000 rows: one group of 64 blocks
+    assert [part[0] for part in sink.parts] == ["part-000000000000.parquet"]  # 9,000 rows: one group of 64 blocks
     if not direct:
-        assert not folder.exists() and sink.save_returned(tmp_path / "artifacts") > 0
+        assert not folder.exists()
+        sink.save_returned(tmp_path / "artifacts")
+    assert sink.size() == sum(p.stat().st_size for p in folder.glob("part-*.parquet")) > 0
     written = pd.read_parquet(folder)
     assert list(written.columns) == ["id", "cluster", "distance"]
     np.testing.assert_array_equal(written["id"].to_numpy(), ids)
@@ -129,7 +134,7 @@ def test_parts_name_their_first_row_so_they_read_back_in_row_order(tmp_path):
     ds, X, ids = _rows_with_ids(tmp_path, n=20_000)
     sink = LabelsSink(ds.source, str(tmp_path / "labels"), "test")
     labels, _ = lloyd.assign_with_inertia(_InProcessRows(ds.source, sink), X[[0, 1, 2]].copy(), 1, block_rows=100)
-    assert [name for name, _ in sink.parts] == [f"part-{start:012d}.parquet" for start in range(0, 20_000, 6_400)]
+    assert [part[0] for part in sink.parts] == [f"part-{start:012d}.parquet" for start in range(0, 20_000, 6_400)]
     written = pd.read_parquet(tmp_path / "labels")
     np.testing.assert_array_equal(written["id"].to_numpy(), ids)
     np.testing.assert_array_equal(written["cluster"].to_numpy(), labels)
@@ -143,20 +148,33 @@ def test_npy_ids_are_read_where_the_rows_are(tmp_path):
     assert load_npy(str(tmp_path / "x.npy")).source.read_ids(3, 5).tolist() == [3, 4]
 
 
-@pytest.mark.parametrize("uri, direct", [
-    ("/srv/mlruns/1/abc/artifacts", True),
-    ("file:///srv/mlruns/1/abc/artifacts", True),
-    ("mlflow-artifacts:/1/abc/artifacts", False),
-    ("http://tracking:5000/api/2.0/mlflow-artifacts/artifacts/1/abc", False),
+@pytest.mark.parametrize("uri, here, direct", [
+    ("/srv/mlruns/1/abc/artifacts", True, True),
+    ("file:///srv/mlruns/1/abc/artifacts", True, True),
+    ("/srv/mlruns/1/abc/artifacts", False, False),  # workers on other machines: their disks, not the driver's
+    ("s3://bucket/mlruns/1/abc/artifacts", True, False),  # the workers may hold no credentials: through MLflow
+    ("mlflow-artifacts:/1/abc/artifacts", True, False),
+    ("http://tracking:5000/api/2.0/mlflow-artifacts/artifacts/1/abc", True, False),
 ])
-def test_workers_write_the_artifact_folder_only_where_they_can(uri, direct):
+def test_workers_write_the_artifact_folder_only_where_the_driver_sees_what_they_write(uri, here, direct):
     from embclust.engine.labels import writable_folder
 
-    folder, how = writable_folder(uri)
+    folder, how = writable_folder(uri, here)
     if direct:
-        assert folder == "/srv/mlruns/1/abc/artifacts/labels" and "written by the Ray workers" in how
+        assert folder == "/srv/mlruns/1/abc/artifacts/labels" and how == "written by the Ray workers into the run's artifact folder"
     else:
-        assert folder is None and "is not a filesystem the Ray workers can write" in how
+        assert folder is None and how.startswith("written by the driver from the parts the Ray workers sent back")
+
+
+def test_a_killed_writer_s_temporary_file_is_removed_when_the_parts_are_collected(tmp_path):
+    from embclust.engine.labels import LabelsSink
+
+    folder = tmp_path / "labels"
+    folder.mkdir()
+    (folder / ".part-000000000000.parquet.0123.tmp").write_bytes(b"half")
+    sink = LabelsSink(None, str(folder), "test")
+    sink.collect([("part-000000000000.parquet", None, 10)])
+    assert not list(folder.iterdir()) and sink.size() == 10
 
 
 def test_ch_and_db_over_remote_rows_label_each_block_again_and_give_the_local_bits(tmp_path):
@@ -165,11 +183,11 @@ def test_ch_and_db_over_remote_rows_label_each_block_again_and_give_the_local_bi
     from embclust.cluster import lloyd
     from embclust.scoring.metrics import ClusterStats
 
-    ds, X, _ = _rows_with_ids(tmp_path, n=30_000, d=6)
+    ds, X, _ = _rows_with_ids(tmp_path, n=600_000, d=6)  # two groups of 64 blocks
     centers = X[[0, 1, 2, 3]].copy()
     labels = lloyd.assign(X, centers, 1)
-    local = ClusterStats(X, labels, ignore_noise=True, chunk_size=1_000)
-    remote = ClusterStats(X, labels, ignore_noise=True, chunk_size=1_000, passes=_InProcessRows(ds.source),
+    local = ClusterStats(X, labels, ignore_noise=True)
+    remote = ClusterStats(X, labels, ignore_noise=True, passes=_InProcessRows(ds.source),
                           block_labels=lloyd.NearestCentre(centers))
     assert remote.calinski_harabasz() == local.calinski_harabasz()
     assert remote.davies_bouldin() == local.davies_bouldin()

@@ -12,7 +12,7 @@ import logging
 import mmap
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -141,21 +141,42 @@ def map_blocks(fn: Callable[[slice], Any], n_rows: int, n_threads: int, block_ro
 GROUP_BLOCKS = 64
 
 
-def map_groups(X, block_fn: Callable[[slice, np.ndarray], Any], fold: Callable[[list], Any], n_threads: int,
+def iter_on_threads(fn: Callable[[Any], Any], items: list, n_threads: int,
+                    done: Callable[[Any], None] | None = None) -> Iterator[Any]:
+    """``fn(item)`` for every item, yielded in item order as they are ready, on up to ``n_threads``
+    threads with one BLAS thread each: the consumer holds one result at a time."""
+    items = list(items)
+    with threadpool_limits(limits=1, user_api="blas"):
+        if n_threads <= 1 or len(items) <= 1:
+            for item in items:
+                result = fn(item)
+                if done is not None:
+                    done(item)
+                yield result
+            return
+        with ThreadPoolExecutor(max_workers=min(n_threads, len(items))) as pool:
+            for item, result in zip(items, pool.map(fn, items)):
+                if done is not None:
+                    done(item)
+                yield result
+
+
+def map_groups(X, block_fn: Callable[[slice, np.ndarray], Any], fold: Callable[[Iterable], Any], n_threads: int,
                block_rows: int = BLOCK_ROWS, progress: str | None = None) -> list:
-    """``fold([block_fn(rows, X[rows]) for each block of a group])`` for every group of
-    ``GROUP_BLOCKS`` blocks, in group order. ``X`` is an array (blocks on ``n_threads`` threads,
-    one BLAS thread each) or a remote row set with its own ``map_groups`` (engine=ray)."""
+    """``fold(block_fn(rows, X[rows]) for each block of a group)`` for every group of
+    ``GROUP_BLOCKS`` blocks, in group order. ``fold`` gets the group's block results one at a
+    time, in block order, and must go through them once (it adds them up as they come, so a group
+    never holds every block's result). ``X`` is an array (blocks on ``n_threads`` threads, one BLAS
+    thread each) or a remote row set with its own ``map_groups`` (engine=ray)."""
     remote = getattr(X, "map_groups", None)
     if remote is not None:
         return remote(block_fn, fold, block_rows, GROUP_BLOCKS, progress)
     tick = Progress(progress, X.shape[0]) if progress else None
     blocks = row_blocks(X.shape[0], block_rows)
     folds = []
-    for first in range(0, len(blocks), GROUP_BLOCKS):  # one group's block results in memory at a time
-        parts = map_on_threads(lambda rows: block_fn(rows, np.asarray(X[rows])), blocks[first : first + GROUP_BLOCKS],
-                               n_threads, None if tick is None else lambda rows: tick(rows.stop - rows.start))
-        folds.append(fold(parts))
+    for first in range(0, len(blocks), GROUP_BLOCKS):
+        folds.append(fold(iter_on_threads(lambda rows: block_fn(rows, np.asarray(X[rows])), blocks[first : first + GROUP_BLOCKS],
+                                          n_threads, None if tick is None else lambda rows: tick(rows.stop - rows.start))))
     return folds
 
 

@@ -82,15 +82,18 @@ class PassResult:
     inertia: float = float("nan")  # of the rows to the centres the pass assigned them to
 
 
-def _add_in_order(parts: list, k: int, d: int) -> tuple[np.ndarray, np.ndarray, float]:
-    """Sums, counts and distance totals of ``parts`` (labels, sums, counts, distance), added in order."""
+def _add_in_order(parts, k: int, d: int, labels: list | None = None) -> tuple[np.ndarray, np.ndarray, float]:
+    """Sums, counts and distance totals of ``parts`` (labels, sums, counts, distance), added in
+    order in one pass over them; each part's labels are appended to ``labels`` when given."""
     sums = np.zeros((k, d), dtype=np.float64)
     counts = np.zeros(k, dtype=np.int64)
     total = 0.0
-    for _, part_sums, part_counts, distance in parts:
+    for part_labels, part_sums, part_counts, distance in parts:
         sums += part_sums
         counts += part_counts
         total += distance
+        if labels is not None:
+            labels.append(part_labels)
     return sums, counts, total
 
 
@@ -106,8 +109,10 @@ def lloyd_pass(X, centers: np.ndarray, n_threads: int, block_rows: int = BLOCK_R
         labels, distance = _nearest(X_block, centers, half)
         return (labels, *_block_sums(X_block, labels, k), distance)
 
-    def fold(parts: list):
-        return (np.concatenate([p[0] for p in parts]), *_add_in_order(parts, k, d))
+    def fold(parts):
+        labels: list = []
+        sums, counts, total = _add_in_order(parts, k, d, labels)
+        return np.concatenate(labels), sums, counts, total
 
     groups = map_groups(X, one, fold, n_threads, block_rows, progress="kmeans: refinement pass, rows")
     sums, counts, total = _add_in_order(groups, k, d)
@@ -118,7 +123,7 @@ def assign(X, centers: np.ndarray, n_threads: int, block_rows: int = BLOCK_ROWS)
     """Nearest-centre label (int32) of every row, block by block."""
     centers = np.ascontiguousarray(centers, dtype=X.dtype)
     half = _half_sq_norms(centers)
-    groups = map_groups(X, lambda rows, X_block: assign_block(X_block, centers, half), np.concatenate,
+    groups = map_groups(X, lambda rows, X_block: assign_block(X_block, centers, half), lambda parts: np.concatenate(list(parts)),
                         n_threads, block_rows, progress="kmeans: rows assigned")
     return np.concatenate(groups)
 
@@ -158,10 +163,16 @@ def assign_with_inertia(X, centers: np.ndarray, n_threads: int, block_rows: int 
         distances = None if sink is None else np.sqrt(np.einsum("ij,ij->i", diff, diff)).astype(np.float32)
         return labels, float(np.einsum("ij,ij->", diff, diff)), rows.start, distances
 
-    def fold(parts: list):
-        labels = np.concatenate([p[0] for p in parts])
-        written = None if sink is None else sink.write(parts[0][2], labels, np.concatenate([p[3] for p in parts]))
-        return labels, _sum_in_order([p[1] for p in parts]), written
+    def fold(parts):
+        labels, totals, distances, start = [], [], [], None
+        for part_labels, part_total, part_start, part_distances in parts:
+            labels.append(part_labels)
+            totals.append(part_total)
+            distances.append(part_distances)
+            start = part_start if start is None else start
+        labels = np.concatenate(labels)
+        written = None if sink is None else sink.write(start, labels, np.concatenate(distances))
+        return labels, _sum_in_order(totals), written
 
     groups = map_groups(X, one, fold, n_threads, block_rows, progress="kmeans: labels and inertia, rows")
     if sink is not None:

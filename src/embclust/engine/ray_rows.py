@@ -20,7 +20,7 @@ import re
 import signal
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import numpy as np
@@ -66,9 +66,27 @@ def connect() -> None:
     # stderr); each pass says on stderr what it did when it is done.
     ctx.enable_progress_bars = False
     logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)  # "Progress bars disabled. To enable..."
-    # A failed task is reported by the run in one line (remote_error); Ray Data would also log
-    # it at ERROR with its traceback.
-    logging.getLogger("ray.data").setLevel(logging.CRITICAL)
+    # A failed task is reported by the run in one line (remote_error); Ray Data would also print
+    # it at ERROR with its traceback. Its warnings (a pass waiting for resources) still show.
+    for handler in logging.getLogger("ray.data").handlers:
+        if not any(isinstance(f, _NoErrors) for f in handler.filters) and getattr(handler, "stream", None) is not None:
+            handler.addFilter(_NoErrors())
+
+
+class _NoErrors(logging.Filter):
+    """Drops ERROR records from Ray Data's console handler: the run reports a failed pass itself."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno < logging.ERROR
+
+
+def workers_on_this_machine() -> bool:
+    """Whether every alive node of the connected Ray cluster is this machine (a local Ray)."""
+    import ray
+
+    here = ray.util.get_node_ip_address()
+    nodes = [node for node in ray.nodes() if node.get("Alive")]
+    return bool(nodes) and all(node.get("NodeManagerAddress") == here for node in nodes)
 
 
 class RayRows:
@@ -83,9 +101,9 @@ class RayRows:
         self.passes = 0
         self.seconds = 0.0
 
-    def map_groups(self, block_fn: Callable[[slice, np.ndarray], Any], fold: Callable[[list], Any],
+    def map_groups(self, block_fn: Callable[[slice, np.ndarray], Any], fold: Callable[[Iterable], Any],
                    block_rows: int, group_blocks: int, progress: str | None = None) -> list:
-        """``fold([block_fn(rows, X[rows]) for each block of a group])`` for every group, in group order."""
+        """``fold(block_fn(rows, X[rows]) for each block of a group)`` for every group, in group order."""
         import ray
 
         connect()
@@ -103,8 +121,8 @@ class RayRows:
                     start = int(group) * group_rows
                     stop = min(n, start + group_rows)
                     X = source.read(start, stop)
-                    parts = [block_fn(slice(a, min(stop, a + block_rows)), X[a - start : min(stop, a + block_rows) - start])
-                             for a in range(start, stop, block_rows)]
+                    parts = (block_fn(slice(a, min(stop, a + block_rows)), X[a - start : min(stop, a + block_rows) - start])
+                             for a in range(start, stop, block_rows))  # folded as they come, as a local pass folds them
                     results.append(pickle.dumps(fold(parts), protocol=pickle.HIGHEST_PROTOCOL))
             return {"group": np.asarray(batch["group"]), "result": np.array(results, dtype=object)}
 
@@ -125,16 +143,20 @@ class RayRows:
         return [pickle.loads(r["result"]) for r in rows]
 
 
-_EXCEPTION_LINE = re.compile(r"^(?:[A-Za-z_][\w]*\.)*[A-Za-z_]\w*(?:Error|Exception|Exit|Interrupt)(?::.*)?$")
+# An exception's last line in a traceback: "Type: message" or "Type", unindented, the type a dotted name.
+_EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*(?::\s.*)?$")
+_RAY_WRAPPER = "The above exception was the direct cause of the following exception"
 
 
 def remote_error(exc: BaseException) -> str:
     """The error a Ray task raised, as ``Type: message``: the last exception line of its remote
     traceback before Ray's own wrapper (the original exception object does not come back)."""
     text = str(exc).replace("\x1b[36m", "").replace("\x1b[39m", "")
-    text = text.split("The above exception was the direct cause of the following exception")[0]
+    log.debug("engine=ray: the failed task's error as Ray returned it:\n%s", text)
+    if _RAY_WRAPPER in text:  # Ray's UserCodeException wraps the task's own error last
+        text = text.rsplit(_RAY_WRAPPER, 1)[0]
     found = [line.strip() for line in text.splitlines()
-             if _EXCEPTION_LINE.match(line.strip()) and not line.strip().startswith("ray.")]
+             if line and not line[0].isspace() and _EXCEPTION_LINE.match(line.strip()) and not line.startswith("ray.")]
     if found:
         return found[-1]
     first = next((line.strip() for line in text.splitlines() if line.strip()), "")

@@ -46,10 +46,13 @@ class ClusterStats:
     row blocks (:func:`embclust.blocks.map_groups`: on threads here, or on Ray workers).
 
     ``labels`` may hold ``NOISE`` (-1) when ``ignore_noise`` is true: those rows are skipped
-    without copying ``X``. ``X`` may be float32 or a memory map; it is read one block at a time.
-    ``passes``: the same rows on Ray workers (engine=ray), where ``block_labels(X_block)`` gives
-    a block's labels again (KMeans: the nearest of its centres) instead of shipping every row's
-    label; the block results are those of a local pass, so the scores are the same bits.
+    without copying ``X``. ``X`` may be float32 or a memory map; it is read one block at a time
+    (:data:`embclust.blocks.BLOCK_ROWS` rows, the blocks of KMeans's passes), and converted to
+    float64 a chunk of about 16 MB at a time. ``passes``: the same rows on Ray workers
+    (engine=ray), where ``block_labels(X_block)`` gives a block's labels again (KMeans: the
+    nearest of its centres, on the same blocks as the pass that assigned them) instead of
+    shipping every row's label; the block results are those of a local pass, so the scores are
+    the same bits.
     """
 
     def __init__(self, X: np.ndarray, labels: np.ndarray, ignore_noise: bool = False, chunk_size: int | None = None,
@@ -65,7 +68,8 @@ class ClusterStats:
         self.n_clusters = k
         self.counts = np.bincount(codes.ravel(), minlength=k).astype(np.int64)
         self.n_samples = int(self.counts.sum())
-        step = _chunk_rows(d, chunk_size)
+        chunk = _chunk_rows(d, chunk_size)
+        block_rows = blocks.BLOCK_ROWS if chunk_size is None else chunk
         if passes is None:
             all_codes = np.full(labels.shape[0], -1, dtype=np.int64)  # -1 for skipped rows
             all_codes[keep] = codes.ravel()
@@ -78,13 +82,13 @@ class ClusterStats:
 
         # Pass 1: per-cluster sums -> centroids; overall sum -> mean.
         def sums_of(rows_slice: slice, X_block: np.ndarray):
-            block, c = _scored(X_block, codes_of(rows_slice, X_block))
+            codes = codes_of(rows_slice, X_block)
             partial = np.zeros((k, d), dtype=np.float64)
-            if c.size:
+            for block, c in _scored_chunks(X_block, codes, chunk):
                 _add_by_cluster(partial, block, c)
-            return partial, np.bincount(c, minlength=k)
+            return partial, np.bincount(codes[codes >= 0], minlength=k)
 
-        folds = blocks.map_groups(rows, sums_of, _add_parts, n_threads, step, progress="score: CH / DB pass 1 of 2, rows")
+        folds = blocks.map_groups(rows, sums_of, _add_parts, n_threads, block_rows, progress="score: CH / DB pass 1 of 2, rows")
         sums, counts = _add_parts(folds)
         if not np.array_equal(counts, self.counts):  # the labels given again on the workers are not these labels
             raise RuntimeError("CH / DB: the labels of the passes over the rows differ from the run's labels")
@@ -95,14 +99,15 @@ class ClusterStats:
         centroids = self.centroids
 
         def distances_of(rows_slice: slice, X_block: np.ndarray):
-            block, c = _scored(X_block, codes_of(rows_slice, X_block))
-            if not c.size:
-                return np.zeros(k), np.zeros(k)
-            block -= centroids[c]
-            sq = np.einsum("ij,ij->i", block, block)
-            return np.bincount(c, weights=sq, minlength=k), np.bincount(c, weights=np.sqrt(sq), minlength=k)
+            sq_total, total = np.zeros(k), np.zeros(k)
+            for block, c in _scored_chunks(X_block, codes_of(rows_slice, X_block), chunk):
+                block -= centroids[c]
+                sq = np.einsum("ij,ij->i", block, block)
+                sq_total += np.bincount(c, weights=sq, minlength=k)
+                total += np.bincount(c, weights=np.sqrt(sq), minlength=k)
+            return sq_total, total
 
-        folds = blocks.map_groups(rows, distances_of, _add_parts, n_threads, step, progress="score: CH / DB pass 2 of 2, rows")
+        folds = blocks.map_groups(rows, distances_of, _add_parts, n_threads, block_rows, progress="score: CH / DB pass 2 of 2, rows")
         self.sq_dist, self.dist = _add_parts(folds)
 
     def calinski_harabasz(self) -> float:
@@ -125,22 +130,27 @@ class ClusterStats:
         return float(np.mean(np.max(combined / centroid_distances, axis=1)))
 
 
-def _add_parts(parts: list) -> tuple:
-    """Element-wise sums of the tuples of arrays in ``parts``, added in list order (float64)."""
-    totals = [np.zeros_like(np.asarray(x), dtype=np.float64) for x in parts[0]]
+def _add_parts(parts) -> tuple:
+    """Element-wise sums of the tuples of arrays in ``parts``, added in order as they come (float64)."""
+    totals = None
     for part in parts:
+        if totals is None:
+            totals = [np.zeros(np.shape(x), dtype=np.float64) for x in part]
         for total, x in zip(totals, part):
             total += x
     return tuple(totals)
 
 
-def _scored(X_block: np.ndarray, codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The block's scored rows as float64, with their cluster codes."""
-    sel = codes >= 0
-    block = np.asarray(X_block)
-    if not sel.all():
-        block, codes = block[sel], codes[sel]
-    return block.astype(np.float64), codes
+def _scored_chunks(X_block: np.ndarray, codes: np.ndarray, chunk: int):
+    """The block's scored rows as float64, ``chunk`` rows at a time, with their cluster codes."""
+    for start in range(0, codes.size, chunk):
+        c = codes[start : start + chunk]
+        block = np.asarray(X_block[start : start + chunk])
+        sel = c >= 0
+        if not sel.all():
+            block, c = block[sel], c[sel]
+        if c.size:
+            yield block.astype(np.float64), c
 
 
 def _codes_from_rows(all_codes: np.ndarray):
