@@ -629,7 +629,8 @@ def _log_engine(passes, workdir: Path) -> None:
     sink = passes.labels_sink
     if sink is None or not sink.parts:
         return
-    size = sink.save_returned(workdir) + sink.written_bytes()
+    sink.save_returned(workdir)
+    size = sink.size()
     mlflow.set_tag("labels_dataset", f"labels/: {len(sink.parts)} parquet parts (id, cluster, distance), "
                                      f"{size / 1e6:.1f} MB, {sink.how}")
     log.info("labels: %d rows in %d parquet parts (%.1f MB), %s", passes.shape[0], len(sink.parts), size / 1e6, sink.how)

@@ -254,6 +254,10 @@ def check_engine(cfg: DictConfig) -> str:
         if umap not in (None, "auto"):
             raise ConfigError("engine=ray applies row-wise preprocessing on the workers; UMAP before clustering is not: "
                               "set preprocess.umap_components=null, or use engine=local")
+        ids_path = str(cfg.dataset.get("ids_path") or "")
+        if ids_path.lower().endswith(".npz"):
+            raise ConfigError(f"engine=ray reads a block's ids where it reads its rows: dataset.ids_path={ids_path} is a "
+                              ".npz, which every task would decompress whole; save the ids with numpy.save as a .npy")
     return engine
 
 
@@ -278,8 +282,10 @@ def engine_rows(cfg: DictConfig, ds: data.Dataset, features: Features, labels_ar
     sink = None
     if labels_artifact_uri is not None:
         from embclust.engine.labels import LabelsSink, writable_folder
+        from embclust.engine.ray_rows import connect, workers_on_this_machine
 
-        sink = LabelsSink(rows, *writable_folder(labels_artifact_uri))
+        connect()
+        sink = LabelsSink(rows, *writable_folder(labels_artifact_uri, workers_on_this_machine()))
     return RayRows(rows, sink)
 
 

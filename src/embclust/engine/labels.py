@@ -1,12 +1,13 @@
 """The labels of an ``engine=ray`` run, written by the workers of its last pass over the rows.
 
-The pass that gives every row its final cluster also writes, for each group of rows, one parquet
-file ``part-<first row>.parquet`` (id, cluster, distance to the cluster's centre) into the run's
-``labels/`` artifact folder: straight there where the workers can write the artifact store (a
-local or shared folder, ``s3://``, ``gs://``, ``hdfs://``: any filesystem pyarrow opens), so no
-row's label goes through the driver to be stored. Where they cannot (a tracking server that
-proxies its artifacts, ``mlflow-artifacts:/``), each task sends its encoded part back instead
-and the driver logs the parts, which then cross the network once, compressed.
+The pass that gives every row its final cluster also encodes, for each group of rows, one parquet
+file ``part-<first row>.parquet`` (id, cluster, distance to the cluster's centre) of the run's
+``labels/`` artifact folder. Where the workers are on this machine (a one-node Ray cluster, the
+local Ray) and the artifact store is a folder here, each task writes its part straight into the
+run's artifact folder, so no row's label goes through the driver. Anywhere else (workers on other
+machines, whose disks the driver does not see; an object store or tracking server the workers
+may hold no credentials for) each task sends its compressed part back and the driver logs the
+parts through MLflow: they cross the network once, at about 6 bytes a row.
 """
 
 from __future__ import annotations
@@ -23,25 +24,22 @@ import numpy as np
 from embclust.engine.rows import RowSource
 
 FOLDER = "labels"
-# Filesystems pyarrow opens by URI that a Ray worker on another machine can write as well.
-_REMOTE_SCHEMES = ("s3", "gs", "gcs", "hdfs", "viewfs", "abfs", "abfss", "az")
 
 
-def writable_folder(artifact_uri: str) -> tuple[str | None, str]:
-    """The ``labels/`` folder under ``artifact_uri`` that workers write directly, or None and why not."""
+def writable_folder(artifact_uri: str, workers_here: bool) -> tuple[str | None, str]:
+    """The ``labels/`` folder under ``artifact_uri`` that the workers write directly, or None and why not.
+
+    ``workers_here``: every Ray node is this machine, so a folder the driver sees is the one the
+    workers write."""
     parsed = urllib.parse.urlparse(artifact_uri)
-    if parsed.scheme in ("", "file") or (len(parsed.scheme) == 1 and os.name == "nt"):
-        path = urllib.parse.unquote(parsed.path) if parsed.scheme == "file" else artifact_uri
-        return str(Path(path).resolve() / FOLDER), "written by the Ray workers into the run's artifact folder"
-    if parsed.scheme in _REMOTE_SCHEMES:
-        try:
-            import pyarrow.fs
-
-            pyarrow.fs.FileSystem.from_uri(artifact_uri)
-        except Exception as exc:  # noqa: BLE001 - pyarrow built without this filesystem, or no credentials
-            return None, f"the artifact store {artifact_uri} cannot be opened here by pyarrow ({exc})"
-        return artifact_uri.rstrip("/") + "/" + FOLDER, "written by the Ray workers into the run's artifact store"
-    return None, f"the artifact store {parsed.scheme}:/ is not a filesystem the Ray workers can write"
+    if parsed.scheme not in ("", "file"):
+        return None, (f"written by the driver from the parts the Ray workers sent back (the artifact store "
+                      f"{parsed.scheme}:/ is written through MLflow)")
+    if not workers_here:
+        return None, ("written by the driver from the parts the Ray workers sent back (workers on other "
+                      "machines may not see the run's artifact folder)")
+    path = urllib.parse.unquote(parsed.path) if parsed.scheme == "file" else artifact_uri
+    return str(Path(path).resolve() / FOLDER), "written by the Ray workers into the run's artifact folder"
 
 
 @dataclass
@@ -53,8 +51,8 @@ class LabelsSink:
     how: str  # who wrote the parts, and why
     parts: list = field(default_factory=list)  # on the driver: (name, bytes or None) per group
 
-    def write(self, start: int, labels: np.ndarray, distances: np.ndarray) -> tuple[str, bytes | None]:
-        """Part ``part-<start>.parquet``: written into the folder, or its bytes returned."""
+    def write(self, start: int, labels: np.ndarray, distances: np.ndarray) -> tuple[str, bytes | None, int]:
+        """Part ``part-<start>.parquet``: written into the folder, or its bytes returned; and its size."""
         import pyarrow as pa
         import pyarrow.parquet as pq
 
@@ -63,48 +61,35 @@ class LabelsSink:
         if self.folder is None:
             buffer = io.BytesIO()
             pq.write_table(table, buffer, compression="zstd")
-            return name, buffer.getvalue()
-        if "://" in self.folder:  # an object store: a part appears whole when its upload completes
-            import pyarrow.fs
-
-            fs, root = pyarrow.fs.FileSystem.from_uri(self.folder)
-            pq.write_table(table, f"{root}/{name}", filesystem=fs, compression="zstd")
-            return name, None
-        # A folder: written under a temporary name and renamed, so a retried task (Ray re-runs a
-        # task whose worker died) never leaves a part half-written under its final name.
+            return name, buffer.getvalue(), buffer.tell()
+        # Written under a temporary name and renamed, so a retried task (Ray re-runs a task whose
+        # worker died) never leaves a part half-written under its final name.
         os.makedirs(self.folder, exist_ok=True)
         temporary = os.path.join(self.folder, f".{name}.{uuid.uuid4().hex}.tmp")
         try:
             pq.write_table(table, temporary, compression="zstd")
+            size = os.path.getsize(temporary)
             os.replace(temporary, os.path.join(self.folder, name))
         finally:
             if os.path.exists(temporary):
                 os.remove(temporary)
-        return name, None
+        return name, None, size
 
     def collect(self, parts: list) -> None:
-        """On the driver: what each group's task wrote (or sent back), in row order."""
+        """On the driver: what each group's task wrote (or sent back), in row order; the temporary
+        files of tasks whose worker was killed mid-write are removed."""
         self.parts = list(parts)
+        if self.folder is not None:
+            for leftover in Path(self.folder).glob(".part-*.tmp"):
+                leftover.unlink(missing_ok=True)
 
-    def save_returned(self, workdir: Path) -> int:
-        """Write the parts the workers sent back into ``workdir / labels``; their total size in bytes."""
-        folder = workdir / FOLDER
-        total = 0
-        for name, payload in self.parts:
-            if payload is None:
-                continue
-            folder.mkdir(parents=True, exist_ok=True)
-            (folder / name).write_bytes(payload)
-            total += len(payload)
-        return total
+    def save_returned(self, workdir: Path) -> None:
+        """Write the parts the workers sent back into ``workdir / labels`` (logged with the run's artifacts)."""
+        for name, payload, _ in self.parts:
+            if payload is not None:
+                (workdir / FOLDER).mkdir(parents=True, exist_ok=True)
+                (workdir / FOLDER / name).write_bytes(payload)
 
-    def written_bytes(self) -> int:
-        """Size of the parts the workers wrote themselves (0 where they sent them back)."""
-        if self.folder is None:
-            return 0
-        if "://" in self.folder:
-            import pyarrow.fs
-
-            fs, root = pyarrow.fs.FileSystem.from_uri(self.folder)
-            return sum(info.size or 0 for info in fs.get_file_info(pyarrow.fs.FileSelector(root)))
-        return sum(p.stat().st_size for p in Path(self.folder).glob("part-*.parquet"))
+    def size(self) -> int:
+        """Bytes of all parts, as their tasks measured them."""
+        return sum(part[2] for part in self.parts)
