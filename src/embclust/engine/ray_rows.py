@@ -42,10 +42,10 @@ def connect() -> None:
     except ImportError:
         raise ConfigError("engine=ray needs Ray: pip install 'embclust[ray]'") from None
     if not ray.is_initialized():
-        from hydra_plugins.embclust_ray_launcher._core import _answers, _cluster_address
+        from embclust.engine.address import answers, without_explicit_address
 
         explicit = os.environ.get("RAY_ADDRESS")
-        if explicit and not _answers(explicit):
+        if explicit and not answers(explicit):
             raise EmbclustError(f"engine=ray: the Ray cluster at RAY_ADDRESS={explicit} is unreachable: start it with "
                                 "`ray start --head`, or unset RAY_ADDRESS to start a local Ray")
         os.environ.setdefault("RAY_DEDUP_LOGS", "0")
@@ -54,7 +54,7 @@ def connect() -> None:
         main = threading.current_thread() is threading.main_thread()
         handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)} if main else {}
         try:
-            ray.init(address=_cluster_address(None), logging_level=logging.WARNING, log_to_driver=False,
+            ray.init(address=None if explicit else without_explicit_address(), logging_level=logging.WARNING, log_to_driver=False,
                      include_dashboard=False)
         finally:
             for sig, handler in handlers.items():

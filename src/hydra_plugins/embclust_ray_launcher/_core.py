@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import logging
 import os
-import socket
-import tempfile
 from pathlib import Path
 from typing import Any, Dict, Sequence
 
@@ -14,6 +12,8 @@ from hydra.core.singleton import Singleton
 from hydra.core.utils import JobReturn, configure_log, filter_overrides, run_job, setup_globals
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf, open_dict
+
+from embclust.engine.address import answers, without_explicit_address
 
 log = logging.getLogger(__name__)
 
@@ -57,43 +57,22 @@ def _execute_job(
         os.chdir(previous)
 
 
-def _answers(address: str, timeout: float = 3.0) -> bool:
-    """Whether something listens at a ``host:port`` Ray address (other forms are not probed)."""
-    host, _, port = address.rpartition(":")
-    if "://" in address or not host or not port.isdigit():
-        return True
-    try:
-        with socket.create_connection((host, int(port)), timeout=timeout):
-            return True
-    except OSError:
-        return False
-
-
 def _cluster_address(address: str | None) -> str | None:
     """The address to give ``ray.init``, checked first: Ray waits minutes on a dead one.
 
-    With no address Ray uses $RAY_ADDRESS, else the last cluster ``ray start`` wrote to
-    <tmp>/ray/ray_current_cluster, else starts a local one; a stale file (its cluster killed
-    without ``ray stop``) is skipped here and a local cluster started instead.
+    An address (``hydra.launcher.address`` or $RAY_ADDRESS) that does not answer is one line and
+    exit 1; with none, see :func:`embclust.engine.address.without_explicit_address`.
     """
     explicit = address or os.environ.get("RAY_ADDRESS")
     if explicit:
-        if not _answers(explicit):
+        if not answers(explicit):
             log.error(
                 "Ray cluster %s is unreachable: start it with `ray start --head` or set hydra.launcher.address",
                 explicit,
             )
             raise SystemExit(1)
         return address
-    current = Path(os.environ.get("RAY_TMPDIR") or tempfile.gettempdir()) / "ray" / "ray_current_cluster"
-    try:
-        last = current.read_text().strip()
-    except OSError:
-        return None
-    if last and not _answers(last):
-        log.warning("Ray cluster %s (from %s) does not answer; starting a local Ray instead", last, current)
-        return "local"
-    return None
+    return without_explicit_address()
 
 
 def _forwarded_env(prefixes: Sequence[str]) -> Dict[str, str]:
