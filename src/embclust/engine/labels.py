@@ -49,7 +49,7 @@ class LabelsSink:
     ids: RowSource  # reads the ids of a range of rows where it runs
     folder: str | None  # written directly by the workers; None: parts go back to the driver
     how: str  # who wrote the parts, and why
-    parts: list = field(default_factory=list)  # on the driver: (name, bytes or None) per group
+    parts: list = field(default_factory=list)  # on the driver: (name, bytes or None, size) per group
 
     def write(self, start: int, labels: np.ndarray, distances: np.ndarray) -> tuple[str, bytes | None, int]:
         """Part ``part-<start>.parquet``: written into the folder, or its bytes returned; and its size."""
