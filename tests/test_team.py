@@ -319,15 +319,20 @@ ENGINE_RUN = ("reducer=none", "analysis.explain.enabled=false", "analysis.duplic
               "clusterer.n_clusters=6", "metrics.silhouette_sample_size=2000")
 
 
+def _save_blobs(path: Path, n: int, d: int, k: int, seed: int) -> np.ndarray:
+    """``n`` float32 rows around ``k`` well-separated centres in ``d`` dimensions, saved as ``path`` (.npy)."""
+    rng = np.random.default_rng(seed)
+    X = (rng.normal(scale=4.0, size=(k, d))[rng.integers(0, k, n)] + rng.normal(size=(n, d))).astype(np.float32)
+    np.save(path, X)
+    return X
+
+
 def test_engine_ray_gives_the_labels_and_metrics_of_engine_local(ray_head, tmp_path):
     """KMeans's passes over 540,000 rows (two row groups) as Ray Data jobs on a 2-CPU cluster."""
     import pandas as pd
 
     address, auth = ray_head
-    rng = np.random.default_rng(3)
-    centres = rng.normal(scale=4.0, size=(6, 6))
-    X = (centres[rng.integers(0, 6, 540_000)] + rng.normal(size=(540_000, 6))).astype(np.float32)
-    np.save(tmp_path / "rows.npy", X)
+    _save_blobs(tmp_path / "rows.npy", 540_000, 6, 6, seed=3)
     store = f"mlflow.tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}"
     data = ("dataset=npy", f"dataset.path={tmp_path / 'rows.npy'}")
     results = {}
@@ -387,9 +392,7 @@ def test_engine_ray_with_an_unreachable_cluster_fails_the_run_in_one_line(tmp_pa
 def test_an_engine_ray_sweep_runs_its_cells_passes_on_ray(ray_head, tmp_path):
     """A sweep's cells share a dataset cache; with engine=ray they read the files themselves instead."""
     address, auth = ray_head
-    rng = np.random.default_rng(4)
-    X = (rng.normal(scale=4.0, size=(5, 5))[rng.integers(0, 5, 30_000)] + rng.normal(size=(30_000, 5))).astype(np.float32)
-    np.save(tmp_path / "rows.npy", X)
+    _save_blobs(tmp_path / "rows.npy", 30_000, 5, 5, seed=4)
     store = f"sqlite:///{tmp_path / 'mlflow.db'}"
     res = _run(["-m", *ENGINE_RUN[:-2], "dataset=npy", f"dataset.path={tmp_path / 'rows.npy'}", "engine=ray",
                 "clusterer.n_clusters=4,5", f"mlflow.tracking_uri={store}"], tmp_path, timeout=300,
@@ -407,9 +410,7 @@ def test_ray_launcher_cells_with_engine_ray_leave_cpus_to_their_passes(ray_head,
     """Cells as Ray tasks whose passes are Ray Data jobs, on 2 CPUs: two cells holding one CPU
     each would leave their passes none (the sweep waited for ever); one runs at a time instead."""
     address, auth = ray_head
-    rng = np.random.default_rng(5)
-    X = (rng.normal(scale=4.0, size=(4, 5))[rng.integers(0, 4, 20_000)] + rng.normal(size=(20_000, 5))).astype(np.float32)
-    np.save(tmp_path / "rows.npy", X)
+    _save_blobs(tmp_path / "rows.npy", 20_000, 5, 4, seed=5)
     store = f"sqlite:///{tmp_path / 'mlflow.db'}"
     res = _run(["-m", *ENGINE_RUN[:-2], "dataset=npy", f"dataset.path={tmp_path / 'rows.npy'}", "engine=ray",
                 "clusterer.n_clusters=3,4", "hydra/launcher=ray", f"hydra.launcher.address={address}",
@@ -461,9 +462,7 @@ def test_a_ray_worker_killed_during_a_pass_is_retried_and_the_run_gives_the_same
     import threading
 
     address, auth = ray_head
-    rng = np.random.default_rng(8)
-    X = (rng.normal(scale=4.0, size=(6, 32))[rng.integers(0, 6, 800_000)] + rng.normal(size=(800_000, 32))).astype(np.float32)
-    np.save(tmp_path / "rows.npy", X)
+    _save_blobs(tmp_path / "rows.npy", 800_000, 32, 6, seed=8)
     store = f"mlflow.tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}"
     data = ("dataset=npy", f"dataset.path={tmp_path / 'rows.npy'}")
     killed: list = []
