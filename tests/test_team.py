@@ -327,29 +327,38 @@ def _save_blobs(path: Path, n: int, d: int, k: int, seed: int) -> np.ndarray:
     return X
 
 
+SCORES = ("inertia", "silhouette", "calinski_harabasz", "davies_bouldin")
+
+
+def _engine_run(tmp_path: Path, engine: str, name: str, env=None) -> subprocess.CompletedProcess:
+    """One ENGINE_RUN on ``tmp_path / rows.npy`` with ``engine``, named ``name``, into the folder's store; it must finish."""
+    res = _run([*ENGINE_RUN, "dataset=npy", f"dataset.path={tmp_path / 'rows.npy'}", f"engine={engine}",
+                f"mlflow.tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}", f"run_name={name}"], tmp_path, timeout=300, env=env)
+    assert res.returncode == 0, res.stderr[-3000:]
+    return res
+
+
+def _runs_by_name(tmp_path: Path) -> dict:
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    return {r.info.run_name: r for r in mlflow.search_runs(experiment_names=["embclust"], output_format="list")}
+
+
 def test_engine_ray_gives_the_labels_and_metrics_of_engine_local(ray_head, tmp_path):
     """KMeans's passes over 540,000 rows (two row groups) as Ray Data jobs on a 2-CPU cluster."""
     import pandas as pd
 
     address, auth = ray_head
     _save_blobs(tmp_path / "rows.npy", 540_000, 6, 6, seed=3)
-    store = f"mlflow.tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}"
-    data = ("dataset=npy", f"dataset.path={tmp_path / 'rows.npy'}")
-    results = {}
-    for engine in ("local", "ray"):
-        res = _run([*ENGINE_RUN, *data, f"engine={engine}", store, f"run_name={engine}"], tmp_path, timeout=300,
-                   env={"RAY_ADDRESS": address, **auth} if engine == "ray" else None)
-        assert res.returncode == 0, res.stderr[-3000:]
-        results[engine] = res
-    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
-    runs = {r.info.run_name: r for r in mlflow.search_runs(experiment_names=["embclust"], output_format="list")}
+    results = {engine: _engine_run(tmp_path, engine, engine, {"RAY_ADDRESS": address, **auth} if engine == "ray" else None)
+               for engine in ("local", "ray")}
+    runs = _runs_by_name(tmp_path)
     local, ray_run = runs["local"], runs["ray"]
     assert ray_run.data.tags["engine"] == "ray" and local.data.tags["engine"] == "local"
     assert int(ray_run.data.tags["engine_passes"]) >= 3  # refinement passes, then the inertia
     assert "540000 / 540000 done on Ray, 2 row groups" in results["ray"].stderr
     for scoring_pass in ("score: CH / DB pass 1 of 2", "score: CH / DB pass 2 of 2"):  # the scores' passes too
         assert f"{scoring_pass}, rows: 540000 / 540000 done on Ray" in results["ray"].stderr
-    for metric in ("inertia", "silhouette", "calinski_harabasz", "davies_bouldin"):
+    for metric in SCORES:
         assert ray_run.data.metrics[metric] == local.data.metrics[metric], metric
     labels = {}
     for name, run in (("local", local), ("ray", ray_run)):
@@ -463,22 +472,18 @@ def test_a_ray_worker_killed_during_a_pass_is_retried_and_the_run_gives_the_same
 
     address, auth = ray_head
     _save_blobs(tmp_path / "rows.npy", 800_000, 32, 6, seed=8)
-    store = f"mlflow.tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}"
-    data = ("dataset=npy", f"dataset.path={tmp_path / 'rows.npy'}")
     killed: list = []
     killer = threading.Thread(target=lambda: killed.append(_kill_first_task("ray::MapBatches", time.time() + 240)))
     killer.start()
-    res = _run([*ENGINE_RUN, *data, "engine=ray", store, "run_name=killed"], tmp_path, timeout=300,
-               env={"RAY_ADDRESS": address, **auth})
-    killer.join()
+    try:
+        _engine_run(tmp_path, "ray", "killed", {"RAY_ADDRESS": address, **auth})
+    finally:
+        killer.join()
     assert killed and killed[0] is not None, "no Ray task was seen running"
-    assert res.returncode == 0, res.stderr[-3000:]
-    local = _run([*ENGINE_RUN, *data, "engine=local", store, "run_name=local"], tmp_path, timeout=300)
-    assert local.returncode == 0, local.stderr[-3000:]
-    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
-    runs = {r.info.run_name: r for r in mlflow.search_runs(experiment_names=["embclust"], output_format="list")}
+    _engine_run(tmp_path, "local", "local")
+    runs = _runs_by_name(tmp_path)
     assert runs["killed"].info.status == "FINISHED"
-    for metric in ("inertia", "silhouette", "calinski_harabasz", "davies_bouldin"):
+    for metric in SCORES:
         assert runs["killed"].data.metrics[metric] == runs["local"].data.metrics[metric], metric
 
 
