@@ -203,16 +203,21 @@ def _start_sweep(tmp_path, tracking_uri, *overrides, sweep_dir="multirun"):
 def _wait_for_running_cell(tracking_uri, proc, timeout=180):
     import time
 
+    from embclust.tracking.store import sqlite_path
+
     mlflow.set_tracking_uri(tracking_uri)
     deadline = time.time() + timeout
     while time.time() < deadline:
         if proc.poll() is not None:  # ended before a cell was seen running: the grid is too fast, or it failed
             out, err = proc.communicate()
             raise AssertionError(f"the sweep ended (rc {proc.returncode}) before a cell was seen running: {err[-2000:]}")
-        try:
+        # Open the store only once the sweep has made it: embclust creates a SQLite store whole and
+        # renames it into place, whereas a plain MLflow client opening a missing file would create
+        # and migrate it itself, racing the sweep's own creation.
+        db = sqlite_path(tracking_uri)
+        runs = []
+        if db is None or db.exists():
             runs = mlflow.search_runs(search_all_experiments=True, output_format="list")
-        except Exception:  # noqa: BLE001 - the store may not exist yet
-            runs = []
         if any(r.data.tags.get("sweep_role") == "cell" and r.info.status == "RUNNING" for r in runs):
             return
         time.sleep(0.3)
