@@ -84,10 +84,14 @@ def test_preprocessing_spilled_or_in_memory_gives_the_same_rows(spill_everything
 # ----------------------------------------------------------------------------- fits on samples
 def test_standard_scaler_by_blocks_equals_the_fit_on_all_rows():
     X, _ = _blobs(n=20_000)
+    X[:, 1] = 7.0  # a constant column: scale 1, as scikit-learn leaves it
     whole = StandardScaler().fit(X)
-    blocked = preprocess.fit_scaler_by_blocks(StandardScaler(), X, block_rows=3000)
+    blocked = preprocess.fit_scaler_by_blocks(StandardScaler(), X, block_rows=300)  # 67 blocks: two groups merged
     np.testing.assert_allclose(blocked.mean_, whole.mean_, rtol=1e-9, atol=1e-9)
+    np.testing.assert_allclose(blocked.var_, whole.var_, rtol=1e-9)
     np.testing.assert_allclose(blocked.scale_, whole.scale_, rtol=1e-7)
+    assert blocked.scale_[1] == 1.0 and blocked.n_samples_seen_ == whole.n_samples_seen_ == 20_000
+    np.testing.assert_allclose(blocked.transform(X[:500]), whole.transform(X[:500]), rtol=1e-6, atol=1e-6)
 
 
 def test_pca_fitted_on_a_sample_above_fit_sample_size_spans_the_same_space():

@@ -226,7 +226,8 @@ def fit_preprocessing(pipeline: Pipeline, X: np.ndarray, fit_sample_size: int | 
 
     with threadpool_limits(limits=1, user_api="blas"):
         if fit_sample_size is None or X.shape[0] <= fit_sample_size:
-            pipeline.fit(X)
+            # engine=ray's view of the rows: every row is the sample, gathered by one pass
+            pipeline.fit(X if isinstance(X, np.ndarray) else X[np.arange(X.shape[0])])
         else:
             _fit_on_sample(pipeline, X, int(fit_sample_size), seed)
     return transform_by_blocks(pipeline, X, int(pipeline.transform(np.asarray(X[:1])).shape[1]))
@@ -277,14 +278,47 @@ def _fit_on_sample(pipeline: Pipeline, X: np.ndarray, fit_sample_size: int, seed
     pca.fit(sample)
 
 
-def fit_scaler_by_blocks(scaler, X: np.ndarray, block_rows: int = 65_536):
-    """Fit a Normalizer (nothing to learn) or StandardScaler (means and variances, merged block by
-    block in row order) without a full-size temporary of ``X``."""
+def fit_scaler_by_blocks(scaler, X: np.ndarray, block_rows: int | None = None):
+    """Fit a Normalizer (nothing to learn) or StandardScaler (count, mean and variance of each
+    block, merged in row order) in one pass over the rows' blocks, without a full-size
+    temporary of ``X`` (and where the rows lie, with engine=ray)."""
+    from embclust import blocks
+
     if not hasattr(scaler, "partial_fit"):
         return scaler.fit(np.asarray(X[:1]))
-    for start in range(0, X.shape[0], block_rows):
-        scaler.partial_fit(np.asarray(X[start : start + block_rows]))
+
+    def moments(rows: slice, block: np.ndarray) -> tuple[int, np.ndarray, np.ndarray]:
+        block = np.asarray(block, dtype=np.float64)
+        mean = block.mean(axis=0)
+        return block.shape[0], mean, ((block - mean) ** 2).sum(axis=0)
+
+    def merge(parts) -> tuple[int, np.ndarray, np.ndarray]:
+        total = None
+        for part in parts:
+            total = part if total is None else _merge_moments(total, part)
+        return total
+
+    n, mean, m2 = merge(blocks.map_groups(X, moments, merge, blocks.available_threads(), block_rows or blocks.BLOCK_ROWS,
+                                          progress="preprocess: scaler fitted"))
+    var = m2 / n
+    # scikit-learn's StandardScaler state after a fit of these rows (its rule for constant columns)
+    eps = np.finfo(np.float64).eps
+    constant = var <= n * eps * var + (n * mean * eps) ** 2
+    scaler.n_features_in_ = int(X.shape[1])
+    scaler.n_samples_seen_ = np.int64(n)
+    scaler.mean_ = mean if (scaler.with_mean or scaler.with_std) else None
+    scaler.var_ = var if scaler.with_std else None
+    scaler.scale_ = np.where(constant, 1.0, np.sqrt(var)) if scaler.with_std else None
     return scaler
+
+
+def _merge_moments(a: tuple, b: tuple) -> tuple[int, np.ndarray, np.ndarray]:
+    """Count, mean and sum of squared deviations of two row sets together (Chan et al.)."""
+    n_a, mean_a, m2_a = a
+    n_b, mean_b, m2_b = b
+    n = n_a + n_b
+    delta = mean_b - mean_a
+    return n, mean_a + delta * (n_b / n), m2_a + m2_b + delta**2 * (n_a * n_b / n)
 
 
 def cumulative_explained_variance(pca) -> np.ndarray:
@@ -301,6 +335,8 @@ def transform_by_blocks(pipeline: Pipeline, X: np.ndarray, n_out: int, block_row
     """
     from embclust import blocks
 
+    if hasattr(X, "transformed"):  # engine=ray: the workers transform each block they read, in these pieces
+        return X.transformed(pipeline, n_out, block_rows)
     out = blocks.scratch_matrix(X.shape[0], n_out, np.float32, "preprocessed rows")
 
     def one(rows: slice) -> None:

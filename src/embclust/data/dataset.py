@@ -100,15 +100,21 @@ class Dataset:
 
 
 def fingerprint_array(X: np.ndarray) -> str:
-    """Return a short blake2b hex digest of ``X``'s shape, dtype and bytes."""
-    from embclust.blocks import Progress
+    """A short blake2b hex digest of ``X``'s shape, dtype and bytes.
+
+    Each block of rows is hashed on its own and the blocks' digests, in row order, make the
+    digest: the same value whether the blocks are hashed on this machine's threads or, with
+    engine=ray, where the rows lie.
+    """
+    from embclust import blocks
+
+    def block_digest(rows: slice, block: np.ndarray) -> bytes:
+        return hashlib.blake2b(memoryview(np.ascontiguousarray(block)), digest_size=16).digest()
 
     h = hashlib.blake2b(digest_size=16)
-    h.update(repr((X.shape, str(X.dtype))).encode())
-    tick = Progress("data fingerprint", X.shape[0])
-    for start in range(0, X.shape[0], _HASH_CHUNK_ROWS):
-        h.update(memoryview(np.ascontiguousarray(X[start : start + _HASH_CHUNK_ROWS])))
-        tick(_HASH_CHUNK_ROWS)
+    h.update(repr((tuple(int(n) for n in X.shape), str(X.dtype))).encode())
+    for group in blocks.map_groups(X, block_digest, b"".join, blocks.available_threads(), progress="data fingerprint"):
+        h.update(group)
     return h.hexdigest()
 
 
@@ -156,6 +162,9 @@ def validate_dataset(ds: Dataset, on_invalid: str = "error", assigning: bool = F
         if on_invalid == "error":
             fix = "clean those rows before assigning them" if assigning else "clean the data or set dataset.on_invalid=drop"
             raise DataError(f"dataset '{ds.name}' has {where}; {fix}")
+        if getattr(X, "source", None) is not None and not isinstance(X, np.ndarray):
+            raise DataError(f"dataset '{ds.name}' has {where}; engine=ray clusters every row of the files: clean the "
+                            "data, or drop those rows with engine=local")
         log.warning("dataset '%s': dropping %s", ds.name, where)
         ds = _drop_rows(ds, bad_rows)
     if assigning:
@@ -232,9 +241,11 @@ def _take_matrix_rows(X: np.ndarray, rows: np.ndarray) -> np.ndarray:
 def _all_rows_equal(X: np.ndarray) -> bool:
     """Whether every row equals the first, read chunk by chunk and stopping at the first that differs."""
     first = np.asarray(X[0])
-    for start in range(0, X.shape[0], _HASH_CHUNK_ROWS):
-        if not (np.asarray(X[start : start + _HASH_CHUNK_ROWS]) == first).all():
+    start, size = 0, 16  # real data differs within its first rows: read few (engine=ray reads them on the driver)
+    while start < X.shape[0]:
+        if not (np.asarray(X[start : start + size]) == first).all():
             return False
+        start, size = start + size, min(2 * size, _HASH_CHUNK_ROWS)
     return True
 
 
@@ -242,22 +253,25 @@ def _invalid_rows(X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Rows holding NaN or inf, and finite rows whose squared norm overflows float32.
 
     The second kind (values near 1e20 and above) turn into inf while normalising or computing
-    distances and silently collapse the clustering. Computed chunk by chunk to bound memory.
+    distances and silently collapse the clustering. One pass over blocks of rows (where the rows
+    lie, with engine=ray); only the row numbers come back.
     """
-    from embclust.blocks import Progress
+    from embclust import blocks
 
-    bad, huge = [], []
-    tick = Progress("validate: rows checked for NaN, inf and overflow", X.shape[0])
-    for start in range(0, X.shape[0], _HASH_CHUNK_ROWS):
-        tick(_HASH_CHUNK_ROWS)
-        block = np.asarray(X[start : start + _HASH_CHUNK_ROWS])
+    def check(rows: slice, block: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         finite = np.isfinite(block).all(axis=1)
-        bad.append(np.flatnonzero(~finite) + start)
         with np.errstate(over="ignore", invalid="ignore"):
             squared = np.einsum("ij,ij->i", block, block, dtype=np.float64)
-        huge.append(np.flatnonzero(finite & (squared > FLOAT32_MAX)) + start)
+        return np.flatnonzero(~finite) + rows.start, np.flatnonzero(finite & (squared > FLOAT32_MAX)) + rows.start
+
+    def fold(parts) -> tuple[np.ndarray, np.ndarray]:
+        bad, huge = zip(*parts)
+        return np.concatenate(bad), np.concatenate(huge)
+
+    groups = blocks.map_groups(X, check, fold, blocks.available_threads(),
+                               progress="validate: rows checked for NaN, inf and overflow")
     empty = np.empty(0, dtype=np.int64)
-    return (np.concatenate(bad) if bad else empty), (np.concatenate(huge) if huge else empty)
+    return (np.concatenate([g[0] for g in groups]) if groups else empty), (np.concatenate([g[1] for g in groups]) if groups else empty)
 
 
 def is_real_dtype(dtype) -> bool:

@@ -26,24 +26,34 @@ def seeded_sample(n: int, size: int | None, seed: int) -> np.ndarray:
 
 
 def cluster_centroids(X: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(cluster ids, centroids) of non-noise clusters, accumulated in float64 without copying X."""
+    """(cluster ids, centroids) of non-noise clusters, summed in float64 block by block (one
+    pass over the rows: on threads here, where the rows lie with engine=ray) without copying X."""
     from scipy.sparse import csr_matrix
 
-    ids = np.unique(labels[labels != NOISE])
-    sums = np.zeros((ids.size, X.shape[1]))
-    counts = np.zeros(ids.size)
-    from embclust.blocks import Progress
+    from embclust import blocks
 
-    tick = Progress("centroids", X.shape[0])
-    for start in range(0, X.shape[0], 65_536):
-        tick(65_536)
-        lab = labels[start : start + 65_536]
+    ids = np.unique(labels[labels != NOISE])
+
+    def block_sums(rows: slice, block: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        lab = labels[rows]
         keep = np.flatnonzero(lab != NOISE)
-        rows = np.searchsorted(ids, lab[keep])
-        indicator = csr_matrix((np.ones(keep.size), (rows, keep)), shape=(ids.size, lab.size))
-        sums += indicator @ np.asarray(X[start : start + 65_536], dtype=np.float64)
-        counts += np.bincount(rows, minlength=ids.size)
+        members = np.searchsorted(ids, lab[keep])
+        indicator = csr_matrix((np.ones(keep.size), (members, keep)), shape=(ids.size, lab.size))
+        return indicator @ np.asarray(block, dtype=np.float64), np.bincount(members, minlength=ids.size)
+
+    sums, counts = np.zeros((ids.size, X.shape[1])), np.zeros(ids.size)
+    for group_sums, group_counts in blocks.map_groups(X, block_sums, _add_up, blocks.available_threads(), progress="centroids"):
+        sums += group_sums
+        counts += group_counts
     return ids, sums / np.maximum(counts, 1)[:, None]
+
+
+def _add_up(parts) -> tuple:
+    """The element-wise sum of a group's block results (tuples of arrays), in block order."""
+    total = None
+    for part in parts:
+        total = [np.array(p, dtype=np.float64) for p in part] if total is None else [t + p for t, p in zip(total, part)]
+    return tuple(total)
 
 
 # --------------------------------------------------------------------------- silhouette
@@ -98,21 +108,23 @@ def _describe_member(i: int, ids: np.ndarray, texts: np.ndarray | None, width: i
     return f"{ids[i]}: {text[:width]}{'...' if len(text) > width else ''}"
 
 
-def _distance_to_centroid(X: np.ndarray, labels: np.ndarray, cluster_ids: np.ndarray, centroids: np.ndarray,
-                          block_rows: int = 65_536) -> np.ndarray:
-    """Each row's Euclidean distance to its own cluster's centroid (NaN for noise), block by block."""
-    from embclust.blocks import Progress
+def _distance_to_centroid(X: np.ndarray, labels: np.ndarray, cluster_ids: np.ndarray, centroids: np.ndarray) -> np.ndarray:
+    """Each row's Euclidean distance to its own cluster's centroid (NaN for noise), one pass over
+    the rows' blocks (where they lie, with engine=ray)."""
+    from embclust import blocks
 
-    out = np.full(X.shape[0], np.nan)
-    tick = Progress("profile: distances to centroids", X.shape[0])
-    for start in range(0, X.shape[0], block_rows):
-        tick(block_rows)
-        lab = labels[start : start + block_rows]
+    def distances(rows: slice, block: np.ndarray) -> np.ndarray:
+        lab = labels[rows]
+        out = np.full(lab.size, np.nan)
         keep = np.flatnonzero(lab != NOISE)
         if keep.size:
-            block = np.asarray(X[start : start + block_rows][keep], dtype=np.float64)
-            out[start + keep] = np.linalg.norm(block - centroids[np.searchsorted(cluster_ids, lab[keep])], axis=1)
-    return out
+            rows_kept = np.asarray(block[keep], dtype=np.float64)
+            out[keep] = np.linalg.norm(rows_kept - centroids[np.searchsorted(cluster_ids, lab[keep])], axis=1)
+        return out
+
+    groups = blocks.map_groups(X, distances, lambda parts: np.concatenate(list(parts)), blocks.available_threads(),
+                               progress="profile: distances to centroids")
+    return np.concatenate(groups) if groups else np.full(X.shape[0], np.nan)
 
 
 def profile_table(
