@@ -196,3 +196,123 @@ def test_ch_and_db_over_remote_rows_label_each_block_again_and_give_the_local_bi
     # labels given again that are not the run's labels are an error, not other scores
     with pytest.raises(RuntimeError, match="differ from the run's labels"):
         ClusterStats(X, labels, passes=_InProcessRows(ds.source), block_labels=lloyd.NearestCentre(X[[5, 6, 7, 8]]))
+
+
+def _file_and_view(tmp_path, n=20_000, d=6, seed=4):
+    """A float64 .npy (cast to float32 as the loader does), loaded in memory and as engine=ray's view."""
+    rng = np.random.default_rng(seed)
+    np.save(tmp_path / "x.npy", rng.normal(size=(n, d)) * rng.uniform(0.5, 3.0, size=d))
+    return load_npy(str(tmp_path / "x.npy")), load_npy(str(tmp_path / "x.npy"), rows_on_driver=False)
+
+
+def test_the_view_of_rows_left_in_their_files_indexes_as_the_matrix_does(tmp_path):
+    """engine=ray's driver sees rows through a view: every way the steps index a matrix gives the same rows."""
+    from embclust.engine.rows import RowsView
+
+    local, view = _file_and_view(tmp_path)
+    X, V = np.asarray(local.X), view.X
+    assert isinstance(V, RowsView) and V.shape == X.shape and len(V) == X.shape[0] and V.dtype == np.float32
+    rng = np.random.default_rng(0)
+    sample = np.sort(rng.choice(X.shape[0], 3_000, replace=False))
+    shuffled_with_repeats = rng.integers(0, X.shape[0], 500)
+    mask = rng.random(X.shape[0]) < 0.1
+    for key in (sample, shuffled_with_repeats, mask, np.array([-1, 0, 5]), slice(100, 9_000), slice(None, None, 7),
+                slice(19_990, None), (sample, 2), (slice(0, 50), slice(1, 3))):
+        np.testing.assert_array_equal(V[key], X[key], err_msg=str(key)[:40])
+    np.testing.assert_array_equal(V[-3], X[-3])
+    assert V[np.array([], dtype=np.int64)].shape == (0, X.shape[1])
+    with pytest.raises(IndexError):
+        V[np.array([X.shape[0]])]
+    reads = V.rows_read_here
+    V[sample]  # a sample of thousands of rows comes from a pass, not read row by row here
+    assert V.rows_read_here == reads
+
+
+def test_the_view_through_the_preprocessing_holds_the_bits_of_the_local_preprocessed_matrix(tmp_path):
+    local, view = _file_and_view(tmp_path, n=13_000)
+    pipeline = Pipeline([("normalize", Normalizer()), ("pca", PCA(4, random_state=0))]).fit(np.asarray(local.X)[:5_000])
+    Xp = preprocess.transform_by_blocks(pipeline, local.X, 4)
+    Vp = preprocess.transform_by_blocks(pipeline, view.X, 4)
+    assert Vp.shape == Xp.shape and not isinstance(Vp, np.ndarray)
+    rows = np.sort(np.random.default_rng(1).choice(13_000, 2_000, replace=False))
+    np.testing.assert_array_equal(Vp[rows], Xp[rows])
+    for key in (slice(100, 5_000), slice(4_095, 4_097), np.array([3, 9_000, 12_999]), 8_191):
+        np.testing.assert_array_equal(Vp[key], Xp[key])  # unaligned slices and single rows too: whole pieces read
+
+
+def test_fingerprint_and_validation_of_the_view_match_the_matrix(tmp_path):
+    from embclust.data import fingerprint_array, validate_dataset
+    from embclust.errors import DataError
+
+    local, view = _file_and_view(tmp_path, n=70_000, d=3)
+    assert fingerprint_array(view.X) == fingerprint_array(local.X) == local.fingerprint
+    X = np.load(tmp_path / "x.npy")
+    X[[12, 65_000]] = np.nan
+    np.save(tmp_path / "x.npy", X)
+    local, view = load_npy(str(tmp_path / "x.npy")), load_npy(str(tmp_path / "x.npy"), rows_on_driver=False)
+    messages = []
+    for ds in (local, view):
+        with pytest.raises(DataError) as err:
+            validate_dataset(ds)
+        messages.append(str(err.value))
+    assert messages[0] == messages[1] and "NaN or inf in 2 of 70000 rows (first ids: 12, 65000)" in messages[0]
+    with pytest.raises(DataError, match="engine=ray clusters every row of the files"):
+        validate_dataset(view, on_invalid="drop")
+    assert validate_dataset(local, on_invalid="drop").n_samples == 69_998
+
+
+def test_a_parquet_folder_left_in_its_files_reads_only_ids_and_labels_here(tmp_path):
+    rng = np.random.default_rng(5)
+    folder = tmp_path / "parts"
+    folder.mkdir()
+    X = rng.normal(size=(3_000, 5)).astype(np.float32)
+    for i in range(3):
+        part = slice(i * 1_000, (i + 1) * 1_000)
+        pq.write_table(pa.table({"doc": [f"d{j}" for j in range(part.start, part.stop)], "topic": rng.integers(0, 4, 1_000),
+                                 "v": pa.array(list(X[part]), type=pa.list_(pa.float32()))}), folder / f"p{i}.parquet")
+    kwargs = dict(vector_column="v", id_column="doc", label_column="topic")
+    local = load_table(str(folder), **kwargs)
+    view = load_table(str(folder), rows_on_driver=False, **kwargs)
+    single = load_table(str(folder / "p1.parquet"), rows_on_driver=False, **kwargs)
+    assert not isinstance(view.X, np.ndarray) and not isinstance(single.X, np.ndarray) and single.n_samples == 1_000
+    np.testing.assert_array_equal(view.ids, local.ids)
+    np.testing.assert_array_equal(view.labels, local.labels)
+    np.testing.assert_array_equal(view.X[np.arange(3_000)], X)
+    np.testing.assert_array_equal(single.X[np.arange(1_000)], X[1_000:2_000])
+    assert view.fingerprint == local.fingerprint
+
+
+def test_a_map_placed_by_a_pass_over_the_view_matches_the_local_map(tmp_path):
+    from embclust.maps import compute_map
+
+    local, view = _file_and_view(tmp_path, n=30_000)
+    coords = {name: compute_map(PCA(2, random_state=0), ds.X, max_points=2_000, seed=3) for name, ds in
+              (("local", local), ("view", view))}
+    assert np.isfinite(coords["view"]).all()
+    np.testing.assert_allclose(coords["view"], coords["local"], rtol=1e-4, atol=1e-4)
+
+
+def test_parquet_at_a_uri_loads_as_the_same_files_on_disk(tmp_path):
+    """``file://`` goes through pyarrow's filesystem layer, as ``s3://`` or ``gs://`` do."""
+    from embclust.errors import DataError
+
+    rng = np.random.default_rng(6)
+    (tmp_path / "parts" / "more").mkdir(parents=True)
+    (tmp_path / "parts" / "_tmp").mkdir()
+    X = rng.normal(size=(900, 3)).astype(np.float32)
+    for i, name in enumerate(["a.parquet", "b.parquet", "more/c.parquet"]):
+        pq.write_table(pa.table({"v": pa.array(list(X[i * 300 : (i + 1) * 300]), type=pa.list_(pa.float32()))}),
+                       tmp_path / "parts" / name)
+    pq.write_table(pa.table({"v": pa.array([[9.0, 9.0, 9.0]], type=pa.list_(pa.float32()))}), tmp_path / "parts" / "_tmp" / "x.parquet")
+    uri = (tmp_path / "parts").as_uri()
+    on_disk = load_table(str(tmp_path / "parts"), vector_column="v")
+    for engine_ray in (False, True):
+        ds = load_table(uri + "/", vector_column="v", rows_on_driver=not engine_ray)
+        np.testing.assert_array_equal(ds.X[np.arange(900)] if engine_ray else ds.X, X)
+        assert ds.fingerprint == on_disk.fingerprint and ds.source.files[0].startswith("file://")
+    globbed = load_table(uri + "/*.parquet", vector_column="v")
+    np.testing.assert_array_equal(globbed.X, X[:600])
+    with pytest.raises(DataError, match="not found: file://"):
+        load_table(uri + "/missing", vector_column="v")
+    with pytest.raises(DataError, match=r"no \.parquet file there"):
+        load_table(uri + "/*.csv", vector_column="v")

@@ -360,6 +360,13 @@ def test_engine_ray_gives_the_labels_and_metrics_of_engine_local(ray_head, tmp_p
         assert f"{scoring_pass}, rows: 540000 / 540000 done on Ray" in results["ray"].stderr
     for metric in SCORES:
         assert ray_run.data.metrics[metric] == local.data.metrics[metric], metric
+    # The driver held no row matrix: validation, fingerprint and samples were passes on Ray too.
+    assert ray_run.data.tags["data_fingerprint"] == local.data.tags["data_fingerprint"]
+    assert "validate: rows checked for NaN, inf and overflow: 540000 / 540000 done on Ray" in results["ray"].stderr
+    assert "rows gathered: 540000 / 540000 done on Ray" in results["ray"].stderr
+    assert "read on the driver" not in results["ray"].stderr
+    assert ray_run.data.metrics["engine/driver_rows_read"] <= 64  # a first row or few, of 540,000
+    assert "engine/driver_rows_read" not in local.data.metrics
     labels = {}
     for name, run in (("local", local), ("ray", ray_run)):
         path = mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path="labels.parquet",
@@ -396,6 +403,43 @@ def test_engine_ray_with_an_unreachable_cluster_fails_the_run_in_one_line(tmp_pa
     mlflow.set_tracking_uri(store)
     (run,) = mlflow.search_runs(experiment_names=["embclust"], output_format="list")
     assert run.info.status == "FAILED" and "unreachable" in run.data.tags.get("error", "")
+
+
+def test_engine_ray_reads_a_parquet_folder_at_a_uri_on_its_workers_and_gives_engine_locals_run(ray_head, tmp_path):
+    """Parquet files at a ``file://`` URI (pyarrow's filesystem layer, as for ``s3://``): the driver
+    reads ids and labels, the workers the vectors; both engines give the same run."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    address, auth = ray_head
+    rng = np.random.default_rng(8)
+    topic = rng.integers(0, 5, 90_000)
+    X = (rng.normal(scale=3.0, size=(5, 24))[topic] + rng.normal(size=(90_000, 24))).astype(np.float32)
+    (tmp_path / "parts").mkdir()
+    for i in range(3):
+        part = slice(i * 30_000, (i + 1) * 30_000)
+        pq.write_table(pa.table({"doc": [f"doc-{j}" for j in range(part.start, part.stop)], "topic": topic[part],
+                                 "v": pa.array(list(X[part]), type=pa.list_(pa.float32()))}), tmp_path / "parts" / f"p{i}.parquet")
+    data = ["dataset=parquet", f"dataset.path={(tmp_path / 'parts').as_uri()}", "dataset.vector_column=v",
+            "dataset.id_column=doc", "dataset.label_column=topic", "clusterer.n_clusters=5", "kmeans.min_sample=2000",
+            "reducer=none", "analysis.explain.enabled=false", "analysis.duplicates.enabled=false",
+            f"mlflow.tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}"]
+    for engine in ("local", "ray"):
+        res = _run([*data, f"engine={engine}", f"run_name={engine}"], tmp_path, timeout=300,
+                   env={"RAY_ADDRESS": address, **auth} if engine == "ray" else None)
+        assert res.returncode == 0, res.stderr[-3000:]
+    runs = _runs_by_name(tmp_path)
+    local, ray_run = runs["local"], runs["ray"]
+    for metric in (*SCORES, "ari"):
+        assert ray_run.data.metrics[metric] == local.data.metrics[metric], metric
+    assert ray_run.data.metrics["ari"] > 0.95
+    assert ray_run.data.tags["data_fingerprint"] == local.data.tags["data_fingerprint"]
+    assert ray_run.data.metrics["engine/driver_rows_read"] <= 64
+    import pandas as pd
+
+    folder = mlflow.artifacts.download_artifacts(run_id=ray_run.info.run_id, artifact_path="labels", dst_path=str(tmp_path / "parts-out"))
+    written = pd.read_parquet(folder)
+    assert written["id"].tolist()[:2] == ["doc-0", "doc-1"] and len(written) == 90_000
 
 
 def test_an_engine_ray_sweep_runs_its_cells_passes_on_ray(ray_head, tmp_path):

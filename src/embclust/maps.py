@@ -27,16 +27,37 @@ def compute_map(reducer, X: np.ndarray, max_points: int | None = None, seed: int
         coords[:, 0], coords[:, 1] = X[:, 0], 0.0
         return coords
     check_reducer(reducer, n, max_points, X.shape[1])
+    remote = hasattr(X, "map_groups")  # engine=ray: rows read where the passes run
     if max_points is None or n <= max_points:
-        coords[:] = reducer.fit_transform(X)
+        coords[:] = reducer.fit_transform(X[np.arange(n)] if remote else X)
         return coords
     rng = np.random.default_rng(seed)
     sample = np.sort(rng.choice(n, size=max_points, replace=False))
     log.info("map: fitting %s on a seeded sample of %d of %d points", type(reducer).__name__, max_points, n)
     coords[sample] = reducer.fit_transform(X[sample])
     if hasattr(reducer, "transform"):
-        _place_rest(reducer, X, coords, sample)
+        (_place_rest_by_pass if remote else _place_rest)(reducer, X, coords, sample)
     return coords
+
+
+def _place_rest_by_pass(reducer, X, coords: np.ndarray, sample: np.ndarray) -> None:
+    """:func:`_place_rest` as one pass over the rows where they lie (engine=ray): the fitted
+    reducer goes to the rows, two coordinates per row come back."""
+    from embclust import blocks
+
+    def place(rows: slice, block: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        lo, hi = np.searchsorted(sample, (rows.start, rows.stop))
+        keep = np.ones(block.shape[0], dtype=bool)
+        keep[sample[lo:hi] - rows.start] = False
+        where = np.flatnonzero(keep)
+        return where + rows.start, (reducer.transform(block[where]) if where.size else np.empty((0, 2)))
+
+    def fold(parts) -> tuple[np.ndarray, np.ndarray]:
+        where, placed = zip(*parts)
+        return np.concatenate(where), np.concatenate(placed)
+
+    for where, placed in blocks.map_groups(X, place, fold, blocks.available_threads(), progress="map: rows placed"):
+        coords[where] = placed
 
 
 def _place_rest(reducer, X: np.ndarray, coords: np.ndarray, sample: np.ndarray, block_rows: int = 65_536) -> None:

@@ -254,7 +254,7 @@ def execute(
     analyses = Report(title="")
     with timer("analyse"):
         explain_steps.run_analyses(state, cfg, workdir, analyses, in_sweep=in_sweep, data_analyses=data_analyses)
-        mlflow.log_metrics({**state.metrics, **state.seconds})
+        mlflow.log_metrics({**state.metrics, **state.seconds, **_driver_reads(ds.X, Xp)})
         scores.update(state.metrics)
     report = Report(title=f"{run_name(cfg)} (run {mlflow.active_run().info.run_id})")
     report.set_header(
@@ -607,6 +607,7 @@ def _fit_and_score(cfg: DictConfig, plan: SweepPlan, timer: stages.StageTimer):
         "umap_before_clustering": str(umap_components or "none"),
         **_engine_tags(passes),
     }
+    scores.values.update(_driver_reads(ds.X, features.X))
     if hit is not None:
         tags["data_cache"] = "hit" if hit else "miss"
     if stages.noise_warning(scores.values.get("noise_fraction"), cfg):
@@ -617,6 +618,13 @@ def _fit_and_score(cfg: DictConfig, plan: SweepPlan, timer: stages.StageTimer):
 def _engine_tags(passes) -> dict[str, str]:
     """Where the passes over the rows ran (and how many ran on Ray)."""
     return {"engine": "local"} if passes is None else {"engine": "ray", "engine_passes": str(passes.passes)}
+
+
+def _driver_reads(*views) -> dict[str, float]:
+    """``engine/driver_rows_read``: rows of engine=ray's row views that the driver read itself
+    (a few rows; every other read is a pass on the cluster); nothing for engine=local."""
+    counted = [v.rows_read_here for v in views if not isinstance(v, np.ndarray) and hasattr(v, "rows_read_here")]
+    return {"engine/driver_rows_read": float(sum(counted))} if counted else {}
 
 
 def _log_engine(passes, workdir: Path) -> None:

@@ -60,11 +60,11 @@ class StageTimer:
         return {f"time/{stage}_s": round(sec, 4) for stage, sec in self.seconds.items()}
 
 
-def instantiate_with_options(node: DictConfig, option_keys: tuple[str, ...]) -> tuple[Any, dict]:
-    """Instantiate ``node`` without ``option_keys``; return (object or None, options)."""
+def instantiate_with_options(node: DictConfig, option_keys: tuple[str, ...], **kwargs) -> tuple[Any, dict]:
+    """Instantiate ``node`` (with ``kwargs``) without ``option_keys``; return (object or None, options)."""
     container = OmegaConf.to_container(node, resolve=True)
     options = {k: container.pop(k) for k in option_keys if k in container}
-    return (instantiate(container) if "_target_" in container else None), options
+    return (instantiate(container, **kwargs) if "_target_" in container else None), options
 
 
 def build_reducer(reducer_cfg: DictConfig | None):
@@ -117,18 +117,46 @@ def load_dataset(cfg: DictConfig, cache_dir: Path | None) -> tuple[data.Dataset,
     seed = int(cfg.seed)
     threshold = float(cfg.analysis.duplicates.threshold)
 
+    on_ray = str(cfg.get("engine") or "local") == "ray"
+
     def load() -> data.Dataset:
-        ds, options = instantiate_with_options(cfg.dataset, DATASET_OPTIONS)
+        if on_ray:  # the rows stay in their files, read where the passes run
+            ds, options = _dataset_on_ray(cfg.dataset)
+        else:
+            ds, options = instantiate_with_options(cfg.dataset, DATASET_OPTIONS)
         ds = data.validate_dataset(ds, on_invalid=options.get("on_invalid", "error"))
         ds = data.subsample(ds, options.get("sample_size"), seed=seed)
         if options.get("dedupe"):
             ds = drop_near_duplicates(ds, threshold, seed)
         return ds
 
-    key = {**OmegaConf.to_container(cfg.dataset, resolve=True), "_seed": seed, "_dedupe_threshold": threshold}
-    if str(cfg.get("engine") or "local") == "ray":
+    key = {**OmegaConf.to_container(cfg.dataset, resolve=True), "_seed": seed, "_dedupe_threshold": threshold,
+           "_engine": "ray" if on_ray else "local"}
+    if on_ray:
         cache_dir = None  # the workers read the data's own files: a cached copy would lose where they are
     return shared.load_dataset(key, cache_dir, load)
+
+
+# The loaders that can leave a file's rows where they are (rows_on_driver=False).
+_ROWS_IN_FILES = ("embclust.data.loaders.load_npy", "embclust.data.loaders.load_table")
+_ENGINE_RAY_DATA = ("engine=ray needs rows that workers read from the files themselves: dataset=npy (.npy) or "
+                    "dataset=parquet (a file, folder or glob), every row (no dataset.sample_size, dedupe or rows "
+                    "dropped by on_invalid=drop); use engine=local")
+
+
+def _dataset_on_ray(node: DictConfig) -> tuple[data.Dataset, dict]:
+    """The dataset of ``node`` for engine=ray: ids, labels and texts here, the rows a view of their
+    files (:class:`embclust.engine.ray_rows.RayRows`) that no step reads whole on the driver."""
+    from embclust.engine.ray_rows import RayRows
+
+    target = str(node.get("_target_", ""))
+    if target not in _ROWS_IN_FILES or node.get("sample_size") or node.get("dedupe"):
+        raise ConfigError(_ENGINE_RAY_DATA)
+    ds, options = instantiate_with_options(node, DATASET_OPTIONS, rows_on_driver=False)
+    if ds.source is None:
+        raise ConfigError(_ENGINE_RAY_DATA)
+    ds.X = RayRows(ds.source)
+    return ds, options
 
 
 def drop_near_duplicates(ds: data.Dataset, threshold: float, seed: int) -> data.Dataset:
@@ -272,13 +300,13 @@ def engine_rows(cfg: DictConfig, ds: data.Dataset, features: Features, labels_ar
     from embclust.engine.rows import TransformedRows
 
     if ds.source is None or ds.source.n_rows != ds.n_samples:
-        raise ConfigError("engine=ray needs rows that workers read from the files themselves: dataset=npy (.npy) or "
-                          "dataset=parquet (a file, folder or glob), every row (no dataset.sample_size, dedupe or rows "
-                          "dropped by on_invalid=drop); use engine=local")
+        raise ConfigError(_ENGINE_RAY_DATA)
     if features.preprocessing.named_steps.get("umap", "passthrough") != "passthrough":
         raise ConfigError("engine=ray applies row-wise preprocessing on the workers; UMAP before clustering is not: "
                           "set preprocess.umap_components=null, or use engine=local")
-    rows = TransformedRows(ds.source, features.preprocessing, int(features.X.shape[1]))
+    rows = getattr(features.X, "source", None)
+    if rows is None:
+        rows = TransformedRows(ds.source, features.preprocessing, int(features.X.shape[1]))
     sink = None
     if labels_artifact_uri is not None:
         from embclust.engine.labels import LabelsSink, writable_folder

@@ -211,7 +211,11 @@ def _fit_on_sample(clusterer: KMeans, X: np.ndarray, sample: SampleSettings, pas
         return KMeansFit("scikit-learn")
     random_state = check_random_state(params.get("random_state"))
     rows = sample_rows(n_rows, sample.size(k), params.get("random_state"))
-    S = np.asarray(X if rows is None else X[rows], dtype=dtype, order="C")
+    if rows is None and not isinstance(X, np.ndarray):  # engine=ray's rows, all of them the sample
+        rows_all = np.arange(n_rows)
+        S = np.asarray(X[rows_all], dtype=dtype, order="C")
+    else:
+        S = np.asarray(X if rows is None else X[rows], dtype=dtype, order="C")
     if not np.isfinite(S).all():
         clusterer.fit(X)
         return KMeansFit("scikit-learn")
@@ -294,7 +298,7 @@ def _seeding_unsupported(clusterer: KMeans, X) -> str | None:
         return f"init={params.get('init')!r} is not k-means++: embclust's seeding does not apply"
     if params.get("algorithm", "lloyd") != "lloyd":
         return f"algorithm={params['algorithm']!r}: embclust's seeding is followed by Lloyd only"
-    if not isinstance(X, np.ndarray):
+    if not isinstance(X, np.ndarray) and not hasattr(X, "map_groups"):  # a dense array, or engine=ray's rows
         return "the data is not a dense array: embclust's seeding does not apply"
     return None
 

@@ -92,8 +92,13 @@ def load_npy(
     label_names_path: str | None = None,
     key: str | None = None,
     name: str = "npy",
+    rows_on_driver: bool = True,
 ) -> Dataset:
-    """Embeddings from ``.npy`` (memory-mapped, never copied when float32) or ``.npz``."""
+    """Embeddings from ``.npy`` (memory-mapped, never copied when float32) or ``.npz``.
+
+    ``rows_on_driver=False`` (engine=ray): a ``.npy``'s rows stay in the file, a view that the
+    passes read where they run (:class:`embclust.engine.rows.LocalRows`).
+    """
     X = _load_array(path, "dataset.path", mmap=True, key=key)
     if X.ndim != 2:
         raise DataError(f"{path}: expected a 2-D matrix (rows x dimensions), got shape {X.shape}")
@@ -110,6 +115,11 @@ def load_npy(
     if str(path).endswith(".npy"):
         source = NpyRows(str(Path(path).resolve()), int(X.shape[0]), int(X.shape[1]),
                          str(Path(ids_path).resolve()) if ids_path else None)
+    if source is not None and not rows_on_driver:
+        from embclust.engine.rows import LocalRows
+
+        return Dataset(name=name, X=LocalRows(source), ids=np.asarray(ids), labels=labels, label_names=label_names,
+                       source=source)
     return Dataset(name=name, X=as_float32(X), ids=np.asarray(ids), labels=labels, label_names=label_names, source=source)
 
 
@@ -341,19 +351,22 @@ def load_table(
     text_column: str | None = None,
     metadata_columns: list[str] | None = None,
     name: str = "table",
+    rows_on_driver: bool = True,
 ) -> Dataset:
     """Embeddings stored as columns (``bert_0..``, ``feature_0..``) or one list column of a parquet/CSV.
 
     ``path`` may also be a folder of parquet files or a glob (``data/part-*.parquet``): the files
     are read as one pyarrow dataset, a record batch at a time (see :func:`load_parquet_dataset`).
+    ``rows_on_driver=False`` (engine=ray): parquet vectors stay in the files (see there).
     """
     chosen = [f"dataset.{k}" for k, v in (("vector_column", vector_column), ("feature_prefix", feature_prefix),
                                            ("feature_columns", feature_columns)) if v]
     if len(chosen) > 1:  # which one would win is not the user's to guess
         raise ConfigError(f"{' and '.join(chosen)} are set together: the features come from one of them; keep one, set the rest to null")
-    if path and (Path(path).is_dir() or any(c in str(path) for c in "*?[")):
+    if path and (is_uri(path) or Path(path).is_dir() or any(c in str(path) for c in "*?[") or
+                 (not rows_on_driver and str(path).lower().endswith(".parquet"))):
         return load_parquet_dataset(path, id_column, feature_prefix, feature_columns, vector_column, label_column,
-                                    text_column, metadata_columns, name)
+                                    text_column, metadata_columns, name, rows_on_driver)
     p, schema = open_table(
         path,
         {
@@ -453,10 +466,79 @@ def load_tabular(
 DATASET_BATCH_ROWS = 65_536
 
 
+def is_uri(path: str | None) -> bool:
+    """Whether ``path`` names a filesystem by its scheme (``s3://``, ``gs://``, ``file://``...)."""
+    return bool(path) and "://" in str(path)
+
+
+class Uri(str):
+    """A ``scheme://`` location as the loaders print it (``pathlib`` would fold its ``//``)."""
+
+    @property
+    def name(self) -> str:
+        return self.rstrip("/").rsplit("/", 1)[-1]
+
+    @property
+    def suffix(self) -> str:
+        return Path(self.name).suffix
+
+
+def open_parquet(path: str) -> pq.ParquetFile:
+    """A parquet file on this machine's disks, or at a URI of any filesystem pyarrow opens."""
+    if not is_uri(path):
+        return pq.ParquetFile(path)
+    import pyarrow.fs as pafs
+
+    filesystem, inner = pafs.FileSystem.from_uri(str(path))
+    return pq.ParquetFile(filesystem.open_input_file(inner))
+
+
+def _uri_files(path: str) -> list[Uri]:
+    """The parquet files at a URI: the file, a folder's files (recursively, names starting with
+    '.' or '_' left out) or the matches of a glob in its last part, sorted, as URIs."""
+    import fnmatch
+
+    import pyarrow.fs as pafs
+
+    scheme = path[: path.index("://") + 3]
+    wild = [path.find(c) for c in "*?[" if c in path]
+    folder_uri, pattern = path.rstrip("/"), None
+    if wild:
+        cut = path.rfind("/", 0, min(wild))
+        folder_uri, pattern = path[:cut], path[cut + 1 :]
+    try:
+        filesystem, folder = pafs.FileSystem.from_uri(folder_uri)
+        info = filesystem.get_file_info(folder)
+        if pattern is None and info.type == pafs.FileType.File:
+            infos = [info]
+        elif info.type == pafs.FileType.Directory:
+            infos = filesystem.get_file_info(pafs.FileSelector(folder, recursive=pattern is None))
+        else:
+            raise DataError(f"not found: {path} (dataset.path)")
+    except (pa.ArrowException, OSError, ValueError) as exc:
+        raise DataError(f"{path} cannot be listed (dataset.path): {' '.join(str(exc).split())[:200]}") from None
+    files = []
+    for entry in infos:
+        if entry.type != pafs.FileType.File or not entry.path.lower().endswith(".parquet"):
+            continue
+        relative = entry.path[len(folder) :].lstrip("/") if entry.path != folder else entry.base_name
+        if pattern is not None and not fnmatch.fnmatchcase(relative, pattern):
+            continue
+        if entry.path != folder and any(part.startswith((".", "_")) for part in relative.split("/")):
+            continue
+        files.append(Uri(scheme + entry.path))
+    if not files:
+        raise DataError(f"{path}: no .parquet file there (dataset.path)")
+    return sorted(files)
+
+
 def dataset_files(path: str) -> list[Path]:
-    """The parquet files of a folder (names starting with '.' or '_' left out) or a glob, sorted."""
+    """The parquet files of a folder (names starting with '.' or '_' left out) or a glob, sorted;
+    at a URI (``s3://bucket/embeddings/``), the same as URIs."""
     import glob
 
+    if is_uri(path):
+        return _uri_files(str(path))
     p = Path(path)
     if p.is_dir():
         files = sorted(f for f in p.rglob("*.parquet") if not any(part.startswith((".", "_")) for part in f.relative_to(p).parts))
@@ -481,26 +563,29 @@ def load_parquet_dataset(
     text_column: str | None = None,
     metadata_columns: list[str] | None = None,
     name: str = "table",
+    rows_on_driver: bool = True,
 ) -> Dataset:
     """Embeddings from many parquet files (a folder or a glob), read as one pyarrow dataset.
+
+    ``rows_on_driver=False`` (engine=ray): only the id, label, text and metadata columns are read
+    here; the vectors stay in the files, a view that the passes read where they run.
 
     Only the needed columns are read, one record batch at a time, into one float32 matrix that
     lives in memory or, above ``memory.spill_above_mb``, in a temporary file (see
     :func:`embclust.blocks.scratch_matrix`): the files are never held whole beside it. Rows come
     in file order (files sorted by name), so the same files give the same matrix.
     """
-    import pyarrow.dataset as pads
-
     from embclust import blocks
 
     files = dataset_files(path)
+    p = Uri(path) if is_uri(path) else Path(path)
     try:
-        dataset = pads.dataset([str(f) for f in files], format="parquet")
-        schema = {f.name: f.type for f in dataset.schema}
-        n_rows = sum(pq.ParquetFile(f).metadata.num_rows for f in files)
+        arrow_schema = open_parquet(str(files[0])).schema_arrow  # the dataset's schema: its first file's
+        schema = {f.name: f.type for f in arrow_schema}
+        counts = [open_parquet(str(f)).metadata.num_rows for f in files]
+        n_rows = sum(counts)
     except (pa.ArrowException, OSError) as exc:
-        raise _read_error(Path(path), exc, "cannot be read as parquet files", []) from exc
-    p = Path(path)
+        raise _read_error(p, exc, "cannot be read as parquet files", []) from exc
     for key, column in {"dataset.id_column": id_column, "dataset.label_column": label_column,
                         "dataset.text_column": text_column, "dataset.vector_column": vector_column}.items():
         require_column(schema, column, key, p)
@@ -516,20 +601,23 @@ def load_parquet_dataset(
         value = schema[vector_column]
         if not (pa.types.is_list(value) or pa.types.is_large_list(value) or pa.types.is_fixed_size_list(value)):
             raise DataError(f"{p}: vector column {vector_column!r} is {value}, expected a list of numbers")
-        first = next(iter(pq.ParquetFile(files[0]).iter_batches(batch_size=1, columns=[vector_column])))
+        first = next(iter(open_parquet(str(files[0])).iter_batches(batch_size=1, columns=[vector_column])))
         n_features = len(first.column(0)[0]) if first.num_rows else 0
     else:
         n_features = len(features)
     extra = list(dict.fromkeys(c for c in (id_column, label_column, text_column, *metadata_columns) if c))
-    X = blocks.scratch_matrix(n_rows, n_features, np.float32, "parquet vectors")
+    X = blocks.scratch_matrix(n_rows if rows_on_driver else 0, n_features, np.float32, "parquet vectors")
+    vector_columns = ([vector_column] if vector_column else features) if rows_on_driver else []
     parts: list[pa.RecordBatch] = []
     start, started, last = 0, time.perf_counter(), time.perf_counter()
     for f in files:
         try:
-            reader = pq.ParquetFile(f)
-            for batch in reader.iter_batches(batch_size=DATASET_BATCH_ROWS, columns=extra + ([vector_column] if vector_column else features)):
+            reader = open_parquet(str(f))
+            for batch in reader.iter_batches(batch_size=DATASET_BATCH_ROWS, columns=extra + vector_columns):
                 stop = start + batch.num_rows
-                if vector_column:
+                if not vector_columns:
+                    pass
+                elif vector_column:
                     ids = np.arange(start, stop)
                     vectors = _vectors_from_list_column(pa.chunked_array([batch.column(vector_column)]), vector_column, f, ids)
                     if vectors.shape[1] != n_features:
@@ -546,13 +634,17 @@ def load_parquet_dataset(
                     log.info("load: %d / %d rows read (%.0f s)", start, n_rows, last - started)
         except (pa.ArrowException, OSError) as exc:
             raise _read_error(f, exc, "failed to read columns", list(schema)) from exc
-    table = pa.Table.from_batches(parts, schema=pa.schema([dataset.schema.field(c) for c in extra]))
+    table = pa.Table.from_batches(parts, schema=pa.schema([arrow_schema.field(c) for c in extra]))
     ids, labels = ids_and_labels(table, id_column, label_column, p)
     from embclust.engine.rows import ParquetRows
 
-    counts = [pq.ParquetFile(f).metadata.num_rows for f in files]
-    source = ParquetRows([str(Path(f).resolve()) for f in files], [int(x) for x in np.concatenate([[0], np.cumsum(counts)])],
+    source = ParquetRows([str(f) if is_uri(str(f)) else str(Path(f).resolve()) for f in files],
+                         [int(x) for x in np.concatenate([[0], np.cumsum(counts)])],
                          int(n_features), vector_column, list(features), id_column or None)
+    if not rows_on_driver:
+        from embclust.engine.rows import LocalRows
+
+        X = LocalRows(source)
     return Dataset(
         source=source,
         name=name,

@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from embclust.engine.rows import RowSource
+from embclust.engine.rows import RowSource, RowsView
 from embclust.errors import ConfigError, EmbclustError
 
 log = logging.getLogger(__name__)
@@ -89,17 +89,18 @@ def workers_on_this_machine() -> bool:
     return bool(nodes) and all(node.get("NodeManagerAddress") == here for node in nodes)
 
 
-class RayRows:
+class RayRows(RowsView):
     """A row matrix on files that Ray workers read; ``map_groups`` runs a pass there."""
 
     def __init__(self, source: RowSource, labels_sink=None):
         self.source = source
         # Where the last pass's tasks write the labels dataset (embclust.engine.labels.LabelsSink).
         self.labels_sink = labels_sink
-        self.shape = (int(source.n_rows), int(source.n_cols))
-        self.dtype = np.dtype(np.float32)
         self.passes = 0
         self.seconds = 0.0
+
+    def view_of(self, source: RowSource) -> RayRows:
+        return RayRows(source)
 
     def map_groups(self, block_fn: Callable[[slice, np.ndarray], Any], fold: Callable[[Iterable], Any],
                    block_rows: int, group_blocks: int, progress: str | None = None) -> list:

@@ -72,7 +72,7 @@ class ParquetRows(RowSource):
         return int(self.offsets[-1])
 
     def read(self, start: int, stop: int) -> np.ndarray:
-        import pyarrow.parquet as pq
+        from embclust.data.loaders import open_parquet
 
         out = np.empty((stop - start, self.n_cols), dtype=np.float32)
         columns = [self.vector_column] if self.vector_column else self.feature_columns
@@ -81,13 +81,14 @@ class ParquetRows(RowSource):
             if last <= start or first >= stop or last == first:  # outside the range, or an empty file
                 continue
             lo, hi = max(start, first) - first, min(stop, last) - first
-            table = _read_rows(pq.ParquetFile(path), lo, hi, columns)
-            out[max(start, first) - start : min(stop, last) - start] = self._matrix(table)
+            table = _read_rows(open_parquet(path), lo, hi, columns)
+            out[max(start, first) - start : min(stop, last) - start] = self._matrix(table, path)
         return out
 
     def read_ids(self, start: int, stop: int) -> np.ndarray:
         import pyarrow as pa
-        import pyarrow.parquet as pq
+
+        from embclust.data.loaders import open_parquet
 
         if self.id_column is None:
             return np.arange(start, stop)
@@ -97,14 +98,19 @@ class ParquetRows(RowSource):
             if last <= start or first >= stop or last == first:
                 continue
             lo, hi = max(start, first) - first, min(stop, last) - first
-            parts.append(_read_rows(pq.ParquetFile(path), lo, hi, [self.id_column]).column(self.id_column))
+            parts.append(_read_rows(open_parquet(path), lo, hi, [self.id_column]).column(self.id_column))
         return pa.chunked_array([c for p in parts for c in p.chunks]).to_numpy(zero_copy_only=False)
 
-    def _matrix(self, table) -> np.ndarray:
+    def _matrix(self, table, path: str) -> np.ndarray:
         import pyarrow as pa
 
         if self.vector_column:
             column = table.column(self.vector_column).combine_chunks()
+            if column.null_count or len(column.flatten()) != len(column) * self.n_cols:
+                from embclust.errors import DataError
+
+                raise DataError(f"vector column {self.vector_column!r} holds missing vectors or vectors whose length is "
+                                f"not {self.n_cols} (the first file's): {path}")
             values = column.flatten().to_numpy(zero_copy_only=False)
             return np.asarray(values, dtype=np.float32).reshape(len(column), self.n_cols)
         return np.stack([table.column(c).cast(pa.float32(), safe=False).to_numpy(zero_copy_only=False)
@@ -156,4 +162,138 @@ class TransformedRows(RowSource):
             end = min(stop, (edge // self.piece_rows + 1) * self.piece_rows)
             out[edge - start : end - start] = self.preprocessing.transform(raw[edge - start : end - start])
             edge = end
+        return out
+
+
+class RowsView:
+    """The rows of a :class:`RowSource` as the driver sees them when a cluster runs the passes
+    (engine=ray): a shape, and the rows the run asks for, never the whole matrix held here.
+
+    A seeded sample (an array of row numbers) is gathered by a pass over the rows on the cluster,
+    each task sending back the sample's rows of its group; a slice, or a few rows, is read here in
+    :class:`TransformedRows`'s aligned pieces. Either way a row holds the bits a local run's
+    matrix holds. ``np.asarray`` of the whole view reads every row here (logged): what still
+    does that is what the run records as ``engine/driver_rows_read``.
+    Subclasses run ``map_groups`` (see :func:`embclust.blocks.map_groups`).
+    """
+
+    # Gathers of at most this many distinct rows are read here; larger ones run as a pass.
+    READ_HERE_MOST = 8
+
+    source: RowSource
+    ndim = 2
+    dtype = np.dtype(np.float32)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (int(self.source.n_rows), int(self.source.n_cols))
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    @property
+    def rows_read_here(self) -> int:
+        return getattr(self, "_rows_read_here", 0)
+
+    def map_groups(self, block_fn, fold, block_rows, group_blocks, progress=None) -> list:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def view_of(self, source: RowSource) -> RowsView:
+        """The same kind of view (same cluster) over another source, e.g. the preprocessed rows."""
+        raise NotImplementedError  # pragma: no cover - interface
+
+    def transformed(self, preprocessing, n_cols: int, piece_rows: int = 4096) -> RowsView:
+        """These rows through a fitted row-wise preprocessing, as workers compute them (in
+        ``piece_rows`` aligned pieces, as :func:`embclust.preprocess.transform_by_blocks` does)."""
+        return self.view_of(TransformedRows(self.source, preprocessing, int(n_cols), int(piece_rows)))
+
+    def __array__(self, dtype=None, copy=None):
+        import logging
+
+        n = self.shape[0]
+        logging.getLogger(__name__).warning(
+            "engine=ray: all %d rows are read on the driver (a step that needs the whole matrix)", n)
+        out = self._read_here(0, n)
+        return out if dtype is None else out.astype(dtype, copy=False)
+
+    def __getitem__(self, key):
+        if isinstance(key, tuple):
+            rows, *rest = key
+            return self[rows][(slice(None), *rest)] if not isinstance(rows, (int, np.integer)) else self[rows][tuple(rest)]
+        n = self.shape[0]
+        if isinstance(key, (int, np.integer)):
+            i = int(key) + (n if int(key) < 0 else 0)
+            if not 0 <= i < n:
+                raise IndexError(f"row {key} is out of range for {n} rows")
+            return self._gather(np.array([i]))[0]
+        if isinstance(key, slice):
+            start, stop, step = key.indices(n)
+            if step == 1:
+                return self._read_here(start, max(start, stop))
+            return self._gather(np.arange(start, stop, step))
+        rows = np.asarray(key)
+        if rows.dtype == bool:
+            if rows.shape != (n,):
+                raise IndexError(f"a boolean mask of shape {rows.shape} for {n} rows")
+            rows = np.flatnonzero(rows)
+        rows = rows.astype(np.int64, copy=False)
+        if rows.size and (rows.min() < -n or rows.max() >= n):
+            raise IndexError(f"row numbers out of range for {n} rows")
+        return self._gather(np.where(rows < 0, rows + n, rows))
+
+    def _read_here(self, start: int, stop: int) -> np.ndarray:
+        """Rows ``[start, stop)`` read on the driver, in whole aligned pieces of a transformed
+        source (so a row holds the bits of a local run's matrix)."""
+        piece = getattr(self.source, "piece_rows", 1)
+        lo, hi = start // piece * piece, min(self.shape[0], -(-stop // piece) * piece)
+        self._rows_read_here = self.rows_read_here + (hi - lo)
+        return self.source.read(lo, hi)[start - lo : stop - lo] if hi > lo else np.empty((0, self.shape[1]), np.float32)
+
+    def _gather(self, rows: np.ndarray) -> np.ndarray:
+        """``X[rows]`` (any order, repeats allowed) as a float32 array."""
+        wanted = np.unique(rows)
+        if wanted.size <= self.READ_HERE_MOST:
+            found = np.empty((wanted.size, self.shape[1]), dtype=np.float32)
+            for j, i in enumerate(wanted):
+                found[j] = self._read_here(int(i), int(i) + 1)[0]
+        else:
+            found = self._gather_by_pass(wanted)
+        return found if wanted.size == rows.size and np.array_equal(wanted, rows) else found[np.searchsorted(wanted, rows)]
+
+    def _gather_by_pass(self, wanted: np.ndarray) -> np.ndarray:
+        from embclust import blocks
+
+        def block_fn(rows: slice, X: np.ndarray) -> np.ndarray:
+            lo, hi = np.searchsorted(wanted, (rows.start, rows.stop))
+            return np.ascontiguousarray(X[wanted[lo:hi] - rows.start])
+
+        def fold(parts) -> np.ndarray:
+            parts = list(parts)
+            return np.concatenate(parts) if parts else np.empty((0, self.shape[1]), np.float32)
+
+        groups = self.map_groups(block_fn, fold, blocks.BLOCK_ROWS, blocks.GROUP_BLOCKS,
+                                 progress=f"sample of {wanted.size} rows gathered")
+        found = np.concatenate(groups) if groups else np.empty((0, self.shape[1]), np.float32)
+        if found.shape[0] != wanted.size:  # pragma: no cover - every group answers or the pass raises
+            raise RuntimeError(f"engine=ray: {found.shape[0]} of {wanted.size} sample rows came back")
+        return found
+
+
+class LocalRows(RowsView):
+    """A view whose passes run in this process, a group of blocks read from the source at a time."""
+
+    def __init__(self, source: RowSource):
+        self.source = source
+
+    def view_of(self, source: RowSource) -> LocalRows:
+        return LocalRows(source)
+
+    def map_groups(self, block_fn, fold, block_rows, group_blocks, progress=None) -> list:
+        n, group_rows = self.shape[0], block_rows * group_blocks
+        out = []
+        for start in range(0, n, group_rows):
+            stop = min(n, start + group_rows)
+            X = self.source.read(start, stop)
+            out.append(fold(block_fn(slice(a, min(stop, a + block_rows)), X[a - start : min(stop, a + block_rows) - start])
+                            for a in range(start, stop, block_rows)))
         return out

@@ -53,6 +53,9 @@ def file_stamps(config: dict) -> dict[str, list]:
     for key, value in config.items():
         if not (key.endswith("path") and isinstance(value, str)):
             continue
+        if "://" in value:  # a URI (s3://...): its files' sizes and times as its filesystem reports them
+            stamps[key] = _uri_stamps(value)
+            continue
         if os.path.isfile(value):
             files = [value]
         elif os.path.isdir(value) or any(c in value for c in "*?["):
@@ -64,6 +67,20 @@ def file_stamps(config: dict) -> dict[str, list]:
             continue
         stamps[key] = [[os.path.abspath(f), os.stat(f).st_size, os.stat(f).st_mtime_ns] for f in files]
     return stamps
+
+
+def _uri_stamps(uri: str) -> list:
+    import pyarrow.fs as pafs
+
+    from embclust.data.loaders import dataset_files
+
+    try:
+        files = [str(f) for f in dataset_files(uri)]
+        filesystem, _ = pafs.FileSystem.from_uri(files[0])
+        infos = filesystem.get_file_info([pafs.FileSystem.from_uri(f)[1] for f in files])
+    except Exception:  # noqa: BLE001 - the loader reports what is wrong with the location
+        return []
+    return [[f, info.size, None if info.mtime_ns is None else int(info.mtime_ns)] for f, info in zip(files, infos)]
 
 
 def _locked(entry: Path):

@@ -203,6 +203,8 @@ def features(pre_cfg: dict, ds: Dataset, cache_dir: Path | None, max_pca_compone
     that size and its first components reused here; the result is the same as a fit at this size
     (same components; the projection is computed the same way).
     """
+    if not isinstance(ds.X, np.ndarray):
+        cache_dir = None  # engine=ray: the workers preprocess the rows they read; only the fitted pipeline is here
     c = pre_cfg.get("pca_components")
     limit = min(ds.n_samples, ds.n_features)
     largest = None if max_pca_components is None else min(int(max_pca_components), limit)

@@ -8,6 +8,7 @@ import time
 import warnings
 
 import mlflow
+import numpy as np
 from mlflow.entities import DatasetInput, InputTag
 from mlflow.exceptions import MlflowException
 from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
@@ -23,13 +24,22 @@ def dataset_entity(ds: Dataset, source: str | None):
     """
     import mlflow.data
 
-    if source is not None:
+    if source is not None and "://" not in str(source):  # a URI (s3://...) is kept as it is
         source = os.path.abspath(str(source))
     with warnings.catch_warnings():
         # MLflow registers two local-file source types and warns on every path that it picked one.
         warnings.filterwarnings("ignore", message="The specified dataset source can be interpreted")
-        dataset = mlflow.data.from_numpy(ds.X, source=source, targets=ds.labels, name=ds.name, digest=ds.fingerprint)
+        dataset = mlflow.data.from_numpy(_shape_only(ds.X), source=source, targets=ds.labels, name=ds.name,
+                                         digest=ds.fingerprint)
     return dataset._to_mlflow_entity()
+
+
+def _shape_only(X):
+    """``X`` itself, or for rows left in their files (engine=ray) an array of their shape and
+    dtype that holds no data (one broadcast zero): MLflow reads only those."""
+    if isinstance(X, np.ndarray):
+        return X
+    return np.broadcast_to(np.zeros((), dtype=X.dtype), X.shape)
 
 
 def log_dataset_input(ds: Dataset, source: str | None = None, context: str = "training", run_id: str | None = None) -> None:
