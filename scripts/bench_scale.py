@@ -221,7 +221,8 @@ def report(title: str, result: dict, store: Path, data_mb: float) -> None:
               f"sample={tags.get('kmeans_sample_size')}" + (f"\n    error: {tags['error'][:300]}" if "error" in tags else ""))
         if "labels_dataset" in tags:  # engine=ray: the workers' labels/ parts
             print(f"    {tags['labels_dataset']}; engine passes {tags.get('engine_passes')} "
-                  f"({m.get('time/engine_passes_s', float('nan')):.1f} s)")
+                  f"({m.get('time/engine_passes_s', float('nan')):.1f} s); rows the driver read itself: "
+                  f"{m.get('engine/driver_rows_read', float('nan')):.0f}; fingerprint {tags.get('data_fingerprint')}")
         steps = {k[len("time/analysis_"):-2]: v for k, v in m.items() if k.startswith("time/analysis_")}
         if steps:
             print("    analyses (s): " + ", ".join(f"{k} {v:.1f}" for k, v in sorted(steps.items(), key=lambda kv: -kv[1])))
