@@ -81,9 +81,23 @@ class ParquetRows(RowSource):
             if last <= start or first >= stop or last == first:  # outside the range, or an empty file
                 continue
             lo, hi = max(start, first) - first, min(stop, last) - first
-            table = _read_rows(open_parquet(path), lo, hi, columns)
-            out[max(start, first) - start : min(stop, last) - start] = self._matrix(table, path)
+            self._read_into(open_parquet(path), lo, hi, columns, out[max(start, first) - start : min(stop, last) - start], path)
         return out
+
+    def _read_into(self, parquet_file, lo: int, hi: int, columns: list[str], target: np.ndarray, path: str) -> None:
+        """Rows ``[lo, hi)`` of one file into ``target``, decoded a batch at a time (a group's
+        whole table and its copies would be several times its rows)."""
+        groups, first = _row_groups(parquet_file, lo, hi)
+        if not groups:
+            return
+        position = first
+        for batch in parquet_file.iter_batches(batch_size=_READ_BATCH_ROWS, row_groups=groups, columns=columns):
+            begin, end = max(position, lo), min(position + batch.num_rows, hi)
+            if begin < end:
+                target[begin - lo : end - lo] = self._matrix(batch.slice(begin - position, end - begin), path)
+            position += batch.num_rows
+            if position >= hi:
+                break
 
     def read_ids(self, start: int, stop: int) -> np.ndarray:
         import pyarrow as pa
@@ -105,7 +119,9 @@ class ParquetRows(RowSource):
         import pyarrow as pa
 
         if self.vector_column:
-            column = table.column(self.vector_column).combine_chunks()
+            column = table.column(self.vector_column)
+            if isinstance(column, pa.ChunkedArray):
+                column = column.combine_chunks()
             if column.null_count or len(column.flatten()) != len(column) * self.n_cols:
                 from embclust.errors import DataError
 
@@ -117,18 +133,28 @@ class ParquetRows(RowSource):
                          for c in self.feature_columns], axis=1)
 
 
+# Rows decoded at a time when a task reads its rows from parquet.
+_READ_BATCH_ROWS = 65_536
+
+
+def _row_groups(parquet_file, lo: int, hi: int) -> tuple[list[int], int]:
+    """The row groups of one parquet file that hold rows ``[lo, hi)``, and the first one's first row."""
+    meta = parquet_file.metadata
+    groups, first, group_start = [], 0, 0
+    for g in range(meta.num_row_groups):
+        rows = meta.row_group(g).num_rows
+        if group_start < hi and group_start + rows > lo:
+            first = group_start if not groups else first
+            groups.append(g)
+        group_start += rows
+    return groups, first
+
+
 def _read_rows(parquet_file, lo: int, hi: int, columns: list[str]):
     """Rows ``[lo, hi)`` of one parquet file: only the row groups that hold them are read."""
     import pyarrow as pa
 
-    meta = parquet_file.metadata
-    groups, first, group_start = [], None, 0
-    for g in range(meta.num_row_groups):
-        rows = meta.row_group(g).num_rows
-        if group_start < hi and group_start + rows > lo:
-            groups.append(g)
-            first = group_start if first is None else first
-        group_start += rows
+    groups, first = _row_groups(parquet_file, lo, hi)
     if not groups:
         return pa.table({c: [] for c in columns})
     table = parquet_file.read_row_groups(groups, columns=columns)
