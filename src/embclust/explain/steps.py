@@ -91,7 +91,8 @@ def explain_features(state: RunState, acfg: DictConfig) -> tuple[np.ndarray, lis
     wanted = acfg.features
     if wanted == "auto":
         if ds.feature_names is not None and len(ds.feature_names) <= 200:
-            return np.asarray(ds.X), list(ds.feature_names), "input columns"
+            # the rows themselves (engine=ray: its view); the explanations take their sample of them
+            return (np.asarray(ds.X) if isinstance(ds.X, np.ndarray) else ds.X), list(ds.feature_names), "input columns"
         if pcs is None:
             from sklearn.decomposition import PCA
 
