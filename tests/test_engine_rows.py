@@ -315,4 +315,8 @@ def test_parquet_at_a_uri_loads_as_the_same_files_on_disk(tmp_path):
     with pytest.raises(DataError, match="not found: file://"):
         load_table(uri + "/missing", vector_column="v")
     with pytest.raises(DataError, match=r"no \.parquet file there"):
-        load_table(uri + "/*.csv", vector_column="v")
+        load_table(uri + "/*.json", vector_column="v")
+    with pytest.raises(DataError, match="only parquet data is read from a URI"):
+        load_npy("s3://bucket/x.npy")
+    with pytest.raises(DataError, match="only parquet data is read from a URI"):
+        load_table("s3://bucket/x.csv")

@@ -32,6 +32,9 @@ def check_file(path: str | None, allowed: tuple[str, ...] | None, what: str = "d
     """The path of an existing, readable, non-empty file with an allowed extension, else one-line errors."""
     if not path:
         raise ConfigError(f"{what} is required (a {' or '.join(allowed or ('data',))} file)")
+    if is_uri(path):
+        raise DataError(f"{path}: only parquet data is read from a URI ({what}; dataset=parquet); copy this file "
+                        "to a disk this machine (and, with engine=ray, every worker) reads, and give its path")
     p = Path(path)
     if p.is_dir():
         raise DataError(f"{path} is a folder, not a file ({what}): give the data file's path")
@@ -363,6 +366,8 @@ def load_table(
                                            ("feature_columns", feature_columns)) if v]
     if len(chosen) > 1:  # which one would win is not the user's to guess
         raise ConfigError(f"{' and '.join(chosen)} are set together: the features come from one of them; keep one, set the rest to null")
+    if is_uri(path) and str(path).lower().endswith(".csv"):
+        check_file(path, TABLE_SUFFIXES)  # one line: only parquet is read from a URI
     if path and (is_uri(path) or Path(path).is_dir() or any(c in str(path) for c in "*?[") or
                  (not rows_on_driver and str(path).lower().endswith(".parquet"))):
         return load_parquet_dataset(path, id_column, feature_prefix, feature_columns, vector_column, label_column,
