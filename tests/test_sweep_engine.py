@@ -385,6 +385,9 @@ def test_reference_distances_store_each_pair_once_and_sum_like_the_full_matrix()
     assert D.nbytes < 0.6 * X.shape[0] ** 2 * 4
     indicator = np.eye(7, dtype=np.float32)[rng.integers(0, 7, X.shape[0])]
     np.testing.assert_allclose(D.sums_by_cluster(indicator), full @ indicator, rtol=1e-5)
+    # A cell's reference scores do not depend on how many threads its worker got.
+    sums = [D.sums_by_cluster(indicator, n_threads=n) for n in (1, 2, 3)]
+    assert np.array_equal(sums[0], sums[1]) and np.array_equal(sums[0], sums[2])
 
 
 def _descendants(pid: int) -> list[tuple[int, str]]:

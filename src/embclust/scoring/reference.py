@@ -16,6 +16,12 @@ import numpy as np
 from embclust.scoring.metrics import NOISE, ClusterStats
 
 
+def _openmp_threads() -> int:
+    from sklearn.utils._openmp_helpers import _openmp_effective_n_threads
+
+    return int(_openmp_effective_n_threads())
+
+
 class TriangularDistances:
     """Euclidean distances between the rows of ``X``, float32, stored once per pair.
 
@@ -47,20 +53,37 @@ class TriangularDistances:
     def nbytes(self) -> int:
         return sum(b.nbytes for b in self.blocks)
 
-    def sums_by_cluster(self, indicator: np.ndarray) -> np.ndarray:
-        """``D @ indicator`` (float64) without the full matrix: each stored pair counts both ways."""
-        from threadpoolctl import threadpool_limits
+    def sums_by_cluster(self, indicator: np.ndarray, n_threads: int | None = None) -> np.ndarray:
+        """``D @ indicator`` (float64) without the full matrix: each stored pair counts both ways.
+
+        Each block's two products run on one of ``n_threads`` threads (default: the OpenMP
+        threads scikit-learn would use) with one BLAS thread, since OpenBLAS's float32 GEMM
+        rounds by its thread count; they are added in block order, so the sums are the same
+        bits whatever the number of threads a cell's worker got.
+        """
+        from embclust.blocks import map_on_threads
 
         indicator = np.asarray(indicator, dtype=np.float32)
         out = np.zeros((self.n, indicator.shape[1]), dtype=np.float64)
-        # One BLAS thread: OpenBLAS's float32 GEMM rounds by its thread count, and a cell's
-        # scores must not depend on how many cores its worker got.
-        with threadpool_limits(limits=1, user_api="blas"):
-            for start, block in zip(self.starts, self.blocks):
-                stop = start + block.shape[0]
-                out[start:stop] += block @ indicator[start:]
-                if stop < self.n:  # the pairs (later row, this block's row), read from the transpose
-                    out[stop:] += block[:, stop - start :].T @ indicator[start:stop]
+
+        def products(i: int):
+            start, block = self.starts[i], self.blocks[i]
+            stop = start + block.shape[0]
+            # (this block's rows, every row from its start); (later rows, this block's rows)
+            lower = block[:, stop - start :].T @ indicator[start:stop] if stop < self.n else None
+            return block @ indicator[start:], lower
+
+        threads = _openmp_threads() if n_threads is None else max(1, int(n_threads))
+        # A few blocks' products at a time: each holds up to n x k floats.
+        window = 2 * threads
+        for first in range(0, len(self.blocks), window):
+            ids = range(first, min(first + window, len(self.blocks)))
+            for i, (upper, lower) in zip(ids, map_on_threads(products, ids, threads)):
+                start = self.starts[i]
+                stop = start + self.blocks[i].shape[0]
+                out[start:stop] += upper
+                if lower is not None:
+                    out[stop:] += lower
         return out
 
     def full(self) -> np.ndarray:
