@@ -111,6 +111,7 @@ def explain_clusters(
     held-out F1 (5,000 x 50, 30 clusters: 0.887 both). Each model is deterministic, so the result does not depend on the threads.
     """
     import os
+    import threading
     from concurrent.futures import ThreadPoolExecutor
 
     import xgboost as xgb
@@ -144,9 +145,13 @@ def explain_clusters(
     }
     bins = xgb.QuantileDMatrix(X_tr, max_bin=max_bin, nthread=1)  # quantile cuts shared by every model
     X_shap = X_te[:shap_samples]
+    binned = threading.local()  # each thread bins the rows once and relabels them per model
 
     def fit_one(c: int):
-        train = xgb.QuantileDMatrix(X_tr, label=(y_tr == c).astype(np.float32), ref=bins, max_bin=max_bin, nthread=1)
+        if not hasattr(binned, "train"):
+            binned.train = xgb.QuantileDMatrix(X_tr, ref=bins, max_bin=max_bin, nthread=1)
+        train = binned.train
+        train.set_label((y_tr == c).astype(np.float32))
         booster = xgb.train(params, train, num_boost_round=n_estimators)
         predicted = booster.inplace_predict(X_te) > 0.5
         return booster, predicted, np.abs(tree_shap_values(booster, X_shap)).mean(axis=0)
