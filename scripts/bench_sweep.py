@@ -20,7 +20,10 @@ Then, each in its own subprocess so that its wall time and peak memory can be me
     SQLite store, cache and sweep folder in the temporary folder;
 (c) the same with ``hydra/launcher=joblib`` (skip with ``--skip-joblib``);
 (e) (b) with ``cluster_implementation=sklearnex``: oneDAL's own k-means++ starts instead of the
-    default's scikit-learn starts (skip with ``--skip-sklearnex``).
+    default's scikit-learn starts (skip with ``--skip-sklearnex``);
+(b2) a user's second sweep: the same grid with ``seed=43`` into (b)'s store, which then already
+    exists (with ``--small`` and ``--second-sweep``). The speed-up targets are 25x (n_init=10)
+    and 30x (n_init=1) for (b) at 42,000 x 768, and 2x for (b2) with ``--small``.
 
 Peak RSS is the largest sum of resident memory over the subprocess and all its descendants
 (joblib workers included), polled from /proc every 50 ms (Linux); ``python -c "import
@@ -67,9 +70,9 @@ TRUE_SILHOUETTE_SAMPLE = 5_000  # silhouette is O(n^2): score the true labels on
 def speed_up_target(size: str, n_init: int) -> float | None:
     """The speed-up (a)/(b) asked of this size and n_init, or None where none is set."""
     if size == "default":
-        return {10: 15.0, 1: 30.0}.get(n_init)
+        return {10: 25.0, 1: 30.0}.get(n_init)
     if size == "small" and n_init == 10:
-        return 3.0
+        return 2.0  # for (b2), a second sweep into an existing store
     return None
 
 
@@ -313,8 +316,10 @@ def read_sweep(store: Path) -> tuple[dict[tuple[int, int], dict], dict]:
             children.setdefault(parent_id, []).append(run)
     if not children:
         sys.exit(f"bench_sweep: no child runs (tag mlflow.parentRunId) in {store / 'mlflow.db'}")
-    # A fresh store holds one sweep: its parent is the run with the most children.
-    parent_id = max(children, key=lambda rid: len(children[rid]))
+    # (b)'s sweep: the parent with the most children, the earliest of them when (b2) added a second.
+    most = max(len(runs) for runs in children.values())
+    parent_id = min((rid for rid in children if len(children[rid]) == most),
+                    key=lambda rid: min(r.info.start_time for r in children[rid]))
     cells: dict[tuple[int, int], dict] = {}
     for run in sorted(children[parent_id], key=lambda r: r.info.start_time):
         params = run.data.params
@@ -418,6 +423,8 @@ def main() -> None:
     parser.add_argument("--skip-joblib", action="store_true", help="do not time (c), the joblib launcher")
     parser.add_argument("--skip-sklearnex", action="store_true",
                         help="do not time (e), KMeans in sklearnex end to end (cluster_implementation=sklearnex)")
+    parser.add_argument("--second-sweep", action="store_true",
+                        help="also time (b2), a second sweep (seed=43) into (b)'s existing store (always with --small)")
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder (stores, logs) and print its path")
     parser.add_argument("--notebook-child", nargs=2, metavar=("X_NPY", "OUT_DIR"), help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -478,6 +485,12 @@ def run_benchmark(args, size: str, n: int, d: int, pca_grid, k_grid, tmp: Path) 
         # cwd = the store folder: an SQLite store keeps its artifacts in ./mlruns
         timings[tag] = timed(cmd, env, store, tmp / f"{tag}.log")
         log.info("(%s) %.1f s", tag, timings[tag]["wall_s"])
+    if size == "small" or args.second_sweep:
+        log.info("(b2) run.py -m seed=43 into (b)'s store ...")
+        cmd, env = embclust_cmd(x_path, y_path, tmp / "b", args.n_init, pca_grid, k_grid, None, ("seed=43",))
+        cmd = [c.replace(str(tmp / "b" / "multirun"), str(tmp / "b" / "multirun2")) for c in cmd]
+        timings["b2"] = timed(cmd, env, tmp / "b", tmp / "b2.log")
+        log.info("(b2) %.1f s", timings["b2"]["wall_s"])
 
     notebook = {(r["pca"], r["k"]): r for r in json.loads((nb_dir / "notebook.json").read_text())}
     log.info("reading (b)'s cells back from MLflow")
@@ -492,6 +505,7 @@ def run_benchmark(args, size: str, n: int, d: int, pca_grid, k_grid, tmp: Path) 
         "b": "(b) `run.py -m`, basic launcher",
         "c": "(c) `run.py -m`, joblib launcher",
         "e": "(e) `run.py -m cluster_implementation=sklearnex`",
+        "b2": "(b2) `run.py -m seed=43`, a second sweep into (b)'s store",
     }
     print()
     print(f"| {n:,} x {d} ({data_mb:.{0 if data_mb >= 10 else 1}f} MB), {n_cells} cells, n_init={args.n_init} | wall s | peak RSS MB "
@@ -499,7 +513,9 @@ def run_benchmark(args, size: str, n: int, d: int, pca_grid, k_grid, tmp: Path) 
     print("| --- | ---: | ---: | ---: | ---: | ---: |")
     for tag, t in timings.items():
         speed = timings["a"]["wall_s"] / t["wall_s"]
-        verdict = "" if tag == "a" or target is None else f"{target:.0f}x {'ok' if speed >= target else 'MISSED'}"
+        # The small size's target is for a second sweep into an existing store, (b2).
+        judged = tag != "a" and target is not None and (size != "small" or tag == "b2")
+        verdict = f"{target:.0f}x {'ok' if speed >= target else 'MISSED'}" if judged else ""
         # (a) never imports embclust, so the baseline does not apply to it.
         over = "" if tag == "a" else f"{(t['peak_rss_mb'] - base_mb) / data_mb:.2f}x"
         print(f"| {names[tag]} | {t['wall_s']:.1f} | {t['peak_rss_mb']:.0f} | {over} | {speed:.1f}x | {verdict} |")

@@ -137,13 +137,20 @@ def test_auto_restarts_on_a_sample_and_labels_every_row_by_its_nearest_centre(em
     assert bigger.sample_size == 6_000
 
 
-def test_auto_gives_the_same_labels_and_inertia_on_one_or_two_threads(embeddings_large):
+@pytest.mark.parametrize("where", ["in-memory", "passes"])
+def test_auto_gives_the_same_labels_and_inertia_on_one_or_two_threads(embeddings_large, where, tmp_path):
     from threadpoolctl import threadpool_limits
 
+    X = embeddings_large
+    if where == "passes":  # a memory-mapped file is refined by passes over row blocks
+        np.save(tmp_path / "x.npy", X)
+        X = np.load(tmp_path / "x.npy", mmap_mode="r")
     fits = []
     for threads in (1, 2):
         with threadpool_limits(limits=threads):
-            fits.append(fit(KMeans(12, n_init=4, random_state=1), embeddings_large, sample=SMALL_SAMPLE))
+            fits.append(fit(KMeans(12, n_init=4, random_state=1), X, sample=SMALL_SAMPLE))
+    assert fits[0].refinement == fits[1].refinement == where
+    assert fits[0].restarts == 4 * (2 if where == "in-memory" else 3)  # restarts_per_init auto
     one, two = (f.estimator for f in fits)
     np.testing.assert_array_equal(fits[0].labels, fits[1].labels)
     assert one.inertia_ == two.inertia_ and one.n_iter_ == two.n_iter_
@@ -165,7 +172,7 @@ def test_a_restart_budget_runs_fewer_restarts_each_on_every_thread_with_the_same
     np.testing.assert_array_equal(fits[0].labels, fits[1].labels)
     assert fits[0].estimator.inertia_ == fits[1].estimator.inertia_
     full = fit(KMeans(12, n_init=4, random_state=1), embeddings_large, sample=SMALL_SAMPLE)
-    assert full.restarts == 12  # n_init x restarts_per_init
+    assert full.restarts == 8  # n_init x restarts_per_init (auto: 2 in memory)
     assert fits[0].estimator.inertia_ <= full.estimator.inertia_ * 1.01
     # 200 rows per centre and a small min_sample: k-means++ seeds from every 6th sample row
     # (about 32 per centre), Lloyd runs on all 2,400.
@@ -186,6 +193,38 @@ def test_auto_same_seed_same_fit_other_seed_other_sample(embeddings_large):
     np.testing.assert_array_equal(rows, kmeans.sample_rows(12_000, 2_000, 4))
     assert not np.array_equal(rows, kmeans.sample_rows(12_000, 2_000, 5))
     assert kmeans.sample_rows(2_000, 2_000, 4) is None  # no smaller than the data: every row
+
+
+def test_in_memory_refinement_is_scikit_learns_lloyd_from_each_candidate_keeping_the_lower(embeddings_large):
+    from embclust.cluster import lloyd
+
+    X = embeddings_large
+    rng = np.random.default_rng(2)
+    starts = [X[rng.choice(len(X), 12, replace=False)] for _ in range(2)]
+    theirs = [KMeans(12, init=start, n_init=1, max_iter=300, tol=1e-4).fit(X) for start in starts]
+    assert theirs[0].inertia_ != pytest.approx(theirs[1].inertia_, rel=1e-6)  # two different optima
+    better = min(theirs, key=lambda km: km.inertia_)
+    ours = kmeans._refine_in_memory(X, starts, 300, 1e-4, 2)
+    # scikit-learn centres the data first and sums on its threads: the same optimum up to rounding.
+    assert np.mean(ours.labels == better.labels_) > 0.999
+    np.testing.assert_allclose(ours.inertia, better.inertia_, rtol=1e-5)
+    # Labels are the rows' nearest centres, and the exact inertia to them.
+    np.testing.assert_array_equal(lloyd.assign(X, ours.centers, 1), ours.labels)
+    np.testing.assert_allclose(ours.inertia, lloyd.inertia(X, ours.labels, ours.centers, 1), rtol=0)
+    assert ours.inertia < max(km.inertia_ for km in theirs) * (1 - 1e-4)
+
+
+def test_restarts_per_init_takes_auto_or_a_positive_integer():
+    from omegaconf import OmegaConf
+
+    from embclust import stages
+    from embclust.validate import validate_config
+
+    assert stages.kmeans_sample(OmegaConf.create({"kmeans": {"restarts_per_init": "auto"}})).restarts_per_init is None
+    assert stages.kmeans_sample(OmegaConf.create({"kmeans": {"restarts_per_init": 4}})).per_init(True) == 4
+    assert kmeans.SampleSettings().per_init(True) == 2 and kmeans.SampleSettings().per_init(False) == 3
+    with pytest.raises(ConfigError, match=r"kmeans.restarts_per_init=0 .*auto or an integer >= 1"):
+        validate_config(OmegaConf.create({"kmeans": {"restarts_per_init": 0}}))
 
 
 def test_lloyd_refinement_matches_scikit_learns_lloyd_from_the_same_start(embeddings_large):

@@ -255,6 +255,7 @@ class Clustering:
     implementation: str
     sample_size: int | None = None  # rows KMeans's restarts ran on; None: all rows
     restarts: int | None = None  # KMeans restarts run on the sample (auto)
+    refinement: str | None = None  # how auto refined on all rows (kmeans.IN_MEMORY or PASSES)
 
     def tags(self) -> dict[str, str]:
         """MLflow tags saying how the clustering was fitted."""
@@ -263,6 +264,8 @@ class Clustering:
             tags["kmeans_sample_size"] = "all" if self.sample_size is None else str(self.sample_size)
             if self.restarts is not None:
                 tags["kmeans_restarts"] = str(self.restarts)
+            if self.refinement is not None:
+                tags["kmeans_refinement"] = self.refinement
         return tags
 
 
@@ -332,12 +335,17 @@ def kmeans_sample(cfg: DictConfig) -> kmeans.SampleSettings:
     return kmeans.SampleSettings(
         int(node.get("sample_per_cluster", defaults.sample_per_cluster)),
         int(node.get("min_sample", defaults.min_sample)),
-        int(node.get("restarts_per_init", defaults.restarts_per_init)),
+        _restarts_per_init(node.get("restarts_per_init", "auto")),
         _optional_number(node.get("refine_tol", defaults.refine_tol), "kmeans.refine_tol",
                          lambda x: 0 <= x < 1, "a fraction in [0, 1), e.g. 1e-4"),
         _optional_number(node.get("max_restart_work", defaults.max_restart_work), "kmeans.max_restart_work",
                          lambda x: x >= 1, "a number >= 1, e.g. 5e8"),
     )
+
+
+def _restarts_per_init(value) -> int | None:
+    """``kmeans.restarts_per_init``: None for auto (or null), else the int (validate_config checked it)."""
+    return None if value is None or str(value) == "auto" else int(value)
 
 
 def _optional_number(value, key: str, allowed, wanted: str) -> float | None:
@@ -366,7 +374,8 @@ def fit_clustering(
         return Clustering(clusterer, labels, "torch")
     fitted = cluster.fit(clusterer, X, implementation, sample, passes)
     shared.release_free_memory()  # the fit's temporaries (seeding copies), before scoring adds its own
-    return Clustering(fitted.estimator, fitted.labels, fitted.implementation, fitted.sample_size, fitted.restarts)
+    return Clustering(fitted.estimator, fitted.labels, fitted.implementation, fitted.sample_size, fitted.restarts,
+                      fitted.refinement)
 
 
 @dataclass

@@ -92,9 +92,10 @@ _INT_KEYS = (
     ("reducer.n_components", 1, False),
     ("clusterer.core_dist_n_jobs", 1, False),
 )
-# Integer keys that also take the word auto: scikit-learn's KMeans n_init, and UMAP before a
-# density clusterer on embeddings (embclust.preprocess.resolve_umap_components).
-_AUTO_INT_KEYS = ("clusterer.n_init", "preprocess.umap_components")
+# Integer keys that also take the word auto: scikit-learn's KMeans n_init, UMAP before a
+# density clusterer on embeddings (embclust.preprocess.resolve_umap_components), and KMeans
+# auto's restarts per n_init (embclust.cluster.kmeans.SampleSettings.per_init).
+_AUTO_INT_KEYS = ("clusterer.n_init", "preprocess.umap_components", "kmeans.restarts_per_init")
 # (key, lowest, whether the lowest itself is allowed): numbers checked when the key exists.
 _NUMBER_KEYS = (
     ("reducer.min_dist", 0.0, True),

@@ -23,6 +23,7 @@ class FittedClustering:
     implementation: str  # e.g. "embclust-sample-restarts", "sklearnex", "scikit-learn"
     sample_size: int | None = None  # rows KMeans's restarts ran on; None: all rows
     restarts: int | None = None  # KMeans restarts run on the sample (auto)
+    refinement: str | None = None  # how auto refined on all rows (kmeans.IN_MEMORY or PASSES)
 
 
 def check_clusterer(clusterer: BaseEstimator, n_samples: int) -> None:
@@ -65,7 +66,8 @@ def fit(
     if type(clusterer) is KMeans:  # subclasses may override fit: leave them to their own
         ran = kmeans.fit_kmeans(clusterer, X, implementation, sample, passes)
         return FittedClustering(
-            np.asarray(clusterer.labels_, dtype=np.int64), clusterer, ran.implementation, ran.sample_size, ran.restarts
+            np.asarray(clusterer.labels_, dtype=np.int64), clusterer, ran.implementation, ran.sample_size, ran.restarts,
+            ran.refinement,
         )
     labels = np.asarray(clusterer.fit_predict(fit_input(clusterer, X)), dtype=np.int64)
     return FittedClustering(labels, clusterer, "scikit-learn")

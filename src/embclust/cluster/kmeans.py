@@ -4,14 +4,19 @@
 
 - ``auto`` (the default): the ``n_init`` k-means++ restarts run on a seeded sample of
   ``max(kmeans.sample_per_cluster * k, kmeans.min_sample)`` rows (256 per cluster, at least
-  10,000), scikit-learn's own starts and Lloyd loop on the sample, one thread per restart; the
-  best restart's centres are refined by Lloyd over all rows in blocks (:mod:`lloyd`), and labels
-  and inertia come from all rows. Data no larger than the sample is fitted whole, with no
-  refinement. The result does not depend on the thread count. On 42,000 x 768 embeddings (PCA 5 /
-  20 / 100, k 10 / 30 / 50) it took 5.6 s for the nine fits against scikit-learn's 28 s and
-  sklearnex's 16 s, inertia -0.07% to +0.9% of scikit-learn's (whose own seeds spread -0.7% to
-  +0.7%). faiss 1.15 on the same samples was not faster (k-means++ init 0.25-7.3 s) and landed
-  worse (+0.2% to +2.7%).
+  10,000), scikit-learn's own starts and Lloyd loop on the sample, one thread per restart. On
+  data held in memory (rows x k x columns up to ``IN_MEMORY_MAX_WORK``) the two best restarts
+  are each refined by scikit-learn's Lloyd loop on all rows to its convergence rule, one thread
+  each, and the lower inertia is kept; larger data (a memory-mapped file, engine=ray) has its
+  best restart refined by Lloyd passes over row blocks (:mod:`lloyd`) until
+  ``kmeans.refine_tol``. Labels and inertia come from all rows. Data no larger than the sample is
+  fitted whole, with no refinement. The result does not depend on the thread count. On the
+  42,000 x 768 benchmark's 25 cells (PCA 5..100, k 10..50) and a noisier 42,000 x 384 set of 100
+  clusters, three seeds each, the median inertia lands +0.001% and +0.031% from scikit-learn's
+  ``KMeans(n_init=10)`` on all rows, in 11.6 s and 25.9 s for the 25 fits (three restarts per
+  ``n_init`` and a refinement stopped at ``refine_tol``, the previous default: +0.011% and
+  +0.095%, 16.2 s and 28.2 s). faiss 1.15 on the same samples was not faster (k-means++ init
+  0.25-7.3 s) and landed worse (+0.2% to +2.7%).
 - ``embclust``: the starts scikit-learn's ``KMeans(random_state=seed)`` would draw on every row,
   from :mod:`embclust.cluster.kmeans_plusplus` (all ``n_init`` starts in lockstep), each refined
   by scikit-learn's own Lloyd loop: scikit-learn's labels, inertia and iterations.
@@ -101,8 +106,10 @@ class SampleSettings:
     sample_per_cluster: int = 256
     min_sample: int = 10_000
     # Restarts on the sample per ``n_init``: a restart there costs a fraction of one on all rows,
-    # and a sample's inertia ranks basins less surely than all rows do.
-    restarts_per_init: int = 3
+    # and a sample's inertia ranks basins less surely than all rows do. None (auto): 2 where the
+    # refinement runs in memory (its two best restarts are both refined), 3 where it runs as
+    # passes over row blocks (the best alone).
+    restarts_per_init: int | None = None
     # The refinement over all rows stops once a pass lowers the inertia by less than this
     # fraction (None: scikit-learn's rule alone, up to max_iter passes over every row).
     refine_tol: float | None = 1e-4
@@ -114,6 +121,12 @@ class SampleSettings:
 
     def size(self, n_clusters: int) -> int:
         return max(int(self.sample_per_cluster) * int(n_clusters), int(self.min_sample))
+
+    def per_init(self, in_memory: bool) -> int:
+        """Restarts on the sample per ``n_init`` (``restarts_per_init``, or its auto value)."""
+        if self.restarts_per_init is not None:
+            return max(1, int(self.restarts_per_init))
+        return IN_MEMORY_RESTARTS_PER_INIT if in_memory else PASSES_RESTARTS_PER_INIT
 
     def restarts(self, requested: int, sample_rows: int, n_clusters: int) -> int:
         """How many of the ``requested`` restarts fit in ``max_restart_work`` (at least one)."""
@@ -129,6 +142,7 @@ class KMeansFit:
     implementation: str
     sample_size: int | None = None
     restarts: int | None = None  # restarts run on the sample (auto)
+    refinement: str | None = None  # how auto refined on all rows: IN_MEMORY or PASSES
 
 
 def fit_kmeans(
@@ -175,6 +189,16 @@ def fit_kmeans(
 
 
 SAMPLE_IMPLEMENTATION = "embclust-sample-restarts"
+# How auto refines on all rows (tag kmeans_refinement). In memory: scikit-learn's own Lloyd loop
+# to its convergence rule, on one thread per candidate (so the result does not depend on the
+# thread count), from each of the IN_MEMORY_CANDIDATES best restarts, the lower inertia kept.
+# Passes: Lloyd over row blocks (:mod:`lloyd`) from the best restart, until kmeans.refine_tol.
+IN_MEMORY, PASSES = "in-memory", "passes"
+IN_MEMORY_CANDIDATES = 2
+IN_MEMORY_RESTARTS_PER_INIT, PASSES_RESTARTS_PER_INIT = 2, 3
+# In-memory refinement where one Lloyd iteration is at most this many row-centre products (rows
+# x k x columns; about 0.05 s on one core): 42,000 x 768 at k = 50 is 1.6e9.
+IN_MEMORY_MAX_WORK = 2e9
 # Rows per centre k-means++ seeds from when the restart budget is reached (large k).
 SEED_ROWS_PER_CLUSTER = 32
 
@@ -222,7 +246,8 @@ def _fit_on_sample(clusterer: KMeans, X: np.ndarray, sample: SampleSettings, pas
     n_threads = _openmp_threads()
     max_iter, tol = params.get("max_iter", 300), params.get("tol", 1e-4)
     mean = S.mean(axis=0)
-    requested = _n_init(clusterer) * (1 if rows is None else max(1, int(sample.restarts_per_init)))
+    in_memory = rows is not None and _refines_in_memory(X, k, passes)
+    requested = _n_init(clusterer) * (1 if rows is None else sample.per_init(in_memory))
     n_restarts = sample.restarts(requested, S.shape[0], k)
     # k-means++ is k sequential steps over every row it seeds from; above the budget (large k)
     # it seeds from every step-th sample row, about SEED_ROWS_PER_CLUSTER per centre, and Lloyd
@@ -236,18 +261,62 @@ def _fit_on_sample(clusterer: KMeans, X: np.ndarray, sample: SampleSettings, pas
         # Lloyd over the sample's row blocks on every thread (block sums in block order).
         log.info("kmeans: %d of %d restarts on %d sample rows (kmeans.max_restart_work=%g)",
                  n_restarts, requested, S.shape[0], sample.max_restart_work)
-        labels, inertia, centers, n_iter = _best_of_blocked_restarts(S - mean, starts, k, max_iter, tol, n_threads, sample.refine_tol)
+        best = [_best_of_blocked_restarts(S - mean, starts, k, max_iter, tol, n_threads, sample.refine_tol)]
+    elif in_memory:
+        restarts = lloyd_refinements(S - mean, starts, max_iter=max_iter, tol=tol, n_threads=n_threads, one_thread_each=True)
+        best = _best_distinct(restarts, k, IN_MEMORY_CANDIDATES)
     else:
-        labels, inertia, centers, n_iter = _best_of_restarts(S - mean, starts, k, max_iter, tol, n_threads)
-    centers = np.asarray(centers, dtype=dtype) + mean
+        best = [_best_of_restarts(S - mean, starts, k, max_iter, tol, n_threads)]
+    labels, inertia, centers, n_iter = best[0]
     del S
-    if rows is not None:
+    if rows is None:
+        centers = np.asarray(centers, dtype=dtype) + mean
+    else:
         X = X if X.dtype == dtype else np.asarray(X, dtype=dtype)
-        rows_for_passes = X if passes is None or dtype != np.float32 else passes
-        refined = lloyd.refine(rows_for_passes, centers, n_threads, max_iter=max_iter, tol=tol, inertia_tol=sample.refine_tol)
+        if in_memory:
+            refined = _refine_in_memory(X, [np.asarray(b[2], dtype=dtype) + mean for b in best], max_iter, tol, n_threads)
+        else:
+            rows_for_passes = X if passes is None or dtype != np.float32 else passes
+            refined = lloyd.refine(rows_for_passes, np.asarray(centers, dtype=dtype) + mean, n_threads, max_iter=max_iter, tol=tol,
+                                   inertia_tol=sample.refine_tol)
         labels, inertia, centers, n_iter = refined.labels, refined.inertia, refined.centers, refined.n_iter
     _set_fitted(clusterer, labels, inertia, centers, n_iter, X.shape[1], _n_init(clusterer), dtype)
-    return KMeansFit(SAMPLE_IMPLEMENTATION, None if rows is None else int(rows.size), n_restarts)
+    return KMeansFit(SAMPLE_IMPLEMENTATION, None if rows is None else int(rows.size), n_restarts,
+                     None if rows is None else IN_MEMORY if in_memory else PASSES)
+
+
+def _refines_in_memory(X, k: int, passes) -> bool:
+    """Whether auto refines ``X`` in memory with scikit-learn's Lloyd loop (see IN_MEMORY)."""
+    return (passes is None and isinstance(X, np.ndarray) and not isinstance(X, np.memmap) and X.ndim == 2
+            and float(X.shape[0]) * k * X.shape[1] <= IN_MEMORY_MAX_WORK and _private_lloyd_loop() is not None)
+
+
+def _best_distinct(results: list, k: int, n: int) -> list:
+    """The ``n`` lowest-inertia results (earlier start first on ties), no two of them the same clustering."""
+    chosen: list = []
+    for i in sorted(range(len(results)), key=lambda i: results[i][1]):
+        if not any(_same_clustering(results[i][0], c[0], k) for c in chosen):
+            chosen.append(results[i])
+            if len(chosen) == n:
+                break
+    return chosen
+
+
+def _refine_in_memory(X: np.ndarray, candidates: list, max_iter: int, tol: float, n_threads: int) -> lloyd.Refinement:
+    """scikit-learn's Lloyd loop on all rows from each candidate's centres, to its convergence rule,
+    one thread per candidate; the lowest inertia (exact, float64) kept, the first on ties."""
+    _kmeans_single_lloyd, _ = _private_lloyd_loop()
+    Xc = np.ascontiguousarray(X)
+    weights = np.ones(Xc.shape[0], dtype=Xc.dtype)
+    absolute_tol = lloyd.mean_variance(Xc, n_threads) * tol  # scikit-learn's tolerance, in float64
+
+    def one(centers):
+        init = np.array(centers, dtype=Xc.dtype, order="C", copy=True)  # the loop writes into it
+        labels, _, centers, n_iter = _kmeans_single_lloyd(Xc, weights, init, max_iter=max_iter, tol=absolute_tol, n_threads=1)
+        return lloyd.Refinement(labels, lloyd.inertia(Xc, labels, centers, 1), centers, n_iter)
+
+    results = blocks.map_on_threads(one, candidates, n_threads)
+    return min(results, key=lambda r: r.inertia)
 
 
 def _best_of_blocked_restarts(Xc: np.ndarray, starts, k: int, max_iter: int, tol: float, n_threads: int,
