@@ -17,11 +17,34 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
-from threadpoolctl import threadpool_limits
 
 from embclust.errors import PathError, os_error_reason
 
 log = logging.getLogger(__name__)
+_threadpool_controller = None
+
+
+def one_blas_thread():
+    """A context in which BLAS runs on one thread (threadpoolctl), for results that must not
+    depend on the thread count: OpenBLAS's float32 GEMM rounds by it.
+
+    One threadpoolctl controller serves the process: ``threadpool_limits`` builds a new one per
+    call, scanning every loaded library (3-20 ms; 2.1 s of a 25-cell sweep's 32 s in a py-spy
+    profile). It is built on first use, once numpy's, scipy's and scikit-learn's BLAS and OpenMP
+    libraries are loaded."""
+    return threadpool_controller().limit(limits=1, user_api="blas")
+
+
+def threadpool_controller():
+    """The process's threadpoolctl controller (see :func:`one_blas_thread`)."""
+    global _threadpool_controller
+    if _threadpool_controller is None:
+        import scipy.linalg  # noqa: F401  (loads scipy's own BLAS before the scan)
+        import sklearn.cluster  # noqa: F401  (and scikit-learn's OpenMP runtime)
+        from threadpoolctl import ThreadpoolController
+
+        _threadpool_controller = ThreadpoolController()
+    return _threadpool_controller
 
 BLOCK_ROWS = 8_192
 # Row-sized results larger than this (MB) live in a file-backed temporary mapping (memory.spill_above_mb).
@@ -111,7 +134,7 @@ def map_on_threads(fn: Callable[[Any], Any], items: list, n_threads: int,
     BLAS thread each; ``done(item)`` is called as each result is collected (progress)."""
     items = list(items)
     results = []
-    with threadpool_limits(limits=1, user_api="blas"):
+    with one_blas_thread():
         if n_threads <= 1 or len(items) <= 1:
             for item in items:
                 results.append(fn(item))
@@ -146,7 +169,7 @@ def iter_on_threads(fn: Callable[[Any], Any], items: list, n_threads: int,
     """``fn(item)`` for every item, yielded in item order as they are ready, on up to ``n_threads``
     threads with one BLAS thread each: the consumer holds one result at a time."""
     items = list(items)
-    with threadpool_limits(limits=1, user_api="blas"):
+    with one_blas_thread():
         if n_threads <= 1 or len(items) <= 1:
             for item in items:
                 result = fn(item)

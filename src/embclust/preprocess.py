@@ -222,9 +222,9 @@ def fit_preprocessing(pipeline: Pipeline, X: np.ndarray, fit_sample_size: int | 
             return _fit_umap_on_sample(pipeline, X, int(fit_sample_size), seed)
         # UMAP's transform of new rows is not its fitted embedding.
         return np.asarray(pipeline.fit_transform(X), dtype=np.float32)
-    from threadpoolctl import threadpool_limits
+    from embclust import blocks
 
-    with threadpool_limits(limits=1, user_api="blas"):
+    with blocks.one_blas_thread():
         if fit_sample_size is None or X.shape[0] <= fit_sample_size:
             # engine=ray's view of the rows: every row is the sample, gathered by one pass
             pipeline.fit(X if isinstance(X, np.ndarray) else X[np.arange(X.shape[0])])
@@ -237,11 +237,9 @@ def _fit_umap_on_sample(pipeline: Pipeline, X: np.ndarray, fit_sample_size: int,
     """Normalisation and PCA as for row-wise pipelines, UMAP fitted on the seeded sample's rows
     (which keep their fitted embedding) and every other row placed by UMAP's ``transform``,
     block by block: UMAP's neighbour graph of all rows would not fit in memory at scale."""
-    from threadpoolctl import threadpool_limits
-
     from embclust import blocks
 
-    with threadpool_limits(limits=1, user_api="blas"):
+    with blocks.one_blas_thread():
         _fit_on_sample(pipeline, X, fit_sample_size, seed)
     rows = np.sort(np.random.default_rng(seed).choice(X.shape[0], size=fit_sample_size, replace=False))
     before = pipeline[:2]

@@ -224,7 +224,6 @@ def _fit_on_sample(clusterer: KMeans, X: np.ndarray, sample: SampleSettings, pas
     not depend on the thread count.
     """
     from sklearn.utils import check_random_state
-    from threadpoolctl import threadpool_limits
 
     params = clusterer.get_params(deep=False)
     k = int(params["n_clusters"])
@@ -253,7 +252,7 @@ def _fit_on_sample(clusterer: KMeans, X: np.ndarray, sample: SampleSettings, pas
     # it seeds from every step-th sample row, about SEED_ROWS_PER_CLUSTER per centre, and Lloyd
     # then runs on the whole sample.
     step = max(1, S.shape[0] // max(SEED_ROWS_PER_CLUSTER * k, int(sample.min_sample))) if n_restarts < requested else 1
-    with threadpool_limits(limits=1, user_api="blas"):  # OpenBLAS's GEMM rounds by its thread count
+    with blocks.one_blas_thread():  # OpenBLAS's GEMM rounds by its thread count
         starts = kmeans_plusplus.kmeans_plusplus_starts(np.ascontiguousarray(S[::step]) if step > 1 else S, k, random_state, n_restarts,
                                                         mean=mean, n_threads=n_threads)
     if n_restarts < requested:

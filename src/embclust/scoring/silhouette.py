@@ -137,16 +137,10 @@ def _share_blocks(n_blocks: int, n_threads: int) -> list[list[int]]:
     return groups
 
 
-_CONTROLLER = None
-
-
 def _blas_controller():
-    global _CONTROLLER
-    if _CONTROLLER is None:
-        from threadpoolctl import ThreadpoolController
+    from embclust.blocks import threadpool_controller
 
-        _CONTROLLER = ThreadpoolController()
-    return _CONTROLLER
+    return threadpool_controller()
 
 
 def _threads(n_threads: int | None) -> int:
