@@ -121,3 +121,21 @@ def test_per_point_silhouette_equals_scikit_learn_on_the_scored_rows(blobs, samp
     assert scores["silhouette"] == pytest.approx(
         skm.silhouette_score(X, labels, sample_size=sample_size, random_state=11), abs=1e-6
     )
+
+
+@pytest.mark.parametrize("case", ["random", "same", "one_cluster", "noise_and_strings"])
+def test_agreement_scores_from_one_table_are_scikit_learns_bits(case):
+    from embclust.scoring.metrics import agreement_scores
+
+    rng = np.random.default_rng(7)
+    truth = rng.integers(0, 12, 2_000)
+    labels = {"random": rng.integers(0, 20, 2_000), "same": truth.copy(), "one_cluster": np.zeros(2_000, dtype=int),
+              "noise_and_strings": rng.integers(-1, 9, 2_000)}[case]
+    given = truth.astype(str) if case == "noise_and_strings" else truth
+    got = agreement_scores(given, labels)
+    assert got == {
+        "ari": skm.adjusted_rand_score(truth, labels),
+        "nmi": skm.normalized_mutual_info_score(truth, labels),
+        "v_measure": skm.v_measure_score(truth, labels),
+        "purity": purity_score(truth, labels),
+    }

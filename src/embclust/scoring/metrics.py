@@ -305,9 +305,43 @@ def agreement_scores(true_labels: np.ndarray, labels: np.ndarray) -> dict[str, f
         # One hash pass to integer codes (the scores do not depend on how classes are numbered),
         # instead of a sort of every row's string in each of the four scores.
         true_labels = pd.factorize(true_labels)[0]
-    return {
-        "ari": float(skm.adjusted_rand_score(true_labels, labels)),
-        "nmi": float(skm.normalized_mutual_info_score(true_labels, labels)),
-        "v_measure": float(skm.v_measure_score(true_labels, labels)),
-        "purity": purity_score(true_labels, labels),
-    }
+    return _agreement_from_contingency(contingency_matrix(true_labels, labels, sparse=True, dtype=np.int64))
+
+
+def _agreement_from_contingency(table) -> dict[str, float]:
+    """ARI, NMI (arithmetic mean), V-measure and purity from one contingency table, by
+    scikit-learn's formulas (``adjusted_rand_score``, ``normalized_mutual_info_score``,
+    ``v_measure_score``): each of those builds the table again (two sorts of every row's
+    labels, 0.9 s of a 25-cell sweep of 42,000 rows)."""
+    n = np.int64(table.sum())
+    n_true, n_pred = np.ravel(table.sum(axis=1)), np.ravel(table.sum(axis=0))
+    # ARI from the pair confusion matrix, as adjusted_rand_score
+    sum_squares = (table.data.astype(np.int64) ** 2).sum()
+    tp = int(sum_squares - n)
+    fp = int(table.dot(n_pred).sum() - sum_squares)
+    fn = int(table.transpose().dot(n_true).sum() - sum_squares)
+    tn = int(n**2 - fp - fn - sum_squares)
+    ari = 1.0 if fn == 0 and fp == 0 else 2.0 * (tp * tn - fn * fp) / ((tp + fn) * (fn + tn) + (tp + fp) * (fp + tn))
+    mi = skm.mutual_info_score(None, None, contingency=table)
+    h_true, h_pred = _entropy_of_counts(n_true), _entropy_of_counts(n_pred)
+    if n_true.size == n_pred.size == 1 or n_true.size == n_pred.size == 0:
+        nmi = 1.0
+    else:
+        nmi = 0.0 if mi == 0 else float(mi / np.mean([h_true, h_pred]))
+    homogeneity = mi / h_true if h_true else 1.0
+    completeness = mi / h_pred if h_pred else 1.0
+    v_measure = 0.0 if homogeneity + completeness == 0.0 else 2 * homogeneity * completeness / (homogeneity + completeness)
+    return {"ari": float(ari), "nmi": float(nmi), "v_measure": float(v_measure),
+            "purity": float(table.max(axis=0).sum() / n)}
+
+
+def _entropy_of_counts(counts: np.ndarray) -> float:
+    """scikit-learn's ``_entropy`` of a labelling, from its class counts."""
+    import math
+
+    pi = counts.astype(np.float64)
+    pi = pi[pi > 0]
+    if pi.size <= 1:
+        return 1.0 if pi.size == 0 else 0.0
+    pi_sum = np.sum(pi)
+    return float(-np.sum((pi / pi_sum) * (np.log(pi) - math.log(pi_sum))))
