@@ -138,13 +138,12 @@ def test_auto_restarts_on_a_sample_and_labels_every_row_by_its_nearest_centre(em
 
 
 @pytest.mark.parametrize("where", ["in-memory", "passes"])
-def test_auto_gives_the_same_labels_and_inertia_on_one_or_two_threads(embeddings_large, where, tmp_path):
+def test_auto_gives_the_same_labels_and_inertia_on_one_or_two_threads(embeddings_large, where, monkeypatch):
     from threadpoolctl import threadpool_limits
 
     X = embeddings_large
-    if where == "passes":  # a memory-mapped file is refined by passes over row blocks
-        np.save(tmp_path / "x.npy", X)
-        X = np.load(tmp_path / "x.npy", mmap_mode="r")
+    if where == "passes":  # data above the in-memory bound is refined by passes over row blocks
+        monkeypatch.setattr(kmeans, "IN_MEMORY_MAX_WORK", 0)
     fits = []
     for threads in (1, 2):
         with threadpool_limits(limits=threads):
@@ -193,6 +192,16 @@ def test_auto_same_seed_same_fit_other_seed_other_sample(embeddings_large):
     np.testing.assert_array_equal(rows, kmeans.sample_rows(12_000, 2_000, 4))
     assert not np.array_equal(rows, kmeans.sample_rows(12_000, 2_000, 5))
     assert kmeans.sample_rows(2_000, 2_000, 4) is None  # no smaller than the data: every row
+
+
+def test_the_rows_in_a_memory_map_or_an_array_give_the_same_fit(embeddings_large, tmp_path):
+    # A sweep cell reads its cached rows memory-mapped; the same run alone holds an array.
+    np.save(tmp_path / "x.npy", embeddings_large)
+    mapped = np.load(tmp_path / "x.npy", mmap_mode="r")
+    a, b = (fit(KMeans(12, n_init=3, random_state=1), X, sample=SMALL_SAMPLE) for X in (embeddings_large, mapped))
+    assert a.refinement == b.refinement == "in-memory" and a.restarts == b.restarts
+    np.testing.assert_array_equal(a.labels, b.labels)
+    assert a.estimator.inertia_ == b.estimator.inertia_
 
 
 def test_in_memory_refinement_is_scikit_learns_lloyd_from_each_candidate_keeping_the_lower(embeddings_large):

@@ -197,8 +197,12 @@ IN_MEMORY, PASSES = "in-memory", "passes"
 IN_MEMORY_CANDIDATES = 2
 IN_MEMORY_RESTARTS_PER_INIT, PASSES_RESTARTS_PER_INIT = 2, 3
 # In-memory refinement where one Lloyd iteration is at most this many row-centre products (rows
-# x k x columns; about 0.05 s on one core): 42,000 x 768 at k = 50 is 1.6e9.
+# x k x columns; about 0.05 s on one core; 42,000 x 768 at k = 50 is 1.6e9) and the data at most
+# this many values (1 GB of float32: the copy a non-contiguous matrix needs is bounded). Both
+# depend only on the data's shape and k, never on how the rows are held (an array, a memory map),
+# so a sweep cell and the same run alone take the same path and give the same labels.
 IN_MEMORY_MAX_WORK = 2e9
+IN_MEMORY_MAX_VALUES = 2.5e8
 # Rows per centre k-means++ seeds from when the restart budget is reached (large k).
 SEED_ROWS_PER_CLUSTER = 32
 
@@ -285,9 +289,11 @@ def _fit_on_sample(clusterer: KMeans, X: np.ndarray, sample: SampleSettings, pas
 
 
 def _refines_in_memory(X, k: int, passes) -> bool:
-    """Whether auto refines ``X`` in memory with scikit-learn's Lloyd loop (see IN_MEMORY)."""
-    return (passes is None and isinstance(X, np.ndarray) and not isinstance(X, np.memmap) and X.ndim == 2
-            and float(X.shape[0]) * k * X.shape[1] <= IN_MEMORY_MAX_WORK and _private_lloyd_loop() is not None)
+    """Whether auto refines ``X`` in memory with scikit-learn's Lloyd loop (see IN_MEMORY): decided
+    by the config (engine=ray's passes) and the data's shape alone."""
+    values = float(X.shape[0]) * X.shape[1]
+    return (passes is None and isinstance(X, np.ndarray) and X.ndim == 2 and values <= IN_MEMORY_MAX_VALUES
+            and values * k <= IN_MEMORY_MAX_WORK and _private_lloyd_loop() is not None)
 
 
 def _best_distinct(results: list, k: int, n: int) -> list:

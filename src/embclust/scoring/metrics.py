@@ -302,9 +302,9 @@ def agreement_scores(true_labels: np.ndarray, labels: np.ndarray) -> dict[str, f
             log.warning("every true label is unknown (negative): ARI, NMI, V-measure and purity not scored")
             return {}
     else:
-        # One hash pass to integer codes (the scores do not depend on how classes are numbered),
-        # instead of a sort of every row's string in each of the four scores.
-        true_labels = pd.factorize(true_labels)[0]
+        # Integer codes in sorted class order, as scikit-learn numbers classes: the sums of NMI and
+        # V-measure then run in its order and give its bits.
+        true_labels = pd.factorize(true_labels, sort=True)[0]
     return _agreement_from_contingency(contingency_matrix(true_labels, labels, sparse=True, dtype=np.int64))
 
 

@@ -74,8 +74,8 @@ class TriangularDistances:
             return block @ indicator[start:], lower
 
         threads = _openmp_threads() if n_threads is None else max(1, int(n_threads))
-        # A few blocks' products at a time: each holds up to n x k floats.
-        window = 2 * threads
+        # A few blocks' products at a time (each holds up to n x k floats), at most about 256 MB.
+        window = max(1, min(2 * threads, (256 * 2**20) // (4 * self.n * max(1, indicator.shape[1]))))
         for first in range(0, len(self.blocks), window):
             ids = range(first, min(first + window, len(self.blocks)))
             for i, (upper, lower) in zip(ids, map_on_threads(products, ids, threads)):
