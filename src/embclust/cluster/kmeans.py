@@ -5,10 +5,10 @@
 - ``auto`` (the default): the ``n_init`` k-means++ restarts run on a seeded sample of
   ``max(kmeans.sample_per_cluster * k, kmeans.min_sample)`` rows (256 per cluster, at least
   10,000), scikit-learn's own starts and Lloyd loop on the sample, one thread per restart. On
-  data held in memory (rows x k x columns up to ``IN_MEMORY_MAX_WORK``) the two best restarts
-  are each refined by scikit-learn's Lloyd loop on all rows to its convergence rule, one thread
-  each, and the lower inertia is kept; larger data (a memory-mapped file, engine=ray) has its
-  best restart refined by Lloyd passes over row blocks (:mod:`lloyd`) until
+  data up to ``IN_MEMORY_MAX_VALUES`` values and rows x k x columns up to ``IN_MEMORY_MAX_WORK``
+  the two best restarts are each refined by scikit-learn's Lloyd loop on all rows to its
+  convergence rule, one thread each, and the lower inertia is kept; larger data, and engine=ray,
+  has its best restart refined by Lloyd passes over row blocks (:mod:`lloyd`) until
   ``kmeans.refine_tol``. Labels and inertia come from all rows. Data no larger than the sample is
   fitted whole, with no refinement. The result does not depend on the thread count. On the
   42,000 x 768 benchmark's 25 cells (PCA 5..100, k 10..50) and a noisier 42,000 x 384 set of 100
