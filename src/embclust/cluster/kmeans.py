@@ -7,9 +7,9 @@
   10,000), scikit-learn's own starts and Lloyd loop on the sample, one thread per restart. On
   data up to ``IN_MEMORY_MAX_VALUES`` values and rows x k x columns up to ``IN_MEMORY_MAX_WORK``
   the two best restarts are each refined by scikit-learn's Lloyd loop on all rows to its
-  convergence rule, one thread each, and the lower inertia is kept; larger data, and engine=ray,
-  has its best restart refined by Lloyd passes over row blocks (:mod:`lloyd`) until
-  ``kmeans.refine_tol``. Labels and inertia come from all rows. Data no larger than the sample is
+  convergence rule, one thread each, and the lower inertia is kept (with engine=ray such data is
+  gathered to the driver once); larger data has its best restart refined by Lloyd passes over
+  row blocks (:mod:`lloyd`, on the Ray workers with engine=ray) until ``kmeans.refine_tol``. Labels and inertia come from all rows. Data no larger than the sample is
   fitted whole, with no refinement. The result does not depend on the thread count. On the
   42,000 x 768 benchmark's 25 cells (PCA 5..100, k 10..50) and a noisier 42,000 x 384 set of 100
   clusters, three seeds each, the median inertia lands +0.001% and +0.031% from scikit-learn's
@@ -249,7 +249,7 @@ def _fit_on_sample(clusterer: KMeans, X: np.ndarray, sample: SampleSettings, pas
     n_threads = _openmp_threads()
     max_iter, tol = params.get("max_iter", 300), params.get("tol", 1e-4)
     mean = S.mean(axis=0)
-    in_memory = rows is not None and _refines_in_memory(X, k, passes)
+    in_memory = rows is not None and _refines_in_memory(X, k)
     requested = _n_init(clusterer) * (1 if rows is None else sample.per_init(in_memory))
     n_restarts = sample.restarts(requested, S.shape[0], k)
     # k-means++ is k sequential steps over every row it seeds from; above the budget (large k)
@@ -276,10 +276,17 @@ def _fit_on_sample(clusterer: KMeans, X: np.ndarray, sample: SampleSettings, pas
         centers = np.asarray(centers, dtype=dtype) + mean
     else:
         X = X if X.dtype == dtype else np.asarray(X, dtype=dtype)
+        rows_for_passes = X if passes is None or dtype != np.float32 else passes
         if in_memory:
-            refined = _refine_in_memory(X, [np.asarray(b[2], dtype=dtype) + mean for b in best], max_iter, tol, n_threads)
+            # engine=ray: the rows gathered once by a pass (preprocessed by the workers, the bits
+            # of a local run); the final labels and exact inertia by one more pass, the same
+            # function in both engines (workers write the labels dataset there).
+            held = X if isinstance(X, np.ndarray) else np.asarray(X[np.arange(n_rows)], dtype=dtype)
+            refined = _refine_in_memory(held, [np.asarray(b[2], dtype=dtype) + mean for b in best], max_iter, tol, n_threads)
+            del held
+            labels, inertia = lloyd.assign_with_inertia(rows_for_passes, refined.centers, n_threads)
+            refined = lloyd.Refinement(labels, inertia, refined.centers, refined.n_iter)
         else:
-            rows_for_passes = X if passes is None or dtype != np.float32 else passes
             refined = lloyd.refine(rows_for_passes, np.asarray(centers, dtype=dtype) + mean, n_threads, max_iter=max_iter, tol=tol,
                                    inertia_tol=sample.refine_tol)
         labels, inertia, centers, n_iter = refined.labels, refined.inertia, refined.centers, refined.n_iter
@@ -288,12 +295,14 @@ def _fit_on_sample(clusterer: KMeans, X: np.ndarray, sample: SampleSettings, pas
                      None if rows is None else IN_MEMORY if in_memory else PASSES)
 
 
-def _refines_in_memory(X, k: int, passes) -> bool:
+def _refines_in_memory(X, k: int) -> bool:
     """Whether auto refines ``X`` in memory with scikit-learn's Lloyd loop (see IN_MEMORY): decided
-    by the config (engine=ray's passes) and the data's shape alone."""
+    by the data's shape and k alone, so both engines, and an array or a memory map of the same
+    rows, take the same path (engine=ray gathers rows this small to the driver)."""
+    if len(X.shape) != 2:
+        return False
     values = float(X.shape[0]) * X.shape[1]
-    return (passes is None and isinstance(X, np.ndarray) and X.ndim == 2 and values <= IN_MEMORY_MAX_VALUES
-            and values * k <= IN_MEMORY_MAX_WORK and _private_lloyd_loop() is not None)
+    return values <= IN_MEMORY_MAX_VALUES and values * k <= IN_MEMORY_MAX_WORK and _private_lloyd_loop() is not None
 
 
 def _best_distinct(results: list, k: int, n: int) -> list:
