@@ -16,12 +16,6 @@ import numpy as np
 from embclust.scoring.metrics import NOISE, ClusterStats
 
 
-def _openmp_threads() -> int:
-    from sklearn.utils._openmp_helpers import _openmp_effective_n_threads
-
-    return int(_openmp_effective_n_threads())
-
-
 class TriangularDistances:
     """Euclidean distances between the rows of ``X``, float32, stored once per pair.
 
@@ -61,7 +55,7 @@ class TriangularDistances:
         rounds by its thread count; they are added in block order, so the sums are the same
         bits whatever the number of threads a cell's worker got.
         """
-        from embclust.blocks import map_on_threads
+        from embclust.blocks import available_threads, map_on_threads
 
         indicator = np.asarray(indicator, dtype=np.float32)
         out = np.zeros((self.n, indicator.shape[1]), dtype=np.float64)
@@ -73,7 +67,7 @@ class TriangularDistances:
             lower = block[:, stop - start :].T @ indicator[start:stop] if stop < self.n else None
             return block @ indicator[start:], lower
 
-        threads = _openmp_threads() if n_threads is None else max(1, int(n_threads))
+        threads = available_threads() if n_threads is None else max(1, int(n_threads))
         # A few blocks' products at a time (each holds up to n x k floats), at most about 256 MB.
         window = max(1, min(2 * threads, (256 * 2**20) // (4 * self.n * max(1, indicator.shape[1]))))
         for first in range(0, len(self.blocks), window):
