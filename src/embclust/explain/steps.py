@@ -172,11 +172,15 @@ def run_analyses(
                 fig = tables.silhouette_figure(labels[rows[shown]], values[shown], f"Silhouette per sample ({title})")
                 _add_figure(report, "Silhouette diagram", fig, folder, "silhouette", as_file)
 
+    # Each cluster's centroid in the clustered space, one pass over the rows: the profile table
+    # and the centroids file `embclust assign` reads both use it.
+    centroids = tables.cluster_centroids(X, labels) if (labels != -1).any() else None
     if a.profile.enabled:
         with _step(state, "profile"):
             table = tables.profile_table(
                 X, labels, ds.ids, texts, state.mean_silhouette,
                 state.cluster_keywords if state.cluster_keywords else None, n_nearest=int(a.profile.n_nearest),
+                centroids_by_cluster=centroids,
             )
             _save_table(table, folder, "cluster_profile")
             report.add_table("Cluster profiles", table)
@@ -286,9 +290,8 @@ def run_analyses(
     # clustered space (agglomerative and HDBSCAN models keep no centres of their own).
     if ds.feature_names is not None:
         (folder / "feature_names.json").write_text(json.dumps(list(ds.feature_names)))
-    if (labels != -1).any():
-        clusters, centroids = retrieval.cluster_centroids(X, labels)
-        np.savez(folder / "cluster_centroids.npz", cluster=clusters, centroid=centroids)
+    if centroids is not None:
+        np.savez(folder / "cluster_centroids.npz", cluster=centroids[0], centroid=centroids[1].astype(np.float32))
 
     fp = a.get("feature_profile")
     # auto: input columns only (wide embedding tables would be profiled as PCA components, not columns).

@@ -135,10 +135,14 @@ def profile_table(
     mean_silhouette: dict | None = None,
     keywords: dict | None = None,
     n_nearest: int = 10,
+    centroids_by_cluster: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> pd.DataFrame:
     """Per cluster: size, mean silhouette, distance to the nearest other centroid, and the
-    ``n_nearest`` members closest to the centroid (ids, with text when known)."""
-    cluster_ids, centroids = cluster_centroids(X, labels)
+    ``n_nearest`` members closest to the centroid (ids, with text when known).
+
+    ``centroids_by_cluster``: :func:`cluster_centroids` of the same rows and labels, where the
+    caller has it already (it is a pass over every row)."""
+    cluster_ids, centroids = centroids_by_cluster if centroids_by_cluster is not None else cluster_centroids(X, labels)
     rows = []
     if cluster_ids.size > 1:
         sq = (centroids**2).sum(1)
