@@ -7,6 +7,7 @@ import logging
 import numpy as np
 
 from embclust.errors import ConfigError
+from embclust.engine.rows import every_row, is_rows_view
 
 log = logging.getLogger(__name__)
 
@@ -27,9 +28,9 @@ def compute_map(reducer, X: np.ndarray, max_points: int | None = None, seed: int
         coords[:, 0], coords[:, 1] = X[:, 0], 0.0
         return coords
     check_reducer(reducer, n, max_points, X.shape[1])
-    remote = hasattr(X, "map_groups")  # engine=ray: rows read where the passes run
+    remote = is_rows_view(X)  # engine=ray: rows read where the passes run
     if max_points is None or n <= max_points:
-        coords[:] = reducer.fit_transform(X[np.arange(n)] if remote else X)
+        coords[:] = reducer.fit_transform(every_row(X))
         return coords
     rng = np.random.default_rng(seed)
     sample = np.sort(rng.choice(n, size=max_points, replace=False))

@@ -10,6 +10,7 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import Normalizer, StandardScaler
 
 from embclust.errors import ConfigError
+from embclust.engine.rows import every_row
 from embclust.validate import PCA_SOLVERS, named_metrics
 
 log = logging.getLogger(__name__)
@@ -226,8 +227,7 @@ def fit_preprocessing(pipeline: Pipeline, X: np.ndarray, fit_sample_size: int | 
 
     with blocks.one_blas_thread():
         if fit_sample_size is None or X.shape[0] <= fit_sample_size:
-            # engine=ray's view of the rows: every row is the sample, gathered by one pass
-            pipeline.fit(X if isinstance(X, np.ndarray) else X[np.arange(X.shape[0])])
+            pipeline.fit(every_row(X))  # engine=ray's view: every row is the sample, gathered by one pass
         else:
             _fit_on_sample(pipeline, X, int(fit_sample_size), seed)
     return transform_by_blocks(pipeline, X, int(pipeline.transform(np.asarray(X[:1])).shape[1]))

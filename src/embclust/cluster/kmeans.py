@@ -52,6 +52,7 @@ from sklearn.cluster import KMeans
 
 from embclust import blocks
 from embclust.cluster import kmeans_plusplus, lloyd
+from embclust.engine.rows import every_row, is_rows_view
 from embclust.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -239,11 +240,7 @@ def _fit_on_sample(clusterer: KMeans, X: np.ndarray, sample: SampleSettings, pas
         return KMeansFit("scikit-learn")
     random_state = check_random_state(params.get("random_state"))
     rows = sample_rows(n_rows, sample.size(k), params.get("random_state"))
-    if rows is None and not isinstance(X, np.ndarray):  # engine=ray's rows, all of them the sample
-        rows_all = np.arange(n_rows)
-        S = np.asarray(X[rows_all], dtype=dtype, order="C")
-    else:
-        S = np.asarray(X if rows is None else X[rows], dtype=dtype, order="C")
+    S = np.asarray(every_row(X) if rows is None else X[rows], dtype=dtype, order="C")
     if not np.isfinite(S).all():
         clusterer.fit(X)
         return KMeansFit("scikit-learn")
@@ -282,7 +279,7 @@ def _fit_on_sample(clusterer: KMeans, X: np.ndarray, sample: SampleSettings, pas
             # engine=ray: the rows gathered once by a pass (preprocessed by the workers, the bits
             # of a local run); the final labels and exact inertia by one more pass, the same
             # function in both engines (workers write the labels dataset there).
-            held = X if isinstance(X, np.ndarray) else np.asarray(X[np.arange(n_rows)], dtype=dtype)
+            held = every_row(X, dtype)
             refined = _refine_in_memory(held, [np.asarray(b[2], dtype=dtype) + mean for b in best], max_iter, tol, n_threads)
             del held
             labels, inertia = lloyd.assign_with_inertia(rows_for_passes, refined.centers, n_threads)
@@ -382,7 +379,7 @@ def _seeding_unsupported(clusterer: KMeans, X) -> str | None:
         return f"init={params.get('init')!r} is not k-means++: embclust's seeding does not apply"
     if params.get("algorithm", "lloyd") != "lloyd":
         return f"algorithm={params['algorithm']!r}: embclust's seeding is followed by Lloyd only"
-    if not isinstance(X, np.ndarray) and not hasattr(X, "map_groups"):  # a dense array, or engine=ray's rows
+    if not isinstance(X, np.ndarray) and not is_rows_view(X):  # a dense array, or engine=ray's rows
         return "the data is not a dense array: embclust's seeding does not apply"
     return None
 

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from embclust.blocks import BLOCK_ROWS, PROGRESS_ROWS, map_groups
+from embclust.engine.rows import is_rows_view
 
 log = logging.getLogger(__name__)
 
@@ -248,7 +249,7 @@ def refine(
         centers, labels_before = new_centers, result.labels
         if shift <= absolute_tol:
             break
-    if getattr(X, "map_groups", None) is not None:  # rows on Ray workers: the same labels, recomputed there
+    if is_rows_view(X):  # rows on Ray workers: the same labels, recomputed there
         labels, total = assign_with_inertia(X, centers, n_threads, block_rows)
         return Refinement(labels, total, centers, n_iter)
     if not converged_strictly:

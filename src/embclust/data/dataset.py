@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from embclust.errors import ConfigError, DataError
+from embclust.engine.rows import is_rows_view
 
 log = logging.getLogger(__name__)
 
@@ -162,7 +163,7 @@ def validate_dataset(ds: Dataset, on_invalid: str = "error", assigning: bool = F
         if on_invalid == "error":
             fix = "clean those rows before assigning them" if assigning else "clean the data or set dataset.on_invalid=drop"
             raise DataError(f"dataset '{ds.name}' has {where}; {fix}")
-        if getattr(X, "source", None) is not None and not isinstance(X, np.ndarray):
+        if is_rows_view(X):
             raise DataError(f"dataset '{ds.name}' has {where}; engine=ray clusters every row of the files: clean the "
                             "data, or drop those rows with engine=local")
         log.warning("dataset '%s': dropping %s", ds.name, where)

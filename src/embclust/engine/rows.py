@@ -191,6 +191,20 @@ class TransformedRows(RowSource):
         return out
 
 
+def is_rows_view(X) -> bool:
+    """Whether ``X`` is a view of rows read by passes (:class:`RowsView`, engine=ray's rows), not a
+    matrix held in this process: anything with ``map_groups`` (see :func:`embclust.blocks.map_groups`)."""
+    return getattr(X, "map_groups", None) is not None
+
+
+def every_row(X, dtype=None) -> np.ndarray:
+    """``X`` as a matrix in this process: an array as it is (cast to ``dtype`` if given); a view's
+    every row gathered by one pass, so with engine=ray the rows move to the driver (callers bound
+    the size first)."""
+    rows = X[np.arange(X.shape[0])] if is_rows_view(X) else X
+    return rows if dtype is None else np.asarray(rows, dtype=dtype)
+
+
 class RowsView:
     """The rows of a :class:`RowSource` as the driver sees them when a cluster runs the passes
     (engine=ray): a shape, and the rows the run asks for, never the whole matrix held here.
