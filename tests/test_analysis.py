@@ -34,6 +34,15 @@ def test_silhouette_table_matches_scikit_learn():
     )
 
 
+def test_silhouette_by_sample_has_no_value_when_every_sampled_point_is_its_own_cluster():
+    # k close to n with a silhouette sample: the sample holds only singletons, which silhouette
+    # does not define (scoring skips it too); the analysis must not fail on it.
+    X = np.random.default_rng(0).normal(size=(300, 4))
+    labels = np.arange(300) % 290
+    rows, values = analysis.silhouette_by_sample(X, labels, sample_size=20, seed=1)
+    assert rows.size == 20 and np.unique(labels[rows]).size == 20 and np.isnan(values).all()
+
+
 def test_profile_lists_members_nearest_the_centroid():
     X = np.array([[0.0, 0], [1, 0], [0.1, 0], [10, 10], [11, 10], [10.1, 10]])
     labels = np.array([0, 0, 0, 1, 1, 1])

@@ -65,7 +65,7 @@ def silhouette_by_sample(
     """Per-sample silhouette on a seeded sample of non-noise points: (sample rows, values)."""
     clustered = np.flatnonzero(labels != NOISE)
     rows = clustered[seeded_sample(clustered.size, sample_size, seed)]
-    if np.unique(labels[rows]).size < 2:
+    if not 2 <= np.unique(labels[rows]).size < rows.size:  # silhouette needs 2 .. n - 1 clusters
         return rows, np.full(rows.size, np.nan)
     return rows, silhouette_samples(X[rows], labels[rows])
 
