@@ -16,6 +16,7 @@ from embclust.cluster import (
     kmeans,
     supports_predict,
 )
+from embclust.cluster import lloyd
 from embclust.data import make_synthetic
 from embclust.errors import ConfigError
 from embclust.preprocess import build_preprocessing, fit_preprocessing
@@ -154,6 +155,47 @@ def test_auto_gives_the_same_labels_and_inertia_on_one_or_two_threads(embeddings
     np.testing.assert_array_equal(fits[0].labels, fits[1].labels)
     assert one.inertia_ == two.inertia_ and one.n_iter_ == two.n_iter_
     np.testing.assert_array_equal(one.cluster_centers_, two.cluster_centers_)
+
+
+@pytest.mark.parametrize("where", ["in-memory", "passes"])
+def test_auto_is_not_thrown_off_by_a_large_common_offset(embeddings_large, where, monkeypatch):
+    # Raw features far from the origin (around 1e4): in float32, |c|^2 / 2 - x.c on uncentred rows
+    # would put rows on the wrong centre (inertia +800%); the fit centres as scikit-learn does.
+    if where == "passes":
+        monkeypatch.setattr(kmeans, "IN_MEMORY_MAX_WORK", 0)
+    X = embeddings_large
+    base = fit(KMeans(12, n_init=4, random_state=1), X, sample=SMALL_SAMPLE)
+    moved = fit(KMeans(12, n_init=4, random_state=1), X + np.float32(1e4), sample=SMALL_SAMPLE)
+    assert moved.refinement == where
+    reference = KMeans(12, n_init=4, random_state=1).fit(X + np.float32(1e4)).inertia_
+    assert moved.estimator.inertia_ <= reference * 1.005
+    assert abs(moved.estimator.inertia_ / base.estimator.inertia_ - 1) < 1e-3
+    assert (moved.labels == base.labels).mean() > 0.99
+
+
+def test_lloyd_passes_give_an_empty_cluster_a_far_row_as_scikit_learn_does():
+    # A start from a sample that missed a group holds two centres on one group: one of them
+    # ends empty, and moves to the rows the sample never saw.
+    rng = np.random.default_rng(0)
+    groups = (rng.normal(size=(3, 8)) * 10).astype(np.float32)
+    X = groups[np.repeat([0, 1, 2], [2_000, 2_000, 30])] + rng.normal(scale=0.1, size=(4_030, 8)).astype(np.float32)
+    start = groups[[0, 0, 1]]
+    for threads in (1, 2):
+        r = lloyd.refine(X, start, n_threads=threads, block_rows=500)
+        assert np.unique(r.labels).size == 3
+        np.testing.assert_array_equal(np.sort(np.bincount(r.labels)), [30, 2_000, 2_000])
+        sk = KMeans(3, init=start, n_init=1).fit(X)
+        assert r.inertia == pytest.approx(sk.inertia_, rel=1e-4)
+    assert list(lloyd.farthest_rows(X, groups[[0, 1]], 3, n_threads=2, block_rows=500)) == list(
+        4_000 + np.argsort(-((X[4_000:, None] - groups[[0, 1]]) ** 2).sum(-1).min(1), kind="stable")[:3])
+
+
+def test_auto_refuses_a_nan_outside_its_sample(embeddings_large):
+    X = embeddings_large.copy()
+    sampled = kmeans.sample_rows(X.shape[0], SMALL_SAMPLE.size(12), 1)
+    X[np.setdiff1d(np.arange(X.shape[0]), sampled)[0], 3] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        fit(KMeans(12, n_init=2, random_state=1), X, sample=SMALL_SAMPLE)
 
 
 def test_a_restart_budget_runs_fewer_restarts_each_on_every_thread_with_the_same_result(embeddings_large):

@@ -279,15 +279,23 @@ def _fit_on_sample(clusterer: KMeans, X: np.ndarray, sample: SampleSettings, pas
             # engine=ray: the rows gathered once by a pass (preprocessed by the workers, the bits
             # of a local run); the final labels and exact inertia by one more pass, the same
             # function in both engines (workers write the labels dataset there).
+            # The rows are centred by the sample's mean, as scikit-learn centres them before its
+            # loop (a large common offset would swamp the distances in float32); the candidates
+            # are in those coordinates already.
             held = every_row(X, dtype)
-            refined = _refine_in_memory(held, [np.asarray(b[2], dtype=dtype) + mean for b in best], max_iter, tol, n_threads)
+            centred = np.subtract(held, mean, out=held) if is_rows_view(X) else held - mean  # gathered: in place
             del held
-            labels, inertia = lloyd.assign_with_inertia(rows_for_passes, refined.centers, n_threads)
-            refined = lloyd.Refinement(labels, inertia, refined.centers, refined.n_iter)
+            refined = _refine_in_memory(centred, [np.asarray(b[2], dtype=dtype) for b in best], max_iter, tol, n_threads)
+            del centred
+            centers = (refined.centers + mean).astype(dtype)
+            labels, inertia = lloyd.assign_with_inertia(rows_for_passes, centers, n_threads)
+            refined = lloyd.Refinement(labels, inertia, centers, refined.n_iter)
         else:
             refined = lloyd.refine(rows_for_passes, np.asarray(centers, dtype=dtype) + mean, n_threads, max_iter=max_iter, tol=tol,
                                    inertia_tol=sample.refine_tol)
         labels, inertia, centers, n_iter = refined.labels, refined.inertia, refined.centers, refined.n_iter
+        if not np.isfinite(inertia):  # the sample was finite, some other row is not
+            raise ValueError("Input X contains NaN or infinity outside the k-means sample: KMeans needs finite values")
     _set_fitted(clusterer, labels, inertia, centers, n_iter, X.shape[1], _n_init(clusterer), dtype)
     return KMeansFit(SAMPLE_IMPLEMENTATION, None if rows is None else int(rows.size), n_restarts,
                      None if rows is None else IN_MEMORY if in_memory else PASSES)

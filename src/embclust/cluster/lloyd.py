@@ -31,36 +31,53 @@ from embclust.engine.rows import is_rows_view
 log = logging.getLogger(__name__)
 
 
-def assign_block(X_block: np.ndarray, centers: np.ndarray, half_sq_norms: np.ndarray) -> np.ndarray:
-    """Index of the nearest centre of each row (int32): argmin of |c|^2 / 2 - x.c."""
-    return _nearest(X_block, centers, half_sq_norms)[0]
+class Centres:
+    """Centres prepared for nearest-centre search in the rows' dtype: rows and centres are first
+    moved by the centres' mean, as scikit-learn centres the data before its Lloyd loop. Without it
+    a large common offset (raw features around 1e4, say) swamps ``|c|^2 / 2 - x.c`` in float32
+    and rows land on the wrong centre. Picklable: shipped to Ray workers."""
+
+    def __init__(self, centers: np.ndarray, dtype=np.float32):
+        centers = np.asarray(centers)
+        self.dtype = np.dtype(dtype)
+        self.shift = centers.astype(np.float64).mean(axis=0).astype(self.dtype)
+        self.centred = np.ascontiguousarray(centers.astype(self.dtype) - self.shift)
+        self.half = (0.5 * np.einsum("ij,ij->i", self.centred, self.centred, dtype=np.float64)).astype(self.dtype)
+
+    def move(self, X_block: np.ndarray) -> np.ndarray:
+        """The rows less the shift, C-ordered (so a block's layout does not change a bit)."""
+        moved = np.empty(X_block.shape, dtype=self.dtype)
+        np.subtract(X_block, self.shift, out=moved, casting="unsafe")
+        return moved
+
+    def nearest_distances(self, X_block: np.ndarray, moved: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Nearest centre of each row (int32), and each row's squared distance to it (float64, the
+        expanded form |x|^2 - 2 x.c + |c|^2: for a stopping rule or a choice of far rows, not the
+        reported inertia). ``moved``: :meth:`move` of the block, where the caller has it."""
+        moved = self.move(X_block) if moved is None else moved
+        scores = moved @ self.centred.T
+        np.subtract(self.half, scores, out=scores)
+        labels = scores.argmin(axis=1)
+        best = np.take_along_axis(scores, labels[:, None], axis=1)[:, 0]
+        sq = np.einsum("ij,ij->i", moved, moved, dtype=np.float64)
+        return labels.astype(np.int32), np.maximum(sq + 2.0 * best, 0.0)
+
+    def nearest(self, X_block: np.ndarray) -> tuple[np.ndarray, float]:
+        """Nearest centre of each row (int32), and the block's summed squared distance to it."""
+        labels, distances = self.nearest_distances(X_block)
+        return labels, float(distances.sum())
+
+    def assign(self, X_block: np.ndarray) -> np.ndarray:
+        """Index of the nearest centre of each row (int32)."""
+        return self.nearest(X_block)[0]
 
 
-class NearestCentre:
+class NearestCentre(Centres):
     """A block's labels from fitted centres (picklable: shipped to Ray workers instead of labels),
     as :func:`assign_with_inertia` gave them: the same centres in the rows' dtype, the same bits."""
 
-    def __init__(self, centers: np.ndarray):
-        self.centers = np.ascontiguousarray(centers, dtype=np.float32)
-        self.half = _half_sq_norms(self.centers)
-
     def __call__(self, X_block: np.ndarray) -> np.ndarray:
-        return assign_block(X_block, self.centers, self.half)
-
-
-def _nearest(X_block: np.ndarray, centers: np.ndarray, half_sq_norms: np.ndarray) -> tuple[np.ndarray, float]:
-    """Nearest centre of each row, and the block's summed squared distance to it (float64 sum of
-    the expanded form |x|^2 - 2 x.c + |c|^2: for a stopping rule, not the reported inertia)."""
-    scores = X_block @ centers.T
-    np.subtract(half_sq_norms, scores, out=scores)
-    labels = scores.argmin(axis=1)
-    best = np.take_along_axis(scores, labels[:, None], axis=1)[:, 0]
-    sq = np.einsum("ij,ij->i", X_block, X_block, dtype=np.float64)
-    return labels.astype(np.int32), float(np.maximum(sq + 2.0 * best, 0.0).sum())
-
-
-def _half_sq_norms(centers: np.ndarray) -> np.ndarray:
-    return (0.5 * np.einsum("ij,ij->i", centers, centers, dtype=np.float64)).astype(centers.dtype)
+        return self.assign(X_block)
 
 
 def _block_sums(X_block: np.ndarray, labels: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -103,12 +120,18 @@ def lloyd_pass(X, centers: np.ndarray, n_threads: int, block_rows: int = BLOCK_R
     (here, or on Ray workers when ``X`` is a remote row set); sums added per group of blocks,
     then the groups in order, so both give the same result whatever the threads."""
     k, d = centers.shape[0], X.shape[1]
-    centers = np.ascontiguousarray(centers, dtype=X.dtype)
-    half = _half_sq_norms(centers)
+    prepared = Centres(centers, X.dtype)
+
+    shift = prepared.shift.astype(np.float64)
 
     def one(rows: slice, X_block: np.ndarray):
-        labels, distance = _nearest(X_block, centers, half)
-        return (labels, *_block_sums(X_block, labels, k), distance)
+        # Sums of the moved rows (small numbers: a float32 sum of raw rows near 1e4 would lose
+        # the centre's digits), moved back in float64.
+        moved = prepared.move(X_block)
+        labels, distances = prepared.nearest_distances(X_block, moved)
+        sums, counts = _block_sums(moved, labels, k)
+        sums += counts[:, None] * shift
+        return labels, sums, counts, float(distances.sum())
 
     def fold(parts):
         labels: list = []
@@ -120,11 +143,49 @@ def lloyd_pass(X, centers: np.ndarray, n_threads: int, block_rows: int = BLOCK_R
     return PassResult(np.concatenate([g[0] for g in groups]), sums, counts, total)
 
 
+def farthest_rows(X, centers: np.ndarray, m: int, n_threads: int, block_rows: int = BLOCK_ROWS) -> np.ndarray:
+    """The ``m`` rows farthest from their nearest centre, farthest first (the lower row number
+    first on ties), found in one pass: each block keeps its own ``m`` farthest."""
+    prepared = Centres(centers, X.dtype)
+
+    def keep(distances: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        order = np.lexsort((rows, -distances))[:m]
+        return distances[order], rows[order]
+
+    def one(rows: slice, X_block: np.ndarray):
+        return keep(prepared.nearest_distances(X_block)[1], np.arange(rows.start, rows.start + X_block.shape[0]))
+
+    def fold(parts):
+        parts = list(parts)
+        return keep(np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]))
+
+    groups = map_groups(X, one, fold, n_threads, block_rows, progress="kmeans: rows far from their centre")
+    return fold(groups)[1]
+
+
+def _relocate_empty(X, centers: np.ndarray, result: PassResult, n_threads: int, block_rows: int) -> tuple[np.ndarray, np.ndarray]:
+    """scikit-learn's repair of empty clusters: each takes one of the rows farthest from their
+    centre, which leaves its own cluster. Returns the pass's sums and counts so changed."""
+    empty = np.flatnonzero(result.counts == 0)
+    rows = farthest_rows(X, centers, empty.size, n_threads, block_rows)
+    order = np.argsort(rows)
+    points = np.empty((rows.size, X.shape[1]), dtype=np.float64)
+    points[order] = np.asarray(X[rows[order]], dtype=np.float64)  # a few rows (read here with engine=ray)
+    sums, counts = result.sums.copy(), result.counts.copy()
+    for cluster, row, point in zip(empty, rows, points):
+        old = result.labels[row]
+        sums[old] -= point
+        counts[old] -= 1
+        sums[cluster] = point
+        counts[cluster] = 1
+    log.debug("kmeans: %d empty clusters moved to the rows farthest from their centres", empty.size)
+    return sums, counts
+
+
 def assign(X, centers: np.ndarray, n_threads: int, block_rows: int = BLOCK_ROWS) -> np.ndarray:
     """Nearest-centre label (int32) of every row, block by block."""
-    centers = np.ascontiguousarray(centers, dtype=X.dtype)
-    half = _half_sq_norms(centers)
-    groups = map_groups(X, lambda rows, X_block: assign_block(X_block, centers, half), lambda parts: np.concatenate(list(parts)),
+    prepared = Centres(centers, X.dtype)
+    groups = map_groups(X, lambda rows, X_block: prepared.assign(X_block), lambda parts: np.concatenate(list(parts)),
                         n_threads, block_rows, progress="kmeans: rows assigned")
     return np.concatenate(groups)
 
@@ -141,7 +202,7 @@ def inertia(X, labels: np.ndarray, centers: np.ndarray, n_threads: int, block_ro
     centers64 = np.asarray(centers, dtype=np.float64)
 
     def one(rows: slice, X_block: np.ndarray) -> float:
-        diff = np.asarray(X_block, dtype=np.float64) - centers64[labels[rows]]
+        diff = np.asarray(X_block, dtype=np.float64, order="C") - centers64[labels[rows]]
         return float(np.einsum("ij,ij->", diff, diff))
 
     return _sum_in_order(map_groups(X, one, _sum_in_order, n_threads, block_rows, progress="kmeans: inertia, rows"))
@@ -153,14 +214,13 @@ def assign_with_inertia(X, centers: np.ndarray, n_threads: int, block_rows: int 
 
     Where ``X`` has a ``labels_sink`` (:class:`embclust.engine.labels.LabelsSink`), each group's
     task also writes that group's ids, labels and distances to their centre there."""
-    centers_x = np.ascontiguousarray(centers, dtype=X.dtype)
-    half = _half_sq_norms(centers_x)
+    prepared = Centres(centers, X.dtype)
     centers64 = np.asarray(centers, dtype=np.float64)
     sink = getattr(X, "labels_sink", None)
 
     def one(rows: slice, X_block: np.ndarray):
-        labels = assign_block(X_block, centers_x, half)
-        diff = np.asarray(X_block, dtype=np.float64) - centers64[labels]
+        labels = prepared.assign(X_block)
+        diff = np.asarray(X_block, dtype=np.float64, order="C") - centers64[labels]
         distances = None if sink is None else np.sqrt(np.einsum("ij,ij->i", diff, diff)).astype(np.float32)
         return labels, float(np.einsum("ij,ij->", diff, diff)), rows.start, distances
 
@@ -191,10 +251,10 @@ def mean_variance(X, n_threads: int, block_rows: int = BLOCK_ROWS) -> float:
             total += part
         return total
 
-    mean = add(map_groups(X, lambda rows, B: np.asarray(B, dtype=np.float64).sum(axis=0), add, n_threads, block_rows)) / n
+    mean = add(map_groups(X, lambda rows, B: np.asarray(B, dtype=np.float64, order="C").sum(axis=0), add, n_threads, block_rows)) / n
 
     def one(rows: slice, X_block: np.ndarray) -> np.ndarray:
-        diff = np.asarray(X_block, dtype=np.float64) - mean
+        diff = np.asarray(X_block, dtype=np.float64, order="C") - mean
         return np.einsum("ij,ij->j", diff, diff)
 
     return float(np.mean(add(map_groups(X, one, add, n_threads, block_rows)) / n))
@@ -217,7 +277,8 @@ def refine(
     """Lloyd's iterations from ``centers`` over all rows of ``X``, to scikit-learn's convergence rule.
 
     With ``inertia_tol``, also stop once a pass lowers the inertia by less than that fraction of
-    it. A cluster left empty keeps its previous centre.
+    it. A cluster left empty takes a row far from its centre, as in scikit-learn's loop (a start
+    from a sample can hold two centres where the sample missed a group of rows).
     """
     absolute_tol = mean_variance(X, n_threads, block_rows) * tol
     centers = np.array(centers, dtype=X.dtype, order="C")
@@ -231,16 +292,19 @@ def refine(
         if X.shape[0] >= PROGRESS_ROWS:
             log.info("kmeans: refinement pass %d over %d rows done, inertia %.6g (%.0f s)",
                      n_iter, X.shape[0], result.inertia, time.perf_counter() - started)
-        if inertia_tol is not None and inertia_before is not None and inertia_before - result.inertia <= inertia_tol * result.inertia:
+        relocated = bool((result.counts == 0).any())
+        if (inertia_tol is not None and inertia_before is not None and not relocated
+                and inertia_before - result.inertia <= inertia_tol * result.inertia):
             # The last update gained less than inertia_tol: keep the centres this pass assigned
             # to, whose labels it holds, rather than pay one more pass for the next update's.
             converged_strictly, labels = True, result.labels
             break
         inertia_before = result.inertia
-        filled = result.counts > 0
+        sums, counts = _relocate_empty(X, centers, result, n_threads, block_rows) if relocated else (result.sums, result.counts)
+        filled = counts > 0
         new_centers = centers.copy()
-        new_centers[filled] = (result.sums[filled] / result.counts[filled, None]).astype(X.dtype)
-        if labels_before is not None and np.array_equal(result.labels, labels_before):
+        new_centers[filled] = (sums[filled] / counts[filled, None]).astype(X.dtype)
+        if not relocated and labels_before is not None and np.array_equal(result.labels, labels_before):
             converged_strictly = True  # the labels are those of the centres just computed from them
             labels = result.labels
             centers = new_centers
