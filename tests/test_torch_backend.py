@@ -34,6 +34,16 @@ def test_scores_equal_scikit_learn(blobs):
     )
 
 
+def test_davies_bouldin_equals_scikit_learn_with_many_clusters():
+    # Above 25 centroids torch.cdist takes its matrix-product path, where a centroid's distance
+    # to itself is not exactly 0.
+    X, _ = make_blobs(n_samples=2_000, centers=40, n_features=16, random_state=1)
+    labels = KMeans(40, n_init=1, random_state=0).fit_predict(X)
+    assert tb.davies_bouldin(X.astype(np.float32), labels, device="cpu") == pytest.approx(
+        skm.davies_bouldin_score(X.astype(np.float32).astype(np.float64), labels), rel=1e-5
+    )
+
+
 def test_sampled_silhouette_uses_scikit_learns_sample(blobs):
     X, _, labels = blobs
     got = tb.silhouette(X, labels, sample_size=400, seed=9, device="cpu")
@@ -86,6 +96,20 @@ def test_score_clustering_matches_cpu_path(blobs):
     assert gpu.keys() == cpu.keys()
     for key in cpu:
         assert gpu[key] == pytest.approx(cpu[key], rel=1e-5), key
+
+
+def test_a_silhouette_sample_missing_a_cluster_skips_only_the_silhouette_on_both_backends():
+    from embclust.scoring.metrics import score_clustering
+
+    rng = np.random.default_rng(0)
+    X = np.vstack([rng.normal(0, 1, (595, 4)), rng.normal(9, 1, (5, 4))]).astype(np.float32)
+    labels = np.repeat([0, 1], [595, 5])
+    rows = np.arange(20)  # the sample holds only cluster 0
+    for scorer in (score_clustering, tb.score_clustering):
+        scores = scorer(X, labels, sample_rows=rows)
+        assert "silhouette" not in scores
+        assert scores["calinski_harabasz"] == pytest.approx(skm.calinski_harabasz_score(X.astype(np.float64), labels), rel=1e-6)
+        assert scores["davies_bouldin"] == pytest.approx(skm.davies_bouldin_score(X.astype(np.float64), labels), rel=1e-6)
 
 
 def test_per_point_silhouette_matches_cpu_path(blobs):

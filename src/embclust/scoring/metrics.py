@@ -268,10 +268,17 @@ def score_clustering(
     if sample_rows is None:
         sample_rows = sample_rows_for(labels.size, silhouette_sample_size, seed)
     rows = sample_rows[clustered[sample_rows]]
-    if 2 <= scores["n_clusters"] < n and 2 <= np.unique(labels[rows]).size < rows.size:
-        per_point = silhouette_values(X, labels, rows, None, seed)
-        scores["silhouette"] = float(np.mean(per_point[1]))
-        scores["silhouette_sample_size"] = float(rows.size)
+    if 2 <= scores["n_clusters"] < n:
+        in_sample = np.unique(labels[rows]).size
+        if 2 <= in_sample < rows.size:
+            per_point = silhouette_values(X, labels, rows, None, seed)
+            scores["silhouette"] = float(np.mean(per_point[1]))
+            scores["silhouette_sample_size"] = float(rows.size)
+        else:  # CH and DB below still use every clustered row
+            log.warning(
+                "the silhouette sample holds %d cluster(s) among its %d clustered points: silhouette needs "
+                "2..n-1 there; not scored (raise metrics.silhouette_sample_size)", in_sample, rows.size,
+            )
         stats = ClusterStats(X, labels, ignore_noise=True, passes=passes, block_labels=block_labels)
         scores["calinski_harabasz"] = stats.calinski_harabasz()
         scores["davies_bouldin"] = stats.davies_bouldin()

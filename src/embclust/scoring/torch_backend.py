@@ -326,6 +326,7 @@ def davies_bouldin(X, labels, device: str | None = None, chunk_rows: int = 65_53
     counts, centroids, _, _, dist = _cluster_stats(X, labels, device or default_device(), chunk_rows)
     intra = dist / counts
     cd = torch.cdist(centroids, centroids)
+    cd.fill_diagonal_(0.0)  # above 25 rows cdist multiplies matrices: a centre's distance to itself is not exactly 0
     if bool(torch.allclose(intra, torch.zeros_like(intra))) or bool(torch.allclose(cd, torch.zeros_like(cd))):
         return 0.0
     cd[cd == 0] = math.inf
@@ -355,10 +356,17 @@ def score_clustering(
         if sample_rows is None:
             sample_rows = metrics.sample_rows_for(labels.size, silhouette_sample_size, seed)
         rows = sample_rows[clustered[sample_rows]]
-        _, values = silhouette(np.asarray(X[rows]), labels[rows], None, seed, device=device, return_values=True)
-        per_point = (rows, values)
-        scores["silhouette"] = float(values.mean())
-        scores["silhouette_sample_size"] = float(rows.size)
+        in_sample = np.unique(labels[rows]).size
+        if 2 <= in_sample < rows.size:
+            _, values = silhouette(np.asarray(X[rows]), labels[rows], None, seed, device=device, return_values=True)
+            per_point = (rows, values)
+            scores["silhouette"] = float(values.mean())
+            scores["silhouette_sample_size"] = float(rows.size)
+        else:  # as the CPU path: CH and DB below still use every clustered row
+            log.warning(
+                "the silhouette sample holds %d cluster(s) among its %d clustered points: silhouette needs "
+                "2..n-1 there; not scored (raise metrics.silhouette_sample_size)", in_sample, rows.size,
+            )
         scores["calinski_harabasz"] = calinski_harabasz(Xc, lc, device=device)
         scores["davies_bouldin"] = davies_bouldin(Xc, lc, device=device)
     else:
