@@ -166,6 +166,35 @@ def test_csv_missing_values_are_nan_features_and_missing_labels(tmp_path):
     assert ds.labels.tolist() == ["a", "(missing)", "c"] and ds.texts.tolist() == ["hello", "", ""]
 
 
+@pytest.mark.parametrize("unknown", ["-1", "", "NaN"])
+def test_a_table_label_column_marks_unknown_labels_as_a_labels_npy_does(tmp_path, unknown):
+    # -1, an empty cell or NaN in a numeric label column is an unknown label: shown as unknown and
+    # left out of the agreement scores, not a class of its own.
+    from sklearn.metrics import adjusted_rand_score
+
+    from embclust.scoring.metrics import agreement_scores
+
+    truth = ["0", "0", unknown, "1", "1", unknown, "2", "2"]
+    rows = "".join(f"{i},{i * 0.5},{t}\n" for i, t in enumerate(truth))
+    (tmp_path / "l.csv").write_text("id,f0,label\n" + rows)
+    ds = load_table(str(tmp_path / "l.csv"), id_column="id", feature_prefix="f", label_column="label")
+    assert ds.labels.tolist() == [0, 0, -1, 1, 1, -1, 2, 2]
+    assert ds.label_strings().tolist() == ["0", "0", "unknown", "1", "1", "unknown", "2", "2"]
+    clusters = np.array([0, 1, 2, 1, 1, 0, 2, 2])
+    known = ds.labels >= 0
+    assert agreement_scores(ds.labels, clusters)["ari"] == adjusted_rand_score(ds.labels[known], clusters[known])
+
+
+def test_an_empty_cell_of_a_text_label_column_is_left_out_of_the_agreement_scores():
+    from sklearn.metrics import adjusted_rand_score
+
+    from embclust.scoring.metrics import agreement_scores
+
+    truth = np.array(["a", "a", "(missing)", "b", "b"], dtype=object)
+    clusters = np.array([0, 0, 1, 1, 1])
+    assert agreement_scores(truth, clusters)["ari"] == adjusted_rand_score(truth[[0, 1, 3, 4]], clusters[[0, 1, 3, 4]]) == 1.0
+
+
 def test_csv_value_of_another_type_after_the_first_block_names_the_column(tmp_path, monkeypatch):
     from embclust.data import loaders
 

@@ -16,6 +16,7 @@ log = logging.getLogger(__name__)
 
 # Shown for negative (unknown) integer labels.
 UNKNOWN_LABEL = "unknown"
+MISSING_LABEL = "(missing)"  # an empty cell of a text label column: left out of agreement scores
 # Largest squared row norm float32 arithmetic holds (normalising, distances); above it, inf.
 FLOAT32_MAX = float(np.finfo(np.float32).max)
 # Rows per step when hashing or checking values, so large matrices need no full-size temporaries.
@@ -75,11 +76,16 @@ class Dataset:
         if self.labels is None:
             return None
         labels = self.labels if rows is None else np.asarray(self.labels[rows])
-        if self.label_names is not None and np.issubdtype(labels.dtype, np.integer):
-            # Negative labels mean unknown; indexing with them would pick the last names.
-            names = np.asarray([*self.label_names, UNKNOWN_LABEL], dtype=object)
-            codes = np.where(labels < 0, len(self.label_names), labels)
-            return names[codes].astype(str)
+        if np.issubdtype(labels.dtype, np.integer):
+            if self.label_names is not None:
+                # Negative labels mean unknown; indexing with them would pick the last names.
+                names = np.asarray([*self.label_names, UNKNOWN_LABEL], dtype=object)
+                codes = np.where(labels < 0, len(self.label_names), labels)
+                return names[codes].astype(str)
+            text = labels.astype(str)
+            if (labels < 0).any():
+                text = np.where(labels < 0, UNKNOWN_LABEL, text.astype(object)).astype(str)
+            return text
         return labels.astype(str)
 
     def label_codes(self) -> tuple[np.ndarray, np.ndarray] | None:

@@ -20,7 +20,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pcsv
 import pyarrow.parquet as pq
 
-from embclust.data.dataset import Dataset, as_float32, is_real_dtype
+from embclust.data.dataset import MISSING_LABEL, Dataset, as_float32, is_real_dtype
 from embclust.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
@@ -259,7 +259,7 @@ def open_table(path: str, columns: dict[str, str | None]) -> tuple[Path, dict[st
     return p, schema
 
 
-def as_strings(column: pa.ChunkedArray, missing: str = "(missing)") -> np.ndarray:
+def as_strings(column: pa.ChunkedArray, missing: str = MISSING_LABEL) -> np.ndarray:
     """A column as strings, nulls shown as ``missing``: labels, categories, metadata, texts."""
     if pa.types.is_floating(column.type):  # 1.0 and NaN, not pyarrow's 1 and nan
         text = column.to_numpy().astype(str).astype(object)
@@ -282,7 +282,23 @@ def ids_and_labels(table: pa.Table, id_column: str | None, label_column: str | N
             f"rows (first rows: {', '.join(str(r) for r in rows[:5])}); fill them or set dataset.id_column=null"
         )
     ids = table[id_column].to_numpy() if id_column else np.arange(table.num_rows)
-    return ids, (as_strings(table[label_column]) if label_column else None)
+    return ids, (label_values(table[label_column]) if label_column else None)
+
+
+def label_values(column: pa.ChunkedArray) -> np.ndarray:
+    """True labels from a table column. Whole numbers (an integer column, or floats that are all
+    whole) become integers with an empty cell or NaN as -1, so that, as in a labels .npy, negative
+    labels mean unknown (shown as unknown, left out of ARI / NMI / V-measure / purity); any other
+    column is taken as text, an empty cell shown as (missing) and left out of those scores too."""
+    if pa.types.is_integer(column.type) or pa.types.is_floating(column.type):
+        values = column.cast(pa.float64()).to_numpy(zero_copy_only=False)
+        known = np.isfinite(values)
+        if np.all(values[known] == np.round(values[known])) and (not known.size or np.abs(values[known]).max(initial=0) < 2**53):
+            return np.where(known, values, -1).astype(np.int64)
+        text = as_strings(column, MISSING_LABEL)
+        text[~known] = MISSING_LABEL  # NaN as well as an empty cell
+        return text
+    return as_strings(column, MISSING_LABEL)
 
 
 def column_list(schema: dict, most: int = 20) -> str:

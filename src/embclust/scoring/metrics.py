@@ -17,6 +17,7 @@ from sklearn import metrics as skm
 from sklearn.metrics.cluster import contingency_matrix
 from sklearn.utils import check_random_state
 
+from embclust.data.dataset import MISSING_LABEL
 from embclust.scoring import silhouette
 
 log = logging.getLogger(__name__)
@@ -309,6 +310,13 @@ def agreement_scores(true_labels: np.ndarray, labels: np.ndarray) -> dict[str, f
             log.warning("every true label is unknown (negative): ARI, NMI, V-measure and purity not scored")
             return {}
     else:
+        known = true_labels != MISSING_LABEL  # an empty cell of a text label column
+        if not known.all():
+            log.info("agreement scores on the %d of %d rows with a known label", int(known.sum()), known.size)
+            true_labels, labels = true_labels[known], labels[known]
+        if true_labels.size == 0:
+            log.warning("every true label is missing: ARI, NMI, V-measure and purity not scored")
+            return {}
         # Integer codes in sorted class order, as scikit-learn numbers classes: the sums of NMI and
         # V-measure then run in its order and give its bits.
         true_labels = pd.factorize(true_labels, sort=True)[0]
