@@ -220,9 +220,15 @@ def noise_warning(noise_fraction: float | None, cfg: DictConfig) -> str | None:
     for key in ("min_samples", "min_cluster_size"):
         if cfg.clusterer.get(key) is not None:
             fixes.append(f"a smaller clusterer.{key} (now {cfg.clusterer[key]})")
+    if noise_fraction >= 1.0:
+        called, scored = "every row", "no cluster: nothing to score"
+    elif noise_fraction > 0.99:
+        called, scored = "over 99% of the rows", "its scores describe the other under 1% only"
+    else:
+        called, scored = f"{noise_fraction:.0%} of the rows", f"its scores describe the other {1 - noise_fraction:.0%} only"
     return (
-        f"{name} called {noise_fraction:.0%} of the rows noise (label -1); its scores describe the other "
-        f"{1 - noise_fraction:.0%} only" + (f". To cluster more of them: {', or '.join(fixes)}" if fixes else "")
+        f"{name} called {called} noise (label -1); {scored}"
+        + (f". To cluster more of them: {', or '.join(fixes)}" if fixes else "")
     )
 
 
