@@ -95,6 +95,26 @@ def _rows_with_ids(tmp_path, n=9_000, d=4):
     return ds, X, ids
 
 
+def test_refinement_passes_over_a_view_move_an_empty_cluster_as_over_the_array(tmp_path, monkeypatch):
+    # A start with one centre twice: the copy is left empty and takes the farthest row, read from
+    # the view as from the array, with the same labels, centres and inertia.
+    from embclust.cluster import lloyd
+    from embclust.engine.rows import LocalRows
+
+    moved = []
+    relocate = lloyd._relocate_empty
+    monkeypatch.setattr(lloyd, "_relocate_empty", lambda *a: moved.append(1) or relocate(*a))
+    ds, X, _ = _rows_with_ids(tmp_path)
+    start = X[[0, 0, 1]]
+    local = lloyd.refine(X, start, n_threads=2, block_rows=1_000)
+    viewed = lloyd.refine(LocalRows(ds.source), start, n_threads=2, block_rows=1_000)
+    assert len(moved) == 2  # once in each refinement
+    np.testing.assert_array_equal(viewed.labels, local.labels)
+    np.testing.assert_array_equal(viewed.centers, local.centers)
+    assert viewed.inertia == local.inertia
+    assert np.unique(local.labels).size == 3
+
+
 @pytest.mark.parametrize("direct", [True, False])
 def test_the_last_pass_writes_ids_labels_and_distances_one_part_per_group(tmp_path, direct):
     import pandas as pd
