@@ -298,25 +298,19 @@ def score_clustering(
 def agreement_scores(true_labels: np.ndarray, labels: np.ndarray) -> dict[str, float]:
     """ARI, NMI, V-measure and purity against true labels (noise counts as one more cluster).
 
-    Negative integer true labels mean unknown: those rows are left out.
+    Negative integer true labels mean unknown, as does an empty cell of a text label column
+    (``(missing)``): those rows are left out.
     """
     true_labels, labels = np.asarray(true_labels), np.asarray(labels)
-    if np.issubdtype(true_labels.dtype, np.integer):
-        known = true_labels >= 0
-        if not known.all():
-            log.info("agreement scores on the %d of %d rows with a known label", int(known.sum()), known.size)
-            true_labels, labels = true_labels[known], labels[known]
-        if true_labels.size == 0:
-            log.warning("every true label is unknown (negative): ARI, NMI, V-measure and purity not scored")
-            return {}
-    else:
-        known = true_labels != MISSING_LABEL  # an empty cell of a text label column
-        if not known.all():
-            log.info("agreement scores on the %d of %d rows with a known label", int(known.sum()), known.size)
-            true_labels, labels = true_labels[known], labels[known]
-        if true_labels.size == 0:
-            log.warning("every true label is missing: ARI, NMI, V-measure and purity not scored")
-            return {}
+    numeric = np.issubdtype(true_labels.dtype, np.integer)
+    known = true_labels >= 0 if numeric else true_labels != MISSING_LABEL
+    if not known.all():
+        log.info("agreement scores on the %d of %d rows with a known label", int(known.sum()), known.size)
+        true_labels, labels = true_labels[known], labels[known]
+    if true_labels.size == 0:
+        log.warning("every true label is unknown (negative or missing): ARI, NMI, V-measure and purity not scored")
+        return {}
+    if not numeric:
         # Integer codes in sorted class order, as scikit-learn numbers classes: the sums of NMI and
         # V-measure then run in its order and give its bits.
         true_labels = pd.factorize(true_labels, sort=True)[0]
