@@ -185,6 +185,20 @@ def test_a_table_label_column_marks_unknown_labels_as_a_labels_npy_does(tmp_path
     assert agreement_scores(ds.labels, clusters)["ari"] == adjusted_rand_score(ds.labels[known], clusters[known])
 
 
+def test_label_columns_beyond_float_precision_keep_their_classes_and_negatives_are_said(tmp_path, caplog):
+    # Ids as labels: whole numbers above 2**53 (or above int64) must not merge into one float, and
+    # negative labels, which mean unknown, are counted in one warning line.
+    big = [str(2**63 + v) for v in (0, 1, 2, 1)]
+    (tmp_path / "b.csv").write_text("id,f0,label\n" + "".join(f"{i},{i},{v}\n" for i, v in enumerate(big)))
+    ds = load_table(str(tmp_path / "b.csv"), id_column="id", feature_prefix="f", label_column="label")
+    assert ds.labels.tolist() == big
+    (tmp_path / "n.csv").write_text("id,f0,label\n" + "".join(f"{i},{i},{v}\n" for i, v in enumerate([-3, -2, 0, 1, ""])))
+    with caplog.at_level("WARNING"):
+        ds = load_table(str(tmp_path / "n.csv"), id_column="id", feature_prefix="f", label_column="label")
+    assert ds.labels.tolist() == [-3, -2, 0, 1, -1]
+    assert "2 of 5 rows hold a negative label, which means unknown" in caplog.text
+
+
 def test_an_empty_cell_of_a_text_label_column_is_left_out_of_the_agreement_scores():
     from sklearn.metrics import adjusted_rand_score
 

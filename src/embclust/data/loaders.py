@@ -225,9 +225,10 @@ def _feature_matrix(rows: int, features: list[str], read) -> np.ndarray:
 
 
 def read_columns(
-    p: Path, schema: dict[str, pa.DataType], columns: list[str], features: list[str]
+    p: Path, schema: dict[str, pa.DataType], columns: list[str], features: list[str], as_text: tuple[str, ...] = ()
 ) -> tuple[pa.Table, np.ndarray]:
-    """Read only ``columns`` (a table) and ``features`` (one float32 matrix).
+    """Read only ``columns`` (a table) and ``features`` (one float32 matrix); a CSV's ``as_text``
+    columns as text, whatever their first block looks like.
 
     Parquet features are decoded 64 columns at a time, so the file is never held whole beside the matrix.
     """
@@ -237,6 +238,9 @@ def read_columns(
                 table = parquet.read(columns=columns)
                 return table, _feature_matrix(table.num_rows, features, lambda names: parquet.read(columns=names))
         types = {c: pa.float32() if c in features else schema[c] for c in dict.fromkeys([*columns, *features])}
+        for c in as_text:
+            if c in types and c not in features:
+                types[c] = pa.string()
         options = pcsv.ConvertOptions(include_columns=list(types), column_types=types, **_CSV_NULLS)
         table = pcsv.read_csv(p, read_options=_CSV_READ, convert_options=options)
         return table, _feature_matrix(table.num_rows, features, table.select)
@@ -270,6 +274,11 @@ def as_strings(column: pa.ChunkedArray, missing: str = MISSING_LABEL) -> np.ndar
     return text
 
 
+def label_text_column(label_column: str | None, id_column: str | None) -> tuple[str, ...]:
+    """The columns a CSV reads as text for :func:`label_values`: the label column, unless it is the id column."""
+    return (label_column,) if label_column and label_column != id_column else ()
+
+
 def ids_and_labels(table: pa.Table, id_column: str | None, label_column: str | None, p: Path | None = None):
     """Row ids (the id column, else 0..n-1) and labels (None without a label column).
 
@@ -282,23 +291,54 @@ def ids_and_labels(table: pa.Table, id_column: str | None, label_column: str | N
             f"rows (first rows: {', '.join(str(r) for r in rows[:5])}); fill them or set dataset.id_column=null"
         )
     ids = table[id_column].to_numpy() if id_column else np.arange(table.num_rows)
-    return ids, (label_values(table[label_column]) if label_column else None)
+    numbers_from_text = p is not None and Path(p).suffix.lower() == ".csv" and label_column != id_column
+    where = f"{p or 'table'}: label column {label_column!r} (dataset.label_column)"
+    return ids, (label_values(table[label_column], where, numbers_from_text) if label_column else None)
 
 
-def label_values(column: pa.ChunkedArray) -> np.ndarray:
+def label_values(column: pa.ChunkedArray, where: str = "dataset.label_column", numbers_from_text: bool = False) -> np.ndarray:
     """True labels from a table column. Whole numbers (an integer column, or floats that are all
     whole) become integers with an empty cell or NaN as -1, so that, as in a labels .npy, negative
     labels mean unknown (shown as unknown, left out of ARI / NMI / V-measure / purity); any other
-    column is taken as text, an empty cell shown as (missing) and left out of those scores too."""
-    if pa.types.is_integer(column.type) or pa.types.is_floating(column.type):
+    column is taken as text, an empty cell shown as (missing) and left out of those scores too.
+
+    ``numbers_from_text``: the column was read as text (a CSV's label column, so that numbers
+    beyond float precision keep their digits) and holds numbers where it parses as such."""
+    source = column
+    if numbers_from_text and (pa.types.is_string(column.type) or pa.types.is_large_string(column.type)):
+        for target in (pa.int64(), pa.float64()):
+            try:
+                column = pc.cast(source, target)
+                break
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+                continue
+    if pa.types.is_integer(column.type):
+        try:
+            values = np.array(pc.fill_null(column, 0).cast(pa.int64()).to_numpy())
+        except pa.ArrowInvalid:  # uint64 above the int64 range: text keeps every digit
+            return as_strings(source, MISSING_LABEL)
+        values[column.is_null().to_numpy(zero_copy_only=False)] = -1
+        _say_negative_labels(values, column.null_count, where)
+        return values
+    if pa.types.is_floating(column.type):
         values = column.cast(pa.float64()).to_numpy(zero_copy_only=False)
         known = np.isfinite(values)
-        if np.all(values[known] == np.round(values[known])) and (not known.size or np.abs(values[known]).max(initial=0) < 2**53):
-            return np.where(known, values, -1).astype(np.int64)
-        text = as_strings(column, MISSING_LABEL)
+        if np.all(values[known] == np.round(values[known])) and np.abs(values[known]).max(initial=0) < 2**53:
+            labels = np.where(known, values, -1).astype(np.int64)
+            _say_negative_labels(labels, int((~known).sum()), where)
+            return labels
+        text = as_strings(source, MISSING_LABEL)
         text[~known] = MISSING_LABEL  # NaN as well as an empty cell
         return text
-    return as_strings(column, MISSING_LABEL)
+    return as_strings(source, MISSING_LABEL)
+
+
+def _say_negative_labels(labels: np.ndarray, n_missing: int, where: str) -> None:
+    negative = int((labels < 0).sum()) - n_missing
+    if negative:
+        log.warning("%s: %d of %d rows hold a negative label, which means unknown: they are left out of ARI, NMI, "
+                    "V-measure and purity (shift the labels to 0 and up if negative values are classes)",
+                    where, negative, labels.size)
 
 
 def column_list(schema: dict, most: int = 20) -> str:
@@ -403,7 +443,7 @@ def load_table(
         require_column(schema, column, "dataset.metadata_columns", p)
     features = [] if vector_column else _select_features(schema, p, feature_prefix, feature_columns)
     extra = [c for c in (id_column, label_column, text_column, vector_column, *metadata_columns) if c]
-    table, X = read_columns(p, schema, list(dict.fromkeys(extra)), features)
+    table, X = read_columns(p, schema, list(dict.fromkeys(extra)), features, label_text_column(label_column, id_column))
     ids, labels = ids_and_labels(table, id_column, label_column, p)
     if vector_column:
         X = _vectors_from_list_column(table[vector_column], vector_column, p, ids)

@@ -16,7 +16,7 @@ import numpy as np
 
 from embclust.data.dataset import Dataset
 from embclust.errors import ConfigError, DataError, first_line
-from embclust.data.loaders import as_strings, ids_and_labels, open_table, read_columns
+from embclust.data.loaders import as_strings, ids_and_labels, label_text_column, open_table, read_columns
 
 log = logging.getLogger(__name__)
 
@@ -120,7 +120,8 @@ def load_texts(
         path,
         {"dataset.text_column": text_column, "dataset.id_column": id_column, "dataset.label_column": label_column},
     )
-    table, _ = read_columns(p, schema, list(dict.fromkeys(c for c in (id_column, text_column, label_column) if c)), [])
+    table, _ = read_columns(p, schema, list(dict.fromkeys(c for c in (id_column, text_column, label_column) if c)), [],
+                            label_text_column(label_column, id_column))
     if table.num_rows == 0:
         raise DataError(f"dataset 'texts' is empty: 0 rows in {path}")
     ids, labels = ids_and_labels(table, id_column, label_column, p)  # checked before the costly embedding
