@@ -507,7 +507,8 @@ def load_tabular(
         if not _is_numeric(schema[col]):
             raise DataError(f"{p}: numeric column {col!r} is not numeric (type {schema[col]})")
     extra = [c for c in (id_column, label_column) if c]
-    table, numeric = read_columns(p, schema, list(dict.fromkeys(extra + categorical_columns)), list(numeric_columns))
+    as_text = () if label_column in categorical_columns else label_text_column(label_column, id_column)
+    table, numeric = read_columns(p, schema, list(dict.fromkeys(extra + categorical_columns)), list(numeric_columns), as_text)
     parts = [numeric] if numeric_columns else []
     names = list(numeric_columns)
     if categorical_columns:
