@@ -270,16 +270,10 @@ def score_clustering(
         sample_rows = sample_rows_for(labels.size, silhouette_sample_size, seed)
     rows = sample_rows[clustered[sample_rows]]
     if 2 <= scores["n_clusters"] < n:
-        in_sample = np.unique(labels[rows]).size
-        if 2 <= in_sample < rows.size:
+        if silhouette_sample_scorable(labels[rows]):  # else CH and DB below still use every clustered row
             per_point = silhouette_values(X, labels, rows, None, seed)
             scores["silhouette"] = float(np.mean(per_point[1]))
             scores["silhouette_sample_size"] = float(rows.size)
-        else:  # CH and DB below still use every clustered row
-            log.warning(
-                "the silhouette sample holds %d cluster(s) among its %d clustered points: silhouette needs "
-                "2..n-1 there; not scored (raise metrics.silhouette_sample_size)", in_sample, rows.size,
-            )
         stats = ClusterStats(X, labels, ignore_noise=True, passes=passes, block_labels=block_labels)
         scores["calinski_harabasz"] = stats.calinski_harabasz()
         scores["davies_bouldin"] = stats.davies_bouldin()
@@ -293,6 +287,16 @@ def score_clustering(
     if true_labels is not None:
         scores.update(agreement_scores(true_labels, labels))
     return (scores, per_point) if return_silhouette_values else scores
+
+
+def silhouette_sample_scorable(sampled_labels: np.ndarray) -> bool:
+    """Whether the silhouette sample's clustered labels hold 2..n-1 clusters; one warning line if not."""
+    in_sample = np.unique(sampled_labels).size
+    if 2 <= in_sample < sampled_labels.size:
+        return True
+    log.warning("the silhouette sample holds %d cluster(s) among its %d clustered points: silhouette needs "
+                "2..n-1 there; not scored (raise metrics.silhouette_sample_size)", in_sample, sampled_labels.size)
+    return False
 
 
 def agreement_scores(true_labels: np.ndarray, labels: np.ndarray) -> dict[str, float]:

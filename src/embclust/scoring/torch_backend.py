@@ -356,17 +356,11 @@ def score_clustering(
         if sample_rows is None:
             sample_rows = metrics.sample_rows_for(labels.size, silhouette_sample_size, seed)
         rows = sample_rows[clustered[sample_rows]]
-        in_sample = np.unique(labels[rows]).size
-        if 2 <= in_sample < rows.size:
+        if metrics.silhouette_sample_scorable(labels[rows]):  # else CH and DB below still use every clustered row
             _, values = silhouette(np.asarray(X[rows]), labels[rows], None, seed, device=device, return_values=True)
             per_point = (rows, values)
             scores["silhouette"] = float(values.mean())
             scores["silhouette_sample_size"] = float(rows.size)
-        else:  # as the CPU path: CH and DB below still use every clustered row
-            log.warning(
-                "the silhouette sample holds %d cluster(s) among its %d clustered points: silhouette needs "
-                "2..n-1 there; not scored (raise metrics.silhouette_sample_size)", in_sample, rows.size,
-            )
         scores["calinski_harabasz"] = calinski_harabasz(Xc, lc, device=device)
         scores["davies_bouldin"] = davies_bouldin(Xc, lc, device=device)
     else:
