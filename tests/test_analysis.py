@@ -22,6 +22,26 @@ def test_composition_shares_purity_and_entropy_match_hand_counts():
     assert overall == pytest.approx((3 + 2) / 8)
 
 
+def test_composition_leaves_unknown_labels_out_of_purity_as_the_agreement_scores_do():
+    from embclust.data.dataset import MISSING_LABEL
+    from embclust.scoring.metrics import agreement_scores, known_labels
+
+    clusters = np.array([0, 0, 0, 0, 1, 1, 1, 1, 2, 2])
+    # cluster 0: three "a" and one unlabelled row; cluster 2 has no label at all
+    truth = np.array(["a", "a", "a", MISSING_LABEL, "c", "c", "d", "c", MISSING_LABEL, MISSING_LABEL])
+    table, overall = analysis.composition_table(clusters, truth, top=5, known=known_labels(truth))
+    row0, row2 = table.iloc[0], table.iloc[2]
+    assert (row0["size"], row0["purity"], row0["unknown_share"], row0["label_1"]) == (4, 1.0, 0.25, "a")
+    assert row0["entropy_bits"] == 0.0
+    assert np.isnan(row2["purity"]) and row2["unknown_share"] == 1.0
+    assert overall == pytest.approx((3 + 3) / 7)
+    assert overall == pytest.approx(agreement_scores(truth, clusters)["purity"])
+    # integer labels: a negative label is unknown
+    ints = np.array([0, 0, 0, -1, 1, 1, 2, 1, -1, -1])
+    _, overall_ints = analysis.composition_table(clusters, ints.astype(str), known=known_labels(ints))
+    assert overall_ints == pytest.approx(agreement_scores(ints, clusters)["purity"])
+
+
 def test_silhouette_table_matches_scikit_learn():
     rng = np.random.default_rng(0)
     X = np.vstack([rng.normal(0, 1, (50, 3)), rng.normal(6, 1, (50, 3))])

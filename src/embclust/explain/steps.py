@@ -25,6 +25,7 @@ from embclust.explain import profiles, shap_models, tables
 from embclust.tracking import plots, safe_csv
 from embclust.data.dataset import Dataset
 from embclust.errors import ConfigError
+from embclust.scoring.metrics import known_labels
 from embclust.tracking.report import Report
 from embclust.use import retrieval
 
@@ -187,7 +188,9 @@ def run_analyses(
 
     if a.composition.enabled and true_codes is not None:
         with _step(state, "composition"):
-            table, overall = tables.composition_table(labels, top=int(a.composition.top), codes=true_codes)
+            table, overall = tables.composition_table(
+                labels, top=int(a.composition.top), codes=true_codes, known=known_labels(ds.labels)
+            )
             state.metrics["composition_purity"] = overall
             _save_table(table, folder, "cluster_composition")
             fig = tables.contingency_figure(labels, codes=true_codes)

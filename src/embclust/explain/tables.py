@@ -185,33 +185,55 @@ def _codes(true_labels, codes):
 
 
 def composition_table(
-    labels: np.ndarray, true_labels: np.ndarray | None = None, top: int = 5, codes: tuple | None = None
+    labels: np.ndarray,
+    true_labels: np.ndarray | None = None,
+    top: int = 5,
+    codes: tuple | None = None,
+    known: np.ndarray | None = None,
 ) -> tuple[pd.DataFrame, float]:
     """Per cluster: size, purity, entropy (bits) of its true labels and the top labels with
     their share; returns the table and the overall purity. ``codes``: (class names, each row's
-    class index) instead of ``true_labels`` (see :meth:`Dataset.label_codes`)."""
+    class index) instead of ``true_labels`` (see :meth:`Dataset.label_codes`).
+
+    ``known``: which rows have a known true label (see ``metrics.known_labels``). Purity, entropy
+    and the top labels count those rows only, as the agreement scores do, so the overall purity
+    equals the run's ``purity``; ``unknown_share`` says how much of a cluster had no label, and a
+    cluster with none known has NaN purity.
+    """
     classes, class_idx = _codes(true_labels, codes)
-    clusters = np.unique(labels)
-    table = contingency_matrix(class_idx, labels)  # classes x clusters
+    labels = np.asarray(labels)
+    clusters, cluster_idx, sizes = np.unique(labels, return_inverse=True, return_counts=True)
+    class_idx, cluster_idx = np.asarray(class_idx).ravel(), cluster_idx.ravel()
+    if known is not None and not np.all(known):
+        known = np.asarray(known, dtype=bool)
+        class_idx, cluster_idx = class_idx[known], cluster_idx[known]
+    else:
+        known = None
+    # classes x clusters counts of the rows with a known label
+    table = np.bincount(class_idx * clusters.size + cluster_idx, minlength=len(classes) * clusters.size)
+    table = table.reshape(len(classes), clusters.size)
     rows = []
     for j, c in enumerate(clusters):
         counts = table[:, j]
-        size = counts.sum()
-        shares = counts / size
+        n_known = counts.sum()
+        shares = counts / n_known if n_known else np.zeros(counts.size)
         order = np.argsort(-counts, kind="stable")[:top]
         row = {
             "cluster": int(c),
-            "size": int(size),
-            "purity": float(shares.max()),
-            "entropy_bits": float(entropy(shares[shares > 0], base=2)),
+            "size": int(sizes[j]),
+            "purity": float(shares.max()) if n_known else float("nan"),
+            "entropy_bits": float(entropy(shares[shares > 0], base=2)) if n_known else float("nan"),
         }
+        if known is not None:
+            row["unknown_share"] = float(1.0 - n_known / sizes[j])
         for rank, k in enumerate(order, start=1):
             if counts[k] == 0:
                 break
             row[f"label_{rank}"] = classes[k]
             row[f"share_{rank}"] = float(shares[k])
         rows.append(row)
-    overall = float(table.max(axis=0).sum() / table.sum())
+    total = table.sum()
+    overall = float(table.max(axis=0).sum() / total) if total else float("nan")
     return pd.DataFrame(rows), overall
 
 

@@ -299,6 +299,15 @@ def silhouette_sample_scorable(sampled_labels: np.ndarray) -> bool:
     return False
 
 
+def known_labels(true_labels: np.ndarray) -> np.ndarray:
+    """Which rows have a known true label: a negative integer label means unknown, as does an
+    empty cell of a text label column (``(missing)``)."""
+    true_labels = np.asarray(true_labels)
+    if np.issubdtype(true_labels.dtype, np.integer):
+        return true_labels >= 0
+    return true_labels != MISSING_LABEL
+
+
 def agreement_scores(true_labels: np.ndarray, labels: np.ndarray) -> dict[str, float]:
     """ARI, NMI, V-measure and purity against true labels (noise counts as one more cluster).
 
@@ -307,7 +316,7 @@ def agreement_scores(true_labels: np.ndarray, labels: np.ndarray) -> dict[str, f
     """
     true_labels, labels = np.asarray(true_labels), np.asarray(labels)
     numeric = np.issubdtype(true_labels.dtype, np.integer)
-    known = true_labels >= 0 if numeric else true_labels != MISSING_LABEL
+    known = known_labels(true_labels)
     if not known.all():
         log.info("agreement scores on the %d of %d rows with a known label", int(known.sum()), known.size)
         true_labels, labels = true_labels[known], labels[known]
