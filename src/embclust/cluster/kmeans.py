@@ -342,19 +342,22 @@ def _refine_in_memory(X: np.ndarray, candidates: list, max_iter: int, tol: float
 def _best_of_blocked_restarts(Xc: np.ndarray, starts, k: int, max_iter: int, tol: float, n_threads: int,
                               inertia_tol: float | None):
     """Lloyd from each start over ``Xc``'s row blocks on ``n_threads`` threads, the best kept as scikit-learn keeps it."""
-    best = None
-    for start in starts:
-        r = lloyd.refine(Xc, start, n_threads, max_iter=max_iter, tol=tol, inertia_tol=inertia_tol)
-        if best is None or (r.inertia < best[1] and not _same_clustering(r.labels, best[0], k)):
-            best = (r.labels, r.inertia, r.centers, r.n_iter)
-    return best
+    results = ((r.labels, r.inertia, r.centers, r.n_iter)
+               for r in (lloyd.refine(Xc, start, n_threads, max_iter=max_iter, tol=tol, inertia_tol=inertia_tol) for start in starts))
+    return _best_as_scikit_learn(results, k)
 
 
 def _best_of_restarts(Xc: np.ndarray, starts, k: int, max_iter: int, tol: float, n_threads: int):
     """scikit-learn's Lloyd from each start, one thread per start, the best kept as scikit-learn keeps it."""
     results = lloyd_refinements(Xc, starts, max_iter=max_iter, tol=tol, n_threads=n_threads, one_thread_each=True)
+    return _best_as_scikit_learn(results, k)  # in start order, whatever order the threads finished in
+
+
+def _best_as_scikit_learn(results, k: int):
+    """The restart ``KMeans.fit`` keeps from ``(labels, inertia, centres, n_iter)`` results in
+    start order: a later one replaces the best only with a lower inertia and another clustering."""
     best = None
-    for result in results:  # in start order, whatever order the threads finished in
+    for result in results:
         if best is None or (result[1] < best[1] and not _same_clustering(result[0], best[0], k)):
             best = result
     return best
