@@ -134,8 +134,21 @@ def test_auto_restarts_on_a_sample_and_labels_every_row_by_its_nearest_centre(em
     reference = KMeans(12, n_init=5, random_state=3).fit(X)
     assert model.inertia_ <= reference.inertia_ * 1.005
     # The restarts ran on the sample, not on all rows: a larger sample is a different fit.
-    bigger = fit(KMeans(12, n_init=5, random_state=3), X, sample=kmeans.SampleSettings(100, 6_000))
-    assert bigger.sample_size == 6_000
+    bigger = fit(KMeans(12, n_init=5, random_state=3), X, sample=kmeans.SampleSettings(100, 4_000))
+    assert bigger.sample_size == 4_000
+
+
+@pytest.mark.parametrize("n_init, sample_rows", [(1, 2_000), (5, 6_000)])
+def test_auto_fits_every_row_as_scikit_learn_where_the_sample_would_save_no_work(embeddings_large, n_init, sample_rows):
+    # n_init=1: one restart on 12,000 rows costs less than two on the sample plus refining the two
+    # best on every row; n_init=5 on a 6,000-row sample: 60,000 rows of restarts plus refinement
+    # against 5 x 12,000. There auto runs scikit-learn's own restarts: its labels, exactly.
+    X = embeddings_large
+    fitted = fit(KMeans(12, n_init=n_init, random_state=3), X, sample=kmeans.SampleSettings(100, sample_rows))
+    assert fitted.sample_size is None
+    reference = KMeans(12, n_init=n_init, random_state=3).fit(X)
+    np.testing.assert_array_equal(fitted.labels, reference.labels_)
+    assert fitted.estimator.inertia_ == pytest.approx(reference.inertia_, rel=1e-6)
 
 
 @pytest.mark.parametrize("where", ["in-memory", "passes"])
