@@ -151,19 +151,22 @@ def test_auto_fits_every_row_as_scikit_learn_where_the_sample_would_save_no_work
     assert fitted.estimator.inertia_ == pytest.approx(reference.inertia_, rel=1e-6)
 
 
-@pytest.mark.parametrize("where", ["in-memory", "passes"])
+@pytest.mark.parametrize("where", ["in-memory", "passes", None])
 def test_auto_gives_the_same_labels_and_inertia_on_one_or_two_threads(embeddings_large, where, monkeypatch):
     from threadpoolctl import threadpool_limits
 
     X = embeddings_large
     if where == "passes":  # data above the in-memory bound is refined by passes over row blocks
         monkeypatch.setattr(kmeans, "IN_MEMORY_MAX_WORK", 0)
+    # None: n_init=1, where the sample saves no work: one restart of scikit-learn's loop on every
+    # row, whose bits would follow the thread count if it ran on as many threads as allowed.
+    n_init = 1 if where is None else 4
     fits = []
     for threads in (1, 2):
         with threadpool_limits(limits=threads):
-            fits.append(fit(KMeans(12, n_init=4, random_state=1), X, sample=SMALL_SAMPLE))
+            fits.append(fit(KMeans(12, n_init=n_init, random_state=1), X, sample=SMALL_SAMPLE))
     assert fits[0].refinement == fits[1].refinement == where
-    assert fits[0].restarts == 4 * (2 if where == "in-memory" else 3)  # restarts_per_init auto
+    assert fits[0].restarts == {"in-memory": 8, "passes": 12, None: 1}[where]  # restarts_per_init auto
     one, two = (f.estimator for f in fits)
     np.testing.assert_array_equal(fits[0].labels, fits[1].labels)
     assert one.inertia_ == two.inertia_ and one.n_iter_ == two.n_iter_

@@ -210,6 +210,8 @@ IN_MEMORY_MAX_VALUES = 2.5e8
 # Lloyd iterations of an in-memory refinement, as a share of those of a k-means++ start on all
 # rows: 25 against 47 on average over the 25 cells of the 42,000 x 768 sweep benchmark (n_init=1).
 REFINEMENT_SHARE = 0.5
+# OpenMP threads of scikit-learn's Lloyd loop for a lone restart or refinement (see _threads_per_start).
+LONE_START_THREADS = 2
 # Rows per centre k-means++ seeds from when the restart budget is reached (large k).
 SEED_ROWS_PER_CLUSTER = 32
 
@@ -351,9 +353,12 @@ def _refine_in_memory(X: np.ndarray, candidates: list, max_iter: int, tol: float
     weights = np.ones(Xc.shape[0], dtype=Xc.dtype)
     absolute_tol = lloyd.mean_variance(Xc, n_threads) * tol  # scikit-learn's tolerance, in float64
 
+    per_candidate = _threads_per_start(len(candidates))
+
     def one(centers):
         init = np.array(centers, dtype=Xc.dtype, order="C", copy=True)  # the loop writes into it
-        labels, _, centers, n_iter = _kmeans_single_lloyd(Xc, weights, init, max_iter=max_iter, tol=absolute_tol, n_threads=1)
+        labels, _, centers, n_iter = _kmeans_single_lloyd(Xc, weights, init, max_iter=max_iter, tol=absolute_tol,
+                                                          n_threads=per_candidate)
         return lloyd.Refinement(labels, lloyd.inertia(Xc, labels, centers, 1), centers, n_iter)
 
     results = blocks.map_on_threads(one, candidates, n_threads)
@@ -477,15 +482,17 @@ def lloyd_refinements(
     (``_kmeans_single_lloyd``, the Cython kernel ``KMeans(init=centres, n_init=1).fit`` runs)
     is called once per start, so the data is validated, centred, copied and its tolerance
     computed once per fit instead of once per start. ``one_thread_each``: each start runs on
-    one thread (and one BLAS thread), the starts spread over ``n_threads`` threads, so each
-    result is the same whatever the thread count; otherwise each start uses ``n_threads``
+    one thread (a lone start on exactly two, see :func:`_threads_per_start`) with one BLAS
+    thread, the starts spread over ``n_threads`` threads, so each result is the same whatever
+    the thread count; otherwise each start uses ``n_threads``
     threads, one start after another. Where scikit-learn's private loop is not there (another
     release), each start is a public ``KMeans`` fit instead.
     """
     from threadpoolctl import threadpool_limits
 
     n_threads = _openmp_threads() if n_threads is None else max(1, int(n_threads))
-    per_start = 1 if one_thread_each else n_threads
+    starts = list(starts)
+    per_start = _threads_per_start(len(starts)) if one_thread_each else n_threads
     private = _private_lloyd_loop()
     if private is None:
         def one(centers):
@@ -504,7 +511,19 @@ def lloyd_refinements(
             return _kmeans_single_lloyd(Xc, weights, init, max_iter=max_iter, tol=absolute_tol, n_threads=per_start)
 
     # scikit-learn's KMeans.fit runs its loop with one BLAS thread too.
-    return blocks.map_on_threads(one, list(starts), n_threads if one_thread_each else 1)
+    return blocks.map_on_threads(one, starts, n_threads if one_thread_each else 1)
+
+
+def _threads_per_start(n_starts: int) -> int:
+    """OpenMP threads for each of ``n_starts`` runs of scikit-learn's Lloyd loop that must give the
+    same bits on any machine: one each, or exactly LONE_START_THREADS for a lone start.
+
+    The loop sums each thread's static share of the row chunks into its own buffer, then adds the
+    buffers to zeroed centres one thread at a time. With one thread or exactly two, the order
+    they finish in cannot change a bit (0 + a + b = 0 + b + a), so a fixed count gives the same
+    result on one core or many; a lone start then uses two cores instead of leaving one idle.
+    """
+    return LONE_START_THREADS if n_starts == 1 else 1
 
 
 def _same_clustering(a: np.ndarray, b: np.ndarray, k: int) -> bool:
