@@ -30,7 +30,10 @@ def test_handler_raises_and_the_previous_handler_comes_back():
     assert signal.getsignal(signal.SIGTERM) is before
 
 
-def _default_hangup():  # in the child: SIGHUP as a terminal would deliver it, even if pytest runs under nohup
+def _as_from_a_terminal():
+    # In the child: SIGINT and SIGHUP as a terminal delivers them, even where pytest itself runs as
+    # a background job (SIGINT ignored) or under nohup (SIGHUP ignored), which the child inherits.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
     signal.signal(signal.SIGHUP, signal.SIG_DFL)
 
 
@@ -39,7 +42,7 @@ def test_signal_during_a_run_ends_it_killed(tmp_path, tracking_uri, sig, code):
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
     cmd = [sys.executable, str(RUN_PY), *SLOW, f"mlflow.tracking_uri={tracking_uri}", f"hydra.run.dir={tmp_path / 'out'}"]
     proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            preexec_fn=_default_hangup)
+                            preexec_fn=_as_from_a_terminal)
     seen = []
     try:
         for line in proc.stderr:  # wait until the clustering has started
@@ -102,7 +105,8 @@ def _sweep_until(tmp_path, tracking_uri, line: str, sig, *overrides):
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
     cmd = [sys.executable, str(RUN_PY), "-m", "dataset=synthetic", "reducer=none", *overrides,
            f"mlflow.tracking_uri={tracking_uri}", f"hydra.sweep.dir={tmp_path / 'multirun'}"]
-    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=_as_from_a_terminal)
     seen = []
     try:
         for text in proc.stderr:
@@ -162,13 +166,15 @@ def test_a_signal_during_the_best_cells_report_keeps_its_result_and_kills_the_sw
     assert mlflow.get_run(parent.info.run_id).info.status == "FINISHED"
 
 
-def test_a_hangup_ignored_at_start_stays_ignored():
-    # under nohup a closed terminal must not stop the run: SIGHUP is only handled when it was not ignored
-    code = "import signal, embclust.signals as s; print(signal.SIGHUP in s.HANDLED)"
+@pytest.mark.parametrize("name", ["SIGHUP", "SIGINT"])
+def test_a_stop_signal_ignored_at_start_stays_ignored(name):
+    # Under nohup a closed terminal must not stop the run, nor Ctrl-C a background job (`cmd &`,
+    # started with SIGINT ignored): each is handled only when it was not ignored at start.
+    code = f"import signal, embclust.signals as s; print(signal.{name} in s.HANDLED)"
 
     def run(preexec):
         return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
                               preexec_fn=preexec).stdout.strip()
 
-    assert run(_default_hangup) == "True"
-    assert run(lambda: signal.signal(signal.SIGHUP, signal.SIG_IGN)) == "False"
+    assert run(_as_from_a_terminal) == "True"
+    assert run(lambda: signal.signal(getattr(signal, name), signal.SIG_IGN)) == "False"

@@ -1,7 +1,9 @@
 """SIGTERM / SIGINT / SIGHUP during a run: stop it, record it as KILLED with its reason, exit 128 + signal.
 
 SIGHUP (the terminal or SSH session closed) is handled like SIGTERM, unless the process started
-with it ignored (``nohup``): then it stays ignored and the run goes on.
+with it ignored (``nohup``): then it stays ignored and the run goes on. Likewise SIGINT: a shell
+starts a background job (``cmd &``) with it ignored, so Ctrl-C at the terminal leaves the job
+alone; it then stays ignored throughout, not only between a sweep's cells.
 """
 
 from __future__ import annotations
@@ -18,10 +20,12 @@ log = logging.getLogger(__name__)
 
 
 def _stop_signals() -> tuple[int, ...]:
-    handled = [signal.SIGTERM, signal.SIGINT]
-    hangup = getattr(signal, "SIGHUP", None)  # POSIX only
-    if hangup is not None and signal.getsignal(hangup) is not signal.SIG_IGN:
-        handled.append(hangup)
+    """SIGTERM, and SIGINT and SIGHUP unless this process started with them ignored."""
+    handled = [signal.SIGTERM]
+    for name in ("SIGINT", "SIGHUP"):  # SIGHUP: POSIX only
+        sig = getattr(signal, name, None)
+        if sig is not None and signal.getsignal(sig) is not signal.SIG_IGN:
+            handled.append(sig)
     return tuple(handled)
 
 

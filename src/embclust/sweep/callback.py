@@ -427,7 +427,9 @@ def _handle_stop_signals(stop_at_once: bool) -> None:
             raise stopped
 
     on_stop.embclust_sweep = True  # an earlier sweep's handler in this process is replaced
-    defaults = {signal.SIGTERM: (signal.SIG_DFL, None), signal.SIGINT: (signal.default_int_handler, None)}
+    defaults = {signal.SIGTERM: (signal.SIG_DFL, None)}
+    if signal.SIGINT in signals.HANDLED:  # not a background job
+        defaults[signal.SIGINT] = (signal.default_int_handler, None)
     if hasattr(signal, "SIGHUP") and signal.SIGHUP in signals.HANDLED:  # not under nohup
         defaults[signal.SIGHUP] = (signal.SIG_DFL, None)
     for sig, default in defaults.items():
