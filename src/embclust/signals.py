@@ -1,9 +1,10 @@
 """SIGTERM / SIGINT / SIGHUP during a run: stop it, record it as KILLED with its reason, exit 128 + signal.
 
 SIGHUP (the terminal or SSH session closed) is handled like SIGTERM, unless the process started
-with it ignored (``nohup``): then it stays ignored and the run goes on. Likewise SIGINT: a shell
-starts a background job (``cmd &``) with it ignored, so Ctrl-C at the terminal leaves the job
-alone; it then stays ignored throughout, not only between a sweep's cells.
+with it ignored (``nohup``): then it stays ignored and the run goes on. SIGINT is handled even
+where the process started with it ignored (a script's background job, ``cmd &``, inherits it
+so): a ``kill -INT`` or Ctrl-C then stops the run as SIGTERM does, during a sweep's cells and
+between them alike.
 """
 
 from __future__ import annotations
@@ -20,12 +21,11 @@ log = logging.getLogger(__name__)
 
 
 def _stop_signals() -> tuple[int, ...]:
-    """SIGTERM, and SIGINT and SIGHUP unless this process started with them ignored."""
-    handled = [signal.SIGTERM]
-    for name in ("SIGINT", "SIGHUP"):  # SIGHUP: POSIX only
-        sig = getattr(signal, name, None)
-        if sig is not None and signal.getsignal(sig) is not signal.SIG_IGN:
-            handled.append(sig)
+    """SIGTERM, SIGINT, and SIGHUP unless this process started with it ignored (``nohup``)."""
+    handled = [signal.SIGTERM, signal.SIGINT]
+    hangup = getattr(signal, "SIGHUP", None)  # POSIX only
+    if hangup is not None and signal.getsignal(hangup) is not signal.SIG_IGN:
+        handled.append(hangup)
     return tuple(handled)
 
 

@@ -417,7 +417,7 @@ def _handle_stop_signals(stop_at_once: bool) -> None:
 
     Hydra's own bookkeeping between jobs is then never cut in two; cells and the summary install
     handlers that stop at once. ``stop_at_once``: stop at the signal wherever it comes (this
-    process only waits on launcher workers). A SIGINT that is ignored (a background job) stays so.
+    process only waits on launcher workers).
     """
     import signal
 
@@ -427,9 +427,8 @@ def _handle_stop_signals(stop_at_once: bool) -> None:
             raise stopped
 
     on_stop.embclust_sweep = True  # an earlier sweep's handler in this process is replaced
-    defaults = {signal.SIGTERM: (signal.SIG_DFL, None)}
-    if signal.SIGINT in signals.HANDLED:  # not a background job
-        defaults[signal.SIGINT] = (signal.default_int_handler, None)
+    # SIGINT also where it was ignored at start (a script's background job): see embclust.signals.
+    defaults = {signal.SIGTERM: (signal.SIG_DFL, None), signal.SIGINT: (signal.default_int_handler, signal.SIG_IGN, None)}
     if hasattr(signal, "SIGHUP") and signal.SIGHUP in signals.HANDLED:  # not under nohup
         defaults[signal.SIGHUP] = (signal.SIG_DFL, None)
     for sig, default in defaults.items():
