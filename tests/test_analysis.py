@@ -40,6 +40,9 @@ def test_composition_leaves_unknown_labels_out_of_purity_as_the_agreement_scores
     ints = np.array([0, 0, 0, -1, 1, 1, 2, 1, -1, -1])
     _, overall_ints = analysis.composition_table(clusters, ints.astype(str), known=known_labels(ints))
     assert overall_ints == pytest.approx(agreement_scores(ints, clusters)["purity"])
+    # every label known: the same columns, unknown_share 0
+    full, _ = analysis.composition_table(clusters, truth, known=np.ones(truth.size, dtype=bool))
+    assert list(full.columns)[:5] == list(table.columns)[:5] and (full["unknown_share"] == 0).all()
 
 
 def test_silhouette_table_matches_scikit_learn():

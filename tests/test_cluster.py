@@ -142,13 +142,28 @@ def test_auto_restarts_on_a_sample_and_labels_every_row_by_its_nearest_centre(em
 def test_auto_fits_every_row_as_scikit_learn_where_the_sample_would_save_no_work(embeddings_large, n_init, sample_rows):
     # n_init=1: one restart on 12,000 rows costs less than two on the sample plus refining the two
     # best on every row; n_init=5 on a 6,000-row sample: 60,000 rows of restarts plus refinement
-    # against 5 x 12,000. There auto runs scikit-learn's own restarts: its labels, exactly.
+    # against 5 x 12,000. There auto runs scikit-learn's own starts and Lloyd loop on every row:
+    # its labels, as scikit-learn computes them on the threads auto gives each restart (its bits
+    # follow the thread count: one per restart, exactly two for a lone one).
+    from threadpoolctl import threadpool_limits
+
     X = embeddings_large
     fitted = fit(KMeans(12, n_init=n_init, random_state=3), X, sample=kmeans.SampleSettings(100, sample_rows))
     assert fitted.sample_size is None
-    reference = KMeans(12, n_init=n_init, random_state=3).fit(X)
+    with threadpool_limits(limits=2 if n_init == 1 else 1, user_api="openmp"):
+        reference = KMeans(12, n_init=n_init, random_state=3).fit(X)
     np.testing.assert_array_equal(fitted.labels, reference.labels_)
     assert fitted.estimator.inertia_ == pytest.approx(reference.inertia_, rel=1e-6)
+
+
+def test_auto_does_not_fit_every_row_where_the_restart_budget_would_cut_the_restarts(embeddings_large):
+    # kmeans.max_restart_work allows 3 restarts' worth on all 12,000 rows: fitting every row could
+    # not run the 5 asked for, so auto keeps the sample (and its own budget there).
+    budget = kmeans.SampleSettings(100, 6_000, max_restart_work=12_000 * 12 * 3)
+    fitted = fit(KMeans(12, n_init=5, random_state=3), embeddings_large, sample=budget)
+    assert fitted.sample_size == 6_000
+    unlimited = fit(KMeans(12, n_init=5, random_state=3), embeddings_large, sample=kmeans.SampleSettings(100, 6_000))
+    assert unlimited.sample_size is None
 
 
 @pytest.mark.parametrize("where", ["in-memory", "passes", None])

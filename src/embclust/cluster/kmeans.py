@@ -12,8 +12,9 @@
   row blocks (:mod:`lloyd`, on the Ray workers with engine=ray) until ``kmeans.refine_tol``.
   Labels and inertia come from all rows. Data no larger than the sample is fitted whole, with no
   refinement, and so is data where the sample would save no work (:func:`_sample_saves_work`:
-  ``n_init=1``, or fewer than about twice the sample's rows): scikit-learn's own restarts on every
-  row, its labels exactly. The result does not depend on the thread count. On the
+  ``n_init=1``, or in memory up to ``sample x per_init x n_init / (n_init - 1)`` rows):
+  scikit-learn's own starts and Lloyd loop on every row. The result does not depend on the
+  thread count. On the
   42,000 x 768 benchmark's 25 cells (PCA 5..100, k 10..50) and a noisier 42,000 x 384 set of 100
   clusters, three seeds each, the median inertia lands +0.001% and +0.031% from scikit-learn's
   ``KMeans(n_init=10)`` on all rows, in 11.6 s and 25.9 s for the 25 fits (three restarts per
@@ -157,7 +158,7 @@ def fit_kmeans(
 
     ``auto``: the ``n_init`` k-means++ restarts on a seeded sample of ``sample.size(k)`` rows,
     the best refined by Lloyd on all rows (``SAMPLE_IMPLEMENTATION``); a plain fit of every row
-    where the data is no larger than the sample.
+    where the data is no larger than the sample or the sample would save no work.
     ``embclust``: scikit-learn's k-means++ starts from embclust's kernel, each refined by
     scikit-learn's Lloyd loop (``embclust-kmeans++/scikit-learn``).
     ``sklearnex``: sklearnex end to end (``sklearnex``). Where sklearnex is missing, a parameter
@@ -194,7 +195,7 @@ def fit_kmeans(
 
 SAMPLE_IMPLEMENTATION = "embclust-sample-restarts"
 # How auto refines on all rows (tag kmeans_refinement). In memory: scikit-learn's own Lloyd loop
-# to its convergence rule, on one thread per candidate (so the result does not depend on the
+# to its convergence rule, on one thread per candidate, two for a lone one (so the result does not depend on the
 # thread count), from each of the IN_MEMORY_CANDIDATES best restarts, the lower inertia kept.
 # Passes: Lloyd over row blocks (:mod:`lloyd`) from the best restart, until kmeans.refine_tol.
 IN_MEMORY, PASSES = "in-memory", "passes"
@@ -246,8 +247,10 @@ def _fit_on_sample(clusterer: KMeans, X: np.ndarray, sample: SampleSettings, pas
         clusterer.fit(X)  # let scikit-learn say what is wrong with it
         return KMeansFit("scikit-learn")
     size = sample.size(k)
-    if n_rows > size and _refines_in_memory(X, k) and not _sample_saves_work(n_rows, _n_init(clusterer), size, sample.per_init(True)):
-        size = n_rows  # scikit-learn's own restarts on every row are no more work: its answer
+    n_init = _n_init(clusterer)
+    if (n_rows > size and _refines_in_memory(X, k) and sample.restarts(n_init, n_rows, k) == n_init
+            and not _sample_saves_work(n_rows, n_init, size, sample.per_init(True))):
+        size = n_rows  # scikit-learn's own restarts on every row are no more work
     random_state = check_random_state(params.get("random_state"))
     rows = sample_rows(n_rows, size, params.get("random_state"))
     S = np.asarray(every_row(X) if rows is None else X[rows], dtype=dtype, order="C")
@@ -276,6 +279,13 @@ def _fit_on_sample(clusterer: KMeans, X: np.ndarray, sample: SampleSettings, pas
     elif in_memory:
         restarts = lloyd_refinements(S - mean, starts, max_iter=max_iter, tol=tol, n_threads=n_threads, one_thread_each=True)
         best = _best_distinct(restarts, k, IN_MEMORY_CANDIDATES)
+    elif rows is None and n_rows > sample.size(k):
+        # Data larger than the sample, fitted whole: its centred rows made once (in place where S
+        # is already a copy, not the caller's array or file), and scikit-learn's tolerance rule by
+        # blocks in float64 instead of its variance over another full-size temporary.
+        copied = not (isinstance(X, np.ndarray) and np.may_share_memory(S, X))
+        S = np.subtract(S, mean, out=S) if copied else S - mean
+        best = [_best_of_restarts(S, starts, k, max_iter, tol, n_threads, lloyd.mean_variance(S, n_threads) * tol)]
     else:
         best = [_best_of_restarts(S - mean, starts, k, max_iter, tol, n_threads)]
     labels, inertia, centers, n_iter = best[0]
@@ -347,7 +357,7 @@ def _best_distinct(results: list, k: int, n: int) -> list:
 
 def _refine_in_memory(X: np.ndarray, candidates: list, max_iter: int, tol: float, n_threads: int) -> lloyd.Refinement:
     """scikit-learn's Lloyd loop on all rows from each candidate's centres, to its convergence rule,
-    one thread per candidate; the lowest inertia (exact, float64) kept, the first on ties."""
+    one thread per candidate (two for a lone one); the lowest inertia (exact, float64) kept, the first on ties."""
     _kmeans_single_lloyd, _ = _private_lloyd_loop()
     Xc = np.ascontiguousarray(X)
     weights = np.ones(Xc.shape[0], dtype=Xc.dtype)
@@ -373,9 +383,11 @@ def _best_of_blocked_restarts(Xc: np.ndarray, starts, k: int, max_iter: int, tol
     return _best_as_scikit_learn(results, k)
 
 
-def _best_of_restarts(Xc: np.ndarray, starts, k: int, max_iter: int, tol: float, n_threads: int):
+def _best_of_restarts(Xc: np.ndarray, starts, k: int, max_iter: int, tol: float, n_threads: int,
+                      absolute_tol: float | None = None):
     """scikit-learn's Lloyd from each start, one thread per start, the best kept as scikit-learn keeps it."""
-    results = lloyd_refinements(Xc, starts, max_iter=max_iter, tol=tol, n_threads=n_threads, one_thread_each=True)
+    results = lloyd_refinements(Xc, starts, max_iter=max_iter, tol=tol, n_threads=n_threads, one_thread_each=True,
+                                absolute_tol=absolute_tol)
     return _best_as_scikit_learn(results, k)  # in start order, whatever order the threads finished in
 
 
@@ -474,7 +486,7 @@ def _private_lloyd_loop():
 
 def lloyd_refinements(
     Xc: np.ndarray, starts, max_iter: int = 300, tol: float = 1e-4, n_threads: int | None = None,
-    one_thread_each: bool = False,
+    one_thread_each: bool = False, absolute_tol: float | None = None,
 ):
     """(labels, inertia, centres, n_iter) of scikit-learn's Lloyd from each start, in start order.
 
@@ -486,7 +498,8 @@ def lloyd_refinements(
     thread, the starts spread over ``n_threads`` threads, so each result is the same whatever
     the thread count; otherwise each start uses ``n_threads``
     threads, one start after another. Where scikit-learn's private loop is not there (another
-    release), each start is a public ``KMeans`` fit instead.
+    release), each start is a public ``KMeans`` fit instead. ``absolute_tol``: the tolerance in
+    the data's units, as scikit-learn derives it from ``tol`` (default: derived here, as it does).
     """
     from threadpoolctl import threadpool_limits
 
@@ -496,7 +509,7 @@ def lloyd_refinements(
     private = _private_lloyd_loop()
     if private is None:
         def one(centers):
-            with threadpool_limits(limits=per_start):
+            with threadpool_limits(limits=per_start, user_api="openmp"):  # BLAS stays at one thread
                 fitted = KMeans(
                     n_clusters=len(centers), init=centers, n_init=1, max_iter=max_iter, tol=tol, algorithm="lloyd"
                 ).fit(Xc)
@@ -504,7 +517,7 @@ def lloyd_refinements(
     else:
         _kmeans_single_lloyd, _tolerance = private
         weights = np.ones(Xc.shape[0], dtype=Xc.dtype)
-        absolute_tol = _tolerance(Xc, tol)
+        absolute_tol = _tolerance(Xc, tol) if absolute_tol is None else absolute_tol
 
         def one(centers):
             init = np.array(centers, dtype=Xc.dtype, order="C", copy=True)  # the loop writes into it
@@ -516,12 +529,16 @@ def lloyd_refinements(
 
 def _threads_per_start(n_starts: int) -> int:
     """OpenMP threads for each of ``n_starts`` runs of scikit-learn's Lloyd loop that must give the
-    same bits on any machine: one each, or exactly LONE_START_THREADS for a lone start.
+    same bits whatever the core count: one each, or exactly LONE_START_THREADS for a lone start.
 
     The loop sums each thread's static share of the row chunks into its own buffer, then adds the
-    buffers to zeroed centres one thread at a time. With one thread or exactly two, the order
-    they finish in cannot change a bit (0 + a + b = 0 + b + a), so a fixed count gives the same
-    result on one core or many; a lone start then uses two cores instead of leaving one idle.
+    buffers to zeroed centres one thread at a time (its inertia likewise). With one thread or
+    exactly two, the order they finish in cannot change a bit (0 + a + b = 0 + b + a), so a fixed
+    count gives the same result on one core or many; a lone start then uses two cores instead of
+    leaving one idle. The two threads are asked for explicitly, so they run even in a worker
+    limited to one (a joblib-launched sweep at n_init=1 then briefly runs two threads per worker).
+    An OpenMP runtime that grants fewer threads than asked (OMP_THREAD_LIMIT=1, OMP_DYNAMIC=true)
+    gives other bits.
     """
     return LONE_START_THREADS if n_starts == 1 else 1
 

@@ -197,18 +197,16 @@ def composition_table(
 
     ``known``: which rows have a known true label (see ``metrics.known_labels``). Purity, entropy
     and the top labels count those rows only, as the agreement scores do, so the overall purity
-    equals the run's ``purity``; ``unknown_share`` says how much of a cluster had no label, and a
-    cluster with none known has NaN purity.
+    equals the run's ``purity``; column ``unknown_share`` says how much of each cluster had no
+    label (0 where every label is known), and a cluster with none known has NaN purity.
     """
     classes, class_idx = _codes(true_labels, codes)
     labels = np.asarray(labels)
     clusters, cluster_idx, sizes = np.unique(labels, return_inverse=True, return_counts=True)
     class_idx, cluster_idx = np.asarray(class_idx).ravel(), cluster_idx.ravel()
-    if known is not None and not np.all(known):
+    if known is not None:
         known = np.asarray(known, dtype=bool)
         class_idx, cluster_idx = class_idx[known], cluster_idx[known]
-    else:
-        known = None
     # classes x clusters counts of the rows with a known label
     table = np.bincount(class_idx * clusters.size + cluster_idx, minlength=len(classes) * clusters.size)
     table = table.reshape(len(classes), clusters.size)
