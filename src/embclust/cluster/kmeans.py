@@ -195,8 +195,9 @@ def fit_kmeans(
 
 SAMPLE_IMPLEMENTATION = "embclust-sample-restarts"
 # How auto refines on all rows (tag kmeans_refinement). In memory: scikit-learn's own Lloyd loop
-# to its convergence rule, on one thread per candidate, two for a lone one (so the result does not depend on the
-# thread count), from each of the IN_MEMORY_CANDIDATES best restarts, the lower inertia kept.
+# to its convergence rule, on one thread per candidate, two for a lone one (so the result does
+# not depend on the thread count), from each of the IN_MEMORY_CANDIDATES best restarts, the
+# lower inertia kept.
 # Passes: Lloyd over row blocks (:mod:`lloyd`) from the best restart, until kmeans.refine_tol.
 IN_MEMORY, PASSES = "in-memory", "passes"
 IN_MEMORY_CANDIDATES = 2
@@ -337,7 +338,7 @@ def _sample_saves_work(n_rows: int, n_init: int, sample_size: int, per_init: int
 
     A refinement starts in a sample restart's basin and takes about half the iterations of a
     k-means++ start on all rows (REFINEMENT_SHARE). At ``n_init=1`` the sample never saves work,
-    and where it saves none, ``auto`` fits every row and gives scikit-learn's own answer.
+    and where it saves none, ``auto`` runs scikit-learn's own starts and Lloyd loop on every row.
     """
     restarts = float(n_init) * per_init * sample_size
     refinements = IN_MEMORY_CANDIDATES * REFINEMENT_SHARE * float(n_rows)
