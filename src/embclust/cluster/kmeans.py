@@ -249,11 +249,11 @@ def _fit_on_sample(clusterer: KMeans, X: np.ndarray, sample: SampleSettings, pas
         return KMeansFit("scikit-learn")
     size = sample.size(k)
     n_init = _n_init(clusterer)
-    if (n_rows > size and _refines_in_memory(X, k) and sample.restarts(n_init, n_rows, k) == n_init
-            and not _sample_saves_work(n_rows, n_init, size, sample.per_init(True))):
-        size = n_rows  # scikit-learn's own restarts on every row are no more work
+    # Data larger than the sample, fitted whole because the sample would save no work.
+    whole_by_choice = (n_rows > size and _refines_in_memory(X, k) and sample.restarts(n_init, n_rows, k) == n_init
+                       and not _sample_saves_work(n_rows, n_init, size, sample.per_init(True)))
     random_state = check_random_state(params.get("random_state"))
-    rows = sample_rows(n_rows, size, params.get("random_state"))
+    rows = None if whole_by_choice else sample_rows(n_rows, size, params.get("random_state"))
     S = np.asarray(every_row(X) if rows is None else X[rows], dtype=dtype, order="C")
     if not np.isfinite(S).all():
         clusterer.fit(X)
@@ -280,7 +280,7 @@ def _fit_on_sample(clusterer: KMeans, X: np.ndarray, sample: SampleSettings, pas
     elif in_memory:
         restarts = lloyd_refinements(S - mean, starts, max_iter=max_iter, tol=tol, n_threads=n_threads, one_thread_each=True)
         best = _best_distinct(restarts, k, IN_MEMORY_CANDIDATES)
-    elif rows is None and n_rows > sample.size(k):
+    elif whole_by_choice:
         # Data larger than the sample, fitted whole: its centred rows made once (in place where S
         # is already a copy, not the caller's array or file), and scikit-learn's tolerance rule by
         # blocks in float64 instead of its variance over another full-size temporary.
@@ -359,21 +359,13 @@ def _best_distinct(results: list, k: int, n: int) -> list:
 def _refine_in_memory(X: np.ndarray, candidates: list, max_iter: int, tol: float, n_threads: int) -> lloyd.Refinement:
     """scikit-learn's Lloyd loop on all rows from each candidate's centres, to its convergence rule,
     one thread per candidate (two for a lone one); the lowest inertia (exact, float64) kept, the first on ties."""
-    _kmeans_single_lloyd, _ = _private_lloyd_loop()
     Xc = np.ascontiguousarray(X)
-    weights = np.ones(Xc.shape[0], dtype=Xc.dtype)
     absolute_tol = lloyd.mean_variance(Xc, n_threads) * tol  # scikit-learn's tolerance, in float64
-
-    per_candidate = _threads_per_start(len(candidates))
-
-    def one(centers):
-        init = np.array(centers, dtype=Xc.dtype, order="C", copy=True)  # the loop writes into it
-        labels, _, centers, n_iter = _kmeans_single_lloyd(Xc, weights, init, max_iter=max_iter, tol=absolute_tol,
-                                                          n_threads=per_candidate)
-        return lloyd.Refinement(labels, lloyd.inertia(Xc, labels, centers, 1), centers, n_iter)
-
-    results = blocks.map_on_threads(one, candidates, n_threads)
-    return min(results, key=lambda r: r.inertia)
+    results = lloyd_refinements(Xc, candidates, max_iter=max_iter, tol=tol, n_threads=n_threads, one_thread_each=True,
+                                absolute_tol=absolute_tol)
+    refined = [lloyd.Refinement(labels, lloyd.inertia(Xc, labels, centers, 1), centers, n_iter)
+               for labels, _, centers, n_iter in results]
+    return min(refined, key=lambda r: r.inertia)
 
 
 def _best_of_blocked_restarts(Xc: np.ndarray, starts, k: int, max_iter: int, tol: float, n_threads: int,

@@ -291,7 +291,8 @@ def ids_and_labels(table: pa.Table, id_column: str | None, label_column: str | N
             f"rows (first rows: {', '.join(str(r) for r in rows[:5])}); fill them or set dataset.id_column=null"
         )
     ids = table[id_column].to_numpy() if id_column else np.arange(table.num_rows)
-    numbers_from_text = p is not None and Path(p).suffix.lower() == ".csv" and label_column != id_column
+    # A CSV's label column was read as text (read_columns' as_text) and may hold numbers.
+    numbers_from_text = p is not None and Path(p).suffix.lower() == ".csv" and bool(label_text_column(label_column, id_column))
     where = f"{p or 'table'}: label column {label_column!r} (dataset.label_column)"
     return ids, (label_values(table[label_column], where, numbers_from_text) if label_column else None)
 
