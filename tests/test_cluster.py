@@ -221,6 +221,21 @@ def test_lloyd_passes_give_an_empty_cluster_a_far_row_as_scikit_learn_does():
         4_000 + np.argsort(-((X[4_000:, None] - groups[[0, 1]]) ** 2).sum(-1).min(1), kind="stable")[:3])
 
 
+def test_lloyd_passes_stop_when_fewer_distinct_rows_than_centres():
+    # 5 distinct rows, 8 centres: every pass leaves 3 clusters empty and moves them onto rows
+    # whose own centre sits there already. Unchanged labels end the loop, as in scikit-learn's.
+    rng = np.random.default_rng(0)
+    points = rng.normal(size=(5, 6)).astype(np.float32)
+    X = points[rng.integers(0, 5, 3_000)]
+    start = np.concatenate([points, points[:3] + np.float32(0.01)])
+    for threads in (1, 2):
+        r = lloyd.refine(X, start, n_threads=threads, max_iter=300, block_rows=500)
+        assert r.n_iter <= 3
+        assert r.inertia < 1e-6
+        assert np.unique(r.labels).size == 5
+        np.testing.assert_array_equal(r.labels, lloyd.assign(X, r.centers, threads, 500))
+
+
 def test_auto_refuses_a_nan_outside_its_sample(embeddings_large):
     X = embeddings_large.copy()
     sampled = kmeans.sample_rows(X.shape[0], SMALL_SAMPLE.size(12), 1)
@@ -236,6 +251,7 @@ def test_a_restart_budget_runs_fewer_restarts_each_on_every_thread_with_the_same
     budget = kmeans.SampleSettings(sample_per_cluster=100, min_sample=2_000, max_restart_work=50_000)
     assert budget.restarts(8, 2_000, 12) == 2 and budget.restarts(8, 10**6, 12) == 1
     assert kmeans.SampleSettings(max_restart_work=None).restarts(8, 10**9, 1000) == 8
+    assert kmeans.SampleSettings(max_restart_work=float("inf")).restarts(8, 10**9, 1000) == 8
     fits = []
     for threads in (1, 2):
         with threadpool_limits(limits=threads):

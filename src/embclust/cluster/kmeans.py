@@ -135,8 +135,8 @@ class SampleSettings:
 
     def restarts(self, requested: int, sample_rows: int, n_clusters: int) -> int:
         """How many of the ``requested`` restarts fit in ``max_restart_work`` (at least one)."""
-        if self.max_restart_work is None:
-            return requested
+        if self.max_restart_work is None or float(self.max_restart_work) == float("inf"):
+            return requested  # null or .inf: no limit
         return max(1, min(requested, int(float(self.max_restart_work) // (int(sample_rows) * int(n_clusters)))))
 
 

@@ -304,10 +304,14 @@ def refine(
         filled = counts > 0
         new_centers = centers.copy()
         new_centers[filled] = (sums[filled] / counts[filled, None]).astype(X.dtype)
-        if not relocated and labels_before is not None and np.array_equal(result.labels, labels_before):
-            converged_strictly = True  # the labels are those of the centres just computed from them
+        if labels_before is not None and np.array_equal(result.labels, labels_before):
+            # The labels are those of the centres just computed from them. Unchanged labels after
+            # a relocation mean the moved centres tie with rows' own (fewer distinct rows than
+            # clusters): keep the centres this pass assigned to, which its labels hold, and stop
+            # (scikit-learn's loop stops here too) instead of moving them again every pass.
+            converged_strictly = True
             labels = result.labels
-            centers = new_centers
+            centers = centers if relocated else new_centers
             break
         shift = float(np.sum((new_centers.astype(np.float64) - centers.astype(np.float64)) ** 2))
         centers, labels_before = new_centers, result.labels
