@@ -198,6 +198,21 @@ def test_artifacts_on_a_full_disk_name_the_artifact_not_the_store(tmp_path):
     assert run.info.status == "FAILED" and "the disk is full" in run.data.tags["error"]
 
 
+def test_a_sweep_whose_disk_fills_at_its_report_fails_in_one_line_leaving_no_cut_report(tmp_path):
+    # The cells' small artifacts fit on the artifact disk; the sweep's report does not.
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    with small_fs(tmp_path / "work", size="500k") as work:
+        proc = run_py(work, "clusterer.n_clusters=3,4", "analysis.report.enabled=true", tracking_uri=uri, multirun=True,
+                      outputs=tmp_path, env={"EMBCLUST_CACHE_DIR": str(tmp_path / "cache")})
+        assert_one_line(proc, "the disk is full", "cannot write", str(work / "mlruns"))
+        assert not list(work.rglob("report.html")), "a report cut short is left in the artifacts"
+    assert runs_left_running(uri) == []
+    mlflow.set_tracking_uri(uri)
+    runs = mlflow.search_runs(search_all_experiments=True, output_format="list")
+    (parent,) = [r for r in runs if r.data.tags.get("sweep_role") == "parent"]
+    assert parent.info.status == "FAILED" and "the disk is full" in parent.data.tags["error"]
+
+
 def test_a_sweep_goes_on_without_a_cache_on_a_full_disk_with_one_warning(tmp_path):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     with small_fs(tmp_path / "cache", size="1m") as cache:

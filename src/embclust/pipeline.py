@@ -380,6 +380,9 @@ def failure_message(exc: BaseException) -> tuple[str, bool]:
     err = user_error(exc)
     if err is not None:
         return str(err), True
+    store = tracking.store_failure_message(exc, mlflow.get_tracking_uri())  # full disk, locked, server gone
+    if store is not None:
+        return store, True
     chain, seen = [], exc
     while seen is not None and len(chain) < 20:
         chain.append(seen)

@@ -314,17 +314,16 @@ class MlflowSweepCallback(Callback):
         except signals.Stopped as stopped:
             _end_stopped(client, parent, stopped)
         except Exception as exc:  # noqa: BLE001 - the parent must still end, with the reason
-            message = f"summary failed: {type(exc).__name__}: {exc}".replace("\n", " ")
-            client.set_tag(parent, "error", message[:5000])
-            client.set_terminated(parent, "FAILED")
-            log.error("sweep: %s (parent run %s)", message, parent)
-            raise SystemExit(1) from None
+            _end_failed(client, parent, exc, config.mlflow.tracking_uri)
         if signals.received is not None:  # stopped during the summary, wherever the signal was caught
             _end_stopped(client, parent, signals.received)
         failed_all = summary.n_cells > 0 and summary.n_failed == summary.n_cells
-        if failed_all:
-            client.set_tag(parent, "error", f"all {summary.n_cells} cells failed (see leaderboard.csv)")
-        client.set_terminated(parent, "FAILED" if failed_all else "FINISHED")
+        try:
+            if failed_all:
+                client.set_tag(parent, "error", f"all {summary.n_cells} cells failed (see leaderboard.csv)")
+            client.set_terminated(parent, "FAILED" if failed_all else "FINISHED")
+        except Exception as exc:  # noqa: BLE001 - a store that refuses the last write (full disk, locked)
+            _end_failed(client, parent, exc, config.mlflow.tracking_uri)
         url = tracking.runs_page_url(config.mlflow.tracking_uri, self.plan.experiment_id)
         if summary.best:
             log.info("sweep done: best %s", summary.best)
@@ -402,11 +401,35 @@ def _load_shared_dataset(task_cfg: DictConfig, config: DictConfig, swept: dict) 
     return tags
 
 
+def _end_failed(client, parent_run_id: str, exc: BaseException, tracking_uri: str) -> None:
+    """End the parent of a sweep whose summary failed as FAILED with the reason, say it in one
+    line and exit 1; where the store itself refuses the writes (full disk, locked), the line says
+    so and the parent stays RUNNING until the next run closes it."""
+    message = tracking.store_failure_message(exc, tracking_uri)
+    if message is None:
+        err = user_error(exc)
+        message = "summary failed: " + (str(err) if err else f"{type(exc).__name__}: {exc}".replace("\n", " "))
+    try:
+        with signals.ignored():
+            client.set_tag(parent_run_id, "error", message[:5000])
+            client.set_terminated(parent_run_id, "FAILED")
+    except Exception:  # noqa: BLE001 - the store refuses writes: the line below says why
+        log.error("sweep: %s (parent run %s left RUNNING: the store could not be written)", message, parent_run_id)
+    else:
+        log.error("sweep: %s (parent run %s)", message, parent_run_id)
+    raise SystemExit(1) from None
+
+
 def _end_stopped(client, parent_run_id: str, stopped) -> None:
     """End the parent of a sweep stopped by a signal as KILLED, say so, and exit 128 + signal."""
-    with signals.ignored():
-        client.set_tag(parent_run_id, "error", f"sweep {stopped}")
-        client.set_terminated(parent_run_id, "KILLED")
+    try:
+        with signals.ignored():
+            client.set_tag(parent_run_id, "error", f"sweep {stopped}")
+            client.set_terminated(parent_run_id, "KILLED")
+    except Exception as exc:  # noqa: BLE001 - a store that refuses writes: the next run closes the parent
+        log.error("sweep: %s; parent run %s left RUNNING: the store could not be written (%s)",
+                  stopped, parent_run_id, first_line(exc))
+    else:
         log.error("sweep: parent run %s KILLED: %s", parent_run_id, stopped)
     raise SystemExit(stopped.exit_code)
 

@@ -16,6 +16,7 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from embclust import tracking
 from embclust.sweep import advice, compare
 from embclust.sweep.plan import short_override
 from embclust.tracking import plots
@@ -145,7 +146,7 @@ def summarize_sweep(
             report.sections.extend((f"Best cell: {h}", c) for h, c in best_report.sections)
         _fill_header(report, summary, table, scored, swept, metric, best_report)
         report.write(folder / "report.html")
-        client.log_artifacts(parent_run_id, str(folder))
+        tracking.log_artifacts(folder, parent_run_id)
     if n_failed:
         log.warning("sweep: %d of %d cells FAILED (see leaderboard.csv on run %s)", n_failed, len(table), parent_run_id)
     return summary

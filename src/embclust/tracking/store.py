@@ -521,7 +521,9 @@ def log_artifacts(folder: Path, run_id: str | None = None) -> None:
 
     MLflow's own error for a full or read-only artifact store names neither the file nor the
     place (``[Errno 28] No space left on device``); this one says which artifact could not be
-    written where, and what to do (:class:`~embclust.errors.PathError`).
+    written where, and what to do (:class:`~embclust.errors.PathError`). A file cut short in a
+    local artifact location (a disk that filled mid-copy) is removed: a truncated report must not
+    look like the run's.
     """
     from embclust.errors import path_error
 
@@ -530,16 +532,38 @@ def log_artifacts(folder: Path, run_id: str | None = None) -> None:
     try:
         client.log_artifacts(run_id, str(folder))
     except OSError as exc:
-        where = _first_artifact_not_written(folder, client.get_run(run_id).info.artifact_uri)
+        artifact_uri = client.get_run(run_id).info.artifact_uri
+        where = _first_artifact_not_written(folder, artifact_uri)
+        for short in _artifacts_cut_short(folder, artifact_uri):
+            with contextlib.suppress(OSError):
+                short.unlink()
         raise path_error(exc, where, "the run's artifact location, under mlflow.tracking_uri's artifact root") from None
+
+
+def _local_artifact_root(artifact_uri: str) -> Path | None:
+    from urllib.parse import unquote, urlparse
+
+    parsed = urlparse(artifact_uri)
+    return Path(unquote(parsed.path)) if parsed.scheme in ("", "file") else None
+
+
+def _artifacts_cut_short(folder: Path, artifact_uri: str) -> list[Path]:
+    """Copies in a local ``artifact_uri`` of files under ``folder`` that are shorter than the file."""
+    local = _local_artifact_root(artifact_uri)
+    if local is None:
+        return []
+    short = []
+    for source in sorted(p for p in Path(folder).rglob("*") if p.is_file()):
+        target = local / source.relative_to(folder)
+        with contextlib.suppress(OSError):
+            if target.is_file() and target.stat().st_size != source.stat().st_size:
+                short.append(target)
+    return short
 
 
 def _first_artifact_not_written(folder: Path, artifact_uri: str) -> str:
     """The destination of the first file under ``folder`` missing or short in a local ``artifact_uri``."""
-    from urllib.parse import unquote, urlparse
-
-    parsed = urlparse(artifact_uri)
-    local = Path(unquote(parsed.path)) if parsed.scheme in ("", "file") else None
+    local = _local_artifact_root(artifact_uri)
     for source in sorted(p for p in Path(folder).rglob("*") if p.is_file()):
         relative = source.relative_to(folder)
         if local is None:
