@@ -1,9 +1,13 @@
 """Entry point: ``python run.py [overrides]`` or ``python run.py -m [sweep overrides]``."""
 
-import hydra
-from omegaconf import DictConfig
+from embclust import signals
 
-from embclust import console, runner
+signals.catch_early_interrupt()  # before the imports below: a stop during them is not lost
+
+import hydra  # noqa: E402
+from omegaconf import DictConfig  # noqa: E402
+
+from embclust import console, runner  # noqa: E402
 
 
 @hydra.main(version_base=None, config_path="conf", config_name="config")

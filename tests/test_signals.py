@@ -198,3 +198,50 @@ def test_an_interrupt_between_cells_stops_a_sweep_started_with_it_ignored(tmp_pa
     assert "KILLED: sweep stopped by SIGINT" in stderr
     assert not [r for r in runs if r.info.status == "RUNNING"]
     assert 1 <= len([r for r in runs if r.data.tags.get("sweep_role") == "cell"]) < 3
+
+
+def _background_job():
+    _as_from_a_terminal()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+@pytest.mark.parametrize("multirun", [False, True])
+def test_an_interrupt_during_start_up_of_a_background_job_is_not_lost(tmp_path, tracking_uri, multirun):
+    # Sent while the process still imports its libraries, before any handler of embclust's: with
+    # SIGINT ignored at start it used to be dropped and the run went on to finish with status 0.
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    cmd = [sys.executable, str(RUN_PY), *(["-m", "clusterer.n_clusters=5,6"] if multirun else []), "reducer=none",
+           f"mlflow.tracking_uri={tracking_uri}", f"hydra.run.dir={tmp_path / 'out'}", f"hydra.sweep.dir={tmp_path / 'multirun'}"]
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=_background_job)
+    time.sleep(0.3)
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=180)
+    assert proc.returncode == 130, stderr[-2000:]
+    assert "stopped by SIGINT" in stderr.strip().splitlines()[-1] and "Traceback" not in stderr
+    mlflow.set_tracking_uri(tracking_uri)
+    runs = mlflow.search_runs(search_all_experiments=True, output_format="list")
+    assert not [r for r in runs if r.info.status in ("RUNNING", "FINISHED")]
+
+
+def test_a_stop_while_the_run_is_set_up_ends_it_killed(tmp_path, tracking_uri, monkeypatch):
+    # The signal lands after the run exists and before its pipeline starts (validation, params).
+    from embclust import validate
+
+    def stopped_while_validating(cfg):
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(5)
+
+    monkeypatch.setattr(validate, "validate_config", stopped_while_validating)
+    from hydra import compose, initialize_config_dir
+
+    from embclust import runner
+
+    with initialize_config_dir(version_base=None, config_dir=str(RUN_PY.parent / "conf")):
+        cfg = compose("config", overrides=["reducer=none", f"mlflow.tracking_uri={tracking_uri}"])
+    with pytest.raises(SystemExit) as info:
+        runner._run(cfg)
+    assert info.value.code == 143
+    mlflow.set_tracking_uri(tracking_uri)
+    (run,) = mlflow.search_runs(search_all_experiments=True, output_format="list")
+    assert run.info.status == "KILLED" and run.data.tags["error"] == "stopped by SIGTERM"

@@ -132,27 +132,37 @@ def _run(cfg: DictConfig) -> float:
         tracking.close_dead_runs(experiment_id)
     tags[tracking.PROCESS_TAG] = owner_token()
     timer = stages.StageTimer(STAGES, prefix=f"{cell.position} " if cell else "")
-    with mlflow.start_run(
-        run_name=pipeline.run_name(cfg), parent_run_id=cell.parent_run_id if cell else None, tags=tags
-    ) as active:
-        try:
-            validate.validate_config(cfg)
-            stages.check_engine(cfg)
-            mlflow.log_params(tracking.flatten_config(cfg))
-            with signals.stop_on_signals(), tempfile.TemporaryDirectory(prefix="embclust-") as tmp, \
-                    threadpool_limits(limits=threads):
-                result = pipeline.execute(cfg, Path(tmp), timer, plan=plan, in_sweep=in_sweep, overrides=_hydra_overrides())
-        except signals.Stopped as stopped:
-            signals.end_run_killed(stopped, f"{cell.position}: " if cell else "")
-            raise SystemExit(stopped.exit_code) from None
-        except Exception as exc:  # noqa: BLE001 - every failure must be recorded before exiting
-            if signals.received is not None:  # a stop signal that a library turned into an error of its own
-                signals.end_run_killed(signals.received, f"{cell.position}: " if cell else "")
-                raise SystemExit(signals.received.exit_code) from None
-            message = pipeline.record_failure(exc, timer, active.info.run_id, f"{cell.position}: " if cell else "")
-            if in_sweep:
-                return sweep.failed_cell_value(message)
-            raise SystemExit(1) from None
+    prefix = f"{cell.position}: " if cell else ""
+    try:
+        # Stop signals turn into Stopped from the moment the run exists until it is ended, so a
+        # stop during its set-up (validation, params) also ends it KILLED with the reason.
+        with signals.stop_on_signals():
+            with signals.deferred():  # the run is created whole; a stop meanwhile is raised after
+                active = mlflow.start_run(run_name=pipeline.run_name(cfg), parent_run_id=cell.parent_run_id if cell else None,
+                                          tags=tags)
+            with active:
+                try:
+                    validate.validate_config(cfg)
+                    stages.check_engine(cfg)
+                    mlflow.log_params(tracking.flatten_config(cfg))
+                    with tempfile.TemporaryDirectory(prefix="embclust-") as tmp, threadpool_limits(limits=threads):
+                        result = pipeline.execute(cfg, Path(tmp), timer, plan=plan, in_sweep=in_sweep,
+                                                  overrides=_hydra_overrides())
+                except signals.Stopped as stopped:
+                    signals.end_run_killed(stopped, prefix)  # before the run's own exit ends it FAILED
+                    raise SystemExit(stopped.exit_code) from None
+                except Exception as exc:  # noqa: BLE001 - every failure must be recorded before exiting
+                    if signals.received is not None:  # a stop signal that a library turned into an error of its own
+                        signals.end_run_killed(signals.received, prefix)
+                        raise SystemExit(signals.received.exit_code) from None
+                    with signals.ignored():
+                        message = pipeline.record_failure(exc, timer, active.info.run_id, prefix)
+                    if in_sweep:
+                        return sweep.failed_cell_value(message)
+                    raise SystemExit(1) from None
+    except signals.Stopped as stopped:  # held while the run was created, raised once it existed
+        signals.end_run_killed(stopped, prefix)
+        raise SystemExit(stopped.exit_code) from None
     metric = plan.rank_metric if plan else resolve_metric(cfg, ())
     value = result.metrics.get(metric, math.nan)
     prefix = f"{cell.position} done: " if cell else ""

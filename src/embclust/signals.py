@@ -15,8 +15,6 @@ import sys
 import threading
 from contextlib import contextmanager
 
-import mlflow
-
 log = logging.getLogger(__name__)
 
 
@@ -89,6 +87,38 @@ def note_stop(signum: int) -> Stopped:
     return stopped
 
 
+# A SIGINT that arrived during start-up, before embclust's handlers (see catch_early_interrupt).
+_early: Stopped | None = None
+
+
+def _note_early(signum, frame):  # noqa: ARG001
+    global _early
+    if _early is None:
+        _early = Stopped(signum)
+
+
+_note_early.embclust_early = True
+
+
+def catch_early_interrupt() -> None:
+    """Keep a SIGINT that arrives while the process starts (imports, Hydra's set-up), where it
+    started with SIGINT ignored (a script's background job): the signal would otherwise be
+    dropped and the run go on. Call it first thing; the first :func:`stop_on_signals` block (or a
+    sweep's handlers, :func:`take_early_stop`) raises it. Where SIGINT is not ignored, Python's own
+    KeyboardInterrupt stops the start-up as before."""
+    if _main() and signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, _note_early)
+
+
+def take_early_stop() -> Stopped | None:
+    """The stop :func:`catch_early_interrupt` kept, recorded as :data:`received` (once), else None."""
+    global _early
+    stopped, _early = _early, None
+    if stopped is not None:
+        note_stop(stopped.signum)
+    return stopped
+
+
 @contextmanager
 def stop_on_signals():
     """Turn the stop signals (:data:`HANDLED`) into :class:`Stopped` inside the block; restore the old
@@ -101,6 +131,9 @@ def stop_on_signals():
         return
     previous = {sig: signal.signal(sig, _raise_stopped) for sig in HANDLED}
     try:
+        early = take_early_stop()
+        if early is not None:
+            raise early
         yield
     finally:
         for sig, handler in previous.items():
@@ -160,6 +193,8 @@ def ignored():
 
 def end_run_killed(stopped: Stopped, prefix: str = "") -> None:
     """End the active MLflow run as KILLED with the reason in tag ``error`` and say so in one line."""
+    import mlflow
+
     with ignored():
         run = mlflow.active_run()
         if run is not None:

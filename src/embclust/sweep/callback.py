@@ -456,8 +456,11 @@ def _handle_stop_signals(stop_at_once: bool) -> None:
         defaults[signal.SIGHUP] = (signal.SIG_DFL, None)
     for sig, default in defaults.items():
         current = signal.getsignal(sig)
-        if current in default or getattr(current, "embclust_sweep", False):
+        if current in default or getattr(current, "embclust_sweep", False) or getattr(current, "embclust_early", False):
             signal.signal(sig, on_stop)
+    early = signals.take_early_stop()  # a SIGINT during start-up: no cell starts, the parent ends KILLED
+    if early is not None and stop_at_once:
+        raise early
 
 
 def _close_on_exit(parent_run_id: str, experiment_id: str) -> None:
