@@ -245,3 +245,33 @@ def test_a_stop_while_the_run_is_set_up_ends_it_killed(tmp_path, tracking_uri, m
     mlflow.set_tracking_uri(tracking_uri)
     (run,) = mlflow.search_runs(search_all_experiments=True, output_format="list")
     assert run.info.status == "KILLED" and run.data.tags["error"] == "stopped by SIGTERM"
+
+
+def test_a_stop_swallowed_by_a_ctypes_callback_is_raised_as_soon_as_the_callback_returns():
+    # numba compiles through ctypes callbacks: a stop raised inside one is printed as "Exception
+    # ignored" and dropped; it used to wait for the next stage (UMAP: 30-45 s).
+    import ctypes
+    import ctypes.util
+
+    libc = ctypes.CDLL(ctypes.util.find_library("c"))
+    compare_type = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.POINTER(ctypes.c_int), ctypes.POINTER(ctypes.c_int))
+    sent = []
+
+    def compare(a, b):
+        if not sent:
+            sent.append(True)
+            os.kill(os.getpid(), signal.SIGTERM)  # its handler runs in this callback
+            sum(range(1000))
+        return a[0] - b[0]
+
+    values = (ctypes.c_int * 64)(*range(64, 0, -1))
+    callback = compare_type(compare)
+    started = time.perf_counter()
+    with pytest.raises(Stopped, match="stopped by SIGTERM"):
+        with stop_on_signals():
+            libc.qsort(values, 64, ctypes.sizeof(ctypes.c_int), callback)
+            time.sleep(10)
+    assert time.perf_counter() - started < 5
+    from embclust import signals
+
+    signals.checkpoint()  # nothing left over to raise a second time

@@ -49,18 +49,40 @@ class Stopped(BaseException):
 received: Stopped | None = None
 
 
-# A stop raised where Python could not raise it (a finaliser, a garbage-collector callback): it is
-# printed as "Exception ignored" and lost, so it is kept here and raised at the next checkpoint.
+# A stop raised where Python could not raise it (a finaliser, a garbage-collector callback, a
+# ctypes callback such as numba's while it compiles): it is printed as "Exception ignored" and
+# lost, so it is kept here, the signal is sent again so that its handler raises it in the next
+# ordinary Python code, and else it is raised at the next checkpoint.
 _swallowed: Stopped | None = None
 _previous_unraisablehook = sys.unraisablehook
 
 
+_in_hook = False
+
+
 def _keep_swallowed_stop(unraisable) -> None:
-    global _swallowed
+    global _swallowed, _in_hook
     if isinstance(unraisable.exc_value, Stopped):
         _swallowed = unraisable.exc_value
+        if signal.getsignal(_swallowed.signum) is _raise_stopped:  # inside stop_on_signals
+            # Signalled again from a thread once this hook has returned: a handler run inside the
+            # hook could not raise either.
+            _in_hook = True
+            threading.Thread(target=_signal_again_after_hook, args=(_swallowed.signum,), daemon=True).start()
+            _in_hook = False
         return
     _previous_unraisablehook(unraisable)
+
+
+def _signal_again_after_hook(signum: int) -> None:
+    import time
+
+    while _in_hook:
+        time.sleep(0.001)
+    # To the main thread, which a signal also wakes from a sleep or a wait; not where the block
+    # has ended meanwhile (the stop is then raised at the next checkpoint).
+    if signal.getsignal(signum) is _raise_stopped:
+        signal.pthread_kill(threading.main_thread().ident, signum)
 
 
 sys.unraisablehook = _keep_swallowed_stop
@@ -75,6 +97,8 @@ def checkpoint() -> None:
 
 
 def _raise_stopped(signum, frame):
+    global _swallowed
+    _swallowed = None  # this raise supersedes a kept one (if it is swallowed too, it is kept again)
     raise note_stop(signum)
 
 
