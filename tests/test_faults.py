@@ -177,6 +177,14 @@ def test_store_whose_folder_is_a_file_is_one_line(tmp_path):
     assert_one_line(proc, "a_file")
 
 
+def test_store_that_is_a_folder_is_one_line_at_once(tmp_path):
+    # MLflow itself retries opening a folder as a database for about two minutes, then says
+    # "unable to open database file".
+    (tmp_path / "store").mkdir()
+    proc = run_py(tmp_path, tracking_uri=f"sqlite:///{tmp_path / 'store'}")
+    assert_one_line(proc, "is a folder, not a SQLite file", f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}")
+
+
 @pytest.mark.parametrize("multirun", [False, True])
 def test_unreachable_tracking_server_is_one_line(tmp_path, multirun):
     uri = f"http://127.0.0.1:{closed_port()}"

@@ -55,8 +55,19 @@ def os_error_reason(exc: OSError, path=None) -> str:
     return getattr(exc, "strerror", None) or first_line(exc)
 
 
-def path_error(exc: OSError, path, setting: str, action: str = "write") -> PathError:
-    """A one-line :class:`PathError` for ``exc`` at ``path``, naming the setting that chose the path."""
+def path_error(exc: OSError, path, setting: str, action: str = "write", instead: str | None = None) -> PathError:
+    """A one-line :class:`PathError` for ``exc`` at ``path``, naming the setting that chose the path.
+
+    ``instead``: what to do other than freeing space (default: choose another ``setting``)."""
     reason = os_error_reason(exc, path)
-    todo = f"free some space or choose another {setting}" if reason == "the disk is full" else f"choose another {setting}"
+    instead = instead or f"choose another {setting}"
+    todo = f"free some space or {instead}" if reason == "the disk is full" else instead
     return PathError(f"cannot {action} {path} ({setting}): {reason}; {todo}")
+
+
+# The artifact location of a run is its experiment's, fixed when the experiment was created.
+ARTIFACT_LOCATION = "the experiment's artifact location"
+ARTIFACT_LOCATION_INSTEAD = (
+    "run with another mlflow.experiment_name (a new experiment keeps its artifacts in ./mlruns of the folder "
+    "it is first run from) or another mlflow.tracking_uri"
+)

@@ -28,7 +28,7 @@ from mlflow.entities import Metric, Param, RunTag
 from omegaconf import DictConfig, OmegaConf
 
 from embclust import cluster, data, maps, preprocess, signals, stages, tracking, validate
-from embclust.errors import ConfigError, path_error, user_error
+from embclust.errors import ARTIFACT_LOCATION, ARTIFACT_LOCATION_INSTEAD, ConfigError, first_line, path_error, user_error
 from embclust.explain import steps as explain_steps
 from embclust.processes import owner_token
 from embclust.scoring import silhouette, stability, torch_backend
@@ -366,7 +366,7 @@ def _log_model(preprocessing, clusterer, X: np.ndarray, labels: np.ndarray) -> N
         models.log_model(model, X[:5], labels[:5])
     except OSError as exc:
         where = f"{mlflow.active_run().info.artifact_uri}/model"
-        raise path_error(exc, where, "the run's artifact location, under mlflow.tracking_uri's artifact root") from None
+        raise path_error(exc, where, ARTIFACT_LOCATION, instead=ARTIFACT_LOCATION_INSTEAD) from None
     mlflow.set_tag("model_predicts", str(cluster.supports_predict(model)).lower())
 
 
@@ -439,10 +439,12 @@ def complete_best_cell(run_id: str, plan: SweepPlan) -> Report | None:
                     mlflow.set_tag("report_error", f"full report {stopped}")
                     mlflow.end_run(status="FINISHED")
                 raise stopped from None
-            err = user_error(exc)
-            message = str(err) if err else f"{type(exc).__name__}: {exc}".replace("\n", " ")
-            mlflow.set_tag("report_error", message[:5000])
+            message, _ = failure_message(exc)
             log.error("best cell %s: full report failed: %s", run_id, message)
+            try:  # the store that failed the report (full, locked) may refuse this too
+                mlflow.set_tag("report_error", message[:5000])
+            except Exception as tag_error:  # noqa: BLE001 - the run must still end FINISHED below
+                log.error("best cell %s: could not record the failure: %s", run_id, first_line(tag_error))
             return None
         finally:
             # The sweep's last use of the data: the summary's figures come from the cells' runs.

@@ -401,7 +401,7 @@ def setup_tracking(tracking_uri: str, experiment_name: str) -> str:
     if scheme.split("+", 1)[0] not in KNOWN_SCHEMES:
         raise ConfigError(
             f"mlflow.tracking_uri={tracking_uri!r}: unknown scheme {scheme + ':' if scheme else '(none)'} "
-            "(allowed: sqlite:///FILE, a folder or file:///FOLDER, http(s)://HOST:PORT, databricks, "
+            "(allowed: sqlite:///FILE, http(s)://HOST:PORT, databricks, "
             "postgresql/mysql/mssql://...)"
         )
     from sqlalchemy.exc import SQLAlchemyError
@@ -411,6 +411,11 @@ def setup_tracking(tracking_uri: str, experiment_name: str) -> str:
     with store_lock(tracking_uri):
         try:
             db = sqlite_path(tracking_uri)
+            if db is not None and db.is_dir():  # MLflow retries opening it for about two minutes
+                raise ConfigError(
+                    f"mlflow.tracking_uri={tracking_uri!r}: {db} is a folder, not a SQLite file; "
+                    f"point it at a file, e.g. mlflow.tracking_uri=sqlite:///{(db / 'mlflow.db').as_posix()}"
+                )
             if db is not None and not db.exists():
                 create_sqlite_store(db)
             client = mlflow.MlflowClient()
@@ -525,7 +530,7 @@ def log_artifacts(folder: Path, run_id: str | None = None) -> None:
     local artifact location (a disk that filled mid-copy) is removed: a truncated report must not
     look like the run's.
     """
-    from embclust.errors import path_error
+    from embclust.errors import ARTIFACT_LOCATION, ARTIFACT_LOCATION_INSTEAD, path_error
 
     client = mlflow.MlflowClient()
     run_id = run_id or mlflow.active_run().info.run_id
@@ -533,11 +538,12 @@ def log_artifacts(folder: Path, run_id: str | None = None) -> None:
         client.log_artifacts(run_id, str(folder))
     except OSError as exc:
         artifact_uri = client.get_run(run_id).info.artifact_uri
-        where = _first_artifact_not_written(folder, artifact_uri)
+        # the copy's destination where the error names it, else the first file not copied whole
+        where = getattr(exc, "filename2", None) or _first_artifact_not_written(folder, artifact_uri)
         for short in _artifacts_cut_short(folder, artifact_uri):
             with contextlib.suppress(OSError):
                 short.unlink()
-        raise path_error(exc, where, "the run's artifact location, under mlflow.tracking_uri's artifact root") from None
+        raise path_error(exc, where, ARTIFACT_LOCATION, instead=ARTIFACT_LOCATION_INSTEAD) from None
 
 
 def _local_artifact_root(artifact_uri: str) -> Path | None:
