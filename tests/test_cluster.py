@@ -543,3 +543,22 @@ def test_kmeans_sample_settings_out_of_range_name_the_key(key, value, message):
     with pytest.raises(ConfigError, match=re.escape(message)):
         stages.kmeans_sample(OmegaConf.create({"kmeans": {key: value}}))
     assert stages.kmeans_sample(OmegaConf.create({"kmeans": {key: None}})) is not None
+
+
+def test_the_model_predicts_the_fits_labels_where_features_share_a_large_offset():
+    # normalize=none, no PCA, features near 1e4: scikit-learn's float32 distances on raw rows put
+    # most rows on another centre; the logged model centres them first, as the fit's passes do.
+    from sklearn.pipeline import Pipeline
+
+    from embclust.cluster import build_model
+
+    rng = np.random.default_rng(0)
+    X = (rng.normal(size=(20, 16))[rng.integers(0, 20, 6_000)] + rng.normal(scale=0.5, size=(6_000, 16))).astype(np.float32)
+    preprocessing = Pipeline([("pca", "passthrough")])
+    for offset, steps in ((1e4, ["pca", "centre", "cluster"]), (0.0, ["pca", "cluster"])):
+        moved = X + np.float32(offset)
+        fitted = fit(KMeans(20, n_init=2, random_state=0), moved)
+        model = build_model(preprocessing, fitted.estimator)
+        assert [name for name, _ in model.steps] == steps
+        assert (model.predict(moved) == fitted.labels).mean() > 0.999
+        np.testing.assert_allclose(model.transform(moved[:50]), fitted.estimator.transform(moved[:50]), rtol=1e-3, atol=1e-2)
