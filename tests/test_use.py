@@ -110,7 +110,7 @@ def test_assign_reproduces_kmeans_labels_and_run_logs_routing_recall(run_cli, pl
     code, _, err = _embclust(
         capsys, "assign", run.info.run_id, "--input", tmp_path / "nope.csv", "--output", tmp_path / "b.csv", "--tracking-uri", tracking_uri
     )
-    assert code == 1 and err.strip().endswith(f"error: file not found: {tmp_path / 'nope.csv'} (dataset.path)")
+    assert code == 1 and err.strip().endswith(f"error: file not found: {tmp_path / 'nope.csv'} (--input)")
     # one new row, or the same row twice, is assigned like any other rows
     table = pd.read_csv(planted_csv)
     for name, rows in (("one.csv", [7]), ("twice.csv", [7, 7])):

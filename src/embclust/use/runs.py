@@ -122,6 +122,9 @@ def load_dataset(cfg: DictConfig, path: str | None = None, validate: bool = True
         while cause is not None and not isinstance(cause, EmbclustError):
             cause = cause.__cause__ or cause.__context__
         if cause is not None:
+            if path is not None and cause.args and isinstance(cause.args[0], str):
+                # the file is the command's --input, not the run's dataset.path
+                cause.args = (cause.args[0].replace("dataset.path", "--input"), *cause.args[1:])
             raise cause from None
         raise
     if not validate:
