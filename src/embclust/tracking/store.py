@@ -223,7 +223,7 @@ def locked_store_message(exc: BaseException, tracking_uri: str) -> str | None:
         return None
     return (
         f"the MLflow store mlflow.tracking_uri={tracking_uri!r} stayed locked by another process for "
-        f"{_MLFLOW_BUSY_TIMEOUT_S} s (database is locked): if a run, sweep or 'mlflow ui' on it is stopped "
+        f"{_MLFLOW_BUSY_TIMEOUT_S} s or more (database is locked): if a run, sweep or 'mlflow ui' on it is stopped "
         "(Ctrl-Z, kill -STOP), resume or end it; then run again"
     )
 
