@@ -20,4 +20,5 @@ if __name__ == "__main__":
     import sys
 
     console.check_hydra_output_dir(sys.argv[1:])
+    console.one_line_config_errors()
     console.exit_without_teardown(main)

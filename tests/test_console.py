@@ -70,3 +70,20 @@ def test_a_reader_that_closes_the_pipe_gets_no_traceback():
     finally:
         os.close(write_end)
     assert res.returncode == 141 and res.stderr == ""
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        (["clusterer.n_cluster=5"], "Could not override 'clusterer.n_cluster'"),
+        (["clusterer=kmeanz"], "Available options in 'clusterer': agglomerative, hdbscan, kmeans, minibatch_kmeans"),
+        (["-m", "clusterer.n_clusters=3,4", "reducer=umapp"], "Could not find 'reducer/umapp'"),
+    ],
+)
+def test_a_command_line_hydra_cannot_compose_is_one_line(tmp_path, overrides, expected):
+    proc = subprocess.run([sys.executable, str(RUN_PY), *overrides], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 1
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("config error: ") and expected in lines[0], proc.stderr
+    assert not (tmp_path / "mlflow.db").exists()

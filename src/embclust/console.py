@@ -62,6 +62,63 @@ def with_closed_pipe_quiet(entry: Callable[..., int]) -> Callable[..., int]:
     return run
 
 
+def one_line_config_errors() -> None:
+    """Make Hydra report a command line it cannot compose (a misspelt key, an unknown option of a
+    config group, a malformed override) in one line naming it and what is allowed, instead of
+    its block of lines ending in 'Set the environment variable HYDRA_FULL_ERROR=1'.
+
+    HYDRA_FULL_ERROR=1 keeps Hydra's own report; errors inside a run are embclust's to report.
+    """
+    from hydra._internal import utils as hydra_utils
+    from hydra.errors import CompactHydraException
+
+    original = hydra_utils.run_and_report
+    if getattr(original, "embclust_one_line", False):
+        return
+
+    def run_and_report(func):
+        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+            return original(func)
+
+        def compact():
+            try:
+                return func()
+            except CompactHydraException as exc:
+                print(config_error_line(exc), file=sys.stderr)
+                raise SystemExit(1) from None
+
+        return original(compact)
+
+    run_and_report.embclust_one_line = True
+    hydra_utils.run_and_report = run_and_report
+
+
+def config_error_line(exc: BaseException) -> str:
+    """Hydra's composition error (and the OmegaConf error under it) as one line."""
+    text = str(exc).split("Config search path:", 1)[0]
+    parts, options = [], []
+    for line in (raw.strip() for raw in text.splitlines()):
+        if not line:
+            continue
+        if line.startswith("Available options in"):
+            parts.append(line.rstrip(":") + ":")
+            options = parts
+        elif options is parts and _is_option_line(line):
+            options.append(line + ",")
+        else:
+            parts.append(line)
+    cause = exc.__cause__
+    if cause is not None and str(cause).strip():
+        reason = str(cause).strip().splitlines()[0].strip()
+        if reason and reason not in " ".join(parts):
+            parts.append(f"({reason})")
+    return "config error: " + " ".join(parts).replace(",  ", ", ").rstrip(",")
+
+
+def _is_option_line(line: str) -> bool:
+    return " " not in line and "'" not in line
+
+
 def exit_without_teardown(entry: Callable[[], object]) -> NoReturn:
     """Run ``entry`` (the Hydra main), then exit with its status without the interpreter's teardown.
 

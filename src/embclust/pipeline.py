@@ -383,6 +383,13 @@ def failure_message(exc: BaseException) -> tuple[str, bool]:
     store = tracking.store_failure_message(exc, mlflow.get_tracking_uri())  # full disk, locked, server gone
     if store is not None:
         return store, True
+    from hydra.errors import InstantiationException
+
+    if isinstance(exc, InstantiationException):  # a config group's _target_ or its keys (e.g. +clusterer.n_cluster=5)
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+        where = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("full_key:")), None)
+        said = " ".join(line for line in lines if not line.startswith("full_key:")) or type(exc).__name__
+        return said + (f"; check the keys under {where}" if where else ""), True
     chain, seen = [], exc
     while seen is not None and len(chain) < 20:
         chain.append(seen)
