@@ -318,3 +318,15 @@ def test_hydra_output_folder_faults_are_one_line_naming_the_key(tmp_path, fault)
             key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
             reason = "the file system is read-only" if fault == "read_only" else "the disk is full"
             assert_one_line(proc, key, str(folder), reason)
+
+
+@pytest.mark.parametrize("command", [["compare"], ["export", "abc", "--output", "x.parquet"]])
+def test_a_reading_command_at_a_store_that_is_not_there_creates_nothing(tmp_path, command):
+    # MLflow would create an empty store (and its folder) and then find no runs in it.
+    uri = f"sqlite:///{tmp_path / 'nowhere' / 'mlflow.db'}"
+    proc = embclust(tmp_path, *command, "--tracking-uri", uri)
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines() == [
+        f"error: no MLflow store at {tmp_path / 'nowhere' / 'mlflow.db'} ({uri}): pass --tracking-uri (or set "
+        "MLFLOW_TRACKING_URI) for the store the runs were logged to"]
+    assert not (tmp_path / "nowhere").exists()

@@ -171,11 +171,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from embclust.errors import EmbclustError
-    from embclust.tracking.store import CLI_POINT_IT, check_server, default_tracking_uri
+    from embclust.tracking.store import check_store_to_read, default_tracking_uri
 
     mlflow.set_tracking_uri(args.tracking_uri or default_tracking_uri())
     try:
-        check_server(mlflow.get_tracking_uri(), point_it=CLI_POINT_IT)  # at once, not after MLflow's retries
+        check_store_to_read(mlflow.get_tracking_uri())  # at once, not after MLflow's retries
     except EmbclustError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -91,6 +91,15 @@ def check_server(
         ) from exc
 
 
+def check_store_to_read(tracking_uri: str, point_it: str = CLI_POINT_IT) -> None:
+    """For commands that read runs: a server that answers (:func:`check_server`), and a SQLite
+    store file that exists; MLflow would create an empty store (and its folder) instead."""
+    check_server(tracking_uri, point_it=point_it)
+    db = sqlite_path(tracking_uri)
+    if db is not None and not db.is_file():
+        raise ConfigError(f"no MLflow store at {db} ({tracking_uri}): {point_it} for the store the runs were logged to")
+
+
 def sqlite_path(tracking_uri: str) -> Path | None:
     """The database file of a ``sqlite:///`` tracking URI, None for other URIs."""
     if not tracking_uri.lower().startswith("sqlite:///"):
