@@ -87,3 +87,18 @@ def test_a_command_line_hydra_cannot_compose_is_one_line(tmp_path, overrides, ex
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("config error: ") and expected in lines[0], proc.stderr
     assert not (tmp_path / "mlflow.db").exists()
+
+
+def test_a_long_stage_says_it_is_still_running(caplog, monkeypatch):
+    import time
+
+    from embclust import stages
+
+    monkeypatch.setattr(stages, "STILL_RUNNING_S", 0.05)
+    timer = stages.StageTimer(("load", "map"))
+    with caplog.at_level("INFO", logger="embclust.stages"):
+        with timer("map"):
+            time.sleep(0.3)
+        time.sleep(0.2)  # and stops saying so once the stage is over
+    still = [r.getMessage() for r in caplog.records if "still running" in r.getMessage()]
+    assert 3 <= len(still) <= 7 and all(m.startswith("map: still running") for m in still)

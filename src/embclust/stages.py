@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
+import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -36,6 +37,10 @@ REDUCER_OPTIONS = ("max_points",)
 DATASET_OPTIONS = ("on_invalid", "sample_size", "dedupe")
 
 
+# A stage that takes longer says so on stderr this often, so a long step is never silent.
+STILL_RUNNING_S = 20.0
+
+
 class StageTimer:
     """Times each stage and reports progress as ``[k/n] stage`` on stderr (logging)."""
 
@@ -51,10 +56,19 @@ class StageTimer:
         log.log(
             self.level,"%s[%d/%d] %s", self.prefix, self.stages.index(stage) + 1, len(self.stages), stage)
         start = time.perf_counter()
+        done = threading.Event()
+        threading.Thread(target=self._still_running, args=(stage, start, done), daemon=True,
+                         name=f"embclust-progress-{stage}").start()
         try:
             yield
         finally:
+            done.set()
             self.seconds[stage] = time.perf_counter() - start
+
+    def _still_running(self, stage: str, start: float, done: threading.Event) -> None:
+        """Say every STILL_RUNNING_S that a long stage (a UMAP fit, a large load) is still at work."""
+        while not done.wait(STILL_RUNNING_S):
+            log.log(self.level, "%s%s: still running (%.0f s)", self.prefix, stage, time.perf_counter() - start)
 
     def as_metrics(self) -> dict[str, float]:
         return {f"time/{stage}_s": round(sec, 4) for stage, sec in self.seconds.items()}
