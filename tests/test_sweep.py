@@ -224,3 +224,15 @@ def test_edge_of_grid_needs_three_values_and_names_each_axis():
     assert inside is None  # k = 20 is inside; PCA has only two values, every cell is on its edge
     low = edge_of_grid(table, table.iloc[0], swept)
     assert "clusterer.n_clusters=10 is the smallest value tried (10..30)" in low and "pca_components" not in low
+
+
+def test_a_best_cell_at_k_2_is_not_an_edge_to_widen():
+    import pandas as pd
+
+    from embclust.sweep.summary import edge_of_grid
+
+    table = pd.DataFrame({"clusterer.n_clusters": [2, 3, 4, 5]})
+    assert edge_of_grid(table, table.iloc[0], ["clusterer.n_clusters"]) is None  # nothing below 2 to try
+    assert "largest value tried (2..5)" in edge_of_grid(table, table.iloc[3], ["clusterer.n_clusters"])
+    table = pd.DataFrame({"clusterer.n_clusters": [3, 4, 5]})
+    assert "smallest value tried (3..5)" in edge_of_grid(table, table.iloc[0], ["clusterer.n_clusters"])

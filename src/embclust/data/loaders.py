@@ -606,7 +606,8 @@ def dataset_files(path: str) -> list[Path]:
     if p.is_dir():
         files = sorted(f for f in p.rglob("*.parquet") if not any(part.startswith((".", "_")) for part in f.relative_to(p).parts))
         if not files:
-            raise DataError(f"{path}: the folder holds no .parquet files (dataset.path)")
+            raise DataError(f"{path}: the folder holds no .parquet files (dataset.path; a folder is read as parquet "
+                            "files: point dataset.path at the file itself for a .csv or .npy)")
     else:
         files = sorted(Path(f) for f in glob.glob(str(path)) if Path(f).is_file())
         if not files:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import tempfile
 import time
 from dataclasses import dataclass
@@ -244,6 +245,10 @@ def noise_caution(scored: pd.DataFrame, metric: str, swept: list[str]) -> str | 
     )
 
 
+# The lowest value a swept key takes: a best cell there is not at an edge the grid can widen.
+_LOWEST_ALLOWED = {"n_clusters": 2, "min_cluster_size": 2, "pca_components": 1, "umap_components": 1}
+
+
 def edge_of_grid(table: pd.DataFrame, best_row: pd.Series, swept: list[str]) -> str | None:
     """Advice when the best cell sits on the first or last value of a numeric swept axis of 3+ values.
 
@@ -257,6 +262,8 @@ def edge_of_grid(table: pd.DataFrame, best_row: pd.Series, swept: list[str]) -> 
         if values.size < 3 or pd.isna(best):
             continue
         low, high = float(values.min()), float(values.max())
+        if float(best) == low != high and low <= _LOWEST_ALLOWED.get(key.rsplit(".", 1)[-1], -math.inf):
+            continue  # nothing lower can be tried (k = 2): not an edge to widen
         if float(best) in (low, high):
             side = "largest" if float(best) == high else "smallest"
             edges.append(f"{key}={best_row[key]} is the {side} value tried ({_number(low)}..{_number(high)})")
