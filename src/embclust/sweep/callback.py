@@ -405,10 +405,12 @@ def _end_failed(client, parent_run_id: str, exc: BaseException, tracking_uri: st
     """End the parent of a sweep whose summary failed as FAILED with the reason, say it in one
     line and exit 1; where the store itself refuses the writes (full disk, locked), the line says
     so and the parent stays RUNNING until the next run closes it."""
-    err = user_error(exc)  # an artifact that could not be written names itself
-    message = str(err) if err else tracking.store_failure_message(exc, tracking_uri)
-    if message is None:
-        message = "summary failed: " + f"{type(exc).__name__}: {exc}".replace("\n", " ")
+    from embclust import pipeline
+
+    mlflow.set_tracking_uri(tracking_uri)
+    message, users = pipeline.failure_message(exc)  # an artifact or the store names itself
+    if not users:
+        message = f"summary failed: {message}"
     try:
         with signals.ignored():
             client.set_tag(parent_run_id, "error", message[:5000])
