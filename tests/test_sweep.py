@@ -42,6 +42,20 @@ def test_grid_sweep_nests_children_and_summarises_on_parent(run_cli):
     assert sorted(c.data.tags["preprocess_source"] for c in children) == [
         "fitted (cached)", "fitted (cached)", "sliced from PCA 10", "sliced from PCA 10 (cached)"]
     assert "cell 4/4" in res.stderr + res.stdout
+    # the parent's params say what the cells took, not the base config's default for a swept key
+    assert parent.data.params["clusterer.n_clusters"] == "8,12"
+    assert parent.data.params["preprocess.pca_components"] == "5,10"
+    assert parent.data.params["reducer._target_"] == "sklearn.decomposition.PCA"
+
+
+def test_a_swept_group_replaces_the_default_options_keys_in_the_parents_params():
+    from omegaconf import OmegaConf
+
+    from embclust.sweep.callback import parent_params
+
+    cfg = OmegaConf.create({"clusterer": {"name": "kmeans", "n_clusters": 10}, "seed": 0, "sweep": {"metric": "auto"}})
+    params = parent_params(cfg, {"clusterer": ["kmeans", "hdbscan"], "seed": None})
+    assert params == {"clusterer": "kmeans,hdbscan", "seed": "chosen by the sweeper"}
 
 
 def test_davies_bouldin_picks_the_lowest(run_cli):

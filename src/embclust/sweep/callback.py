@@ -121,6 +121,24 @@ def _log_params(client: mlflow.MlflowClient, run_id: str, params: dict[str, Any]
         client.log_batch(run_id, params=items[i : i + 100])
 
 
+def parent_params(task_cfg: DictConfig, swept: dict[str, list | None]) -> dict[str, Any]:
+    """The sweep parent's params: what every cell shares, and each swept key with its values.
+
+    A swept key logs the values its cells take (``"10,20,30"``, or ``"chosen by the sweeper"``
+    for a range the sweeper picks from) instead of the base config's default, which no cell
+    may use; a swept group (``clusterer=kmeans,hdbscan``) logs its options in place of the
+    default option's keys.
+    """
+    params = {k: v for k, v in tracking.flatten_config(task_cfg).items() if k.split(".")[0] not in _NOT_IDENTITY}
+    for key in swept:
+        for name in [k for k in params if k == key or k.startswith(f"{key}.")]:
+            del params[name]
+    for key, values in swept.items():
+        if key.split(".")[0] not in _NOT_IDENTITY:
+            params[key] = "chosen by the sweeper" if values is None else ",".join(str(v) for v in values)
+    return params
+
+
 _ORPHANED = "orphaned: the sweep process running this cell ended without closing it"
 
 
@@ -284,9 +302,7 @@ class MlflowSweepCallback(Callback):
                 },
             )
             self.parent_run_id = run.info.run_id
-            _log_params(client, self.parent_run_id, {
-                k: v for k, v in tracking.flatten_config(task_cfg).items() if k.split(".")[0] not in _NOT_IDENTITY
-            })
+            _log_params(client, self.parent_run_id, parent_params(task_cfg, sweep_values(config)))
             log.info("sweep: parent run %s", self.parent_run_id)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
