@@ -147,3 +147,60 @@ def test_a_store_kept_locked_by_a_stopped_process_ends_the_run_with_one_line(run
     lines = res.stderr.strip().splitlines()
     assert res.returncode == 1 and len(lines) == 1, res.stderr[-3000:]
     assert "stayed locked by another process" in lines[0] and "resume or end it" in lines[0]
+
+
+
+def _locked_error():
+    import sqlite3
+
+    from sqlalchemy.exc import OperationalError
+
+    return OperationalError("UPDATE runs", {}, sqlite3.OperationalError("database is locked"))
+
+
+def test_a_store_locked_while_it_is_opened_is_waited_for_then_named_as_locked(tmp_path, monkeypatch):
+    from embclust.errors import ConfigError
+    from embclust.tracking import store
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    attempts = []
+
+    def open_store(tracking_uri, name, locked_for=2):
+        attempts.append(name)
+        if len(attempts) <= locked_for:
+            raise ConfigError(f"MLflow store mlflow.tracking_uri={tracking_uri!r} cannot be used") from _locked_error()
+        return "7"
+
+    monkeypatch.setattr(store, "_open_experiment", open_store)
+    assert store.setup_tracking(uri, "e") == "7" and len(attempts) == 3  # a lock that ends is waited out
+
+    attempts.clear()
+    monkeypatch.setattr(store, "_MLFLOW_BUSY_TIMEOUT_S", 1)
+    monkeypatch.setattr(store, "_open_experiment", lambda u, n: open_store(u, n, locked_for=10**6))
+    with pytest.raises(ConfigError) as info:
+        store.setup_tracking(uri, "e")
+    assert "stayed locked by another process" in str(info.value) and "move the file away" not in str(info.value)
+    assert 2 <= len(attempts) <= 4
+
+
+def test_a_run_error_refused_by_a_locked_store_is_written_on_a_second_wait(caplog):
+    from embclust.tracking.store import write_error_record
+
+    uri = "sqlite:///mlflow.db"
+    writes = []
+
+    def write(fail_times):
+        writes.append(1)
+        if len(writes) <= fail_times:
+            raise _locked_error()
+
+    write_error_record(lambda: write(1), uri)
+    assert len(writes) == 2 and "waiting up to" in caplog.text
+    writes.clear()
+    with pytest.raises(Exception, match="database is locked"):  # locked for good: the error goes on up
+        write_error_record(lambda: write(5), uri)
+    assert len(writes) == 2
+    writes.clear()
+    with pytest.raises(OSError):  # other errors are not retried
+        write_error_record(lambda: (writes.append(1), (_ for _ in ()).throw(OSError(28, "No space left on device"))), uri)
+    assert len(writes) == 1

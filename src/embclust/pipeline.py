@@ -403,7 +403,7 @@ def failure_message(exc: BaseException) -> tuple[str, bool]:
 def record_failure(exc: BaseException, timer: stages.StageTimer, run_id: str, prefix: str) -> str:
     """Tag the active run with the error, end it FAILED and log one line; return the message."""
     message, users = failure_message(exc)
-    mlflow.set_tag("error", message[:5000])
+    tracking.store.write_error_record(lambda: mlflow.set_tag("error", message[:5000]), mlflow.get_tracking_uri())
     if not users:
         with contextlib.suppress(OSError):  # the disk that failed the run may refuse this too
             mlflow.log_text(traceback.format_exc(), "error.txt")
@@ -547,7 +547,9 @@ def _run_cell(client, run_id: str, cfg: DictConfig, plan: SweepPlan, cell: Sweep
             _end_killed(client, run_id, cell, str(signals.received))
             raise signals.received from None
         message, users = failure_message(exc)
-        client.log_batch(run_id, params=params, tags=[RunTag("error", message[:5000])])
+        tracking.store.write_error_record(
+            lambda: client.log_batch(run_id, params=params, tags=[RunTag("error", message[:5000])]), mlflow.get_tracking_uri()
+        )
         if not users:
             with contextlib.suppress(OSError):
                 client.log_text(run_id, traceback.format_exc(), "error.txt")

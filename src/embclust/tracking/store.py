@@ -6,6 +6,7 @@ import errno
 import logging
 import os
 import subprocess
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -237,6 +238,25 @@ def locked_store_message(exc: BaseException, tracking_uri: str) -> str | None:
     )
 
 
+def write_error_record(write, tracking_uri: str) -> None:
+    """Call ``write`` (the run's ``error`` tag), waiting once more if the store stays locked.
+
+    The error is written before the run is ended FAILED. A SQLite store that another process
+    held locked past MLflow's wait refuses it; the status written a moment later, once the lock
+    is gone, would then leave a FAILED run without its reason, so the tag gets a second wait.
+    """
+    try:
+        write()
+    except Exception as exc:
+        if locked_store_message(exc, tracking_uri) is None:
+            raise
+        log.warning(
+            "the MLflow store is locked by another process: waiting up to %d s more to record the run's error",
+            _MLFLOW_BUSY_TIMEOUT_S,
+        )
+        write()
+
+
 def create_sqlite_store(db: Path) -> None:
     """Create a new SQLite store at ``db`` whole or not at all.
 
@@ -413,10 +433,25 @@ def setup_tracking(tracking_uri: str, experiment_name: str) -> str:
             "(allowed: sqlite:///FILE, http(s)://HOST:PORT, databricks, "
             "postgresql/mysql/mssql://...)"
         )
-    from sqlalchemy.exc import SQLAlchemyError
-
     skip_notebook_probes_outside_ipython()
     mlflow.set_tracking_uri(tracking_uri)
+    # Opening a SQLite store reads its schema with SQLite's own 5 s lock wait, not the 20 s MLflow
+    # gives later statements: a store another process holds locked gets the same 20 s here.
+    deadline = time.monotonic() + _MLFLOW_BUSY_TIMEOUT_S
+    while True:
+        try:
+            return _open_experiment(tracking_uri, experiment_name)
+        except ConfigError as exc:
+            if locked_store_message(exc, tracking_uri) is None:
+                raise
+            if time.monotonic() >= deadline:
+                raise ConfigError(locked_store_message(exc, tracking_uri)) from None
+            time.sleep(0.5)
+
+
+def _open_experiment(tracking_uri: str, experiment_name: str) -> str:
+    from sqlalchemy.exc import SQLAlchemyError
+
     with store_lock(tracking_uri):
         try:
             db = sqlite_path(tracking_uri)
