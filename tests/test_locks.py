@@ -184,7 +184,7 @@ def test_a_store_locked_while_it_is_opened_is_waited_for_then_named_as_locked(tm
 
 
 def test_a_run_error_refused_by_a_locked_store_is_written_on_a_second_wait(caplog):
-    from embclust.tracking.store import write_error_record
+    from embclust.tracking.store import write_after_lock
 
     uri = "sqlite:///mlflow.db"
     writes = []
@@ -194,13 +194,42 @@ def test_a_run_error_refused_by_a_locked_store_is_written_on_a_second_wait(caplo
         if len(writes) <= fail_times:
             raise _locked_error()
 
-    write_error_record(lambda: write(1), uri)
+    write_after_lock(lambda: write(1), uri)
     assert len(writes) == 2 and "waiting up to" in caplog.text
     writes.clear()
     with pytest.raises(Exception, match="database is locked"):  # locked for good: the error goes on up
-        write_error_record(lambda: write(5), uri)
+        write_after_lock(lambda: write(5), uri)
     assert len(writes) == 2
     writes.clear()
     with pytest.raises(OSError):  # other errors are not retried
-        write_error_record(lambda: (writes.append(1), (_ for _ in ()).throw(OSError(28, "No space left on device"))), uri)
+        write_after_lock(lambda: (writes.append(1), (_ for _ in ()).throw(OSError(28, "No space left on device"))), uri)
     assert len(writes) == 1
+
+
+def test_a_best_cell_whose_end_a_locked_store_refuses_is_closed_on_a_second_wait(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    import mlflow
+
+    from embclust import pipeline, tracking
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    tracking.setup_tracking(uri, "locks")
+    with mlflow.start_run() as run:
+        mlflow.log_text("seed: 0\n", "config.yaml")
+    run_id = run.info.run_id
+    monkeypatch.setattr(pipeline, "execute", lambda *a, **k: SimpleNamespace(report="report"))
+    original = mlflow.MlflowClient.set_terminated
+    ends = []
+
+    def end_refused_once(self, rid, status=None, end_time=None):
+        ends.append(status)
+        if len(ends) == 1:
+            raise _locked_error()
+        return original(self, rid, status, end_time)
+
+    monkeypatch.setattr(mlflow.MlflowClient, "set_terminated", end_refused_once)
+    with pytest.raises(Exception, match="database is locked"):  # the sweep's summary still says the store failed
+        pipeline.complete_best_cell(run_id, plan=None)
+    assert ends == ["FINISHED", "FINISHED"]
+    assert mlflow.MlflowClient().get_run(run_id).info.status == "FINISHED"  # not left RUNNING

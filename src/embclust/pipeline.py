@@ -403,7 +403,7 @@ def failure_message(exc: BaseException) -> tuple[str, bool]:
 def record_failure(exc: BaseException, timer: stages.StageTimer, run_id: str, prefix: str) -> str:
     """Tag the active run with the error, end it FAILED and log one line; return the message."""
     message, users = failure_message(exc)
-    tracking.store.write_error_record(lambda: mlflow.set_tag("error", message[:5000]), mlflow.get_tracking_uri())
+    tracking.store.write_after_lock(lambda: mlflow.set_tag("error", message[:5000]), mlflow.get_tracking_uri())
     if not users:
         with contextlib.suppress(OSError):  # the disk that failed the run may refuse this too
             mlflow.log_text(traceback.format_exc(), "error.txt")
@@ -428,34 +428,45 @@ def complete_best_cell(run_id: str, plan: SweepPlan) -> Report | None:
     timer = stages.StageTimer(STAGES, prefix="best cell ")
     # Reopened by this process, which a concurrent run must not take for the gone worker that made it.
     client.set_tag(run_id, tracking.PROCESS_TAG, owner_token())
-    with mlflow.start_run(run_id=run_id):
-        try:
-            with tempfile.TemporaryDirectory(prefix="embclust-best-") as tmp:
-                result = execute(cfg, Path(tmp), timer, plan=plan, in_sweep=False, overrides=overrides, write_report=False,
-                                 data_analyses=False, release_shared=True, fitted=shared.fitted_clustering(run_id),
-                                 known_scores=client.get_run(run_id).data.metrics)
-            mlflow.set_tag("sweep_best", "true")
-            if "report_error" in client.get_run(run_id).data.tags:  # of an earlier, stopped attempt
-                client.delete_tag(run_id, "report_error")
-            return result.report
-        except (signals.Stopped, Exception) as exc:
-            stopped = exc if isinstance(exc, signals.Stopped) else signals.received  # or a library's error for it
-            if stopped is not None:
-                # Its light result (scores, labels) was complete: it stays FINISHED, the report is what stopped.
-                with signals.ignored():
-                    mlflow.set_tag("report_error", f"full report {stopped}")
-                    mlflow.end_run(status="FINISHED")
-                raise stopped from None
-            message, _ = failure_message(exc)
-            log.error("best cell %s: full report failed: %s", run_id, message)
-            try:  # the store that failed the report (full, locked) may refuse this too
-                mlflow.set_tag("report_error", message[:5000])
-            except Exception as tag_error:  # noqa: BLE001 - the run must still end FINISHED below
-                log.error("best cell %s: could not record the failure: %s", run_id, first_line(tag_error))
-            return None
-        finally:
-            # The sweep's last use of the data: the summary's figures come from the cells' runs.
-            shared.forget_dataset()
+    try:
+        with mlflow.start_run(run_id=run_id):
+            try:
+                with tempfile.TemporaryDirectory(prefix="embclust-best-") as tmp:
+                    result = execute(cfg, Path(tmp), timer, plan=plan, in_sweep=False, overrides=overrides, write_report=False,
+                                     data_analyses=False, release_shared=True, fitted=shared.fitted_clustering(run_id),
+                                     known_scores=client.get_run(run_id).data.metrics)
+                mlflow.set_tag("sweep_best", "true")
+                if "report_error" in client.get_run(run_id).data.tags:  # of an earlier, stopped attempt
+                    client.delete_tag(run_id, "report_error")
+                return result.report
+            except (signals.Stopped, Exception) as exc:
+                stopped = exc if isinstance(exc, signals.Stopped) else signals.received  # or a library's error for it
+                if stopped is not None:
+                    # Its light result (scores, labels) was complete: it stays FINISHED, the report is what stopped.
+                    with signals.ignored():
+                        mlflow.set_tag("report_error", f"full report {stopped}")
+                        mlflow.end_run(status="FINISHED")
+                    raise stopped from None
+                message, _ = failure_message(exc)
+                log.error("best cell %s: full report failed: %s", run_id, message)
+                try:  # the store that failed the report (full, locked) may refuse this too
+                    mlflow.set_tag("report_error", message[:5000])
+                except Exception as tag_error:  # noqa: BLE001 - the run must still end FINISHED below
+                    log.error("best cell %s: could not record the failure: %s", run_id, first_line(tag_error))
+                return None
+            finally:
+                # The sweep's last use of the data: the summary's figures come from the cells' runs.
+                shared.forget_dataset()
+    except Exception as exc:
+        uri = mlflow.get_tracking_uri()
+        if tracking.store.locked_store_message(exc, uri) is None:
+            raise
+        # Reopened above, the cell would stay RUNNING until the next run closes it: its end,
+        # refused by a store another process held locked, gets one more wait.
+        log.warning("the MLflow store is locked by another process: waiting once more to close the best cell %s", run_id)
+        with contextlib.suppress(Exception):
+            client.set_terminated(run_id, "FINISHED")
+        raise
 
 
 # --------------------------------------------------------------------------- light sweep cells
@@ -547,7 +558,7 @@ def _run_cell(client, run_id: str, cfg: DictConfig, plan: SweepPlan, cell: Sweep
             _end_killed(client, run_id, cell, str(signals.received))
             raise signals.received from None
         message, users = failure_message(exc)
-        tracking.store.write_error_record(
+        tracking.store.write_after_lock(
             lambda: client.log_batch(run_id, params=params, tags=[RunTag("error", message[:5000])]), mlflow.get_tracking_uri()
         )
         if not users:

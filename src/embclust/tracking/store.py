@@ -238,12 +238,12 @@ def locked_store_message(exc: BaseException, tracking_uri: str) -> str | None:
     )
 
 
-def write_error_record(write, tracking_uri: str) -> None:
-    """Call ``write`` (the run's ``error`` tag), waiting once more if the store stays locked.
+def write_after_lock(write, tracking_uri: str, what: str = "the run's error") -> None:
+    """Call ``write``; if the SQLite store stayed locked past MLflow's wait, wait once more.
 
-    The error is written before the run is ended FAILED. A SQLite store that another process
-    held locked past MLflow's wait refuses it; the status written a moment later, once the lock
-    is gone, would then leave a FAILED run without its reason, so the tag gets a second wait.
+    For the writes that close a run: its ``error`` tag before it is ended FAILED (the status
+    written a moment later, once the lock is gone, would leave a FAILED run without its reason),
+    and the end of a run reopened by this process (else RUNNING until the next run closes it).
     """
     try:
         write()
@@ -251,8 +251,8 @@ def write_error_record(write, tracking_uri: str) -> None:
         if locked_store_message(exc, tracking_uri) is None:
             raise
         log.warning(
-            "the MLflow store is locked by another process: waiting up to %d s more to record the run's error",
-            _MLFLOW_BUSY_TIMEOUT_S,
+            "the MLflow store is locked by another process: waiting up to %d s more to record %s",
+            _MLFLOW_BUSY_TIMEOUT_S, what,
         )
         write()
 
