@@ -22,7 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from embclust import signals, tracking
 from embclust.tracking.store import SWEEP_OWNER_TAG, store_lock
-from embclust.errors import EmbclustError, first_line, user_error
+from embclust.errors import ConfigError, EmbclustError, first_line, user_error
 from embclust.sweep import compare
 from embclust.sweep.cache import stable_hash
 from embclust.processes import owner_is_alive, owner_token
@@ -119,6 +119,28 @@ def _log_params(client: mlflow.MlflowClient, run_id: str, params: dict[str, Any]
     items = [Param(k, str(v)[:6000]) for k, v in params.items()]
     for i in range(0, len(items), 100):
         client.log_batch(run_id, params=items[i : i + 100])
+
+
+def check_swept_options(swept: dict[str, list | None]) -> None:
+    """Every option of a swept config group exists (``clusterer=kmeans,kmeanz``), before any run.
+
+    Hydra composes a cell's config only when the cell is launched: a misspelt option would
+    otherwise be found after the sweep's parent run was made.
+    """
+    from hydra.core.global_hydra import GlobalHydra
+
+    if not GlobalHydra.instance().is_initialized():
+        return
+    loader = GlobalHydra.instance().config_loader()
+    for key, values in swept.items():
+        options = loader.get_group_options(key) if values else []
+        exists = getattr(getattr(loader, "repository", None), "config_exists", lambda path: True)
+        missing = [str(v) for v in values or () if options and str(v) not in options and not exists(f"{key}/{v}")]
+        if missing:
+            raise ConfigError(
+                f"Could not find '{key}/{missing[0]}' (the values of {key} are config files in conf/{key}/; "
+                f"allowed: {', '.join(options)})"
+            )
 
 
 def parent_params(task_cfg: DictConfig, swept: dict[str, list | None]) -> dict[str, Any]:
@@ -220,6 +242,7 @@ class MlflowSweepCallback(Callback):
         from embclust import validate
 
         swept = sweep_values(config)
+        check_swept_options(swept)
         task_cfg = OmegaConf.create({k: v for k, v in config.items() if k != "hydra"})
         # What every cell shares is checked once, before the store is touched: one error line
         # instead of one FAILED cell per grid point. Swept values are checked by their cells.
@@ -501,11 +524,12 @@ def _close_on_exit(parent_run_id: str, experiment_id: str) -> None:
     atexit.register(close)
 
 
-def end_failed_sweep(reason: str) -> None:
+def end_failed_sweep(reason: str, say: bool = True) -> None:
     """End the sweep running in this process FAILED with ``reason``, its cells still RUNNING KILLED.
 
     For a launcher that fails as a whole (a worker process killed, out of memory): Hydra then never
-    calls ``on_multirun_end``, and the runs would otherwise be closed as merely stopped.
+    calls ``on_multirun_end``, and the runs would otherwise be closed as merely stopped. ``say=False``
+    where the caller's error prints its own line.
     """
     plan = SweepPlan.from_env()
     if plan is None:
@@ -522,7 +546,8 @@ def end_failed_sweep(reason: str) -> None:
         except Exception as exc:  # noqa: BLE001 - the store may be what failed; the next run closes the runs
             log.error("sweep: %s (parent run %s not closed: %s)", reason, plan.parent_run_id, first_line(exc)[:300])
             return
-    log.error("sweep: parent run %s FAILED: %s", plan.parent_run_id, reason)
+    if say:
+        log.error("sweep: parent run %s FAILED: %s", plan.parent_run_id, reason)
 
 
 class CellFailed(EmbclustError):

@@ -111,11 +111,11 @@ class EmbclustSweeper(BasicSweeper):
     def validate_batch_is_legal(self, batch) -> None:
         try:
             self._loader.validate(self.config, batch)
-        except Exception as exc:  # Hydra prints what was wrong (and the options); the parent says it too
+        except Exception as exc:  # the error's own line says what was wrong; the parent records it
             from embclust.errors import first_line
             from embclust.sweep.callback import end_failed_sweep
 
-            end_failed_sweep(f"a cell's config cannot be composed: {first_line(exc)}")
+            end_failed_sweep(f"a cell's config cannot be composed: {first_line(exc)}", say=False)
             raise
 
 
