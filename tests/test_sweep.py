@@ -48,6 +48,23 @@ def test_grid_sweep_nests_children_and_summarises_on_parent(run_cli):
     assert parent.data.params["reducer._target_"] == "sklearn.decomposition.PCA"
 
 
+def test_a_parent_logs_neither_defaults_that_follow_a_swept_key_nor_keys_a_swept_group_sets(run_cli, tmp_path):
+    # An option of a group swept from the user's own config folder (hydra.searchpath), of the
+    # global package: it sets keys outside its group.
+    (tmp_path / "extra" / "exp").mkdir(parents=True)
+    for name, k in (("a", 3), ("b", 4)):
+        (tmp_path / "extra" / "exp" / f"{name}.yaml").write_text(f"# @package _global_\nclusterer:\n  n_clusters: {k}\n")
+    small = ("dataset=synthetic", "dataset.n_samples=300", "reducer=none", "analysis.explain.enabled=false")
+    res = run_cli("-m", *small, f"hydra.searchpath=[file://{tmp_path / 'extra'}]", "+exp=a,b", "seed=1,2")
+    parent, children = _check_sweep(res)
+    params = parent.data.params
+    assert params["exp"] == "a,b" and params["seed"] == "1,2"
+    assert "clusterer.n_clusters" not in params  # 3 or 4 by cell, never the base config's 10
+    assert "clusterer.random_state" not in params  # ${seed}: 1 or 2 by cell
+    assert params["clusterer._target_"] == "sklearn.cluster.KMeans"  # shared by every cell
+    assert sorted(c.data.params["clusterer.n_clusters"] for c in children) == ["3", "3", "4", "4"]
+
+
 def test_a_swept_group_replaces_the_default_options_keys_in_the_parents_params():
     from omegaconf import OmegaConf
 
