@@ -233,3 +233,24 @@ def test_a_best_cell_whose_end_a_locked_store_refuses_is_closed_on_a_second_wait
         pipeline.complete_best_cell(run_id, plan=None)
     assert ends == ["FINISHED", "FINISHED"]
     assert mlflow.MlflowClient().get_run(run_id).info.status == "FINISHED"  # not left RUNNING
+
+
+def test_a_run_whose_error_a_locked_store_refused_twice_gets_it_once_its_end_is_written(tmp_path, monkeypatch):
+    import mlflow
+
+    from embclust import pipeline, stages, tracking
+
+    tracking.setup_tracking(f"sqlite:///{tmp_path / 'mlflow.db'}", "locks")
+    run_id = mlflow.start_run().info.run_id
+    refused = []
+
+    def set_tag_refused(key, value):
+        refused.append(key)
+        raise _locked_error()
+
+    monkeypatch.setattr(mlflow, "set_tag", set_tag_refused)
+    with pytest.raises(Exception, match="database is locked"):
+        pipeline.record_failure(ValueError("boom"), stages.StageTimer(pipeline.STAGES), run_id, "")
+    run = mlflow.MlflowClient().get_run(run_id)
+    assert refused == ["error", "error"] and mlflow.active_run() is None
+    assert run.info.status == "FAILED" and "boom" in run.data.tags["error"]  # not FAILED without its reason

@@ -266,3 +266,16 @@ def test_a_best_cell_at_k_2_is_not_an_edge_to_widen():
     assert "largest value tried (2..5)" in edge_of_grid(table, table.iloc[3], ["clusterer.n_clusters"])
     table = pd.DataFrame({"clusterer.n_clusters": [3, 4, 5]})
     assert "smallest value tried (3..5)" in edge_of_grid(table, table.iloc[0], ["clusterer.n_clusters"])
+
+
+def test_cells_whose_store_cannot_be_opened_fail_the_sweep_though_they_have_no_run(run_cli, tracking_uri):
+    # A cell that cannot open its store or experiment (here: an experiment that was deleted; a
+    # store held locked by another process does the same) makes no run for the summary to count.
+    client = mlflow.MlflowClient(tracking_uri)
+    client.delete_experiment(client.create_experiment("gone"))
+    res = run_cli("-m", "dataset=synthetic", "dataset.n_samples=300", "reducer=none", "analysis.explain.enabled=false",
+                  "mlflow.experiment_name=embclust,gone")
+    assert res.returncode == 1, res.stderr[-2000:]
+    assert "1 of 2 cells have no run" in res.stderr
+    (parent,) = [r for r in res.runs() if r.data.tags.get("sweep_role") == "parent"]
+    assert parent.data.tags["cells_without_run"] == "1"

@@ -403,7 +403,15 @@ def failure_message(exc: BaseException) -> tuple[str, bool]:
 def record_failure(exc: BaseException, timer: stages.StageTimer, run_id: str, prefix: str) -> str:
     """Tag the active run with the error, end it FAILED and log one line; return the message."""
     message, users = failure_message(exc)
-    tracking.store.write_after_lock(lambda: mlflow.set_tag("error", message[:5000]), mlflow.get_tracking_uri())
+    try:
+        tracking.store.write_after_lock(lambda: mlflow.set_tag("error", message[:5000]), mlflow.get_tracking_uri())
+    except Exception:
+        # Refused twice (a store held locked longer still): the run's end waits for the lock
+        # once more, and once it is written the store is free for the error, right after it.
+        # Where the end is refused too, the run is left to the next run on the store to close.
+        mlflow.end_run(status="FAILED")
+        mlflow.MlflowClient().set_tag(run_id, "error", message[:5000])
+        raise
     if not users:
         with contextlib.suppress(OSError):  # the disk that failed the run may refuse this too
             mlflow.log_text(traceback.format_exc(), "error.txt")

@@ -8,6 +8,7 @@ variable ``EMBCLUST_SWEEP``, which workers inherit.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
@@ -453,6 +454,17 @@ class MlflowSweepCallback(Callback):
             raise SystemExit(1)
         if summary.n_cells == 0:
             log.error("sweep: no cell ran; parent run %s", parent)
+            raise SystemExit(1)
+        # A cell whose store could not be opened (held locked past MLflow's wait) has no run to count.
+        expected = self.plan.total if "n_trials" not in config.hydra.sweeper else None
+        if expected and 0 < summary.n_cells_with_runs < expected:
+            log.error(
+                "sweep: %d of %d cells have no run (their MLflow store or experiment could not be opened, see the lines "
+                "above); re-run the same command to run them (finished cells are skipped); parent run %s",
+                expected - summary.n_cells_with_runs, expected, parent,
+            )
+            with contextlib.suppress(Exception):
+                client.set_tag(parent, "cells_without_run", str(expected - summary.n_cells_with_runs))
             raise SystemExit(1)
         if summary.n_failed and not _failures_tolerated(config):
             # As Hydra ends a multirun whose job failed with a non-zero status, after the other

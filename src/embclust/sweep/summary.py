@@ -42,6 +42,7 @@ class SweepSummary:
     caution: str | None = None  # why the best cell's score is not on the same footing as the others'
     edge: str | None = None  # the best cell lies on the first or last value of a swept axis
     first_error: str | None = None  # the error of the first failed cell, in the leaderboard's order
+    n_cells_with_runs: int = 0  # distinct cells that have a run (a cell rerun after a failure has two)
 
 
 def summarize_sweep(
@@ -65,7 +66,9 @@ def summarize_sweep(
     table = compare.leaderboard(runs, metric, swept)
     n_failed = int((table["status"] == "FAILED").sum())
     scored = table[(table["status"] == "FINISHED") & table[metric].notna()]
-    summary = SweepSummary(n_cells=len(table), n_failed=n_failed, n_scored=len(scored))
+    keys = runs.get("tags.sweep_cell_key")
+    summary = SweepSummary(n_cells=len(table), n_failed=n_failed, n_scored=len(scored),
+                           n_cells_with_runs=len(table) if keys is None else int(keys.nunique()))
     if n_failed and "error" in table:
         errors = [str(e) for e in table.loc[table["status"] == "FAILED", "error"] if str(e)]
         summary.first_error = errors[0] if errors else None
