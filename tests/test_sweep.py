@@ -137,6 +137,16 @@ def test_a_swept_config_group_that_does_not_exist_fails_the_sweep_with_hydras_op
     assert res.runs() == []  # found before the sweep's parent run was made
 
 
+def test_a_cell_config_that_cannot_be_composed_fails_the_parent_with_hydras_whole_advice(run_cli):
+    res = run_cli("-m", "reducer=none", "clusterer.n_clusterz=3,4")
+    assert res.returncode == 1
+    (line,) = res.stderr.strip().splitlines()[-1:]
+    assert line.startswith("config error: Could not override 'clusterer.n_clusterz'") and "+clusterer.n_clusterz" in line
+    (parent,) = res.runs()
+    assert parent.info.status == "FAILED" and "use +clusterer.n_clusterz=3" in parent.data.tags["error"]
+    assert "config error" not in parent.data.tags["error"]
+
+
 def test_a_swept_dataset_fails_only_its_own_cell(run_cli, tmp_path):
     import numpy as np
 

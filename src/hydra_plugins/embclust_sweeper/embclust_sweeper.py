@@ -112,10 +112,11 @@ class EmbclustSweeper(BasicSweeper):
         try:
             self._loader.validate(self.config, batch)
         except Exception as exc:  # the error's own line says what was wrong; the parent records it
-            from embclust.errors import first_line
+            from embclust.console import config_error_line
             from embclust.sweep.callback import end_failed_sweep
 
-            end_failed_sweep(f"a cell's config cannot be composed: {first_line(exc)}", say=False)
+            reason = config_error_line(exc).removeprefix("config error: ")
+            end_failed_sweep(f"a cell's config cannot be composed: {reason}", say=False)
             raise
 
 
