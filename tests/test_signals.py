@@ -205,16 +205,19 @@ def _background_job():
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
-@pytest.mark.parametrize("multirun", [False, True])
-def test_an_interrupt_during_start_up_of_a_background_job_is_not_lost(tmp_path, tracking_uri, multirun):
+@pytest.mark.parametrize(("multirun", "preexec", "after_s"), [
+    (False, _background_job, 0.3), (True, _background_job, 0.3), (False, _as_from_a_terminal, 0.3),
+    (True, _as_from_a_terminal, 1.2)])
+def test_an_interrupt_during_start_up_is_not_lost(tmp_path, tracking_uri, multirun, preexec, after_s):
     # Sent while the process still imports its libraries, before any handler of embclust's: with
-    # SIGINT ignored at start it used to be dropped and the run went on to finish with status 0.
+    # SIGINT ignored at start it used to be dropped and the run went on to finish with status 0;
+    # from a terminal, Python's KeyboardInterrupt printed the libraries' traceback, or was lost.
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
     cmd = [sys.executable, str(RUN_PY), *(["-m", "clusterer.n_clusters=5,6"] if multirun else []), "reducer=none",
            f"mlflow.tracking_uri={tracking_uri}", f"hydra.run.dir={tmp_path / 'out'}", f"hydra.sweep.dir={tmp_path / 'multirun'}"]
     proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            preexec_fn=_background_job)
-    time.sleep(0.3)
+                            preexec_fn=preexec)
+    time.sleep(after_s)
     proc.send_signal(signal.SIGINT)
     stdout, stderr = proc.communicate(timeout=180)
     assert proc.returncode == 130, stderr[-2000:]

@@ -125,12 +125,15 @@ _note_early.embclust_early = True
 
 
 def catch_early_interrupt() -> None:
-    """Keep a SIGINT that arrives while the process starts (imports, Hydra's set-up), where it
-    started with SIGINT ignored (a script's background job): the signal would otherwise be
-    dropped and the run go on. Call it first thing; the first :func:`stop_on_signals` block (or a
-    sweep's handlers, :func:`take_early_stop`) raises it. Where SIGINT is not ignored, Python's own
-    KeyboardInterrupt stops the start-up as before."""
-    if _main() and signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    """Keep a SIGINT that arrives while the process starts (imports, Hydra's set-up). Call it
+    first thing; the first :func:`stop_on_signals` block (or a sweep's handlers,
+    :func:`take_early_stop`) raises it, so the process ends "stopped by SIGINT" with status 130.
+
+    Started with SIGINT ignored (a script's background job), the signal would otherwise be
+    dropped and the run go on; with Python's own handler, the KeyboardInterrupt raised inside an
+    import printed a traceback of the libraries, or was lost where it landed in a lock's callback
+    ("Exception ignored in ... _get_module_lock") and the run went on to finish with status 0."""
+    if _main() and signal.getsignal(signal.SIGINT) in (signal.SIG_IGN, signal.default_int_handler):
         signal.signal(signal.SIGINT, _note_early)
 
 
