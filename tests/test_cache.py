@@ -94,6 +94,22 @@ def test_file_stamps_change_when_file_changes(tmp_path):
     assert before != file_stamps({"path": str(f), "other": 1})
 
 
+def test_file_stamps_change_when_a_file_is_rewritten_with_its_old_size_and_mtime(tmp_path):
+    # cp -p, rsync and touch -r keep size and mtime: cached data must not outlive the rewrite.
+    f = tmp_path / "x.npy"
+    np.save(f, np.zeros(3))
+    stat = os.stat(f)
+    before = file_stamps({"path": str(f)})
+    new = tmp_path / "new.npy"
+    np.save(new, np.ones(3))
+    os.replace(new, f)
+    os.utime(f, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert os.stat(f).st_size == stat.st_size and os.stat(f).st_mtime_ns == stat.st_mtime_ns
+    assert before != file_stamps({"path": str(f)})
+    same = file_stamps({"path": str(f)})
+    assert same == file_stamps({"path": str(f)})  # an untouched file keeps its key
+
+
 def _fit_counter(X, fits, pca=4, normalize="l2"):
     def _fit():
         fits.append(pca)

@@ -45,7 +45,7 @@ def stable_hash(obj: Any) -> str:
 
 
 def file_stamps(config: dict) -> dict[str, list]:
-    """Size and mtime of every existing file named by a ``*path`` key (each parquet file of a
+    """Size, mtime, ctime and inode of every existing file named by a ``*path`` key (each parquet file of a
     folder or glob), so edits invalidate."""
     from embclust.data.loaders import dataset_files
 
@@ -65,7 +65,10 @@ def file_stamps(config: dict) -> dict[str, list]:
                 continue
         else:
             continue
-        stamps[key] = [[os.path.abspath(f), os.stat(f).st_size, os.stat(f).st_mtime_ns] for f in files]
+        # ctime too: a file rewritten with its old size and mtime (cp -p, rsync, touch -r) keeps
+        # those two, and no tool can set ctime back. A chmod also moves it: a miss, never stale data.
+        stamps[key] = [[os.path.abspath(f), st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]
+                       for f, st in ((f, os.stat(f)) for f in files)]
     return stamps
 
 
