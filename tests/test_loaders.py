@@ -31,6 +31,18 @@ def test_npy_is_memory_mapped_with_labels_ids_and_names(tmp_path, emb):
     assert ds.ids[3] == "img3" and ds.label_strings()[:3].tolist() == ["cat", "dog", "bird"]
 
 
+@pytest.mark.parametrize(("ids", "message"), [
+    (np.arange(80).reshape(40, 2), r"ids must be 1-D \(one per row\), got shape \(40, 2\) \(dataset.ids_path\)"),
+    (np.arange(40) + 1j, r"ids must be integers or text, got dtype complex128 \(dataset.ids_path\)"),
+])
+def test_ids_that_no_table_can_hold_are_refused_when_loaded_naming_the_file(tmp_path, emb, ids, message):
+    # They used to pass and fail the run at its last stage, in pyarrow ("only handle 1-dimensional arrays").
+    np.save(tmp_path / "X.npy", emb)
+    np.save(tmp_path / "ids.npy", ids)
+    with pytest.raises(DataError, match="ids.npy: " + message):
+        load_npy(str(tmp_path / "X.npy"), ids_path=str(tmp_path / "ids.npy"))
+
+
 def test_npz_picks_named_array(tmp_path, emb):
     np.savez(tmp_path / "d.npz", other=np.zeros(3), emb=emb)
     np.testing.assert_array_equal(load_npy(str(tmp_path / "d.npz"), key="emb").X, emb)

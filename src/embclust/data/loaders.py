@@ -107,7 +107,7 @@ def load_npy(
         raise DataError(f"{path}: expected a 2-D matrix (rows x dimensions), got shape {X.shape}")
     if not is_real_dtype(X.dtype):
         raise DataError(f"{path}: features must be real numbers (integer or float), got dtype {X.dtype}")
-    ids = _load_array(ids_path, "dataset.ids_path") if ids_path else np.arange(X.shape[0])
+    ids = _check_ids(_load_array(ids_path, "dataset.ids_path"), ids_path) if ids_path else np.arange(X.shape[0])
     labels = _load_array(labels_path, "dataset.labels_path") if labels_path else None
     label_names = _load_names(label_names_path) if label_names_path else None
     if labels is not None:
@@ -124,6 +124,15 @@ def load_npy(
         return Dataset(name=name, X=LocalRows(source), ids=np.asarray(ids), labels=labels, label_names=label_names,
                        source=source)
     return Dataset(name=name, X=as_float32(X), ids=np.asarray(ids), labels=labels, label_names=label_names, source=source)
+
+
+def _check_ids(ids: np.ndarray, path: str) -> np.ndarray:
+    """Ids are one value per row, of a type a parquet table holds (integers, floats, strings, bytes)."""
+    if ids.ndim != 1:
+        raise DataError(f"{path}: ids must be 1-D (one per row), got shape {ids.shape} (dataset.ids_path)")
+    if ids.dtype.kind not in "iufUSb" and not (ids.dtype.kind == "O" and all(isinstance(v, str) for v in ids[:1000])):
+        raise DataError(f"{path}: ids must be integers or text, got dtype {ids.dtype} (dataset.ids_path)")
+    return ids
 
 
 def _check_labels(labels: np.ndarray, path: str, names: list[str] | None, names_path: str | None, ids) -> np.ndarray:
