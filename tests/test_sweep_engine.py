@@ -187,6 +187,18 @@ def test_optuna_search_goes_on_after_a_failed_trial(run_cli):
     assert parent.info.status == "FINISHED" and parent.data.tags["best_cell"]
 
 
+def test_an_optuna_search_whose_every_trial_failed_ends_failed_in_one_line(run_cli):
+    # Optuna's sweeper asked the study for its best trial and raised "No trials are completed yet":
+    # a traceback, and the parent closed as if the sweep were stopped.
+    res = run_cli("-m", "hydra/sweeper=optuna", "reducer=none", "clusterer.n_clusters=choice(3000,4000)",
+                  "hydra.sweeper.n_trials=2", "hydra.sweeper.sampler.seed=1", "hydra.sweeper.max_failure_rate=1.0",
+                  "analysis.explain.enabled=false")
+    assert res.returncode == 1 and "Traceback" not in res.stderr, res.stderr[-3000:]
+    assert "sweep: every cell failed" in res.stderr.strip().splitlines()[-1]
+    parent, cells = _children(res)
+    assert parent.info.status == "FAILED" and cells and all(c.info.status == "FAILED" for c in cells)
+
+
 def _start_sweep(tmp_path, tracking_uri, *overrides, sweep_dir="multirun"):
     import os
     import subprocess

@@ -286,6 +286,34 @@ def close_orphans(
     return len(orphans)
 
 
+def _let_optuna_end_with_no_finished_trial() -> None:
+    """Let an Optuna search in which every trial failed end as a sweep whose cells all failed.
+
+    Hydra's Optuna sweeper asks the study for its best trial once the trials are done, which
+    raises "No trials are completed yet"; Hydra then skips ``on_multirun_end``, and the user got
+    a traceback and a parent run closed as stopped. The summary says it instead: every cell
+    failed, parent FAILED, exit 1.
+    """
+    try:
+        from hydra_plugins.hydra_optuna_sweeper._impl import OptunaSweeperImpl
+    except ImportError:
+        return
+    original = OptunaSweeperImpl.sweep
+    if getattr(original, "embclust_no_finished_trial", False):
+        return
+
+    def sweep(self, arguments):
+        try:
+            return original(self, arguments)
+        except ValueError as exc:
+            if "No trials are completed yet" not in str(exc):
+                raise
+            return None
+
+    sweep.embclust_no_finished_trial = True
+    OptunaSweeperImpl.sweep = sweep
+
+
 class MlflowSweepCallback(Callback):
     """Open the sweep's parent MLflow run and plan its shared work; close it with a summary."""
 
@@ -295,6 +323,7 @@ class MlflowSweepCallback(Callback):
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         signals.received = None  # a sweep starts unstopped, whatever ran before it in this process
+        _let_optuna_end_with_no_finished_trial()
         try:
             self._start(config)
         except tracking.TrackingServerUnreachable as exc:
