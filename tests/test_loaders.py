@@ -43,6 +43,22 @@ def test_ids_that_no_table_can_hold_are_refused_when_loaded_naming_the_file(tmp_
         load_npy(str(tmp_path / "X.npy"), ids_path=str(tmp_path / "ids.npy"))
 
 
+def test_float64_values_beyond_float32s_range_are_named_not_called_nan_or_inf(tmp_path):
+    # Cast to float32 they became inf, and the run said the file held NaN or inf, which it does not.
+    X = np.random.default_rng(0).random((50, 4))
+    X[7, 2] = 1e39
+    np.save(tmp_path / "big.npy", X)
+    with pytest.raises(DataError, match=r"big.npy \(dataset.path\): values beyond float32's range .* in 1 of 50 rows "
+                                        r"\(first rows, from 0: 7\)"):
+        load_npy(str(tmp_path / "big.npy"))
+    pq.write_table(pa.table({f"f{i}": X[:, i] for i in range(4)}), tmp_path / "big.parquet")
+    with pytest.raises(DataError, match=r"big.parquet: column 'f2' holds values beyond float32's range"):
+        load_table(str(tmp_path / "big.parquet"), feature_prefix="f")
+    X[7, 2] = np.inf  # a real inf is still reported as one, by the validation
+    np.save(tmp_path / "inf.npy", X)
+    assert np.isinf(load_npy(str(tmp_path / "inf.npy")).X[7, 2])
+
+
 def test_npz_picks_named_array(tmp_path, emb):
     np.savez(tmp_path / "d.npz", other=np.zeros(3), emb=emb)
     np.testing.assert_array_equal(load_npy(str(tmp_path / "d.npz"), key="emb").X, emb)

@@ -286,6 +286,32 @@ def is_real_dtype(dtype) -> bool:
     return bool(np.issubdtype(dtype, np.integer) or np.issubdtype(dtype, np.floating))
 
 
-def as_float32(X: np.ndarray) -> np.ndarray:
-    """Return ``X`` as float32, copying only when the dtype differs."""
-    return X if X.dtype == np.float32 else X.astype(np.float32)
+def as_float32(X: np.ndarray, what: str = "the data") -> np.ndarray:
+    """Return ``X`` as float32, copying only when the dtype differs.
+
+    A finite value beyond float32's range (float64 above 3.4e38) would become inf and be reported
+    as "NaN or inf", which the file does not hold: it raises :class:`DataError` saying so, naming
+    ``what`` (the file and its key) and the first rows.
+    """
+    if X.dtype == np.float32:
+        return X
+    with np.errstate(over="ignore"):
+        out = X.astype(np.float32)
+    if out.dtype.kind == "f" and X.dtype.kind == "f" and X.dtype.itemsize > 4:
+        rows = []
+        for start in range(0, out.shape[0], 65_536):
+            block = out[start : start + 65_536]
+            suspect = np.flatnonzero(~np.isfinite(block).all(axis=tuple(range(1, block.ndim))))
+            if suspect.size == 0:
+                continue
+            source = np.asarray(X[start : start + 65_536][suspect])
+            over = np.isinf(block[suspect]) & np.isfinite(source)
+            rows.extend((start + suspect[over.reshape(len(suspect), -1).any(axis=1)]).tolist())
+        if rows:
+            first = ", ".join(str(r) for r in rows[:5])
+            raise DataError(
+                f"{what}: values beyond float32's range (magnitude above {FLOAT32_MAX:.3g}) in {len(rows)} of "
+                f"{out.shape[0]} rows (first rows, from 0: {first}); embclust computes in float32: rescale the "
+                "features or clean those rows"
+            )
+    return out

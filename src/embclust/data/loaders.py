@@ -20,7 +20,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pcsv
 import pyarrow.parquet as pq
 
-from embclust.data.dataset import MISSING_LABEL, Dataset, as_float32, is_real_dtype
+from embclust.data.dataset import FLOAT32_MAX, MISSING_LABEL, Dataset, as_float32, is_real_dtype
 from embclust.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
@@ -123,7 +123,8 @@ def load_npy(
 
         return Dataset(name=name, X=LocalRows(source), ids=np.asarray(ids), labels=labels, label_names=label_names,
                        source=source)
-    return Dataset(name=name, X=as_float32(X), ids=np.asarray(ids), labels=labels, label_names=label_names, source=source)
+    return Dataset(name=name, X=as_float32(X, f"{path} (dataset.path)"), ids=np.asarray(ids), labels=labels, label_names=label_names,
+                   source=source)
 
 
 def _check_ids(ids: np.ndarray, path: str) -> np.ndarray:
@@ -221,14 +222,29 @@ def _inspect(p: Path) -> tuple[dict[str, pa.DataType], bool]:
     return {f.name: f.type for f in fields}, has_rows
 
 
-def _feature_matrix(rows: int, features: list[str], read) -> np.ndarray:
+def float32_column(column, name: str, where) -> np.ndarray:
+    """One table column as float32 (missing values NaN); a finite value beyond float32's range
+    (a float64 above 3.4e38) is refused naming the column, not turned into inf."""
+    if pa.types.is_floating(column.type) and column.type.bit_width > 32 or pa.types.is_decimal(column.type):
+        values = column.cast(pa.float64(), safe=False)
+        finite = pc.filter(values, pc.is_finite(values))
+        biggest = pc.max(pc.abs(finite)).as_py() if len(finite) else None
+        if biggest is not None and biggest > FLOAT32_MAX:
+            raise DataError(
+                f"{where}: column {name!r} holds values beyond float32's range (magnitude up to {biggest:.3g}, "
+                f"float32 ends at {FLOAT32_MAX:.3g}); embclust computes in float32: rescale the feature or clean those rows"
+            )
+    return column.cast(pa.float32(), safe=False).to_numpy(zero_copy_only=False)
+
+
+def _feature_matrix(rows: int, features: list[str], read, where="the table") -> np.ndarray:
     """``features`` as one C-ordered float32 matrix (missing values NaN), ``read(names)`` giving 64
     columns at a time: each block is transposed in one copy, much faster than writing column by column."""
     X = np.empty((rows, len(features)), dtype=np.float32)
     for start in range(0, len(features), 64):
         names = features[start : start + 64]
         block = read(names)
-        columns = [block[c].cast(pa.float32(), safe=False).to_numpy() for c in names]
+        columns = [float32_column(block[c], c, where) for c in names]
         X[:, start : start + len(names)] = np.stack(columns).T
     return X
 
@@ -245,14 +261,14 @@ def read_columns(
         if p.suffix.lower() == ".parquet":
             with pq.ParquetFile(p) as parquet:
                 table = parquet.read(columns=columns)
-                return table, _feature_matrix(table.num_rows, features, lambda names: parquet.read(columns=names))
+                return table, _feature_matrix(table.num_rows, features, lambda names: parquet.read(columns=names), p)
         types = {c: pa.float32() if c in features else schema[c] for c in dict.fromkeys([*columns, *features])}
         for c in as_text:
             if c in types and c not in features:
                 types[c] = pa.string()
         options = pcsv.ConvertOptions(include_columns=list(types), column_types=types, **_CSV_NULLS)
         table = pcsv.read_csv(p, read_options=_CSV_READ, convert_options=options)
-        return table, _feature_matrix(table.num_rows, features, table.select)
+        return table, _feature_matrix(table.num_rows, features, table.select, p)
     except (pa.ArrowException, OSError) as exc:
         raise _read_error(p, exc, "failed to read columns", list(schema)) from exc
 
@@ -406,7 +422,7 @@ def _vectors_from_list_column(column: pa.ChunkedArray, name: str, p: Path, ids: 
             f"{p}: vector column {name!r} is ragged: {bad.size} of {lengths.size} rows are not of length {dim} (first ids: {first})"
         )
     dim = int(lengths[0]) if lengths.size else 0
-    flat = pc.list_flatten(column).cast(pa.float32(), safe=False).to_numpy()
+    flat = float32_column(pc.list_flatten(column), name, p)
     return flat.reshape(len(column), dim)
 
 
@@ -458,7 +474,7 @@ def load_table(
     if vector_column:
         X = _vectors_from_list_column(table[vector_column], vector_column, p, ids)
     texts = as_strings(table[text_column], missing="") if text_column else None
-    X = as_float32(X)
+    X = as_float32(X, f"{p} (dataset.path)")
     source = None
     if p.suffix == ".parquet":
         from embclust.engine.rows import ParquetRows
@@ -531,7 +547,8 @@ def load_tabular(
         names += [str(n) for n in enc.get_feature_names_out(categorical_columns)]
     X = np.hstack(parts) if len(parts) > 1 else parts[0]
     ids, labels = ids_and_labels(table, id_column, label_column, p)
-    return Dataset(name=name, X=as_float32(X), ids=ids, labels=labels, feature_names=names, from_tabular=True)
+    return Dataset(name=name, X=as_float32(X, f"{p} (dataset.path)"), ids=ids, labels=labels, feature_names=names,
+                   from_tabular=True)
 
 
 # ---------------------------------------------------------------------------- parquet datasets
@@ -698,8 +715,7 @@ def load_parquet_dataset(
                                         f"the first file's are of length {n_features}")
                     X[start:stop] = vectors
                 else:
-                    X[start:stop] = np.stack([batch.column(c).cast(pa.float32(), safe=False).to_numpy(zero_copy_only=False)
-                                              for c in features], axis=1)
+                    X[start:stop] = np.stack([float32_column(batch.column(c), c, f) for c in features], axis=1)
                 parts.append(batch.select(extra))
                 start = stop
                 if time.perf_counter() - last > 10:
