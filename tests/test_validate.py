@@ -34,6 +34,7 @@ def test_a_valid_config_passes():
     [
         ("clusterer.n_clusters", "abc", "clusterer.n_clusters='abc' must be an integer >= 2"),
         ("seed", "abc", "seed='abc' must be an integer >= 0"),
+        ("seed", 2**40, "seed=1099511627776 must be an integer from 0 to 4294967295"),  # not 'clusterer.random_state'
         ("metrics.silhouette_sample_size", 0, "metrics.silhouette_sample_size=0 must be null or an integer >= 2"),
         ("metrics.silhouette_sample_size", 1, "metrics.silhouette_sample_size=1 must be null or an integer >= 2"),
         ("metrics.silhouette_sample_size", -3, "metrics.silhouette_sample_size=-3 must be null or an integer >= 2"),

@@ -42,6 +42,9 @@ DEFAULT_MAX_FULL_SILHOUETTE_ROWS = 50_000
 # once in float32, are 55 MB at 5,000 rows.
 DEFAULT_REFERENCE_SAMPLE_SIZE = 5_000
 
+# The largest seed numpy's RandomState (scikit-learn's random_state) takes.
+SEED_MAX = 2**32 - 1
+
 # (key, smallest allowed int, null allowed): integer options checked when the key exists.
 _INT_KEYS = (
     ("seed", 0, False),
@@ -212,6 +215,9 @@ def validate_config(cfg: DictConfig, skip: tuple[str, ...] = ()) -> None:
         if not _is_int(value) or value < minimum:
             allowed = f"{'null or ' if nullable else ''}{'auto or ' if key in _AUTO_INT_KEYS else ''}an integer >= {minimum}"
             raise ConfigError(f"{key}={value!r} must be {allowed}")
+    seed = checked("seed")
+    if _is_int(seed) and seed > SEED_MAX:  # it seeds scikit-learn's random_state, numpy's legacy RandomState
+        raise ConfigError(f"seed={seed!r} must be an integer from 0 to {SEED_MAX}")
     for key, lowest, closed in _NUMBER_KEYS:
         value = checked(key)
         if value is _MISSING:
