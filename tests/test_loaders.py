@@ -59,6 +59,15 @@ def test_float64_values_beyond_float32s_range_are_named_not_called_nan_or_inf(tm
     assert np.isinf(load_npy(str(tmp_path / "inf.npy")).X[7, 2])
 
 
+def test_a_label_column_is_never_also_a_feature(tmp_path):
+    X = np.random.default_rng(0).random((30, 3))
+    pq.write_table(pa.table({"f0": X[:, 0], "f1": X[:, 1], "f2": (X[:, 2] > 0.5).astype(np.int64)}), tmp_path / "t.parquet")
+    ds = load_table(str(tmp_path / "t.parquet"), feature_prefix="f", label_column="f2")  # matched by the prefix: left out
+    assert ds.X.shape == (30, 2) and ds.feature_names == ["f0", "f1"]
+    with pytest.raises(ConfigError, match="column 'f2' is in dataset.feature_columns and is also the id, label"):
+        load_table(str(tmp_path / "t.parquet"), feature_columns=["f0", "f2"], label_column="f2")
+
+
 def test_npz_picks_named_array(tmp_path, emb):
     np.savez(tmp_path / "d.npz", other=np.zeros(3), emb=emb)
     np.testing.assert_array_equal(load_npy(str(tmp_path / "d.npz"), key="emb").X, emb)

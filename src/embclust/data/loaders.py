@@ -378,15 +378,22 @@ def require_column(schema: dict, column: str | None, key: str, p: Path) -> None:
 
 
 def _select_features(
-    schema: dict, p: Path, feature_prefix: str | None, feature_columns: list[str] | None
+    schema: dict, p: Path, feature_prefix: str | None, feature_columns: list[str] | None, roles: list[str] = ()
 ) -> list[str]:
+    """The feature columns; ``roles`` (the id, label, text and metadata columns) are never features:
+    a label among the features would be clustered on. Listed in feature_columns, that is an error;
+    matched by feature_prefix, the column is left out of the features."""
     if feature_columns:
         missing = [c for c in feature_columns if c not in schema]
         if missing:
             raise DataError(f"{p}: feature columns not found: {', '.join(missing[:10])}")
+        both = [c for c in feature_columns if c in roles]
+        if both:
+            raise ConfigError(f"{p}: column {both[0]!r} is in dataset.feature_columns and is also the id, label, text or "
+                              "a metadata column: a column is a feature or one of those, not both")
         features = list(feature_columns)
     elif feature_prefix:
-        features = [c for c in schema if c.startswith(feature_prefix)]
+        features = [c for c in schema if c.startswith(feature_prefix) and c not in roles]
     else:
         raise ConfigError(
             f"{p}: which columns hold the features? set dataset.feature_prefix, dataset.feature_columns "
@@ -467,8 +474,8 @@ def load_table(
     feature_columns = column_names(feature_columns, "dataset.feature_columns") or None
     for column in metadata_columns:
         require_column(schema, column, "dataset.metadata_columns", p)
-    features = [] if vector_column else _select_features(schema, p, feature_prefix, feature_columns)
     extra = [c for c in (id_column, label_column, text_column, vector_column, *metadata_columns) if c]
+    features = [] if vector_column else _select_features(schema, p, feature_prefix, feature_columns, roles=extra)
     table, X = read_columns(p, schema, list(dict.fromkeys(extra)), features, label_text_column(label_column, id_column))
     ids, labels = ids_and_labels(table, id_column, label_column, p)
     if vector_column:
@@ -684,8 +691,9 @@ def load_parquet_dataset(
         require_column(schema, column, "dataset.metadata_columns", p)
     if n_rows == 0:
         raise DataError(f"{path}: 0 rows in {len(files)} parquet files")
+    roles = [c for c in (id_column, label_column, text_column, *metadata_columns) if c]
     features = [] if vector_column else _select_features(
-        schema, p, feature_prefix, column_names(feature_columns, "dataset.feature_columns") or None
+        schema, p, feature_prefix, column_names(feature_columns, "dataset.feature_columns") or None, roles=roles
     )
     if vector_column:
         value = schema[vector_column]
