@@ -73,6 +73,9 @@ def test_npz_picks_named_array(tmp_path, emb):
     np.testing.assert_array_equal(load_npy(str(tmp_path / "d.npz"), key="emb").X, emb)
     with pytest.raises(DataError, match="no array named 'x' \\(arrays: other, emb\\)"):
         load_npy(str(tmp_path / "d.npz"), key="x")
+    np.save(tmp_path / "one.npy", emb)  # a key given for a .npy was ignored
+    with pytest.raises(ConfigError, match="dataset.key='emb' names an array of a .npz archive; .*one.npy is a .npy"):
+        load_npy(str(tmp_path / "one.npy"), key="emb")
 
 
 def test_npy_errors(tmp_path):

@@ -61,6 +61,9 @@ def _load_array(path: str, what: str, mmap: bool = False, key: str | None = None
     p = check_file(path, (".npy", ".npz"), what)
     try:
         if p.suffix.lower() == ".npy":
+            if key is not None:  # a .npy holds one array: a key names one of a .npz's
+                raise ConfigError(f"dataset.key={key!r} names an array of a .npz archive; {path} is a .npy "
+                                  "holding one array: remove dataset.key (or set it to null)")
             return np.load(p, mmap_mode="r" if mmap else None, allow_pickle=False)
         archive = np.load(p, allow_pickle=False)
         keys = list(archive.keys())
