@@ -68,10 +68,10 @@ def test_a_parent_logs_neither_defaults_that_follow_a_swept_key_nor_keys_a_swept
 def test_a_swept_group_replaces_the_default_options_keys_in_the_parents_params():
     from omegaconf import OmegaConf
 
-    from embclust.sweep.callback import parent_params
+    from embclust.sweep.params import parent_params
 
     cfg = OmegaConf.create({"clusterer": {"name": "kmeans", "n_clusters": 10}, "seed": 0, "sweep": {"metric": "auto"}})
-    params = parent_params(cfg, {"clusterer": ["kmeans", "hdbscan"], "seed": None})
+    params = parent_params(cfg, {"clusterer": ["kmeans", "hdbscan"], "seed": None}, leave_out=("sweep",))
     assert params == {"clusterer": "kmeans,hdbscan", "seed": "chosen by the sweeper"}
 
 

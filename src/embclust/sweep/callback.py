@@ -9,7 +9,6 @@ variable ``EMBCLUST_SWEEP``, which workers inherit.
 from __future__ import annotations
 
 import contextlib
-import functools
 import json
 import logging
 import math
@@ -24,10 +23,11 @@ from omegaconf import DictConfig, OmegaConf
 
 from embclust import signals, tracking
 from embclust.tracking.store import SWEEP_OWNER_TAG, store_lock
-from embclust.errors import ConfigError, EmbclustError, first_line, user_error
+from embclust.errors import EmbclustError, first_line, user_error
 from embclust.sweep import compare
 from embclust.sweep.cache import stable_hash
 from embclust.processes import owner_is_alive, owner_token
+from embclust.sweep.params import check_swept_options, parent_params
 from embclust.sweep.plan import ENV_VAR, PREPROCESS_PREFIX, SweepPlan, largest_pca, resolve_metric, sweep_values
 from embclust.sweep.summary import summarize_sweep
 
@@ -121,119 +121,6 @@ def _log_params(client: mlflow.MlflowClient, run_id: str, params: dict[str, Any]
     items = [Param(k, str(v)[:6000]) for k, v in params.items()]
     for i in range(0, len(items), 100):
         client.log_batch(run_id, params=items[i : i + 100])
-
-
-def _group_options(key: str, config: DictConfig) -> list[str] | None:
-    """The options of config group ``key`` on the cells' search path ([] for a value key), None if unknown."""
-    from hydra.core.global_hydra import GlobalHydra
-
-    if not GlobalHydra.instance().is_initialized():
-        return None
-    hydra_overrides = tuple(str(o) for o in config.hydra.overrides.get("hydra", []))
-    return _cached_group_options(key, config.hydra.job.get("config_name"), hydra_overrides)
-
-
-@functools.lru_cache(maxsize=64)
-def _cached_group_options(key: str, config_name: str | None, hydra_overrides: tuple[str, ...]) -> list[str] | None:
-    from hydra.core.global_hydra import GlobalHydra
-
-    try:
-        return GlobalHydra.instance().config_loader().get_group_options(key, config_name=config_name,
-                                                                        overrides=list(hydra_overrides))
-    except Exception:  # noqa: BLE001 - Hydra says what is wrong when the cell is composed
-        return None
-
-
-def check_swept_options(swept: dict[str, list | None], config: DictConfig) -> None:
-    """Every option of a swept config group exists (``clusterer=kmeans,kmeanz``), before any run.
-
-    Hydra composes a cell's config only when the cell is launched: a misspelt option would
-    otherwise be found after the sweep's parent run was made. The options are looked up on the
-    search path the cells get (``hydra.searchpath`` in config.yaml or on the command line).
-    """
-    for key, values in swept.items():
-        options = _group_options(key, config) if values else None
-        if not options:
-            continue
-        missing = [str(v) for v in values if options and str(v) not in options]
-        if missing:
-            raise ConfigError(
-                f"Could not find '{key}/{missing[0]}' (the values of {key} are config files in a {key}/ folder "
-                f"of the config path; allowed: {', '.join(options)})"
-            )
-
-
-def parent_params(task_cfg: DictConfig, swept: dict[str, list | None], config: DictConfig | None = None) -> dict[str, Any]:
-    """The sweep parent's params: what every cell shares, and each swept key with its values.
-
-    A swept key logs the values its cells take (``"10,20,30"``, or ``"chosen by the sweeper"``
-    for a range the sweeper picks from) instead of the base config's default, which no cell
-    may use. Keys that differ between cells are left out: those that interpolate a swept key
-    (``clusterer.random_state: ${seed}``) and those a swept group sets (``clusterer=kmeans,hdbscan``,
-    found by composing one config per option), except where an override sets them for every cell.
-    """
-    flat = tracking.flatten_config(task_cfg)
-    raw = tracking.flatten_config(OmegaConf.to_container(task_cfg, resolve=False))
-    fixed = _fixed_override_keys(config)
-    varying = {k for k, v in raw.items() if isinstance(v, str) and "${" in v and any(key in v for key in swept)}
-    for key, values in swept.items():
-        varying |= _keys_set_by_group(key, values, flat, config)
-    params = {k: v for k, v in flat.items() if k.split(".")[0] not in _NOT_IDENTITY and (k not in varying or k in fixed)}
-    for key, values in swept.items():
-        if key.split(".")[0] not in _NOT_IDENTITY:
-            params[key] = "chosen by the sweeper" if values is None else ",".join(str(v) for v in values)
-    return params
-
-
-def _fixed_override_keys(config: DictConfig | None) -> set[str]:
-    """Keys a command-line override sets to one value for every cell."""
-    if config is None:
-        return set()
-    keys = set()
-    for override in config.hydra.overrides.get("task", []):
-        key, _, value = str(override).partition("=")
-        if "," not in value and "(" not in value:
-            keys.add(key.lstrip("+~"))
-    return keys
-
-
-def _keys_set_by_group(key: str, values: list | None, base: dict[str, Any], config: DictConfig | None) -> set[str]:
-    """The flat keys whose value differs from ``base`` in some option of the swept group ``key``
-    (empty for a key that is not a group); every key under ``key`` where that cannot be composed."""
-    under = {k for k in base if k == key or k.startswith(f"{key}.")}
-    if config is None or not values:
-        return under
-    from hydra.core.global_hydra import GlobalHydra
-
-    if not GlobalHydra.instance().is_initialized():
-        return under
-    options = _group_options(key, config)
-    if options is None:
-        return under
-    if not options:
-        return set()  # a value key, not a group
-    loader = GlobalHydra.instance().config_loader()
-    try:
-        fixed = [str(o) for o in config.hydra.overrides.get("task", [])
-                 if str(o).partition("=")[0].lstrip("+~") not in _swept_override_keys(config)]
-        plus = next((str(o)[0] for o in config.hydra.overrides.get("task", [])
-                     if str(o).partition("=")[0].lstrip("+~") == key and str(o)[0] in "+~"), "")
-        differ = set()
-        for value in values:
-            composed = loader.load_sweep_config(config, [*fixed, f"{plus}{key}={value}"])
-            cell = tracking.flatten_config(OmegaConf.create({k: v for k, v in composed.items() if k != "hydra"}))
-            differ |= {k for k in set(cell) | set(base) if cell.get(k, _ABSENT) != base.get(k, _ABSENT)}
-        return differ
-    except Exception:  # noqa: BLE001 - params are a record, never a reason to stop the sweep
-        return under
-
-
-_ABSENT = object()
-
-
-def _swept_override_keys(config: DictConfig) -> set[str]:
-    return {str(o).partition("=")[0].lstrip("+~") for o in config.hydra.overrides.get("task", [])
-            if "," in str(o).partition("=")[2] or "(" in str(o).partition("=")[2]}
 
 
 _ORPHANED = "orphaned: the sweep process running this cell ended without closing it"
@@ -429,7 +316,7 @@ class MlflowSweepCallback(Callback):
                 },
             )
             self.parent_run_id = run.info.run_id
-            _log_params(client, self.parent_run_id, parent_params(task_cfg, sweep_values(config), config))
+            _log_params(client, self.parent_run_id, parent_params(task_cfg, sweep_values(config), config, leave_out=_NOT_IDENTITY))
             log.info("sweep: parent run %s", self.parent_run_id)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
