@@ -238,21 +238,18 @@ def locked_store_message(exc: BaseException, tracking_uri: str) -> str | None:
     )
 
 
-def write_after_lock(write, tracking_uri: str, what: str = "the run's error") -> None:
-    """Call ``write``; if the SQLite store stayed locked past MLflow's wait, wait once more.
-
-    For the writes that close a run: its ``error`` tag before it is ended FAILED (the status
-    written a moment later, once the lock is gone, would leave a FAILED run without its reason),
-    and the end of a run reopened by this process (else RUNNING until the next run closes it).
-    """
+def write_after_lock(write, tracking_uri: str) -> None:
+    """Call ``write`` (a run's ``error`` tag); if the SQLite store stayed locked past MLflow's wait,
+    wait once more: the run's FAILED status, written a moment later once the lock is gone, would
+    otherwise leave a FAILED run without its reason."""
     try:
         write()
     except Exception as exc:
         if locked_store_message(exc, tracking_uri) is None:
             raise
         log.warning(
-            "the MLflow store is locked by another process: waiting up to %d s more to record %s",
-            _MLFLOW_BUSY_TIMEOUT_S, what,
+            "the MLflow store is locked by another process: waiting up to %d s more to record the run's error",
+            _MLFLOW_BUSY_TIMEOUT_S,
         )
         write()
 
