@@ -54,9 +54,33 @@ def test_float64_values_beyond_float32s_range_are_named_not_called_nan_or_inf(tm
     pq.write_table(pa.table({f"f{i}": X[:, i] for i in range(4)}), tmp_path / "big.parquet")
     with pytest.raises(DataError, match=r"big.parquet: column 'f2' holds values beyond float32's range"):
         load_table(str(tmp_path / "big.parquet"), feature_prefix="f")
+    with pytest.raises(DataError, match=r"big.parquet: column 'f2' holds values beyond float32's range"):
+        np.asarray(load_table(str(tmp_path / "big.parquet"), feature_prefix="f", rows_on_driver=False).X[np.arange(50)])
+    pcsv.write_csv(pa.table({f"f{i}": X[:, i] for i in range(4)}), tmp_path / "big.csv")  # parsed straight to float32
+    with pytest.raises(DataError, match=r"big.csv: column 'f2' holds values beyond float32's range \(magnitude up to 1e\+39"):
+        load_table(str(tmp_path / "big.csv"), feature_prefix="f")
     X[7, 2] = np.inf  # a real inf is still reported as one, by the validation
     np.save(tmp_path / "inf.npy", X)
     assert np.isinf(load_npy(str(tmp_path / "inf.npy")).X[7, 2])
+    pcsv.write_csv(pa.table({f"f{i}": X[:, i] for i in range(4)}), tmp_path / "inf.csv")
+    assert np.isinf(load_table(str(tmp_path / "inf.csv"), feature_prefix="f").X[7, 2])
+
+
+@pytest.mark.parametrize("rows", [30, 300_000])  # within the first block read, and past it (several threads)
+def test_a_csv_row_with_too_few_fields_is_named_by_its_line(tmp_path, rows):
+    lines = ["f0,f1,f2"] + [f"{i},{i % 7},{i % 3}" for i in range(rows)]
+    lines[rows - 3] = "1,2"
+    (tmp_path / "r.csv").write_text("\n".join(lines) + "\n")
+    with pytest.raises(DataError, match=rf"r.csv: .*CSV parse error at line {rows - 2}: Expected 3 columns, got 2"):
+        load_table(str(tmp_path / "r.csv"), feature_prefix="f")
+
+
+def test_a_utf16_csv_is_named_as_such_not_parsed_into_one_garbled_column(tmp_path):
+    (tmp_path / "u.csv").write_text("f0,f1\n1,2\n3,4\n", encoding="utf-16")  # Excel's "Unicode text"
+    with pytest.raises(DataError, match=r"u.csv: the file is UTF-16 .* save it as CSV UTF-8"):
+        load_table(str(tmp_path / "u.csv"), feature_prefix="f")
+    (tmp_path / "b.csv").write_text("f0,f1\n1,2\n3,4\n", encoding="utf-8-sig")  # UTF-8 with a BOM reads
+    assert load_table(str(tmp_path / "b.csv"), feature_prefix="f").X.shape == (2, 2)
 
 
 def test_a_label_column_is_never_also_a_feature(tmp_path):
@@ -286,3 +310,24 @@ def test_a_table_without_a_feature_setting_names_the_file_and_its_columns(tmp_pa
     pd.DataFrame({"title": ["a", "b", "c"], "x": [1.0, 2.0, 3.0]}).to_csv(path, index=False)
     with pytest.raises(ConfigError, match=r"t\.csv: which columns hold the features\? set dataset\.feature_prefix.*\(columns: title, x\)"):
         load_table(path=str(path))
+
+
+@pytest.mark.parametrize(("name", "content", "message"), [
+    ("names.npy", np.random.default_rng(0).random((3, 2)), r"names must be a 1-D array of text .* got dtype float64 and shape \(3, 2\)"),
+    ("names.json", '{"0": "cat"}', r"a JSON list of names, one per label"),
+    ("names.json", '["cat", ', r"not valid JSON"),
+    ("names.txt", b"\xff\xfe\x00c\x00a", r"not UTF-8 text"),
+])
+def test_label_names_that_are_not_a_list_of_names_are_refused_naming_the_file(tmp_path, emb, name, content, message):
+    # A float matrix used to become names such as "[0.63 0.27]", shown on every plot and table.
+    np.save(tmp_path / "X.npy", emb)
+    np.save(tmp_path / "y.npy", np.arange(40) % 3)
+    path = tmp_path / name
+    if isinstance(content, np.ndarray):
+        np.save(path, content)
+    elif isinstance(content, bytes):
+        path.write_bytes(content)
+    else:
+        path.write_text(content)
+    with pytest.raises(DataError, match=rf"{name} \(dataset.label_names_path\): {message}"):
+        load_npy(str(tmp_path / "X.npy"), labels_path=str(tmp_path / "y.npy"), label_names_path=str(path))

@@ -84,11 +84,25 @@ def _load_array(path: str, what: str, mmap: bool = False, key: str | None = None
 def _load_names(path: str) -> list[str]:
     """Label names from a .json list, a .txt (one per line) or a .npy of strings."""
     p = check_file(path, None, "dataset.label_names_path")
-    if p.suffix == ".json":
-        return [str(x) for x in json.loads(p.read_text())]
-    if p.suffix == ".npy":
-        return [str(x) for x in np.load(p, allow_pickle=False)]
-    return [line for line in p.read_text().splitlines() if line.strip()]
+    what = f"{p} (dataset.label_names_path)"
+    suffix = p.suffix.lower()
+    try:
+        if suffix == ".json":
+            names = json.loads(p.read_text(encoding="utf-8"))
+            if not isinstance(names, list) or not all(isinstance(x, (str, int)) and not isinstance(x, bool) for x in names):
+                raise DataError(f"{what}: a JSON list of names, one per label (\"cat\", \"dog\", ...), is expected")
+            return [str(x) for x in names]
+        if suffix in (".npy", ".npz"):
+            names = _load_array(str(p), "dataset.label_names_path")
+            if names.ndim != 1 or names.dtype.kind not in "iuUS":
+                raise DataError(f"{what}: names must be a 1-D array of text (one per label), got dtype {names.dtype} "
+                                f"and shape {names.shape}")
+            return [x.decode() if isinstance(x, bytes) else str(x) for x in names.tolist()]
+        return [line for line in p.read_text(encoding="utf-8").splitlines() if line.strip()]
+    except UnicodeDecodeError:
+        raise DataError(f"{what}: not UTF-8 text; give one name per line (.txt), a JSON list or a .npy of strings") from None
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{what}: not valid JSON ({exc}); give a JSON list of names") from None
 
 
 def load_npy(
@@ -173,6 +187,21 @@ def _check_labels(labels: np.ndarray, path: str, names: list[str] | None, names_
 # column types inferred from the first 16 MiB.
 _CSV_READ = pcsv.ReadOptions(block_size=16 << 20)
 _CSV_NULLS = dict(null_values=[""], strings_can_be_null=True, quoted_strings_can_be_null=False)
+_UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")
+
+
+def _on_one_thread(options: pcsv.ReadOptions) -> pcsv.ReadOptions:
+    """``options`` read on one thread: slower on a large file, but a parse error then names its line."""
+    return pcsv.ReadOptions(block_size=options.block_size, use_threads=False)
+
+
+def _check_csv_encoding(p: Path) -> None:
+    """A UTF-16 CSV (Excel's "Unicode text") parses as one garbled column: say what it is."""
+    with open(p, "rb") as f:
+        head = f.read(4096)
+    if head.startswith(_UTF16_BOMS) or (head and head.count(0) > len(head) // 4):
+        raise DataError(f"{p}: the file is UTF-16 (or another encoding with NUL bytes), not UTF-8 text; "
+                        "save it as CSV UTF-8 (comma-separated) or as parquet")
 
 
 def _is_numeric(dtype: pa.DataType) -> bool:
@@ -186,9 +215,10 @@ def _csv_type(dtype: pa.DataType) -> pa.DataType:
 
 
 def _read_error(p: Path, exc: Exception, what: str, names: list[str]) -> DataError:
-    """One line naming the file, and the column when pyarrow gives its number (a parse error quotes
-    the whole row: cut short)."""
+    """One line naming the file, and the column when pyarrow gives its number, the line when it
+    gives the row (a parse error quotes the whole row: cut short)."""
     message = " ".join(str(exc).split())
+    message = re.sub(r"CSV parse error: Row #(\d+): ", r"CSV parse error at line \1: ", message)
     found = re.match(r"In CSV column #(\d+): (.*)", message)
     if found and int(found[1]) < len(names):
         message = f"column {names[int(found[1])]!r}: {found[2]}"
@@ -203,7 +233,8 @@ def _inspect(p: Path) -> tuple[dict[str, pa.DataType], bool]:
             with pq.ParquetFile(p) as parquet:
                 fields, has_rows = list(parquet.schema_arrow), parquet.metadata.num_rows > 0
         else:
-            with pcsv.open_csv(p, read_options=_CSV_READ, convert_options=pcsv.ConvertOptions(**_CSV_NULLS)) as reader:
+            _check_csv_encoding(p)
+            with pcsv.open_csv(p, read_options=_on_one_thread(_CSV_READ), convert_options=pcsv.ConvertOptions(**_CSV_NULLS)) as reader:
                 fields = [pa.field(f.name, _csv_type(f.type)) for f in reader.schema]
                 try:
                     has_rows = reader.read_next_batch().num_rows > 0
@@ -270,10 +301,33 @@ def read_columns(
             if c in types and c not in features:
                 types[c] = pa.string()
         options = pcsv.ConvertOptions(include_columns=list(types), column_types=types, **_CSV_NULLS)
-        table = pcsv.read_csv(p, read_options=_CSV_READ, convert_options=options)
-        return table, _feature_matrix(table.num_rows, features, table.select, p)
+        try:
+            table = pcsv.read_csv(p, read_options=_CSV_READ, convert_options=options)
+        except pa.ArrowInvalid as exc:
+            if "Row #" in str(exc) or "CSV parse error" not in str(exc):
+                raise
+            # Read on several threads, a parse error does not know its line: find it on one.
+            table = pcsv.read_csv(p, read_options=_on_one_thread(_CSV_READ), convert_options=options)
+        X = _feature_matrix(table.num_rows, features, table.select, p)
+        _check_csv_overflow(p, X, features, options)
+        return table, X
     except (pa.ArrowException, OSError) as exc:
         raise _read_error(p, exc, "failed to read columns", list(schema)) from exc
+
+
+def _check_csv_overflow(p: Path, X: np.ndarray, features: list[str], options: pcsv.ConvertOptions) -> None:
+    """CSV features are parsed straight to float32, where a number beyond its range (1e39) becomes
+    inf: columns holding inf are read again as float64 to tell an overflow (refused naming the
+    column) from an inf written in the file (left to the NaN/inf check)."""
+    holds_inf = [features[j] for j in np.flatnonzero(np.isinf(X).any(axis=0))]
+    if not holds_inf:
+        return
+    again = pcsv.ConvertOptions(include_columns=holds_inf, column_types={c: pa.float64() for c in holds_inf},
+                                null_values=options.null_values, strings_can_be_null=True,
+                                quoted_strings_can_be_null=False)
+    table = pcsv.read_csv(p, read_options=_CSV_READ, convert_options=again)
+    for c in holds_inf:
+        float32_column(table[c], c, p)
 
 
 def open_table(path: str, columns: dict[str, str | None]) -> tuple[Path, dict[str, pa.DataType]]:

@@ -118,6 +118,8 @@ class ParquetRows(RowSource):
     def _matrix(self, table, path: str) -> np.ndarray:
         import pyarrow as pa
 
+        from embclust.data.loaders import float32_column  # a float64 beyond float32's range is named, not inf
+
         if self.vector_column:
             column = table.column(self.vector_column)
             if isinstance(column, pa.ChunkedArray):
@@ -127,10 +129,9 @@ class ParquetRows(RowSource):
 
                 raise DataError(f"vector column {self.vector_column!r} holds missing vectors or vectors whose length is "
                                 f"not {self.n_cols} (the first file's): {path}")
-            values = column.flatten().to_numpy(zero_copy_only=False)
-            return np.asarray(values, dtype=np.float32).reshape(len(column), self.n_cols)
-        return np.stack([table.column(c).cast(pa.float32(), safe=False).to_numpy(zero_copy_only=False)
-                         for c in self.feature_columns], axis=1)
+            values = float32_column(column.flatten(), self.vector_column, path)
+            return values.reshape(len(column), self.n_cols)
+        return np.stack([float32_column(table.column(c), c, path) for c in self.feature_columns], axis=1)
 
 
 # Rows decoded at a time when a task reads its rows from parquet.
