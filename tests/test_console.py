@@ -34,6 +34,9 @@ def test_verbose_run_adds_step_details_that_a_default_run_keeps_off(run_cli):
         ("print('result')", 0, ""),
         ("print('result'); raise SystemExit(3)", 3, ""),
         ("print('result'); raise SystemExit('bad input: x')", 1, "bad input: x"),
+        # SIGTERM stopped the run (its reason says so), a SIGINT on the way out raised 130: the
+        # status is the one the reason names
+        ("print('result'); from embclust import signals; signals.note_stop(15); raise SystemExit(130)", 143, ""),
     ],
 )
 def test_quick_exit_keeps_status_output_and_exit_handlers(tmp_path, body, code, stderr):

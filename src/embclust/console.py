@@ -127,6 +127,7 @@ def exit_without_teardown(entry: Callable[[], object]) -> NoReturn:
     5 s run. The exit handlers still run (MLflow's, logging's), and the usual exit is kept when
     a non-daemon thread is still working or ``entry`` raised anything other than ``SystemExit``.
     """
+    from embclust import signals
     from embclust.signals import Stopped
 
     try:
@@ -139,6 +140,9 @@ def exit_without_teardown(entry: Callable[[], object]) -> NoReturn:
     except KeyboardInterrupt:  # Ctrl-C before any run started
         print("stopped by SIGINT", file=sys.stderr)
         code = 130
+    received = signals.received
+    if received is not None and isinstance(code, int) and code > 128 and code != received.exit_code:
+        code = received.exit_code  # a second, other signal on the way out: the status the run's reason names
     if any(t.is_alive() and not t.daemon for t in threading.enumerate() if t is not threading.main_thread()):
         raise SystemExit(code)
     if code is None:
