@@ -2,6 +2,7 @@
 
 import numpy as np
 import mlflow
+from pathlib import Path
 import pytest
 
 GRID = ("-m", "reducer=pca", "analysis.explain.enabled=false", "preprocess.pca_components=5,10", "clusterer.n_clusters=8,12")
@@ -63,6 +64,16 @@ def test_a_parent_logs_neither_defaults_that_follow_a_swept_key_nor_keys_a_swept
     assert "clusterer.random_state" not in params  # ${seed}: 1 or 2 by cell
     assert params["clusterer._target_"] == "sklearn.cluster.KMeans"  # shared by every cell
     assert sorted(c.data.params["clusterer.n_clusters"] for c in children) == ["3", "3", "4", "4"]
+
+
+def test_a_glob_over_a_group_is_logged_and_counted_as_the_options_it_matches(run_cli):
+    # They were logged as "chosen by the sweeper" and counted as "cell 1/?".
+    res = run_cli("-m", "dataset=synthetic", "dataset.n_samples=300", "analysis.explain.enabled=false",
+                  "reducer=glob(*,exclude=[umap,tsne])")
+    matched = sorted(p.stem for p in (Path(__file__).parents[1] / "conf" / "reducer").glob("*.yaml")
+                     if p.stem not in ("umap", "tsne"))
+    parent, children = _check_sweep(res, n_children=len(matched))
+    assert parent.data.params["reducer"] == ",".join(matched) and f"cell {len(matched)}/{len(matched)}" in res.stderr
 
 
 def test_a_swept_group_replaces_the_default_options_keys_in_the_parents_params():

@@ -104,12 +104,9 @@ def count_cells(config: DictConfig) -> int | None:
     if "n_trials" in sweeper:
         return int(sweeper.n_trials)
     try:
-        from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
-        from hydra.core.override_parser.overrides_parser import OverridesParser
-
-        params = [f"{k}={v}" for k, v in (sweeper.get("params") or {}).items()]
-        overrides = OverridesParser.create().parse_overrides([*params, *hydra_cfg.overrides.task])
-        return sum(len(batch) for batch in BasicSweeper.split_arguments(overrides, None))
+        # Hydra's basic sweeper runs the product of the swept values (a glob of a group: its matches).
+        values = sweep_values(config).values()
+        return None if any(v is None for v in values) else math.prod(len(v) for v in values)
     except Exception:  # noqa: BLE001 - a progress count must never stop a sweep
         return None
 

@@ -99,7 +99,7 @@ def reference_metric(metric: str) -> str:
 def sweep_values(config: DictConfig) -> dict[str, list | None]:
     """Every swept key with its values (None when they are a range that cannot be listed)."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
-    from hydra.core.override_parser.types import ChoiceSweep, RangeSweep
+    from hydra.core.override_parser.types import ChoiceSweep, Glob, RangeSweep
 
     hydra_cfg = config.hydra
     params = [f"{k}={v}" for k, v in (hydra_cfg.sweeper.get("params") or {}).items()]
@@ -113,9 +113,25 @@ def sweep_values(config: DictConfig) -> dict[str, list | None]:
             out[key] = list(value.list)
         elif isinstance(value, RangeSweep) and value.step is not None:
             out[key] = list(override.sweep_iterator())
+        elif isinstance(value, Glob) and (options := _glob_options(key, config)) is not None:
+            out[key] = value.filter(options)  # reducer='glob(*,exclude=umap)': the options it matches
         else:  # interval(...) and the like: values chosen by the sweeper at run time
             out[key] = None
     return out
+
+
+def _glob_options(key: str, config: DictConfig) -> list[str] | None:  # noqa: ARG001
+    """The options a glob of group ``key`` is matched against, as Hydra's sweeper looks them up
+    (the config path it started with), or None outside Hydra."""
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.object_type import ObjectType
+
+    if not GlobalHydra.instance().is_initialized():
+        return None
+    try:
+        return GlobalHydra.instance().config_loader().get_group_options(key, results_filter=ObjectType.CONFIG)
+    except Exception:  # noqa: BLE001 - the sweeper says what is wrong
+        return None
 
 
 def largest_pca(config: DictConfig, swept: dict[str, list | None]) -> int | None:
