@@ -319,7 +319,10 @@ def _check_csv_overflow(p: Path, X: np.ndarray, features: list[str], options: pc
     """CSV features are parsed straight to float32, where a number beyond its range (1e39) becomes
     inf: columns holding inf are read again as float64 to tell an overflow (refused naming the
     column) from an inf written in the file (left to the NaN/inf check)."""
-    holds_inf = [features[j] for j in np.flatnonzero(np.isinf(X).any(axis=0))]
+    columns_with_inf = np.zeros(X.shape[1], dtype=bool)
+    for start in range(0, X.shape[0], 65_536):  # by blocks: no full-size temporary
+        columns_with_inf |= np.isinf(X[start : start + 65_536]).any(axis=0)
+    holds_inf = [features[j] for j in np.flatnonzero(columns_with_inf)]
     if not holds_inf:
         return
     again = pcsv.ConvertOptions(include_columns=holds_inf, column_types={c: pa.float64() for c in holds_inf},
