@@ -204,6 +204,15 @@ def test_export_sweep_has_one_column_per_finished_cell(run_cli, planted_csv, tra
     assert code == 0 and "assigned 200 rows" in out
     code, out, _ = _embclust(capsys, "compare", "--tracking-uri", tracking_uri)
     assert code == 0 and f"sweep {parent.info.run_id}, ranked by silhouette" in out
+    # The input named as the output would be replaced by the assignments: refused, the file intact.
+    before = planted_csv.read_bytes()
+    alias = planted_csv.parent / "." / planted_csv.name
+    code, out, err = _embclust(capsys, "assign", parent.info.run_id, "--input", planted_csv, "--output", alias,
+                               "--tracking-uri", tracking_uri)
+    assert code == 1 and out == "" and "is the --input file" in err and planted_csv.read_bytes() == before
+    with pytest.raises(SystemExit) as stop:  # argparse: status 2, one usage line
+        _embclust(capsys, "compare", "--top", "0", "--tracking-uri", tracking_uri)
+    assert stop.value.code == 2 and "--top=0: the number of rows to print must be at least 1" in capsys.readouterr().err
 
 
 def test_search_finds_a_planted_near_copy_first(run_cli, tracking_uri, tmp_path, capsys):
@@ -238,6 +247,8 @@ def test_search_finds_a_planted_near_copy_first(run_cli, tracking_uri, tmp_path,
     assert lines[1].split()[3] == "planted" and float(lines[1].split()[1]) > 0.8
     code, out, err = _embclust(capsys, "search", run.info.run_id, "x", "--probe", "0", "--tracking-uri", tracking_uri)
     assert code == 1 and out == "" and err.strip() == "error: --top-k=10 and --probe=0 must both be >= 1"
+    code, out, err = _embclust(capsys, "search", run.info.run_id, "  ", "--tracking-uri", tracking_uri)
+    assert code == 1 and out == "" and err.strip() == "error: the query is empty: give the text to search for"
 
 
 def test_light_sweep_cells_export_and_refuse_assign_with_one_line(tracking_uri, tmp_path, capsys):
@@ -299,6 +310,18 @@ def test_ctrl_c_in_a_command_is_one_line_and_status_130(monkeypatch, capsys):
     monkeypatch.setattr(export, "export_sweep", interrupted)
     code, out, err = _embclust(capsys, "export", "abc", "--output", "x.csv")
     assert code == 130 and out == "" and err.strip().splitlines() == ["interrupted: nothing was written"]
+
+
+@pytest.mark.parametrize("command", [["export", "abc", "--output", "x.csv"], ["assign", "abc", "--input", "x.npy", "--output", "y.csv"],
+                                     ["search", "abc", "q"], ["compare"]])
+def test_a_command_pointed_at_a_uri_mlflow_has_no_store_for_says_so(capsys, command):
+    # compare printed MLflow's traceback; the others blamed the run ("no run 'abc' at bogus://x").
+    code, out, err = _embclust(capsys, *command, "--tracking-uri", "bogus://x")
+    assert code == 1 and out == ""
+    assert err.strip().splitlines() == [
+        "error: --tracking-uri='bogus://x': unknown scheme bogus: (allowed: sqlite:///FILE, http(s)://HOST:PORT, "
+        "databricks, postgresql/mysql/mssql://...)"
+    ]
 
 
 @pytest.mark.parametrize("command", [["export", "abc", "--output", "x.csv"], ["assign", "abc", "--input", "x.npy", "--output", "y.csv"], ["compare"]])

@@ -160,7 +160,7 @@ def _what_run_it_is(run_id: str | None) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m embclust.compare", description=__doc__)
+    parser = argparse.ArgumentParser(prog="embclust compare", description=__doc__)
     parser.add_argument("--experiment", default="embclust", help="MLflow experiment name")
     parser.add_argument("--tracking-uri", default=None, help="default: MLFLOW_TRACKING_URI, else sqlite:///mlflow.db")
     parser.add_argument("--metric", default="silhouette", help="metric to rank by (DB and inertia: lower is better)")
@@ -169,16 +169,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--top", type=int, default=20, help="rows to print")
     parser.add_argument("--html", type=Path, default=None, help="also write the table as HTML to this file")
     args = parser.parse_args(argv)
+    if args.top < 1:
+        parser.error(f"--top={args.top}: the number of rows to print must be at least 1")
 
-    from embclust.errors import EmbclustError
+    from mlflow.exceptions import MlflowException
+
+    from embclust.errors import EmbclustError, first_line
+
+    try:
+        return _compare(args)
+    except (EmbclustError, MlflowException) as exc:  # a store MLflow cannot read: one line, not a traceback
+        print(f"error: {first_line(exc)}", file=sys.stderr)
+        return 1
+
+
+def _compare(args: argparse.Namespace) -> int:
     from embclust.tracking.store import check_store_to_read, default_tracking_uri
 
     mlflow.set_tracking_uri(args.tracking_uri or default_tracking_uri())
-    try:
-        check_store_to_read(mlflow.get_tracking_uri())  # at once, not after MLflow's retries
-    except EmbclustError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+    check_store_to_read(mlflow.get_tracking_uri())  # at once, not after MLflow's retries
     parent = None if args.all else (args.parent_run or latest_sweep_parent(args.experiment))
     runs = fetch_runs(args.experiment, parent)
     table = leaderboard(runs, args.metric, swept_params(runs) if not runs.empty else [])

@@ -95,10 +95,23 @@ def check_server(
 def check_store_to_read(tracking_uri: str, point_it: str = CLI_POINT_IT) -> None:
     """For commands that read runs: a server that answers (:func:`check_server`), and a SQLite
     store file that exists; MLflow would create an empty store (and its folder) instead."""
+    check_scheme(tracking_uri, what="--tracking-uri" if point_it == CLI_POINT_IT else "mlflow.tracking_uri")
     check_server(tracking_uri, point_it=point_it)
     db = sqlite_path(tracking_uri)
     if db is not None and not db.is_file():
         raise ConfigError(f"no MLflow store at {db} ({tracking_uri}): {point_it} for the store the runs were logged to")
+
+
+def check_scheme(tracking_uri: str, what: str = "mlflow.tracking_uri") -> None:
+    """A URI scheme MLflow has a tracking store for; else one line naming ``what`` set it."""
+    scheme = urllib.parse.urlparse(tracking_uri).scheme.lower()
+    # "postgresql+psycopg2" names a database driver after the "+".
+    if scheme.split("+", 1)[0] not in KNOWN_SCHEMES:
+        raise ConfigError(
+            f"{what}={tracking_uri!r}: unknown scheme {scheme + ':' if scheme else '(none)'} "
+            "(allowed: sqlite:///FILE, http(s)://HOST:PORT, databricks, "
+            "postgresql/mysql/mssql://...)"
+        )
 
 
 def sqlite_path(tracking_uri: str) -> Path | None:
@@ -422,14 +435,7 @@ def setup_tracking(tracking_uri: str, experiment_name: str) -> str:
     if not str(experiment_name).strip():
         raise ConfigError(f"mlflow.experiment_name={experiment_name!r} must be a name (any non-blank text)")
     check_server(tracking_uri)
-    scheme = urllib.parse.urlparse(tracking_uri).scheme.lower()
-    # "postgresql+psycopg2" names a database driver after the "+".
-    if scheme.split("+", 1)[0] not in KNOWN_SCHEMES:
-        raise ConfigError(
-            f"mlflow.tracking_uri={tracking_uri!r}: unknown scheme {scheme + ':' if scheme else '(none)'} "
-            "(allowed: sqlite:///FILE, http(s)://HOST:PORT, databricks, "
-            "postgresql/mysql/mssql://...)"
-        )
+    check_scheme(tracking_uri)
     skip_notebook_probes_outside_ipython()
     mlflow.set_tracking_uri(tracking_uri)
     # Opening a SQLite store reads its schema with SQLite's own 5 s lock wait, not the 20 s MLflow

@@ -37,6 +37,14 @@ def check_output(path: str) -> Path:
     return p
 
 
+def _same_file(a: str, b: Path) -> bool:
+    """Whether ``a`` and ``b`` name one file (through links, ``./`` or another spelling)."""
+    try:
+        return Path(a).resolve() == b.resolve() or (b.exists() and os.path.samefile(a, b))
+    except OSError:
+        return False
+
+
 def write_table(table: pa.Table, path: Path, setting: str = "--output") -> None:
     """Write ``table`` as parquet or CSV, by the file's extension (CSV: missing values empty, quotes only
     where needed, floats as 1.0 / 0.2505928 / NaN).
@@ -230,6 +238,9 @@ def assign(run_id: str, input_path: str, output: str, explain: bool = False) -> 
     """Assign the rows of ``input_path`` to the clusters of run ``run_id`` (a sweep: its best cell)
     and write the table to ``output``."""
     out_path = check_output(output)
+    if _same_file(input_path, out_path):
+        raise ConfigError(f"--output {output} is the --input file: writing it would replace the rows being assigned; "
+                          "choose another --output")
     run = runs.resolve_run(run_id)
     model = runs.load_model(run)
     cfg = runs.load_config(run)

@@ -21,6 +21,8 @@ def search(run_id: str, query: str, top: int = 10, probe: int = 3) -> pd.DataFra
     cluster, id, text."""
     if top < 1 or probe < 1:
         raise ConfigError(f"--top-k={top} and --probe={probe} must both be >= 1")
+    if not query.strip():  # its embedding ranks documents all the same: results that mean nothing
+        raise ConfigError("the query is empty: give the text to search for")
     run = runs.resolve_run(run_id)
     cfg = runs.load_config(run)
     if cfg.dataset.get("_target_") != TEXT_LOADER:
