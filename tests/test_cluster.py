@@ -32,6 +32,20 @@ def test_min_cluster_size_must_fit():
         check_clusterer(HDBSCAN(min_cluster_size=500), n_samples=100)
 
 
+@pytest.mark.parametrize(("clusterer", "message"), [
+    # hdbscan fitted, then failed building its prediction data: "k must be less than or equal to ..."
+    (HDBSCAN(min_cluster_size=5, min_samples=101), r"clusterer.min_samples=101 must be <= the number of samples \(100\)"),
+    (HDBSCAN(algorithm="nope"), r"clusterer.algorithm='nope' is not allowed \(allowed: best, generic, "),
+    # hdbscan's own message left its '%s' unfilled
+    (HDBSCAN(cluster_selection_method="foo"), r"clusterer.cluster_selection_method='foo' is not allowed \(allowed: eom, leaf\)"),
+    (AgglomerativeClustering(linkage="ward", metric="cosine"), r"clusterer.metric='cosine' does not work with clusterer.linkage=ward"),
+])
+def test_a_clusterer_value_its_library_checks_only_when_fitting_is_named_before(clusterer, message):
+    with pytest.raises(ConfigError, match=message):
+        check_clusterer(clusterer, n_samples=100)
+    check_clusterer(HDBSCAN(min_cluster_size=5, min_samples=100), n_samples=100)  # the bound itself fits
+
+
 def test_same_seed_same_labels():
     X = np.random.default_rng(0).normal(size=(300, 6)).astype(np.float32)
     a = fit_clusterer(KMeans(5, n_init=3, random_state=1), X)

@@ -353,6 +353,18 @@ def check_estimator_params(estimator: Any, group: str) -> None:
             f"no {metric}): keep {group}.metric=euclidean on L2-normalised rows (preprocess.normalize=l2), which "
             f"orders neighbours as {metric} does, or set {group}.algorithm=generic (all pairwise distances)"
         )
+    if type(estimator).__module__.split(".")[0] == "hdbscan":  # checked by hdbscan only when fitting
+        for key, choices in (("algorithm", HDBSCAN_ALGORITHMS), ("cluster_selection_method", ("eom", "leaf"))):
+            value = getattr(estimator, key, None)
+            if value is not None and value not in choices:
+                raise ConfigError(f"{group}.{key}={value!r} is not allowed (allowed: {', '.join(choices)})")
+    linkage, metric = getattr(estimator, "linkage", None), getattr(estimator, "metric", None)
+    if linkage == "ward" and metric not in (None, "euclidean"):
+        raise ConfigError(
+            f"{group}.metric={metric!r} does not work with {group}.linkage=ward (Ward's merges minimise euclidean "
+            f"variance): set {group}.linkage to average, complete or single, or keep euclidean on L2-normalised "
+            "rows (preprocess.normalize=l2), which orders pairs as cosine does"
+        )
     if not hasattr(estimator, "_parameter_constraints") or not hasattr(estimator, "_validate_params"):
         return
     try:  # scikit-learn's own checker (private: a release without it leaves the check to fit)
@@ -371,6 +383,7 @@ def check_estimator_params(estimator: Any, group: str) -> None:
         ) from None
 
 
+HDBSCAN_ALGORITHMS = ("best", "generic", "prims_kdtree", "prims_balltree", "boruvka_kdtree", "boruvka_balltree")
 # Metrics hdbscan computes only with algorithm='generic' (the full distance matrix).
 _NO_TREE_METRICS = ("cosine", "arccos")
 

@@ -41,6 +41,10 @@ def check_clusterer(clusterer: BaseEstimator, n_samples: int) -> None:
             f"clusterer.min_cluster_size={min_cluster_size} must be >= 2 and <= the number of samples "
             f"({n_samples})"
         )
+    min_samples = params.get("min_samples")
+    if type(clusterer).__name__ == "HDBSCAN" and min_samples is not None and min_samples > n_samples:
+        # hdbscan fits, then fails building its prediction data ("k must be less than or equal to ...")
+        raise ConfigError(f"clusterer.min_samples={min_samples} must be <= the number of samples ({n_samples})")
 
 
 def fit_input(clusterer: BaseEstimator, X: np.ndarray) -> np.ndarray:
