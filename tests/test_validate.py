@@ -117,6 +117,8 @@ def test_cli_bad_config_fails_before_any_work(run_cli, overrides, expected):
     [  # scikit-learn checks these only when fitting: the map's after the whole clustering
         (("reducer=tsne", "reducer.verbose=maybe"), "reducer.verbose='maybe' is not allowed: TSNE takes an int"),
         (("reducer=none", "+clusterer.algorithm=fast"), "clusterer.algorithm='fast' is not allowed: KMeans takes a str among"),
+        # a map colour was checked only at the plots, after the clustering and analyses
+        (("reducer=none", "analysis.maps.color_by=dept"), "analysis.maps.color_by: no metadata column 'dept' (loaded: none;"),
     ],
 )
 def test_cli_bad_estimator_parameter_names_its_key_before_clustering(run_cli, overrides, expected):
@@ -199,3 +201,10 @@ def test_reference_keys_are_checked_like_the_other_sizes():
     OmegaConf.update(cfg, "metrics.reference_space", "yes", merge=False)
     with pytest.raises(ConfigError, match="metrics.reference_space"):
         validate_config(cfg)
+
+
+def test_a_map_colour_given_as_one_name_is_that_column_not_its_letters():
+    from embclust.explain.steps import check_color_by
+
+    assert check_color_by("dept", {"dept": []}) == ["dept"]  # was read as 'd', 'e', 'p', 't'
+    assert check_color_by(["dept"], {"dept": []}) == ["dept"] and check_color_by(None, {}) == []

@@ -192,6 +192,7 @@ def execute(
         validate.check_in_memory_clusterer(cfg, ds.n_samples, int(clustered_dims))
         cluster.check_implementation(cfg.get("cluster_implementation"))
         plots.check_max_points(cfg.analysis.maps.max_points)
+        explain_steps.check_color_by(cfg.analysis.maps.get("color_by"), ds.metadata)
         tags = tracking.reproducibility_tags(ds.fingerprint, overrides or [],
                                              Path(__file__).resolve().parent)
         tags.update({"data_n_samples": ds.n_samples, "data_n_features": ds.n_features, "backend": backend})

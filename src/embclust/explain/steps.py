@@ -52,6 +52,21 @@ class RunState:
     mean_silhouette: dict[int, float] = field(default_factory=dict)
 
 
+def check_color_by(color_by, metadata: dict) -> list[str]:
+    """The metadata columns ``analysis.maps.color_by`` names (one name alone is a list of one);
+    checked when the data is loaded, not after the clustering."""
+    from embclust.data.loaders import column_names
+
+    columns = column_names(color_by, "analysis.maps.color_by")
+    for column in columns:
+        if column not in metadata:
+            raise ConfigError(
+                f"analysis.maps.color_by: no metadata column {column!r} "
+                f"(loaded: {', '.join(metadata) or 'none; set dataset.metadata_columns'})"
+            )
+    return columns
+
+
 @contextmanager
 def _step(state: RunState, name: str):
     log.debug("analysis: %s", name)
@@ -275,13 +290,8 @@ def run_analyses(
                 f"{len(shown)} most similar are in near_duplicates.csv (dataset.dedupe=true drops them before clustering)",
             )
 
-    for column in a.maps.color_by or []:
+    for column in check_color_by(a.maps.get("color_by"), ds.metadata):
         with _step(state, f"map_{column}"):
-            if column not in ds.metadata:
-                raise ConfigError(
-                    f"analysis.maps.color_by: no metadata column {column!r} "
-                    f"(loaded: {', '.join(ds.metadata) or 'none; set dataset.metadata_columns'})"
-                )
             fig = plots.category_map_figure(
                 state.coords, np.asarray(ds.metadata[column]).astype(str), ds.ids, texts,
                 title=f"{state.map_title} coloured by {column}", legend_title=column,
