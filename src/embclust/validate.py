@@ -285,13 +285,21 @@ def check_quadratic_work(cfg: DictConfig, n_samples: int) -> None:
     """Refuse agglomerative linkage, full silhouette and a large reference sample above their row bounds.
 
     Agglomerative clustering (all linkages but single) holds the condensed distance matrix,
-    n (n - 1) / 2 float64 values; silhouette on all points computes n^2 distances.
+    n (n - 1) / 2 float64 values; single linkage and silhouette on all points compute n^2 distances.
     """
     metrics_cfg = cfg.get("metrics") or {}
     max_rows = int(metrics_cfg.get("max_quadratic_rows", DEFAULT_MAX_QUADRATIC_ROWS))
     clusterer = cfg.get("clusterer") or {}
     target = str(clusterer.get("_target_", ""))
-    if target.rsplit(".", 1)[-1] == "AgglomerativeClustering" and clusterer.get("linkage", "ward") != "single":
+    linkage = clusterer.get("linkage", "ward")
+    if target.rsplit(".", 1)[-1] == "AgglomerativeClustering" and linkage == "single" and n_samples > max_rows:
+        # A minimum spanning tree: no distance matrix held, but every pair computed (1.5 h at 1,000,000 rows)
+        raise ConfigError(
+            f"clusterer=agglomerative (linkage=single) on {n_samples} rows computes all {float(n_samples) ** 2 / 2:.2g} "
+            f"pairwise distances (time grows with rows^2); refused above metrics.max_quadratic_rows={max_rows}: "
+            f"set dataset.sample_size={max_rows} (or fewer), raise metrics.max_quadratic_rows, or use clusterer=hdbscan"
+        )
+    if target.rsplit(".", 1)[-1] == "AgglomerativeClustering" and linkage != "single":
         if n_samples > max_rows:
             need = bytes_needed_for_linkage(n_samples)
             raise ConfigError(
