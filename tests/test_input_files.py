@@ -123,6 +123,9 @@ def test_values_overflowing_float32_are_invalid_rows(emb):
     assert "in 2 of 40 rows (first ids: 4, 17); clean the data or set dataset.on_invalid=drop" in str(info.value)
     kept = validate_dataset(Dataset(name="big", X=_huge(emb), ids=np.arange(40)), on_invalid="drop")
     assert kept.n_samples == 38 and kept.n_dropped_invalid == 2
+    # every row too large: said so, not "every row holds NaN or inf"
+    with pytest.raises(DataError, match=r"'big': every row holds values too large for float32; nothing left"):
+        validate_dataset(Dataset(name="big", X=np.full((5, 3), 1e25, np.float32), ids=np.arange(5)), on_invalid="drop")
 
 
 def test_cli_overflowing_rows_and_nan_labels_fail_before_clustering(run_cli, tmp_path, emb):

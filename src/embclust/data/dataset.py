@@ -165,6 +165,8 @@ def validate_dataset(ds: Dataset, on_invalid: str = "error", assigning: bool = F
                 f"{huge_rows.size} of {X.shape[0]} rows (first ids: {first})"
             )
         where = " and ".join(parts)
+        why = ("holds NaN, inf or values too large for float32" if bad_rows.size and huge_rows.size else
+               "holds values too large for float32" if huge_rows.size else "holds NaN or inf")
         bad_rows = np.union1d(bad_rows, huge_rows)
         if on_invalid == "error":
             fix = "clean those rows before assigning them" if assigning else "clean the data or set dataset.on_invalid=drop"
@@ -173,7 +175,7 @@ def validate_dataset(ds: Dataset, on_invalid: str = "error", assigning: bool = F
             raise DataError(f"dataset '{ds.name}' has {where}; engine=ray clusters every row of the files: clean the "
                             "data, or drop those rows with engine=local")
         log.warning("dataset '%s': dropping %s", ds.name, where)
-        ds = _drop_rows(ds, bad_rows)
+        ds = _drop_rows(ds, bad_rows, why)
     if assigning:
         return ds
     if ds.X.shape[0] == 1:
@@ -201,11 +203,11 @@ def subsample(ds: Dataset, n: int | None, seed: int = 0) -> Dataset:
     return take_rows(ds, rows)
 
 
-def _drop_rows(ds: Dataset, rows: np.ndarray) -> Dataset:
+def _drop_rows(ds: Dataset, rows: np.ndarray, why: str = "holds NaN or inf") -> Dataset:
     keep = np.ones(ds.X.shape[0], dtype=bool)
     keep[rows] = False
     if keep.sum() == 0:
-        raise DataError(f"dataset '{ds.name}': every row holds NaN or inf; nothing left to cluster")
+        raise DataError(f"dataset '{ds.name}': every row {why}; nothing left to cluster")
     out = take_rows(ds, np.flatnonzero(keep))
     out.n_dropped_invalid = ds.n_dropped_invalid + int(rows.size)
     return out
