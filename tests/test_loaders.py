@@ -1,6 +1,7 @@
 """File loaders and their validation errors, on small generated files."""
 
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pyarrow.csv as pcsv
 import pyarrow.parquet as pq
@@ -331,3 +332,21 @@ def test_label_names_that_are_not_a_list_of_names_are_refused_naming_the_file(tm
         path.write_text(content)
     with pytest.raises(DataError, match=rf"{name} \(dataset.label_names_path\): {message}"):
         load_npy(str(tmp_path / "X.npy"), labels_path=str(tmp_path / "y.npy"), label_names_path=str(path))
+
+
+def test_a_csv_vector_column_written_as_text_is_read_as_vectors(tmp_path):
+    # A CSV holds lists only as text: the column used to be refused as "string, expected a list".
+    X = np.random.default_rng(0).normal(size=(30, 4)).round(4)
+    pd.DataFrame({"id": range(30), "vec": [r.tolist() for r in X]}).to_csv(tmp_path / "lists.csv", index=False)
+    pd.DataFrame({"id": range(30), "vec": list(X.astype(np.float32))}).to_csv(tmp_path / "arrays.csv", index=False)
+    for name in ("lists.csv", "arrays.csv"):  # "[0.1, 0.2]" from lists, "[ 0.1 -0.2]" from NumPy arrays
+        np.testing.assert_allclose(load_table(str(tmp_path / name), vector_column="vec", id_column="id").X, X, atol=1e-6)
+    bad = pd.DataFrame({"id": range(30), "vec": [r.tolist() for r in X]})
+    bad.loc[3, "vec"] = "[1, n/a, 2, 3]"
+    bad.to_csv(tmp_path / "bad.csv", index=False)
+    with pytest.raises(DataError, match=r"bad.csv: vector column 'vec' holds text that is not a list of numbers .*'n/a'"):
+        load_table(str(tmp_path / "bad.csv"), vector_column="vec")
+    bad.loc[3, "vec"] = "[]"
+    bad.to_csv(tmp_path / "empty.csv", index=False)
+    with pytest.raises(DataError, match=r"empty.csv: vector column 'vec' is empty \(null\) in 1 of 30 rows \(first ids: 3\)"):
+        load_table(str(tmp_path / "empty.csv"), vector_column="vec")

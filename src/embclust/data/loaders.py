@@ -21,7 +21,7 @@ import pyarrow.csv as pcsv
 import pyarrow.parquet as pq
 
 from embclust.data.dataset import FLOAT32_MAX, MISSING_LABEL, Dataset, as_float32, is_real_dtype
-from embclust.errors import ConfigError, DataError
+from embclust.errors import ConfigError, DataError, first_line
 
 log = logging.getLogger(__name__)
 
@@ -467,8 +467,26 @@ def _select_features(
     return features
 
 
+def _parse_vector_text(column: pa.ChunkedArray, name: str, p: Path) -> pa.ChunkedArray:
+    """Vectors written as text, as lists of float64; an empty cell is a missing vector."""
+    text = pc.utf8_trim(column, "[] \t\r\n")
+    text = pc.if_else(pc.equal(text, ""), pa.scalar(None, pa.string()), text)
+    try:
+        return pc.split_pattern_regex(text, r"[,;\s]+").cast(pa.list_(pa.float64()))
+    except pa.ArrowInvalid as exc:
+        raise DataError(
+            f"{p}: vector column {name!r} holds text that is not a list of numbers ({first_line(exc)}); write each "
+            "vector as [0.1, 0.2, ...], or store them as parquet or as one column per feature (dataset.feature_prefix)"
+        ) from None
+
+
 def _vectors_from_list_column(column: pa.ChunkedArray, name: str, p: Path, ids: np.ndarray) -> np.ndarray:
-    """Stack a list/fixed-size-list column into an (n, d) float32 matrix, rejecting ragged rows."""
+    """Stack a list/fixed-size-list column into an (n, d) float32 matrix, rejecting ragged rows.
+
+    A text column (a CSV holds lists only as text) is read as vectors written ``[0.1, 0.2, ...]``
+    (pandas' ``to_csv`` of lists), ``[0.1 0.2 ...]`` (of NumPy arrays) or ``0.1;0.2;...``."""
+    if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
+        column = _parse_vector_text(column, name, p)
     dtype = column.type
     is_list = pa.types.is_list(dtype) or pa.types.is_large_list(dtype) or pa.types.is_fixed_size_list(dtype)
     if not is_list or not _is_numeric(dtype.value_type):
