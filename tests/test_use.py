@@ -278,6 +278,27 @@ def test_light_sweep_cells_export_and_refuse_assign_with_one_line(tracking_uri, 
     )
 
 
+def test_a_failed_or_deleted_run_is_named_as_such_not_as_a_missing_artifact(tracking_uri, tmp_path, capsys):
+    # They said "has no artifact 'config.yaml'" / "has no model: re-run it", or used a deleted run silently.
+    mlflow.set_tracking_uri(tracking_uri)
+    mlflow.set_experiment("embclust")
+    with mlflow.start_run() as failed:
+        mlflow.set_tag("error", "clusterer.n_clusters=5000 must be >= 2 and < the number of samples (300)")
+    client = mlflow.MlflowClient()
+    client.set_terminated(failed.info.run_id, "FAILED")
+    capsys.readouterr()  # MLflow's lines creating the store
+    for command in (["assign", failed.info.run_id, "--input", tmp_path / "x.npy", "--output", tmp_path / "a.csv"],
+                    ["search", failed.info.run_id, "query"]):
+        code, out, err = _embclust(capsys, *command, "--tracking-uri", tracking_uri)
+        assert code == 1 and out == "" and err.strip() == (
+            f"error: run {failed.info.run_id} is FAILED (clusterer.n_clusters=5000 must be >= 2 and < the number of "
+            "samples (300)), so it logged no results: fix that and re-run it, or pass another run")
+    client.delete_run(failed.info.run_id)
+    code, _, err = _embclust(capsys, "assign", failed.info.run_id, "--input", tmp_path / "x.npy", "--output",
+                             tmp_path / "a.csv", "--tracking-uri", tracking_uri)
+    assert code == 1 and f"run {failed.info.run_id} is deleted: restore it first" in err
+
+
 @pytest.mark.parametrize("suffix", [".csv", ".parquet"])
 def test_an_output_interrupted_midway_leaves_the_earlier_file_whole_and_no_part(tmp_path, monkeypatch, suffix):
     import pyarrow as pa

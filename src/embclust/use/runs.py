@@ -26,9 +26,23 @@ _DATASET_OPTIONS = ("on_invalid", "sample_size", "dedupe")
 def get_run(run_id: str):
     """The MLflow run ``run_id``, or :class:`ConfigError` naming the store when there is none."""
     try:
-        return mlflow.get_run(run_id)
+        run = mlflow.get_run(run_id)
     except Exception:  # noqa: BLE001 - MLflow raises several types for unknown or malformed ids
         raise ConfigError(f"no run {run_id!r} at {mlflow.get_tracking_uri()} (set --tracking-uri or MLFLOW_TRACKING_URI)") from None
+    if run.info.lifecycle_stage == "deleted":  # in the store's trash: not a run to build on unawares
+        raise ConfigError(f"run {run_id} is deleted: restore it first (mlflow runs restore --run-id {run_id}, or "
+                          "in the MLflow UI) or pass another run")
+    return run
+
+
+def _unfinished(run) -> str:
+    """Why a run that did not finish has no results, or '' for a finished run."""
+    status = run.info.status
+    if status == "FINISHED":
+        return ""
+    error = run.data.tags.get("error", "")
+    reason = f" ({error[:200] + '...' if len(error) > 200 else error})" if error else ""
+    return f"run {run.info.run_id} is {status}{reason}, so it logged no results: fix that and re-run it, or pass another run"
 
 
 def is_sweep_parent(run) -> bool:
@@ -50,7 +64,7 @@ def resolve_run(run_id: str):
 def download(run, artifact: str, dst: Path | None = None) -> Path:
     """Download one artifact of ``run``; :class:`DataError` when the run did not log it."""
     if not has_artifact(run, artifact):
-        raise DataError(f"run {run.info.run_id} has no artifact {artifact!r}")
+        raise DataError(_unfinished(run) or f"run {run.info.run_id} has no artifact {artifact!r}")
     dst = dst or Path(tempfile.mkdtemp(prefix="embclust-"))
     return Path(mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path=artifact, dst_path=str(dst)))
 
@@ -83,6 +97,8 @@ def load_model(run):
     try:
         return mlflow.sklearn.load_model(f"runs:/{run.info.run_id}/model")
     except (MlflowException, OSError):
+        if _unfinished(run):
+            raise DataError(_unfinished(run)) from None
         parent = run.data.tags.get("mlflow.parentRunId")
         hint = (
             f"it is a sweep cell logged without its model; use the sweep's best cell (pass the sweep id {parent}) "
