@@ -252,6 +252,9 @@ def test_a_port_in_use_or_out_of_range_is_one_line(tmp_path):
     with pytest.raises(ConfigError) as err:
         atlas.open_atlas(run_id, port=70000)
     assert str(err.value) == "--port 70000: a port is 0-65535 (0: a free one)"
+    # an address of another machine: the host is wrong, not the port
+    with pytest.raises(ConfigError, match=r"cannot listen on 192.0.2.1 \(.*\): --host must be an address of this machine"):
+        atlas.open_atlas(run_id, host="192.0.2.1", port=0)
 
 
 @pytest.mark.skipif(os.name != "posix", reason="SO_REUSEADDR semantics differ")

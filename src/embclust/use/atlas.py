@@ -12,6 +12,7 @@ still shows the counts, the cluster legend, the charts and the table.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import inspect
 import ipaddress
@@ -201,6 +202,9 @@ def _bind(host: str, port: int | None) -> socket.socket:
     try:
         return listen((address[0], DEFAULT_PORT if port is None else port, *address[2:]))
     except OSError as exc:
+        if exc.errno == errno.EADDRNOTAVAIL:  # the host is not one of this machine's addresses
+            raise ConfigError(f"cannot listen on {host} ({exc.strerror or exc}): --host must be an address of this "
+                              "machine (127.0.0.1, or 0.0.0.0 for all of them)") from None
         if port is None:
             log.info("port %d is in use: serving on a free port", DEFAULT_PORT)
             return listen((address[0], 0, *address[2:]))
