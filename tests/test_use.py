@@ -359,3 +359,19 @@ def test_a_command_pointed_at_a_server_that_does_not_answer_says_so_at_once(caps
         f"error: MLflow tracking server {uri} is unreachable: start it with scripts/mlflow_server.sh "
         "or pass --tracking-uri (or set MLFLOW_TRACKING_URI)"
     ]
+
+
+def test_compare_names_a_metric_no_run_logged_and_shows_runs_that_all_failed(tracking_uri, capsys):
+    mlflow.set_tracking_uri(tracking_uri)
+    mlflow.set_experiment("embclust")
+    with mlflow.start_run() as failed:  # failed after its timings, before any score
+        mlflow.log_metric("time/load_s", 0.1)
+    mlflow.MlflowClient().set_terminated(failed.info.run_id, "FAILED")
+    capsys.readouterr()
+    # was: "--metric='silhouette' is not logged" when a failed run had logged a timing, a table when none had
+    code, out, err = _embclust(capsys, "compare", "--all", "--tracking-uri", tracking_uri)
+    assert code == 0 and "FAILED" in out and failed.info.run_id in out
+    with mlflow.start_run():
+        mlflow.log_metric("silhouette", 0.5)
+    code, out, err = _embclust(capsys, "compare", "--all", "--metric", "silhuette", "--tracking-uri", tracking_uri)
+    assert code == 1 and out == "" and "--metric='silhuette' is not logged by these runs (rank by one of: silhouette" in err
