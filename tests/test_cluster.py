@@ -576,3 +576,13 @@ def test_the_model_predicts_the_fits_labels_where_features_share_a_large_offset(
         assert [name for name, _ in model.steps] == steps
         assert (model.predict(moved) == fitted.labels).mean() > 0.999
         np.testing.assert_allclose(model.transform(moved[:50]), fitted.estimator.transform(moved[:50]), rtol=1e-3, atol=1e-2)
+
+
+def test_a_size_that_does_not_fit_the_rows_says_where_rows_went():
+    from embclust.data.dataset import Dataset
+    from embclust.pipeline import check_clusterer_on
+
+    ds = Dataset(name="d", X=np.zeros((5, 2), np.float32), ids=np.arange(5))
+    ds.n_dropped_duplicates = 95  # dataset.dedupe=true kept 5 of 100 rows
+    with pytest.raises(ConfigError, match=r"< the number of samples \(5\) \(dataset.dedupe=true dropped 95 near-duplicate rows\)"):
+        check_clusterer_on(KMeans(10), ds)

@@ -89,6 +89,22 @@ def select_drill_cluster(ds: data.Dataset, parent_run_id: str, cluster_id: int) 
 
 
 
+def check_clusterer_on(clusterer, ds: data.Dataset) -> None:
+    """:func:`embclust.cluster.check_clusterer` on ``ds``'s rows, saying where rows of the file went
+    (``dataset.dedupe``, ``dataset.on_invalid=drop``) when a size does not fit."""
+    try:
+        cluster.check_clusterer(clusterer, ds.n_samples)
+    except ConfigError as exc:
+        parts = []
+        if ds.n_dropped_duplicates:
+            parts.append(f"dataset.dedupe=true dropped {ds.n_dropped_duplicates} near-duplicate rows")
+        if ds.n_dropped_invalid:
+            parts.append(f"dataset.on_invalid=drop dropped {ds.n_dropped_invalid} invalid rows")
+        if not parts:
+            raise
+        raise ConfigError(f"{exc} ({'; '.join(parts)})") from None
+
+
 def run_name(cfg: DictConfig) -> str:
     if cfg.get("run_name"):
         return str(cfg.run_name)
@@ -184,7 +200,7 @@ def execute(
         reducer, max_points = stages.build_reducer(cfg.get("reducer"))
         backend = torch_backend.resolve_backend(cfg.get("backend"))
         preprocess.check_preprocessing(preprocessing, ds.n_samples, ds.n_features)
-        cluster.check_clusterer(clusterer, ds.n_samples)
+        check_clusterer_on(clusterer, ds)
         stability.check_sizes(cfg.metrics.get("stability"), ds.n_samples, clusterer)
         clustered_dims = cfg.preprocess.get("umap_components") or cfg.preprocess.get("pca_components") or ds.n_features
         maps.check_reducer(reducer, ds.n_samples, max_points, clustered_dims)
@@ -604,7 +620,7 @@ def _fit_and_score(cfg: DictConfig, plan: SweepPlan, timer: stages.StageTimer):
         ds, hit = stages.load_dataset(cfg, cache_dir)
         umap_components = stages.resolve_umap_before_clustering(cfg, ds)
         clusterer = instantiate(cfg.clusterer)
-        cluster.check_clusterer(clusterer, ds.n_samples)
+        check_clusterer_on(clusterer, ds)
         stability.check_sizes(cfg.metrics.get("stability"), ds.n_samples, clusterer)
         cluster.check_implementation(cfg.get("cluster_implementation"))
         validate.check_quadratic_work(cfg, ds.n_samples)
