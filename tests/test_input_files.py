@@ -138,3 +138,12 @@ def test_cli_overflowing_rows_and_nan_labels_fail_before_clustering(run_cli, tmp
     assert res.returncode == 0, res.stderr[-2000:]
     run = res.runs()[0]
     assert run.data.metrics["n_clusters"] == 3 and run.data.metrics["data/dropped_invalid_rows"] == 2
+
+
+def test_values_too_small_for_float32_distances_are_refused_not_clustered_as_duplicates():
+    # Rows scaled by 1e-30 clustered into one cluster with silhouette NaN and a warning about
+    # duplicate rows, though every row was distinct: their float32 distances were all 0.
+    X = np.random.default_rng(0).random((50, 4)).astype(np.float32)
+    with pytest.raises(DataError, match=r"'tiny': values too small for float32 arithmetic \(the largest row norm is 1.\d*e-30\)"):
+        validate_dataset(Dataset(name="tiny", X=X * np.float32(1e-30), ids=np.arange(50)))
+    assert validate_dataset(Dataset(name="small", X=X * np.float32(1e-12), ids=np.arange(50))).n_samples == 50

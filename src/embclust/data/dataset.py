@@ -128,6 +128,11 @@ def fingerprint_array(X: np.ndarray) -> str:
 ON_INVALID_CHOICES = ("error", "drop")
 
 
+# Below this largest squared row norm (row norms below 1e-18), squared norms and distances come
+# within 100x of float32's smallest normal number (1.2e-38): they lose their digits, then are 0.
+FLOAT32_TINY_SQUARED_NORM = 1e-36
+
+
 def validate_dataset(ds: Dataset, on_invalid: str = "error", assigning: bool = False) -> Dataset:
     """Check shape, lengths and finiteness; raise :class:`DataError` naming the problem.
 
@@ -152,7 +157,7 @@ def validate_dataset(ds: Dataset, on_invalid: str = "error", assigning: bool = F
             raise DataError(
                 f"dataset '{ds.name}': {name} has {len(arr)} entries but the matrix has {X.shape[0]} rows"
             )
-    bad_rows, huge_rows = _invalid_rows(X)
+    bad_rows, huge_rows, largest_squared_norm = _invalid_rows(X)
     if bad_rows.size or huge_rows.size:
         parts = []
         if bad_rows.size:
@@ -180,6 +185,13 @@ def validate_dataset(ds: Dataset, on_invalid: str = "error", assigning: bool = F
         return ds
     if ds.X.shape[0] == 1:
         raise DataError(f"dataset '{ds.name}' has a single row: clustering needs at least 2")
+    if 0 < largest_squared_norm < FLOAT32_TINY_SQUARED_NORM:
+        # every distance would be 0 or digits of noise: one cluster, NaN scores, a false 'duplicate rows' warning
+        raise DataError(
+            f"dataset '{ds.name}': values too small for float32 arithmetic (the largest row norm is "
+            f"{np.sqrt(largest_squared_norm):.3g}): distances between rows underflow to 0; rescale the features "
+            "(multiply them by a constant) before clustering"
+        )
     if _all_rows_equal(ds.X):
         raise DataError(
             f"dataset '{ds.name}': all {ds.X.shape[0]} rows are the same vector, so there is nothing to cluster; "
@@ -258,29 +270,36 @@ def _all_rows_equal(X: np.ndarray) -> bool:
     return True
 
 
-def _invalid_rows(X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Rows holding NaN or inf, and finite rows whose squared norm overflows float32.
+def _invalid_rows(X: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
+    """Rows holding NaN or inf, finite rows whose squared norm overflows float32, and the largest
+    squared norm of the other rows.
 
     The second kind (values near 1e20 and above) turn into inf while normalising or computing
     distances and silently collapse the clustering. One pass over blocks of rows (where the rows
-    lie, with engine=ray); only the row numbers come back.
+    lie, with engine=ray); only the row numbers and one number come back.
     """
     from embclust import blocks
 
-    def check(rows: slice, block: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def check(rows: slice, block: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
         finite = np.isfinite(block).all(axis=1)
         with np.errstate(over="ignore", invalid="ignore"):
             squared = np.einsum("ij,ij->i", block, block, dtype=np.float64)
-        return np.flatnonzero(~finite) + rows.start, np.flatnonzero(finite & (squared > FLOAT32_MAX)) + rows.start
+        huge = finite & (squared > FLOAT32_MAX)
+        valid = squared[finite & ~huge]
+        return (np.flatnonzero(~finite) + rows.start, np.flatnonzero(huge) + rows.start,
+                float(valid.max()) if valid.size else 0.0)
 
-    def fold(parts) -> tuple[np.ndarray, np.ndarray]:
-        bad, huge = zip(*parts)
-        return np.concatenate(bad), np.concatenate(huge)
+    def fold(parts) -> tuple[np.ndarray, np.ndarray, float]:
+        bad, huge, largest = zip(*parts)
+        return np.concatenate(bad), np.concatenate(huge), max(largest)
 
     groups = blocks.map_groups(X, check, fold, blocks.available_threads(),
                                progress="validate: rows checked for NaN, inf and overflow")
     empty = np.empty(0, dtype=np.int64)
-    return (np.concatenate([g[0] for g in groups]) if groups else empty), (np.concatenate([g[1] for g in groups]) if groups else empty)
+    if not groups:
+        return empty, empty, 0.0
+    return (np.concatenate([g[0] for g in groups]), np.concatenate([g[1] for g in groups]),
+            max(g[2] for g in groups))
 
 
 def is_real_dtype(dtype) -> bool:
