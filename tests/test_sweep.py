@@ -197,6 +197,10 @@ def test_compare_prints_the_leaderboard_of_the_latest_sweep(run_cli, tmp_path):
     assert parent.info.run_id in lines[0] and "davies_bouldin" in lines[0]
     best = min(children, key=lambda c: c.data.metrics["davies_bouldin"])
     assert best.info.run_id in lines[2]  # header, then the best row first
+    # a column per swept key, not each cell's whole command line (the store's path, ...)
+    header = lines[1].split()
+    assert header[:2] == ["rank", "status"] and set(header[2:4]) == {"preprocess.pca_components", "clusterer.n_clusters"}
+    assert "tracking_uri" not in out.stdout
     # a metric the runs never logged is an error naming the ones they did, not a table in no order
     typo = subprocess.run(
         [sys.executable, "-m", "embclust.compare", "--tracking-uri", res.tracking_uri, "--metric", "silhouete"],

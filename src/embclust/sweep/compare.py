@@ -190,7 +190,8 @@ def _compare(args: argparse.Namespace) -> int:
     check_store_to_read(mlflow.get_tracking_uri())  # at once, not after MLflow's retries
     parent = None if args.all else (args.parent_run or latest_sweep_parent(args.experiment))
     runs = fetch_runs(args.experiment, parent)
-    table = leaderboard(runs, args.metric, swept_params(runs) if not runs.empty else [])
+    swept = swept_params(runs) if not runs.empty else []
+    table = leaderboard(runs, args.metric, swept)
     if table.empty:
         where = f"sweep {parent} of experiment" if args.parent_run else "experiment"
         print(f"error: no runs found in {where} {args.experiment!r}{_what_run_it_is(args.parent_run)}", file=sys.stderr)
@@ -206,7 +207,10 @@ def _compare(args: argparse.Namespace) -> int:
     scope = f"sweep {parent}" if parent else "all runs"
     print(f"experiment {args.experiment!r}, {scope}, ranked by {args.metric}")
     with pd.option_context("display.width", 200, "display.max_columns", 20, "display.max_colwidth", 60):
-        print(table.drop(columns=["error"]).head(args.top).to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+        # The swept keys have a column each: the cell's whole command line (the store, the data
+        # file, ...) would only widen the table past the screen.
+        shown = table.drop(columns=["error", *(["cell"] if swept else [])])
+        print(shown.head(args.top).to_string(index=False, float_format=lambda v: f"{v:.4g}"))
     if args.html:
         html = table.to_html(index=False, float_format=lambda v: f"{v:.4g}", na_rep="", escape=True, border=0)
         try:
