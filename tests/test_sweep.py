@@ -76,6 +76,16 @@ def test_a_glob_over_a_group_is_logged_and_counted_as_the_options_it_matches(run
     assert parent.data.params["reducer"] == ",".join(matched) and f"cell {len(matched)}/{len(matched)}" in res.stderr
 
 
+def test_a_swept_key_set_again_to_one_value_is_that_value_as_hydra_runs_it(run_cli):
+    # The last override of a key wins in Hydra: one cell. Counted as two, the sweep said
+    # "1 of 2 cells have no run" and exited 1 although its only cell finished.
+    res = run_cli("-m", "dataset=synthetic", "dataset.n_samples=300", "reducer=none", "analysis.explain.enabled=false",
+                  "clusterer.n_clusters=3,4", "clusterer.n_clusters=5")
+    parent, children = _check_sweep(res, n_children=1)
+    assert "sweep: 1 cell, ranked by" in res.stderr and "cell 1/1" in res.stderr
+    assert parent.data.params["clusterer.n_clusters"] == "5" == children[0].data.params["clusterer.n_clusters"]
+
+
 def test_a_swept_group_replaces_the_default_options_keys_in_the_parents_params():
     from omegaconf import OmegaConf
 

@@ -104,9 +104,16 @@ def count_cells(config: DictConfig) -> int | None:
     if "n_trials" in sweeper:
         return int(sweeper.n_trials)
     try:
-        # Hydra's basic sweeper runs the product of the swept values (a glob of a group: its matches).
-        values = sweep_values(config).values()
-        return None if any(v is None for v in values) else math.prod(len(v) for v in values)
+        from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+        from hydra.core.global_hydra import GlobalHydra
+        from hydra.core.override_parser.overrides_parser import OverridesParser
+
+        # Split as Hydra's basic sweeper splits them: the last override of a key wins, and a glob
+        # over a group is matched against the group's options by the config loader.
+        loader = GlobalHydra.instance().config_loader() if GlobalHydra.instance().is_initialized() else None
+        params = [f"{k}={v}" for k, v in (sweeper.get("params") or {}).items()]
+        overrides = OverridesParser.create(config_loader=loader).parse_overrides([*params, *hydra_cfg.overrides.task])
+        return sum(len(batch) for batch in BasicSweeper.split_arguments(overrides, None))
     except Exception:  # noqa: BLE001 - a progress count must never stop a sweep
         return None
 
@@ -283,7 +290,8 @@ class MlflowSweepCallback(Callback):
 
         shared.release_free_memory()  # the data's validation temporaries, before the cells add their own
         if self.plan.total:
-            log.info("sweep: %d cells, ranked by %s", self.plan.total, self.plan.rank_metric)
+            log.info("sweep: %d cell%s, ranked by %s", self.plan.total, "" if self.plan.total == 1 else "s",
+                     self.plan.rank_metric)
 
     def _open_parent(self, client, experiment_id, previous, key, config, task_cfg, task_overrides, sweep_params, repro) -> None:
         """Resume the previous parent run of this sweep, or create one; sets ``parent_run_id``."""

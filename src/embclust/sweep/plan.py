@@ -107,6 +107,7 @@ def sweep_values(config: DictConfig) -> dict[str, list | None]:
     for override in OverridesParser.create().parse_overrides([*params, *hydra_cfg.overrides.task]):
         key = override.get_key_element().lstrip("+~")
         if not override.is_sweep_override():
+            out.pop(key, None)  # a later single value wins over a sweep of the key, as in Hydra
             continue
         value = override.value()
         if isinstance(value, ChoiceSweep):
