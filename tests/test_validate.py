@@ -75,9 +75,12 @@ def test_agglomerative_above_the_bound_is_refused_with_the_memory_it_would_need(
         check_quadratic_work(cfg, 40_000)
     message = str(info.value)
     assert "40000 rows needs about 6.4 GB" in message and "dataset.sample_size=25000" in message
-    OmegaConf.update(cfg, "clusterer.linkage", "single", merge=False)  # holds no matrix, computes every pair
-    with pytest.raises(ConfigError, match=r"linkage=single\) on 40000 rows computes all 8e\+08 pairwise distances"):
-        check_quadratic_work(cfg, 40_000)
+    OmegaConf.update(cfg, "clusterer.linkage", "single", merge=False)  # holds no matrix, computes every pair:
+    check_quadratic_work(cfg, 40_000)  # bounded by time, not by the memory bound
+    with pytest.raises(ConfigError, match=r"linkage=single\) on 60000 rows computes all 1.8e\+09 pairwise distances"
+                                          r".*above metrics.max_full_silhouette_rows=50000"):
+        check_quadratic_work(cfg, 60_000)
+    OmegaConf.update(cfg, "clusterer.linkage", "ward", merge=False)
     OmegaConf.update(cfg, "metrics.max_quadratic_rows", 50_000, merge=False)
     check_quadratic_work(cfg, 40_000)  # the bound is configurable
     OmegaConf.update(cfg, "clusterer._target_", "sklearn.cluster.KMeans", merge=False)

@@ -215,10 +215,11 @@ def _csv_type(dtype: pa.DataType) -> pa.DataType:
 
 
 def _read_error(p: Path, exc: Exception, what: str, names: list[str]) -> DataError:
-    """One line naming the file, and the column when pyarrow gives its number, the line when it
-    gives the row (a parse error quotes the whole row: cut short)."""
+    """One line naming the file, and the column or the row when pyarrow gives its number (a parse
+    error quotes the whole row: cut short)."""
     message = " ".join(str(exc).split())
-    message = re.sub(r"CSV parse error: Row #(\d+): ", r"CSV parse error at line \1: ", message)
+    # pyarrow counts rows from the header (row 1), skipping blank lines: not always the line number
+    message = re.sub(r"CSV parse error: Row #(\d+): ", r"CSV parse error at row \1 counting the header: ", message)
     found = re.match(r"In CSV column #(\d+): (.*)", message)
     if found and int(found[1]) < len(names):
         message = f"column {names[int(found[1])]!r}: {found[2]}"

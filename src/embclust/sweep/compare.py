@@ -199,7 +199,7 @@ def _compare(args: argparse.Namespace) -> int:
     cells = runs[runs.get("tags.sweep_role", pd.Series(index=runs.index, dtype=object)) != "parent"]
     logged = [c[len("metrics."):] for c in cells.columns if c.startswith("metrics.") and cells[c].notna().any()]
     finished = cells.get("status", pd.Series(index=cells.index, dtype=object)).eq("FINISHED").any()
-    if finished and args.metric not in logged:  # (runs that all failed log no score: shown, with their errors)
+    if finished and logged and args.metric not in logged:  # (runs that all failed log no score: shown, with their errors)
         shown = [m for m in SCORE_COLUMNS if m in logged] or sorted(logged)[:12]
         print(f"error: --metric={args.metric!r} is not logged by these runs (rank by one of: {', '.join(shown)})",
               file=sys.stderr)

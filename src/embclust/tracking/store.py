@@ -95,7 +95,9 @@ def check_server(
 def check_store_to_read(tracking_uri: str, point_it: str = CLI_POINT_IT) -> None:
     """For commands that read runs: a server that answers (:func:`check_server`), and a SQLite
     store file that exists; MLflow would create an empty store (and its folder) instead."""
-    check_scheme(tracking_uri, what="--tracking-uri" if point_it == CLI_POINT_IT else "mlflow.tracking_uri")
+    from_env = os.environ.get("MLFLOW_TRACKING_URI") == tracking_uri
+    check_scheme(tracking_uri, what="MLFLOW_TRACKING_URI" if from_env else "--tracking-uri" if point_it == CLI_POINT_IT
+                 else "mlflow.tracking_uri")
     check_server(tracking_uri, point_it=point_it)
     db = sqlite_path(tracking_uri)
     if db is not None and not db.is_file():

@@ -23,15 +23,17 @@ _COMPANION_FILES = ("labels_path", "ids_path", "label_names_path")
 _DATASET_OPTIONS = ("on_invalid", "sample_size", "dedupe")
 
 
-def get_run(run_id: str):
-    """The MLflow run ``run_id``, or :class:`ConfigError` naming the store when there is none."""
+def get_run(run_id: str, what: str = ""):
+    """The MLflow run ``run_id``, or :class:`ConfigError` naming the store when there is none.
+
+    ``what`` says how the user came to this run (", the best cell of sweep ...") in the errors."""
     try:
         run = mlflow.get_run(run_id)
     except Exception:  # noqa: BLE001 - MLflow raises several types for unknown or malformed ids
-        raise ConfigError(f"no run {run_id!r} at {mlflow.get_tracking_uri()} (set --tracking-uri or MLFLOW_TRACKING_URI)") from None
+        raise ConfigError(f"no run {run_id!r}{what} at {mlflow.get_tracking_uri()} (set --tracking-uri or MLFLOW_TRACKING_URI)") from None
     if run.info.lifecycle_stage == "deleted":  # in the store's trash: not a run to build on unawares
-        raise ConfigError(f"run {run_id} is deleted: restore it first (mlflow runs restore --run-id {run_id}, or "
-                          "in the MLflow UI) or pass another run")
+        raise ConfigError(f"run {run_id}{what} is deleted: restore it first (mlflow runs restore --run-id {run_id}, "
+                          "or in the MLflow UI) or pass another run")
     return run
 
 
@@ -58,7 +60,7 @@ def resolve_run(run_id: str):
     if not best:
         raise ConfigError(f"run {run_id} is a sweep without a best cell yet (no tag best_run_id): pass a cell's run id")
     log.info("run %s is a sweep: using its best cell, run %s", run_id, best)
-    return get_run(best)
+    return get_run(best, f", the best cell of sweep {run_id},")
 
 
 def download(run, artifact: str, dst: Path | None = None) -> Path:
