@@ -77,7 +77,8 @@ def _main(argv: list[str] | None = None) -> int:
 
     mlflow.set_tracking_uri(args.tracking_uri or default_tracking_uri())
     try:
-        check_store_to_read(mlflow.get_tracking_uri())  # at once, not after MLflow's retries
+        given_as = "--tracking-uri" if args.tracking_uri else "MLFLOW_TRACKING_URI"
+        check_store_to_read(mlflow.get_tracking_uri(), given_as=given_as)  # at once, not after MLflow's retries
         if args.command == "assign":
             import numpy as np
 

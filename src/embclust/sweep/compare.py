@@ -187,7 +187,8 @@ def _compare(args: argparse.Namespace) -> int:
     from embclust.tracking.store import check_store_to_read, default_tracking_uri
 
     mlflow.set_tracking_uri(args.tracking_uri or default_tracking_uri())
-    check_store_to_read(mlflow.get_tracking_uri())  # at once, not after MLflow's retries
+    given_as = "--tracking-uri" if args.tracking_uri else "MLFLOW_TRACKING_URI"
+    check_store_to_read(mlflow.get_tracking_uri(), given_as=given_as)  # at once, not after MLflow's retries
     parent = None if args.all else (args.parent_run or latest_sweep_parent(args.experiment))
     runs = fetch_runs(args.experiment, parent)
     swept = swept_params(runs) if not runs.empty else []

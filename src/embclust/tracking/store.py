@@ -92,12 +92,11 @@ def check_server(
         ) from exc
 
 
-def check_store_to_read(tracking_uri: str, point_it: str = CLI_POINT_IT) -> None:
-    """For commands that read runs: a server that answers (:func:`check_server`), and a SQLite
-    store file that exists; MLflow would create an empty store (and its folder) instead."""
-    from_env = os.environ.get("MLFLOW_TRACKING_URI") == tracking_uri
-    check_scheme(tracking_uri, what="MLFLOW_TRACKING_URI" if from_env else "--tracking-uri" if point_it == CLI_POINT_IT
-                 else "mlflow.tracking_uri")
+def check_store_to_read(tracking_uri: str, point_it: str = CLI_POINT_IT, given_as: str = "--tracking-uri") -> None:
+    """For commands that read runs: a URI scheme MLflow has a store for (named as ``given_as``),
+    a server that answers (:func:`check_server`), and a SQLite store file that exists; MLflow
+    would create an empty store (and its folder) instead."""
+    check_scheme(tracking_uri, what=given_as)
     check_server(tracking_uri, point_it=point_it)
     db = sqlite_path(tracking_uri)
     if db is not None and not db.is_file():
