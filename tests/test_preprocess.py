@@ -43,6 +43,15 @@ def test_pca_components_above_data_rank_is_rejected():
         check_preprocessing(pipe, n_samples=1797, n_features=64)
 
 
+def test_pca_components_above_the_fit_sample_name_preprocess_fit_sample_size():
+    # It was scikit-learn's "n_components=10 must be between 0 and min(n_samples, n_features)=5",
+    # as if the data had 5 rows.
+    X = np.random.default_rng(0).normal(size=(300, 64)).astype(np.float32)
+    with pytest.raises(ConfigError, match=r"pca_components=10 exceeds the 5 rows PCA is fitted on \(preprocess.fit_sample_size=5\)"):
+        fit_preprocessing(build_preprocessing("none", 10), X, fit_sample_size=5)
+    assert fit_preprocessing(build_preprocessing("none", 10), X, fit_sample_size=20).shape == (300, 10)
+
+
 def test_auto_normalisation_picks_by_data_shape():
     from embclust.preprocess import resolve_normalize
 

@@ -114,3 +114,15 @@ def test_a_sweeps_best_cell_keeps_its_stability_instead_of_computing_it_again(ru
     assert res.stderr.count("stability: mean ARI") == 2, res.stderr[-3000:]
     best = next(r for r in res.runs() if r.data.tags.get("sweep_best") == "true")
     assert best.data.metrics["stability"] > 0.9 and best.data.metrics["time/stability_s"] > 0
+
+
+def test_refits_capped_by_max_samples_name_that_key_not_the_fraction():
+    from sklearn.cluster import KMeans
+
+    from embclust.errors import ConfigError
+    from embclust.scoring.stability import check_sizes
+
+    cfg = {"enabled": True, "n_resamples": 3, "fraction": 0.8, "max_samples": 5}
+    with pytest.raises(ConfigError, match=r"refits on 4 of 300 rows \(metrics.stability.fraction=0.8 of "
+                                          r"metrics.stability.max_samples=5\), too few .*: raise metrics.stability.max_samples,"):
+        check_sizes(cfg, 300, KMeans(5))

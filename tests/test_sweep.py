@@ -186,9 +186,25 @@ def test_rerun_resumes_only_missing_or_failed_cells(run_cli):
     parent, children = _check_sweep(res, n_children=4, returncode=1)  # only the failed cell ran again
     assert res.stderr.count("skipped, finished earlier") + res.stdout.count("skipped, finished earlier") == 2
     assert [c.info.status for c in children].count("FAILED") == 2
+    # the default said out loud resumes the same sweep (it started a new one, re-running every cell)
+    res = run_cli(*args, "sweep.resume=true")
+    parent, children = _check_sweep(res, n_children=5, returncode=1)
+    assert res.stderr.count("skipped, finished earlier") + res.stdout.count("skipped, finished earlier") == 2
     res = run_cli(*args, "sweep.resume=false")
     parents, children = _split(res)
-    assert len(parents) == 2 and len(children) == 7
+    assert len(parents) == 2 and len(children) == 8
+
+
+def test_a_rank_metric_the_clusterer_never_logs_is_refused_before_any_cell(run_cli):
+    # Every cell scored NaN, no best cell was named and the sweep exited 0 (Optuna: a traceback).
+    res = run_cli("-m", "reducer=none", "clusterer.n_clusters=3,5", "sweep.metric=dbcv")
+    assert res.returncode == 1 and res.runs() == []
+    assert "sweep: no cell was run: sweep.metric=dbcv is logged only by HDBSCAN clusterings" in res.stderr
+    # with the clusterer swept, cells are run (some might log it); none did: no best, exit 1
+    res = run_cli("-m", "reducer=none", "clusterer=kmeans,agglomerative", "sweep.metric=dbcv")
+    parent, children = _check_sweep(res, n_children=2, returncode=1)
+    assert "sweep: no cell has a value of dbcv to rank by" in res.stderr.strip().splitlines()[-1]
+    assert "best_run_id" not in parent.data.tags
 
 
 def test_compare_prints_the_leaderboard_of_the_latest_sweep(run_cli, tmp_path):
@@ -314,3 +330,13 @@ def test_cells_whose_store_cannot_be_opened_fail_the_sweep_though_they_have_no_r
     assert "1 of 2 cells have no run" in res.stderr
     (parent,) = [r for r in res.runs() if r.data.tags.get("sweep_role") == "parent"]
     assert parent.data.tags["cells_without_run"] == "1"
+
+
+def test_full_cells_carry_the_documented_cell_and_best_tags(run_cli):
+    # analysis.in_sweeps=full cells had no sweep_role=cell, and the best none of sweep_best=true.
+    res = run_cli("-m", "dataset=synthetic", "dataset.n_samples=300", "reducer=none", "analysis.explain.enabled=false",
+                  "analysis.in_sweeps=full", "clusterer.n_clusters=3,4")
+    parent, children = _check_sweep(res, n_children=2)
+    assert {c.data.tags.get("sweep_role") for c in children} == {"cell"}
+    best = [c.info.run_id for c in children if c.data.tags.get("sweep_best") == "true"]
+    assert best == [parent.data.tags["best_run_id"]]

@@ -199,7 +199,7 @@ def execute(
         clusterer = instantiate(cfg.clusterer)
         reducer, max_points = stages.build_reducer(cfg.get("reducer"))
         backend = torch_backend.resolve_backend(cfg.get("backend"))
-        preprocess.check_preprocessing(preprocessing, ds.n_samples, ds.n_features)
+        preprocess.check_preprocessing(preprocessing, ds.n_samples, ds.n_features, cfg.preprocess.get("fit_sample_size"))
         check_clusterer_on(clusterer, ds)
         stability.check_sizes(cfg.metrics.get("stability"), ds.n_samples, clusterer)
         clustered_dims = cfg.preprocess.get("umap_components") or cfg.preprocess.get("pca_components") or ds.n_features

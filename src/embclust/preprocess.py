@@ -182,10 +182,16 @@ def build_preprocessing(
     return Pipeline([("normalize", scaler), ("pca", pca), ("umap", reduce)])
 
 
-def check_preprocessing(pipeline: Pipeline, n_samples: int, n_features: int) -> None:
-    """Raise :class:`ConfigError` when PCA or UMAP asks for more components than the data allows."""
+def check_preprocessing(pipeline: Pipeline, n_samples: int, n_features: int, fit_sample_size: int | None = None) -> None:
+    """Raise :class:`ConfigError` when PCA or UMAP asks for more components than the data allows
+    (PCA is fitted on at most ``fit_sample_size`` rows)."""
     pca = pipeline.named_steps["pca"]
     if isinstance(pca, PCA):
+        if fit_sample_size is not None and fit_sample_size < min(n_samples, n_features) and pca.n_components > fit_sample_size:
+            raise ConfigError(
+                f"preprocess.pca_components={pca.n_components} exceeds the {fit_sample_size} rows PCA is fitted on "
+                f"(preprocess.fit_sample_size={fit_sample_size}): raise preprocess.fit_sample_size or ask for fewer components"
+            )
         most = min(n_samples, n_features)
         if pca.n_components > most:
             raise ConfigError(
@@ -217,7 +223,7 @@ def fit_preprocessing(pipeline: Pipeline, X: np.ndarray, fit_sample_size: int | 
     PCA on a seeded sample of ``fit_sample_size`` rows, so no full-size copy of ``X`` is made;
     the result (float32) is kept in memory or, above ``memory.spill_above_mb``, in a temporary file.
     """
-    check_preprocessing(pipeline, X.shape[0], X.shape[1])
+    check_preprocessing(pipeline, X.shape[0], X.shape[1], fit_sample_size)
     if pipeline.named_steps.get("umap", "passthrough") != "passthrough":
         if fit_sample_size is not None and X.shape[0] > fit_sample_size:
             return _fit_umap_on_sample(pipeline, X, int(fit_sample_size), seed)

@@ -127,7 +127,7 @@ def _run(cfg: DictConfig) -> float:
             except signals.Stopped as stopped:
                 raise SystemExit(stopped.exit_code) from None
         log.info("%s: %s", cell.position, cell.overrides or "(no overrides)")
-        tags = {"sweep_cell": cell.overrides, "sweep_cell_key": cell.config_key}
+        tags = {"sweep_role": "cell", "sweep_cell": cell.overrides, "sweep_cell_key": cell.config_key}
     else:
         tracking.close_dead_runs(experiment_id)
     tags[tracking.PROCESS_TAG] = owner_token()

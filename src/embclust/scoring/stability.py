@@ -113,9 +113,13 @@ def check_sizes(stability_cfg: Mapping | None, n_samples: int, clusterer: BaseEs
     for key in ("n_clusters", "min_cluster_size"):
         size = params.get(key)
         if isinstance(size, int) and not isinstance(size, bool) and size > rows - (key == "n_clusters"):
+            # which setting made the refits this small: the fraction, or the cap on rows
+            capped = max_samples is not None and max_samples < n_samples
+            why = (f"metrics.stability.fraction={fraction} of metrics.stability.max_samples={max_samples}" if capped
+                   else f"metrics.stability.fraction={fraction}")
             raise ConfigError(
-                f"metrics.stability refits on {rows} of {n_samples} rows (metrics.stability.fraction={fraction}), "
-                f"too few for clusterer.{key}={size}: raise metrics.stability.fraction, lower clusterer.{key} "
+                f"metrics.stability refits on {rows} of {n_samples} rows ({why}), too few for clusterer.{key}={size}: "
+                f"raise metrics.stability.{'max_samples' if capped else 'fraction'}, lower clusterer.{key} "
                 "or set metrics.stability.enabled=false"
             )
 

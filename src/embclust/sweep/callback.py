@@ -28,7 +28,8 @@ from embclust.sweep import compare
 from embclust.sweep.cache import stable_hash
 from embclust.processes import owner_is_alive, owner_token
 from embclust.sweep.params import check_swept_options, parent_params
-from embclust.sweep.plan import ENV_VAR, PREPROCESS_PREFIX, SweepPlan, largest_pca, resolve_metric, sweep_values
+from embclust.sweep.plan import (ENV_VAR, PREPROCESS_PREFIX, SweepPlan, check_rank_metric, largest_pca, resolve_metric,
+                                 sweep_values)
 from embclust.sweep.summary import summarize_sweep
 
 log = logging.getLogger(__name__)
@@ -37,7 +38,7 @@ log = logging.getLogger(__name__)
 OWNER_TAG = SWEEP_OWNER_TAG
 
 # Config keys that do not change a cell's result, left out of its identity.
-_NOT_IDENTITY = ("mlflow", "sweep", "cache", "run_name")
+_NOT_IDENTITY = compare.NOT_CELL_IDENTITY
 # Override keys left out of a sweep parent's run name.
 _NOT_NAMING = ("mlflow", "hydra", "cache")
 
@@ -95,6 +96,11 @@ def finished_run_of(cell: SweepCell, experiment_id: str) -> mlflow.entities.Run 
         output_format="list",
     )
     return runs[0] if runs else None
+
+
+def _override_section(override: str) -> str:
+    """The top-level config section an override sets: ``sweep.resume=true`` -> ``sweep``."""
+    return override.split("=", 1)[0].lstrip("+~").split(".", 1)[0].split("@", 1)[0]
 
 
 def count_cells(config: DictConfig) -> int | None:
@@ -242,6 +248,7 @@ class MlflowSweepCallback(Callback):
         # What every cell shares is checked once, before the store is touched: one error line
         # instead of one FAILED cell per grid point. Swept values are checked by their cells.
         validate.validate_config(task_cfg, skip=tuple(swept))
+        check_rank_metric(resolve_metric(config, swept), task_cfg, swept)
         experiment_id = tracking.setup_tracking(config.mlflow.tracking_uri, config.mlflow.experiment_name)
         tracking.close_dead_runs(experiment_id)
         data_tags = _load_shared_dataset(task_cfg, config, swept)
@@ -251,7 +258,9 @@ class MlflowSweepCallback(Callback):
         key = stable_hash(
             {
                 "config": {k: v for k, v in container.items() if k not in _NOT_IDENTITY},
-                "overrides": sorted(task_overrides),
+                # Overrides of what does not make the cells (sweep.resume=true, the store) would
+                # make a restated default start a new sweep instead of resuming this one.
+                "overrides": sorted(o for o in task_overrides if _override_section(o) not in _NOT_IDENTITY),
                 "params": sweep_params,
             }
         )
@@ -375,6 +384,13 @@ class MlflowSweepCallback(Callback):
             raise SystemExit(1)
         if summary.n_cells == 0:
             log.error("sweep: no cell ran; parent run %s", parent)
+            raise SystemExit(1)
+        if summary.n_scored == 0 and summary.n_failed < summary.n_cells:
+            # Every finished cell scored NaN on the rank metric: there is no best cell to report.
+            log.error("sweep: no cell has a value of %s to rank by (every finished cell logged NaN), so no best "
+                      "cell; rank by another sweep.metric; parent run %s", self.plan.rank_metric, parent)
+            with contextlib.suppress(Exception):
+                client.set_tag(parent, "error", f"no cell has a value of {self.plan.rank_metric}")
             raise SystemExit(1)
         # A cell whose store could not be opened (held locked past MLflow's wait) has no run to count.
         expected = self.plan.total if "n_trials" not in config.hydra.sweeper else None

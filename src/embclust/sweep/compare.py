@@ -81,18 +81,25 @@ def cell_overrides(cell: str) -> dict[str, str]:
     return found
 
 
+# Config sections that do not make a cell (where runs are stored, the sweep's own settings): a
+# resumed sweep's new cells may set them otherwise (sweep.resume=true) without being another cell.
+NOT_CELL_IDENTITY = ("mlflow", "sweep", "cache", "run_name")
+
+
 def swept_params(runs: pd.DataFrame) -> list[str]:
     """Config keys whose override differs between a sweep's cells, in override order.
 
     Read from the cells' overrides, not their params: a config group (``clusterer=kmeans,hdbscan``)
-    is no param, and a cell stopped before it logged its params has none.
+    is no param, and a cell stopped before it logged its params has none. Keys of the sections in
+    :data:`NOT_CELL_IDENTITY` are not cell axes.
     """
     cells = runs["tags.sweep_cell"].dropna().unique() if "tags.sweep_cell" in runs else []
     parsed = [cell_overrides(cell) for cell in cells]
     keys: list[str] = []
     for overrides in parsed:
         for key in overrides:
-            if key not in keys and len({o.get(key) for o in parsed}) > 1:
+            section = key.split(".", 1)[0].split("@", 1)[0]
+            if key not in keys and section not in NOT_CELL_IDENTITY and len({o.get(key) for o in parsed}) > 1:
                 keys.append(key)
     return keys
 
@@ -112,8 +119,10 @@ def leaderboard(runs: pd.DataFrame, metric: str = "silhouette", swept: list[str]
     runs = runs[runs.get("tags.sweep_role", pd.Series(index=runs.index, dtype=object)) != "parent"]
     cell = runs["tags.sweep_cell"] if "tags.sweep_cell" in runs else runs["tags.mlflow.runName"]
     runs = runs.assign(cell=cell.fillna(runs["tags.mlflow.runName"]))
-    # Latest attempt of each cell wins, so a resumed sweep shows the retried result.
-    runs = runs.sort_values("start_time").groupby("cell", as_index=False, sort=False).last()
+    # Latest attempt of each cell wins, so a resumed sweep shows the retried result; a cell is its
+    # config (tag sweep_cell_key), whatever else its command line said (sweep.resume=true).
+    key = runs["tags.sweep_cell_key"].fillna(runs["cell"]) if "tags.sweep_cell_key" in runs else runs["cell"]
+    runs = runs.assign(_cell_key=key).sort_values("start_time").groupby("_cell_key", as_index=False, sort=False).last()
     table = pd.DataFrame(
         {
             "cell": runs["cell"],

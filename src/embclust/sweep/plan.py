@@ -15,6 +15,8 @@ from dataclasses import asdict, dataclass, field
 
 from omegaconf import DictConfig
 
+from embclust.errors import ConfigError
+
 ENV_VAR = "EMBCLUST_SWEEP"
 PCA_KEY = "preprocess.pca_components"
 # Swept keys that change the space a cell is clustered in.
@@ -85,6 +87,29 @@ def resolve_metric(config: DictConfig, swept) -> str:
     hdbscan = str(clusterer.get("_target_", "")).rsplit(".", 1)[-1] == "HDBSCAN"
     one_space = "clusterer" not in swept and not any(str(k).startswith(PREPROCESS_PREFIX) for k in swept)
     return "dbcv" if hdbscan and clusterer.get("gen_min_span_tree", False) and one_space else "silhouette"
+
+
+# Metrics only some clusterers log: the clusterer classes that do.
+_CLUSTERER_METRICS = {"dbcv": ("HDBSCAN",), "inertia": ("KMeans", "MiniBatchKMeans")}
+
+
+def check_rank_metric(metric: str, config: DictConfig, swept) -> None:
+    """Refuse a ``sweep.metric`` the sweep's clusterer never logs (``dbcv`` with KMeans,
+    ``inertia`` with HDBSCAN): every cell would score NaN and the sweep name no best cell.
+    A swept clusterer group is left to the cells (some of them may log it)."""
+    logged_by = _CLUSTERER_METRICS.get(metric)
+    if logged_by is None or "clusterer" in swept or any(str(k).startswith("clusterer._target_") for k in swept):
+        return
+    clusterer = config.get("clusterer") or {}
+    name = str(clusterer.get("_target_", "")).rsplit(".", 1)[-1]
+    needs_tree = metric == "dbcv" and name == "HDBSCAN" and not clusterer.get("gen_min_span_tree", False)
+    if name not in logged_by or needs_tree:
+        why = "clusterer.gen_min_span_tree=false" if needs_tree else f"the clusterer is {name or 'not set'}"
+        raise ConfigError(
+            f"sweep.metric={metric} is logged only by {' and '.join(logged_by)} clusterings"
+            f"{' that keep their spanning tree' if metric == 'dbcv' else ''}, and {why}: every cell would score "
+            "NaN; rank by silhouette, calinski_harabasz or davies_bouldin (or sweep.metric=auto)"
+        )
 
 
 # Metrics that have a reference-space counterpart ``<name>_ref``.

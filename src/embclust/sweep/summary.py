@@ -96,6 +96,8 @@ def summarize_sweep(
         if summary.edge:
             client.set_tag(parent_run_id, "best_at_edge", summary.edge[:5000])
     best_report = None
+    if complete_best is None and summary.best_run_id:  # full cells: the best one is complete already
+        client.set_tag(summary.best_run_id, "sweep_best", "true")
     if complete_best is not None and summary.best_run_id:
         # First: it is the sweep's last use of the shared work (data, projections, reference
         # distances), which it frees before its analyses; the figures below then add to less.
