@@ -52,3 +52,20 @@ def test_a_device_torch_cannot_use_is_named_with_the_fix():
     check_device("cpu")
     with pytest.raises(ConfigError, match=r"^dataset.device='gpu0' cannot be used here \(.*\): set dataset.device=cpu$"):
         check_device("gpu0")
+
+
+def test_a_device_torch_cannot_use_is_refused_even_when_the_embeddings_are_cached(tmp_path, monkeypatch):
+    # With the embeddings cached, dataset.device=cuda on a machine without CUDA passed; without, it
+    # failed: one config, two outcomes.
+    pytest.importorskip("torch")
+    from embclust.data import text
+    from embclust.errors import ConfigError
+
+    monkeypatch.setattr(text, "resolve_model_path", lambda model: tmp_path / "model")
+    texts = np.array(["a", "b"])
+    key = text.hashlib.blake2b(f"{(tmp_path / 'model').resolve()}|{text.texts_hash(texts)}".encode(), digest_size=12).hexdigest()
+    (tmp_path / "cache" / "embeddings").mkdir(parents=True)
+    np.save(tmp_path / "cache" / "embeddings" / f"{key}.npy", np.zeros((2, 3), np.float32))
+    assert text.embed_texts(texts, device="cpu", cache_dir=str(tmp_path / "cache")).shape == (2, 3)  # the cache is read
+    with pytest.raises(ConfigError, match=r"dataset.device='gpu0' cannot be used here"):
+        text.embed_texts(texts, device="gpu0", cache_dir=str(tmp_path / "cache"))

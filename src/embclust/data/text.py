@@ -75,6 +75,8 @@ def embed_texts(
 ) -> np.ndarray:
     """Encode ``texts`` to float32 vectors; re-runs on the same texts and model read the cache."""
     model_path = resolve_model_path(model)
+    if str(device) != "cpu":  # checked with or without cached embeddings: one config, one outcome
+        check_device(device)
     cache_file = None
     if cache_dir:
         key = hashlib.blake2b(f"{model_path.resolve()}|{texts_hash(texts)}".encode(), digest_size=12).hexdigest()
@@ -90,7 +92,6 @@ def embed_texts(
         raise ConfigError(
             "dataset=texts needs sentence-transformers: pip install 'embclust[text]'"
         ) from None
-    check_device(device)
     log.info("texts: embedding %d documents with %s on %s", len(texts), model, device)
     encoder = SentenceTransformer(str(model_path), device=device, local_files_only=True)
     X = encoder.encode(
