@@ -586,3 +586,14 @@ def test_a_size_that_does_not_fit_the_rows_says_where_rows_went():
     ds.n_dropped_duplicates = 95  # dataset.dedupe=true kept 5 of 100 rows
     with pytest.raises(ConfigError, match=r"< the number of samples \(5\) \(dataset.dedupe=true dropped 95 near-duplicate rows\)"):
         check_clusterer_on(KMeans(10), ds)
+
+
+def test_an_implementation_for_kmeans_only_asked_of_another_clusterer_is_said_once(caplog):
+    # cluster_implementation=embclust with MiniBatchKMeans was accepted without a word.
+    from embclust.cluster.fit import fit
+
+    X = np.random.default_rng(0).normal(size=(200, 4)).astype(np.float32)
+    with caplog.at_level("WARNING"):
+        ran = fit(MiniBatchKMeans(3, n_init=1, random_state=0), X, implementation="embclust")
+    assert ran.implementation == "scikit-learn"
+    assert "cluster_implementation=embclust applies to clusterer=kmeans only: MiniBatchKMeans" in caplog.text

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import numpy as np
@@ -12,6 +13,8 @@ from sklearn.pipeline import Pipeline
 from embclust.cluster import kmeans
 from embclust.errors import ConfigError
 from embclust.validate import check_estimator_params
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -73,6 +76,9 @@ def fit(
             np.asarray(clusterer.labels_, dtype=np.int64), clusterer, ran.implementation, ran.sample_size, ran.restarts,
             ran.refinement,
         )
+    if implementation in ("embclust", "sklearnex"):  # auto and scikit-learn mean this for any clusterer
+        log.warning("cluster_implementation=%s applies to clusterer=kmeans only: %s is fitted by its own library "
+                    "(tag cluster_implementation=scikit-learn)", implementation, type(clusterer).__name__)
     labels = np.asarray(clusterer.fit_predict(fit_input(clusterer, X)), dtype=np.int64)
     return FittedClustering(labels, clusterer, "scikit-learn")
 
