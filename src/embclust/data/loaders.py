@@ -191,7 +191,7 @@ _UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")
 
 
 def _on_one_thread(options: pcsv.ReadOptions) -> pcsv.ReadOptions:
-    """``options`` read on one thread: slower on a large file, but a parse error then names its line."""
+    """``options`` read on one thread: slower on a large file, but a parse error then names its row."""
     return pcsv.ReadOptions(block_size=options.block_size, use_threads=False)
 
 
@@ -307,7 +307,7 @@ def read_columns(
         except pa.ArrowInvalid as exc:
             if "Row #" in str(exc) or "CSV parse error" not in str(exc):
                 raise
-            # Read on several threads, a parse error does not know its line: find it on one.
+            # Read on several threads, a parse error does not know its row: find it on one.
             table = pcsv.read_csv(p, read_options=_on_one_thread(_CSV_READ), convert_options=options)
         X = _feature_matrix(table.num_rows, features, table.select, p)
         _check_csv_overflow(p, X, features, options)
