@@ -588,6 +588,18 @@ def test_a_size_that_does_not_fit_the_rows_says_where_rows_went():
         check_clusterer_on(KMeans(10), ds)
 
 
+def test_a_size_that_does_not_fit_a_sample_names_dataset_sample_size():
+    # dataset.sample_size=5 with n_clusters=10 named only n_clusters and "5 samples", not the sample.
+    from embclust.data.dataset import Dataset, subsample
+    from embclust.pipeline import check_clusterer_on
+
+    X = np.random.default_rng(0).normal(size=(100, 2)).astype(np.float32)
+    ds = subsample(Dataset(name="d", X=X, ids=np.arange(100)), 5, seed=0)
+    with pytest.raises(ConfigError, match=r"\(dataset.sample_size=5 kept 5 of 100 rows\)"):
+        check_clusterer_on(KMeans(10), ds)
+    check_clusterer_on(KMeans(3), ds)
+
+
 def test_an_implementation_for_kmeans_only_asked_of_another_clusterer_is_said_once(caplog):
     # cluster_implementation=embclust with MiniBatchKMeans was accepted without a word.
     from embclust.cluster.fit import fit

@@ -91,11 +91,13 @@ def select_drill_cluster(ds: data.Dataset, parent_run_id: str, cluster_id: int) 
 
 def check_clusterer_on(clusterer, ds: data.Dataset) -> None:
     """:func:`embclust.cluster.check_clusterer` on ``ds``'s rows, saying where rows of the file went
-    (``dataset.dedupe``, ``dataset.on_invalid=drop``) when a size does not fit."""
+    (``dataset.sample_size``, ``dataset.dedupe``, ``dataset.on_invalid=drop``) when a size does not fit."""
     try:
         cluster.check_clusterer(clusterer, ds.n_samples)
     except ConfigError as exc:
         parts = []
+        if ds.sampled:
+            parts.append(f"dataset.sample_size={ds.sampled[0]} kept {ds.sampled[0]} of {ds.sampled[1]} rows")
         if ds.n_dropped_duplicates:
             parts.append(f"dataset.dedupe=true dropped {ds.n_dropped_duplicates} near-duplicate rows")
         if ds.n_dropped_invalid:

@@ -50,6 +50,8 @@ class Dataset:
     n_dropped_invalid: int = 0
     n_duplicate_ids: int = 0
     n_dropped_duplicates: int = 0
+    # (rows kept, rows read) when dataset.sample_size took a sample; None when it did not.
+    sampled: tuple[int, int] | None = None
     from_tabular: bool = False
     # Where the rows of X are on disk, for engine=ray's workers to read themselves
     # (embclust.engine.rows); None once rows were dropped, sampled or reordered.
@@ -212,7 +214,9 @@ def subsample(ds: Dataset, n: int | None, seed: int = 0) -> Dataset:
         raise ConfigError(f"dataset.sample_size={n} must be >= 2")
     rows = np.sort(np.random.default_rng(seed).choice(ds.n_samples, size=n, replace=False))
     log.info("dataset '%s': using a seeded sample of %d of %d rows", ds.name, n, ds.n_samples)
-    return take_rows(ds, rows)
+    out = take_rows(ds, rows)
+    out.sampled = (n, ds.n_samples)
+    return out
 
 
 def _drop_rows(ds: Dataset, rows: np.ndarray, why: str = "holds NaN or inf") -> Dataset:
@@ -240,6 +244,7 @@ def take_rows(ds: Dataset, rows: np.ndarray) -> Dataset:
         n_dropped_invalid=ds.n_dropped_invalid,
         n_duplicate_ids=ds.n_duplicate_ids,
         n_dropped_duplicates=ds.n_dropped_duplicates,
+        sampled=ds.sampled,
         from_tabular=ds.from_tabular,
     )
 
