@@ -65,6 +65,8 @@ def test_engine_ray_refuses_what_it_cannot_run_before_loading(run_cli, override)
     assert ("engine=" in line) and "Traceback" not in res.stderr
     if override.endswith(".npz"):
         assert "save the ids with numpy.save as a .npy" in line
+    if override.startswith("cluster_implementation"):  # it named clusterer._target_=KMeans as the fault
+        assert "this run has cluster_implementation=scikit-learn" in line
 
 
 class _InProcessRows:

@@ -298,9 +298,12 @@ def check_engine(cfg: DictConfig) -> str:
         raise ConfigError(f"engine={engine!r} is not allowed (allowed: {', '.join(ENGINES)})")
     if engine == "ray":
         target = str(cfg.clusterer.get("_target_", ""))
-        if target != "sklearn.cluster.KMeans" or str(cfg.get("cluster_implementation", "auto")) != "auto":
+        implementation = str(cfg.get("cluster_implementation") or "auto")
+        if target != "sklearn.cluster.KMeans" or implementation != "auto":
+            has = (f"clusterer._target_={target}" if target != "sklearn.cluster.KMeans"
+                   else f"cluster_implementation={implementation}")
             raise ConfigError("engine=ray runs KMeans's passes over the rows (clusterer=kmeans, cluster_implementation=auto); "
-                              f"this run has clusterer._target_={target}: use engine=local")
+                              f"this run has {has}: use engine=local")
         umap = cfg.preprocess.get("umap_components")
         if umap not in (None, "auto"):
             raise ConfigError("engine=ray applies row-wise preprocessing on the workers; UMAP before clustering is not: "
