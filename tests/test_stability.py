@@ -66,6 +66,22 @@ def test_noise_counts_as_its_own_cluster(blobs):
     assert score == pytest.approx(0.0, abs=1e-9)
 
 
+def test_refits_that_find_one_group_say_the_zero_may_be_their_size(blobs, caplog):
+    # HDBSCAN refitted on a small sample called every row noise: stability 0 was logged without a word.
+    from hdbscan import HDBSCAN
+
+    labels = _cell(blobs, 5)
+    with caplog.at_level("WARNING"):
+        score, _ = stability_score(lambda s: HDBSCAN(min_cluster_size=40), blobs, labels, n_resamples=2, max_samples=60)
+    assert score == pytest.approx(0.0, abs=1e-9)
+    assert "stability: 2 of 2 refits on 48 rows found a single group (every row noise), each scoring ARI 0" in caplog.text
+    assert "raise metrics.stability.max_samples or metrics.stability.fraction" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        stability_score(lambda s: KMeans(5, n_init=1, random_state=s), blobs, labels, n_resamples=2)
+    assert "single group" not in caplog.text
+
+
 @pytest.mark.parametrize(
     "key, value, message",
     [

@@ -53,13 +53,24 @@ def stability_score(
         pool = np.sort(rng.choice(X.shape[0], size=max_samples, replace=False))
     size = max(2, int(round(fraction * pool.size)))
     aris = []
+    collapsed, all_noise = 0, False  # refits that put every row in one group (all noise, for HDBSCAN)
     for r in range(n_resamples):
         rows = np.sort(rng.choice(pool, size=size, replace=False))
         # Other seeds than the cell's own, so the refit is not the same draw again.
         clusterer = make_clusterer(seed + 1 + r)
         refit = np.asarray(clusterer.fit_predict(fit_input(clusterer, X[rows])))
         aris.append(adjusted_rand_score(labels[rows], refit))
+        if np.unique(refit).size == 1 and np.unique(labels[rows]).size > 1:
+            collapsed += 1
+            all_noise |= bool(refit[0] == -1)
     seconds = time.perf_counter() - start
+    if collapsed:
+        log.warning(
+            "stability: %d of %d refits on %d rows found a single group%s, each scoring ARI 0: the refits may be too "
+            "small for the clusterer's sizes rather than the clusters unstable; raise metrics.stability.max_samples or "
+            "metrics.stability.fraction", collapsed, n_resamples, size,
+            " (every row noise)" if all_noise else "",
+        )
     log.info("stability: mean ARI %.4f over %d refits on %d of %d rows (%.1f s)", np.mean(aris), n_resamples, size, X.shape[0], seconds)
     return float(np.mean(aris)), seconds
 
