@@ -609,3 +609,23 @@ def test_an_implementation_for_kmeans_only_asked_of_another_clusterer_is_said_on
         ran = fit(MiniBatchKMeans(3, n_init=1, random_state=0), X, implementation="embclust")
     assert ran.implementation == "scikit-learn"
     assert "cluster_implementation=embclust applies to clusterer=kmeans only: MiniBatchKMeans" in caplog.text
+
+
+@pytest.mark.parametrize(("clusterer", "said"), [
+    (MiniBatchKMeans(5, n_init=1, random_state=0), "MiniBatchKMeans found 3 clusters for clusterer.n_clusters=5"),
+    (AgglomerativeClustering(5), "AgglomerativeClustering split identical rows between clusters: the data has 3 distinct "
+                                 "rows for clusterer.n_clusters=5"),
+])
+def test_more_clusters_than_distinct_rows_is_said_for_every_clusterer_with_a_k(clusterer, said, caplog):
+    # KMeans said it; MiniBatchKMeans and agglomerative gave silhouette 1 or split duplicates without a word.
+    from embclust.cluster.fit import fit
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(3, 6)).astype(np.float32)[rng.integers(0, 3, 120)]
+    with caplog.at_level("WARNING"):
+        fit(clusterer, X)
+    assert said in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        fit(type(clusterer)(**{**clusterer.get_params(), "n_clusters": 3}), X)
+    assert "clusterer.n_clusters" not in caplog.text

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from sklearn.base import BaseEstimator
-from sklearn.cluster import KMeans
+from sklearn.cluster import AgglomerativeClustering, KMeans
 from sklearn.pipeline import Pipeline
 
 from embclust.cluster import kmeans
@@ -80,7 +80,27 @@ def fit(
         log.warning("cluster_implementation=%s applies to clusterer=kmeans only: %s is fitted by its own library "
                     "(tag cluster_implementation=scikit-learn)", implementation, type(clusterer).__name__)
     labels = np.asarray(clusterer.fit_predict(fit_input(clusterer, X)), dtype=np.int64)
+    _say_if_k_exceeds_distinct_rows(clusterer, X, labels)
     return FittedClustering(labels, clusterer, "scikit-learn")
+
+
+def _say_if_k_exceeds_distinct_rows(clusterer: BaseEstimator, X: np.ndarray, labels: np.ndarray) -> None:
+    """One warning when ``n_clusters`` is more than the data's distinct rows (duplicate rows), as
+    KMeans gives: MiniBatchKMeans returns fewer clusters, agglomerative splits identical rows."""
+    k = clusterer.get_params(deep=False).get("n_clusters")
+    if not isinstance(k, int) or isinstance(k, bool):
+        return
+    name = type(clusterer).__name__
+    found = np.unique(labels[labels >= 0]).size
+    if found < k:
+        log.warning("%s found %d clusters for clusterer.n_clusters=%d (the data has fewer distinct points than that, "
+                    "or clusters were left empty); lower clusterer.n_clusters", name, found, k)
+    elif isinstance(clusterer, AgglomerativeClustering):  # rows bounded by the O(n^2) fit itself
+        n_distinct = np.unique(np.asarray(X), axis=0).shape[0]
+        if n_distinct < k:
+            log.warning("%s split identical rows between clusters: the data has %d distinct rows for "
+                        "clusterer.n_clusters=%d (duplicate rows); lower clusterer.n_clusters to %d or fewer",
+                        name, n_distinct, k, n_distinct)
 
 
 def fit_clusterer(clusterer: BaseEstimator, X: np.ndarray) -> np.ndarray:
