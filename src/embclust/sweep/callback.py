@@ -27,9 +27,9 @@ from embclust.errors import EmbclustError, first_line, user_error
 from embclust.sweep import compare
 from embclust.sweep.cache import stable_hash
 from embclust.processes import owner_is_alive, owner_token
-from embclust.sweep.params import check_swept_options, parent_params
-from embclust.sweep.plan import (ENV_VAR, PREPROCESS_PREFIX, SweepPlan, check_rank_metric, largest_pca, resolve_metric,
-                                 sweep_values)
+from embclust.sweep.params import check_cells_compose, check_swept_options, parent_params
+from embclust.sweep.plan import (ENV_VAR, PREPROCESS_PREFIX, SweepPlan, check_rank_metric, grid_cells, largest_pca,
+                                 resolve_metric, sweep_values)
 from embclust.sweep.summary import summarize_sweep
 
 log = logging.getLogger(__name__)
@@ -105,23 +105,11 @@ def _override_section(override: str) -> str:
 
 def count_cells(config: DictConfig) -> int | None:
     """Number of cells the configured sweeper will launch, when it can be known up front."""
-    hydra_cfg = config.hydra
-    sweeper = hydra_cfg.sweeper
+    sweeper = config.hydra.sweeper
     if "n_trials" in sweeper:
         return int(sweeper.n_trials)
-    try:
-        from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
-        from hydra.core.global_hydra import GlobalHydra
-        from hydra.core.override_parser.overrides_parser import OverridesParser
-
-        # Split as Hydra's basic sweeper splits them: the last override of a key wins, and a glob
-        # over a group is matched against the group's options by the config loader.
-        loader = GlobalHydra.instance().config_loader() if GlobalHydra.instance().is_initialized() else None
-        params = [f"{k}={v}" for k, v in (sweeper.get("params") or {}).items()]
-        overrides = OverridesParser.create(config_loader=loader).parse_overrides([*params, *hydra_cfg.overrides.task])
-        return sum(len(batch) for batch in BasicSweeper.split_arguments(overrides, None))
-    except Exception:  # noqa: BLE001 - a progress count must never stop a sweep
-        return None
+    cells = grid_cells(config)
+    return None if cells is None else len(cells)
 
 
 def _log_params(client: mlflow.MlflowClient, run_id: str, params: dict[str, Any]) -> None:
@@ -244,6 +232,7 @@ class MlflowSweepCallback(Callback):
 
         swept = sweep_values(config)
         check_swept_options(swept, config)
+        check_cells_compose(swept, config)
         task_cfg = OmegaConf.create({k: v for k, v in config.items() if k != "hydra"})
         # What every cell shares is checked once, before the store is touched: one error line
         # instead of one FAILED cell per grid point. Swept values are checked by their cells.

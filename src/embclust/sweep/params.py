@@ -7,6 +7,7 @@ are composed from, before any run is made.
 
 from __future__ import annotations
 
+import difflib
 import functools
 from typing import Any
 
@@ -54,6 +55,70 @@ def check_swept_options(swept: dict[str, list | None], config: DictConfig) -> No
                 f"Could not find '{key}/{missing[0]}' (the values of {key} are config files in a {key}/ folder "
                 f"of the config path; allowed: {', '.join(options)})"
             )
+
+
+def check_cells_compose(swept: dict[str, list | None], config: DictConfig) -> None:
+    """Hydra composes the grid's cells before any run: one for each option of each swept group.
+
+    A swept key that a cell's config does not have (``+experiment=rag_documents``'s grid of
+    ``clusterer.n_clusters`` with ``clusterer=hdbscan``) would otherwise be found when the first
+    cell is launched, after the sweep's parent run and its dataset (embedding every text).
+    """
+    import re
+
+    from hydra.core.global_hydra import GlobalHydra
+
+    from embclust.sweep.plan import grid_cells
+
+    cells = grid_cells(config) if GlobalHydra.instance().is_initialized() else None
+    if not cells:
+        return
+    groups = {k for k, values in swept.items() if values and _group_options(k, config)}
+    chosen: list[list[str]] = []
+    seen: set[str] = set()
+    for cell in cells:  # the fewest cells that take every option of every swept group
+        options = {o for o in cell if o.partition("=")[0].lstrip("+~") in groups}
+        if not chosen or not options <= seen:
+            chosen.append(cell)
+            seen |= options
+    loader = GlobalHydra.instance().config_loader()
+    for cell in chosen:
+        try:
+            loader.load_sweep_config(config, list(cell))
+        except Exception as exc:  # noqa: BLE001 - said as one line naming the key, below
+            found = re.search(r"Could not override '([^']+)'", str(exc))
+            if found is None:
+                raise ConfigError(f"a cell of the grid cannot be composed ({' '.join(cell)}): {str(exc).splitlines()[0]}") from None
+            raise ConfigError(_missing_key_message(found.group(1), cell, config)) from None
+
+
+def _missing_key_message(key: str, cell: list[str], config: DictConfig) -> str:
+    """'the grid sets KEY, which clusterer=hdbscan does not have (its keys: ...)' and what to do."""
+    from hydra.core.global_hydra import GlobalHydra
+
+    group = key.split(".")[0]
+    choice = next((o.partition("=")[2] for o in cell if o.partition("=")[0].lstrip("+~") == group), None)
+    choice = choice or config.hydra.runtime.choices.get(group)
+    where = ("in hydra.sweeper.params (the grid of an experiment or sweep config)"
+             if key in (config.hydra.sweeper.get("params") or {}) else "on the command line")
+    has, fix = "", "sweep a key it has"
+    try:
+        rest = [o for o in cell if o.partition("=")[0].lstrip("+~") != key]
+        composed = GlobalHydra.instance().config_loader().load_sweep_config(config, rest)
+        parent, _, leaf = key.lstrip("+~").rpartition(".")
+        node = OmegaConf.select(composed, parent) if parent else None
+        if isinstance(node, DictConfig):
+            keys = [str(k) for k in node.keys() if not str(k).startswith("_")]
+            has = f" (its keys: {', '.join(keys)})"
+            close = difflib.get_close_matches(leaf, keys, n=1)
+            if close:
+                fix = f"did you mean {parent}.{close[0]}? Otherwise sweep a key it has"
+    except Exception:  # noqa: BLE001 - the keys are a hint only
+        pass
+    if where.startswith("in hydra"):
+        fix += ", or drop that grid with hydra.sweeper.params=null"
+    what = f"{group}={choice}" if choice else f"the config at {key.rpartition('.')[0]}"
+    return f"the grid sets {key} {where}, which {what} does not have{has}: {fix}"
 
 
 def parent_params(task_cfg: DictConfig, swept: dict[str, list | None], config: DictConfig | None = None,

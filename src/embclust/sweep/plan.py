@@ -146,6 +146,26 @@ def sweep_values(config: DictConfig) -> dict[str, list | None]:
     return out
 
 
+def grid_cells(config: DictConfig) -> list[list[str]] | None:
+    """Each cell's overrides as Hydra's basic sweeper launches them, or None when it cannot tell
+    (another sweeper, a range the sweeper picks from)."""
+    if "n_trials" in config.hydra.sweeper:
+        return None
+    try:
+        from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+        from hydra.core.global_hydra import GlobalHydra
+        from hydra.core.override_parser.overrides_parser import OverridesParser
+
+        # Split as Hydra's basic sweeper splits them: the last override of a key wins, and a glob
+        # over a group is matched against the group's options by the config loader.
+        loader = GlobalHydra.instance().config_loader() if GlobalHydra.instance().is_initialized() else None
+        params = [f"{k}={v}" for k, v in (config.hydra.sweeper.get("params") or {}).items()]
+        overrides = OverridesParser.create(config_loader=loader).parse_overrides([*params, *config.hydra.overrides.task])
+        return [cell for batch in BasicSweeper.split_arguments(overrides, None) for cell in batch]
+    except Exception:  # noqa: BLE001 - what the cells are is known to Hydra's sweeper, which says what is wrong
+        return None
+
+
 def _glob_options(key: str, config: DictConfig) -> list[str] | None:  # noqa: ARG001
     """The options a glob of group ``key`` is matched against, as Hydra's sweeper looks them up
     (the config path it started with), or None outside Hydra."""
