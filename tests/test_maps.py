@@ -1,3 +1,4 @@
+import re
 import numpy as np
 import pytest
 from sklearn.decomposition import PCA
@@ -99,3 +100,17 @@ print(np.isfinite(Y).all())
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.strip() == "True"
     assert proc.stderr.count("cannot be written") == 1  # one warning, not one per function
+
+
+def test_umap_neighbours_above_the_rows_are_said_naming_the_key(caplog):
+    # UMAP truncated n_neighbors with a warning naming its own source line, not the config key.
+    import umap
+
+    from embclust.console import EXPECTED_WARNINGS
+
+    X = np.random.default_rng(0).normal(size=(12, 5)).astype(np.float32)
+    with caplog.at_level("WARNING"):
+        coords = compute_map(umap.UMAP(n_neighbors=15, random_state=0, n_epochs=20), X)
+    assert np.isfinite(coords).all()
+    assert "reducer.n_neighbors=15 is not below the 12 rows UMAP fits: it uses 11 neighbours" in caplog.text
+    assert any(re.search(p, "n_neighbors is larger than the dataset size; truncating") for p in EXPECTED_WARNINGS)

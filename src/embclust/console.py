@@ -15,6 +15,8 @@ from typing import Callable, NoReturn
 EXPECTED_WARNINGS = (
     # UMAP with a seed runs single-threaded, which is what a reproducible map needs.
     r"n_jobs value .* overridden to 1 by setting random_state",
+    # UMAP truncates n_neighbors to the rows; embclust says so naming the key (maps.say_if_neighbours_exceed_rows).
+    r"n_neighbors is larger than the dataset size",
     # MLflow finds two local-file dataset source types for a path and picks one.
     r"The specified dataset source can be interpreted in multiple ways",
 )

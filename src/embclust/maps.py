@@ -28,6 +28,8 @@ def compute_map(reducer, X: np.ndarray, max_points: int | None = None, seed: int
         coords[:, 0], coords[:, 1] = X[:, 0], 0.0
         return coords
     check_reducer(reducer, n, max_points, X.shape[1])
+    if type(reducer).__name__ == "UMAP":
+        say_if_neighbours_exceed_rows(reducer, n if max_points is None else min(n, max_points), "reducer.n_neighbors")
     remote = is_rows_view(X)  # engine=ray: rows read where the passes run
     if max_points is None or n <= max_points:
         coords[:] = reducer.fit_transform(every_row(X))
@@ -96,6 +98,15 @@ def check_reducer(reducer, n_samples: int, max_points: int | None, n_features: i
             f"reducer=umap maps at least {n_components + 2} rows in {n_components}-D; the data has {n_fit}: "
             "set reducer=pca or reducer=none"
         )
+
+
+def say_if_neighbours_exceed_rows(umap, n_rows: int, key: str) -> None:
+    """UMAP truncates ``n_neighbors`` to the rows it fits, with a warning that names no key; say it once
+    in a line that does (the library's own is in :data:`embclust.console.EXPECTED_WARNINGS`)."""
+    n_neighbors = getattr(umap, "n_neighbors", None)
+    if isinstance(n_neighbors, int) and n_neighbors >= n_rows > 1:
+        log.warning("%s=%d is not below the %d rows UMAP fits: it uses %d neighbours (every other row)",
+                    key, n_neighbors, n_rows, n_rows - 1)
 
 
 def _check_perplexity(reducer, n_fit: int) -> None:

@@ -225,6 +225,10 @@ def fit_preprocessing(pipeline: Pipeline, X: np.ndarray, fit_sample_size: int | 
     """
     check_preprocessing(pipeline, X.shape[0], X.shape[1], fit_sample_size)
     if pipeline.named_steps.get("umap", "passthrough") != "passthrough":
+        from embclust.maps import say_if_neighbours_exceed_rows
+
+        say_if_neighbours_exceed_rows(pipeline.named_steps["umap"], min(X.shape[0], fit_sample_size or X.shape[0]),
+                                      "preprocess.umap_n_neighbors")
         if fit_sample_size is not None and X.shape[0] > fit_sample_size:
             return _fit_umap_on_sample(pipeline, X, int(fit_sample_size), seed)
         # UMAP's transform of new rows is not its fitted embedding.
