@@ -466,6 +466,15 @@ def test_swept_keys_are_those_whose_override_differs_between_cells():
     assert swept_params(groups) == ["clusterer"]  # a config group is swept, though it is no param
 
 
+def test_the_parent_is_named_by_the_grid_its_cells_take_not_a_config_grid_the_command_line_replaced(run_cli):
+    # +sweep=pca_x_k's 12 PCA sizes were in the name though the command line swept two.
+    res = run_cli("-m", "reducer=none", "+sweep=pca_x_k", "preprocess.pca_components=5,10", "clusterer.n_clusters=3")
+    assert res.returncode == 0, res.stderr[-2000:]
+    (parent,) = [r for r in res.runs() if r.data.tags.get("sweep_role") == "parent"]
+    assert parent.info.run_name == "sweep reducer=none +sweep=pca_x_k preprocess.pca_components=5,10 clusterer.n_clusters=3"
+    assert len([r for r in res.runs() if r.data.tags.get("sweep_role") == "cell"]) == 2
+
+
 def test_the_best_cell_of_a_group_sweep_is_named_by_its_group(run_cli):
     res = run_cli("-m", "reducer=none", "clusterer=kmeans,agglomerative", "clusterer.n_clusters=10")
     assert res.returncode == 0, res.stderr[-2000:]

@@ -304,7 +304,10 @@ class MlflowSweepCallback(Callback):
         else:
             # where it is stored or cached (a machine's paths) says nothing of what it sweeps; tag hydra_overrides has all
             named = [o for o in task_overrides if o.split("=", 1)[0].lstrip("+~").split(".")[0] not in _NOT_NAMING]
-            sweep_desc = " ".join([*named, *(f"{k}={v}" for k, v in sweep_params.items())])
+            # the config's grid (hydra.sweeper.params) where the command line does not set the same key
+            given = {o.split("=", 1)[0].lstrip("+~") for o in task_overrides}
+            grid = [f"{k}={v}" for k, v in sweep_params.items() if k.lstrip("+~") not in given]
+            sweep_desc = " ".join([*named, *grid])
             run = client.create_run(
                 experiment_id,
                 run_name=config.get("run_name") or f"sweep {sweep_desc}"[:200],
