@@ -260,6 +260,13 @@ def test_compare_prints_the_leaderboard_of_the_latest_sweep(run_cli, tmp_path):
     printed = [next(r for r in ranked if r in line) for line in by_v.stdout.splitlines()[2:6]]
     assert printed == ranked and "NaN" not in by_v.stdout
     assert typo.stderr.startswith("error: --metric='silhouete' is not logged") and "silhouette" in typo.stderr
+    # without --metric, cells rank as the sweep ranked them: its best cell first, not silhouette's
+    default = subprocess.run([sys.executable, "-m", "embclust.compare", "--tracking-uri", res.tracking_uri],
+                             capture_output=True, text=True, timeout=120)
+    assert default.returncode == 0, default.stderr
+    assert default.stdout.splitlines()[0].endswith(f"ranked by {parent.data.tags['sweep.rank_metric']}")
+    assert parent.data.tags["sweep.rank_metric"] == "silhouette_ref"
+    assert parent.data.tags["best_run_id"] in default.stdout.splitlines()[2]
     assert sum(c.info.run_id in out.stdout for c in children) == 4
     assert "<table" in (tmp_path / "board.html").read_text()
     # a cell's id where the parent's belongs says which id to pass

@@ -172,7 +172,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="embclust compare", description=__doc__)
     parser.add_argument("--experiment", default="embclust", help="MLflow experiment name")
     parser.add_argument("--tracking-uri", default=None, help="default: MLFLOW_TRACKING_URI, else sqlite:///mlflow.db")
-    parser.add_argument("--metric", default="silhouette", help="metric to rank by (DB and inertia: lower is better)")
+    parser.add_argument("--metric", default=None,
+                        help="metric to rank by (DB and inertia: lower is better); default: the one the sweep ranked by "
+                             "(its tag sweep.rank_metric), silhouette for --all")
     parser.add_argument("--parent-run", default=None, help="rank the cells of this sweep (default: latest sweep)")
     parser.add_argument("--all", action="store_true", help="rank every run of the experiment, not one sweep")
     parser.add_argument("--top", type=int, default=20, help="rows to print")
@@ -200,6 +202,8 @@ def _compare(args: argparse.Namespace) -> int:
     check_store_to_read(mlflow.get_tracking_uri(), given_as=given_as)  # at once, not after MLflow's retries
     parent = None if args.all else (args.parent_run or latest_sweep_parent(args.experiment))
     runs = fetch_runs(args.experiment, parent)
+    if args.metric is None:  # rank as the sweep did, so the first row is the best cell it named
+        args.metric = (mlflow.get_run(parent).data.tags.get("sweep.rank_metric") if parent else None) or "silhouette"
     swept = swept_params(runs) if not runs.empty else []
     table = leaderboard(runs, args.metric, swept)
     if table.empty:
