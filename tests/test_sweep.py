@@ -150,6 +150,16 @@ def test_what_every_cell_shares_is_checked_before_the_first_cell(run_cli, overri
     assert res.runs() == []
 
 
+def test_a_range_to_search_under_the_grid_sweeper_is_one_line_before_any_run(run_cli):
+    # Hydra's traceback came after the parent run was made, which was then left KILLED.
+    res = run_cli("-m", "reducer=none", "clusterer.n_clusters=int(interval(3,5))")
+    assert res.returncode == 1 and "Traceback" not in res.stderr
+    (line,) = res.stderr.strip().splitlines()[-1:]
+    assert "sweep: no cell was run: clusterer.n_clusters is given as a range to search" in line
+    assert "hydra/sweeper=optuna" in line
+    assert res.runs() == []
+
+
 def test_a_swept_config_group_that_does_not_exist_fails_the_sweep_with_hydras_options(run_cli):
     res = run_cli("-m", "reducer=none", "clusterer=kmeans,kmeanz")
     assert res.returncode == 1

@@ -23,7 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from embclust import signals, tracking
 from embclust.tracking.store import SWEEP_OWNER_TAG, store_lock
-from embclust.errors import EmbclustError, first_line, user_error
+from embclust.errors import ConfigError, EmbclustError, first_line, user_error
 from embclust.sweep import compare
 from embclust.sweep.cache import stable_hash
 from embclust.processes import owner_is_alive, owner_token
@@ -101,6 +101,26 @@ def finished_run_of(cell: SweepCell, experiment_id: str) -> mlflow.entities.Run 
 def _override_section(override: str) -> str:
     """The top-level config section an override sets: ``sweep.resume=true`` -> ``sweep``."""
     return override.split("=", 1)[0].lstrip("+~").split(".", 1)[0].split("@", 1)[0]
+
+
+def _check_sweeper_takes(swept: dict[str, list | None], config: DictConfig) -> None:
+    """Hydra's basic sweeper runs lists of values; a range to search (``interval(3, 5)``) needs a search
+    sweeper. Said before the parent run, instead of Hydra's traceback after it."""
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.utils import get_class
+
+    try:
+        if not issubclass(get_class(str(config.hydra.sweeper.get("_target_", ""))), BasicSweeper):
+            return
+    except Exception:  # noqa: BLE001 - a sweeper that cannot be imported says so itself
+        return
+    unlisted = [key for key, values in swept.items() if values is None]
+    if unlisted:
+        raise ConfigError(
+            f"{unlisted[0]} is given as a range to search (interval, tag, ...), which Hydra's basic sweeper cannot "
+            f"run: list the values ({unlisted[0]}=3,4,5 or range(3,6)), or search with hydra/sweeper=optuna "
+            "(pip install -e '.[optuna]'; see +sweep=optuna_k)"
+        )
 
 
 def count_cells(config: DictConfig) -> int | None:
@@ -231,6 +251,7 @@ class MlflowSweepCallback(Callback):
         from embclust import validate
 
         swept = sweep_values(config)
+        _check_sweeper_takes(swept, config)
         check_swept_options(swept, config)
         check_cells_compose(swept, config)
         task_cfg = OmegaConf.create({k: v for k, v in config.items() if k != "hydra"})
