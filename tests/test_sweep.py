@@ -374,3 +374,13 @@ def test_full_cells_carry_the_documented_cell_and_best_tags(run_cli):
     assert {c.data.tags.get("sweep_role") for c in children} == {"cell"}
     best = [c.info.run_id for c in children if c.data.tags.get("sweep_best") == "true"]
     assert best == [parent.data.tags["best_run_id"]]
+
+
+def test_a_named_grid_without_multirun_says_it_ran_one_run(run_cli):
+    # +sweep=NAME without -m ran one run with the config's values and no word about the grid.
+    res = run_cli("+sweep=pca_x_k", "reducer=none", "analysis.explain.enabled=false")
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "+sweep=pca_x_k is a grid, run only with -m: this is one run" in res.stderr
+    assert len(res.runs()) == 1
+    plain = run_cli("reducer=none", "analysis.explain.enabled=false")
+    assert "run only with -m" not in plain.stderr

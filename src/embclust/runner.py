@@ -97,6 +97,19 @@ def run(cfg: DictConfig) -> float:
         raise SystemExit(1) from None
 
 
+def _say_a_grid_needs_multirun() -> None:
+    """``+sweep=NAME`` (a grid) without ``-m`` runs one run with the config's own values: say so."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return
+    hydra_cfg = HydraConfig.get()
+    choice = hydra_cfg.runtime.choices.get("sweep")
+    if choice and hydra_cfg.sweeper.get("params"):
+        log.warning("+sweep=%s is a grid, run only with -m: this is one run with the config's own values "
+                    "(python run.py -m +sweep=%s ...)", choice, choice)
+
+
 def _run(cfg: DictConfig) -> float:
     in_sweep = _is_multirun()
     plan = SweepPlan.from_env() if in_sweep else None
@@ -111,6 +124,7 @@ def _run(cfg: DictConfig) -> float:
         raise SystemExit(signals.received.exit_code)
     if not in_sweep:
         signals.received = None  # a run starts unstopped, whatever ran before it in this process
+        _say_a_grid_needs_multirun()
     cell = sweep.current_cell(cfg, plan) if plan else None
     threads = _threads_per_cell() if in_sweep else None
     tags = {}
