@@ -29,6 +29,16 @@ def test_a_valid_config_passes():
     validate_config(_cfg())
 
 
+def test_agglomerative_cut_by_distance_takes_n_clusters_null():
+    # scikit-learn's AgglomerativeClustering(n_clusters=None, distance_threshold=d) was refused.
+    cfg = _cfg()
+    cfg.clusterer = {"_target_": "sklearn.cluster.AgglomerativeClustering", "n_clusters": None, "distance_threshold": 5.0}
+    validate_config(cfg)
+    cfg.clusterer.distance_threshold = None
+    with pytest.raises(ConfigError, match="clusterer.n_clusters=None must be an integer >= 2"):
+        validate_config(cfg)
+
+
 @pytest.mark.parametrize(
     "key, value, expected",
     [

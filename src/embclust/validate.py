@@ -210,6 +210,8 @@ def validate_config(cfg: DictConfig, skip: tuple[str, ...] = ()) -> None:
         value = checked(key)
         if value is _MISSING or (value is None and nullable):
             continue
+        if value is None and key == "clusterer.n_clusters" and checked("clusterer.distance_threshold") not in (_MISSING, None):
+            continue  # agglomerative cut by distance: scikit-learn takes n_clusters=None with a distance_threshold
         if value == "auto" and key in _AUTO_INT_KEYS:
             continue
         if not _is_int(value) or value < minimum:
