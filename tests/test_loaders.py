@@ -108,6 +108,12 @@ def test_npz_picks_named_array(tmp_path, emb):
     np.save(tmp_path / "one.npy", emb)  # a key given for a .npy was ignored
     with pytest.raises(ConfigError, match="dataset.key='emb' names an array of a .npz archive; .*one.npy is a .npy"):
         load_npy(str(tmp_path / "one.npy"), key="emb")
+    # without a key, an archive of several arrays clustered the first one (8 centroids) without a word
+    with pytest.raises(DataError, match=r"d.npz \(dataset.path\): the .npz archive holds 2 arrays \(other, emb\): name the one "
+                                        "to cluster with dataset.key=NAME"):
+        load_npy(str(tmp_path / "d.npz"))
+    np.savez(tmp_path / "single.npz", emb)
+    np.testing.assert_array_equal(load_npy(str(tmp_path / "single.npz")).X, emb)
 
 
 def test_npy_errors(tmp_path):

@@ -71,6 +71,10 @@ def _load_array(path: str, what: str, mmap: bool = False, key: str | None = None
             raise DataError(f"{path}: the .npz archive holds no arrays")
         if key is not None and key not in keys:
             raise DataError(f"{path}: no array named {key!r} (arrays: {', '.join(keys)})")
+        if key is None and len(keys) > 1:  # which one is meant would be a guess
+            fix = ("name the one to cluster with dataset.key=NAME" if what == "dataset.path"
+                   else f"save the one for {what} alone with numpy.save")
+            raise DataError(f"{path} ({what}): the .npz archive holds {len(keys)} arrays ({', '.join(keys[:10])}): {fix}")
         return archive[key or keys[0]]
     except ValueError as exc:
         if "pickle" in str(exc) or "Python objects" in str(exc):  # no .npy header, or an array of objects
