@@ -78,7 +78,13 @@ def test_a_reader_that_closes_the_pipe_gets_no_traceback():
 @pytest.mark.parametrize(
     ("overrides", "expected"),
     [
-        (["clusterer.n_cluster=5"], "Could not override 'clusterer.n_cluster'"),
+        # Hydra's "use +clusterer.n_cluster=5" led to KMeans's TypeError: the keys there are, the closest first
+        (["clusterer.n_cluster=5"], "clusterer.n_cluster: clusterer=kmeans has no key 'n_cluster' (its keys: n_clusters, "
+                                    "init, n_init, max_iter, random_state): did you mean clusterer.n_clusters?"),
+        (["dataset.path=e.npy"], "dataset=digits has no key 'path' (its keys: name, sample_size, dedupe): to read your "
+                                 "own file, choose the dataset's format first (dataset=npy, parquet, csv, texts or "
+                                 "tabular)"),
+        (["dataset=npy", "dataset.path=~/e.npy"], "must be quoted inside the override"),
         (["clusterer=kmeanz"], "Available options in 'clusterer': agglomerative, hdbscan, kmeans, minibatch_kmeans"),
         (["-m", "clusterer.n_clusters=3,4", "reducer=umapp"], "Could not find 'reducer/umapp'"),
     ],

@@ -147,3 +147,18 @@ def test_values_too_small_for_float32_distances_are_refused_not_clustered_as_dup
     with pytest.raises(DataError, match=r"'tiny': values too small for float32 arithmetic \(the largest row norm is 1.\d*e-30\)"):
         validate_dataset(Dataset(name="tiny", X=X * np.float32(1e-30), ids=np.arange(50)))
     assert validate_dataset(Dataset(name="small", X=X * np.float32(1e-12), ids=np.arange(50))).n_samples == 50
+
+
+def test_a_home_relative_path_is_read_from_the_home_folder(run_cli, tmp_path, monkeypatch):
+    # 'dataset.path="~/e.npy"' (quoted, as Hydra's grammar needs) was "file not found: ~/e.npy".
+    import numpy as np
+
+    home = tmp_path / "home"
+    home.mkdir()
+    np.save(home / "e.npy", np.random.default_rng(0).normal(size=(60, 4)).astype(np.float32))
+    monkeypatch.setenv("HOME", str(home))
+    res = run_cli("dataset=npy", 'dataset.path="~/e.npy"', "clusterer.n_clusters=3", "reducer=none",
+                  "analysis.explain.enabled=false")
+    assert res.returncode == 0, res.stderr[-2000:]
+    (run,) = res.runs()
+    assert run.data.params["dataset.path"] == str(home / "e.npy")

@@ -23,8 +23,8 @@ def _parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("assign", parents=[common], help="assign the rows of a new file to a run's clusters")
     p.add_argument("run", help="run id, or a sweep's parent id (its best cell is used)")
-    p.add_argument("--input", required=True, help="file to assign, read like the run's dataset (same loader and columns)")
-    p.add_argument("--output", required=True, help="output table, .parquet or .csv")
+    p.add_argument("--input", required=True, type=os.path.expanduser, help="file to assign, read like the run's dataset (same loader and columns)")
+    p.add_argument("--output", required=True, type=os.path.expanduser, help="output table, .parquet or .csv")
     p.add_argument("--explain", action="store_true", help="tabular runs: top 3 features (SHAP) behind each assignment")
 
     p = sub.add_parser("search", parents=[common], help="cluster-routed search of a text run's documents")
@@ -35,7 +35,7 @@ def _parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("export", parents=[common], help="one table of a sweep: a cluster column per cell")
     p.add_argument("sweep", help="the sweep's parent run id")
-    p.add_argument("--output", required=True, help="output table, .parquet or .csv")
+    p.add_argument("--output", required=True, type=os.path.expanduser, help="output table, .parquet or .csv")
 
     p = sub.add_parser("atlas", parents=[common], help="browse a run's map in Embedding Atlas (needs the atlas extra)")
     p.add_argument("run", help="run id, or a sweep's parent id (its best cell is used)")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import atexit
 import logging
 import os
+import re
 import sys
 import threading
 import warnings
@@ -114,7 +115,52 @@ def config_error_line(exc: BaseException) -> str:
         reason = str(cause).strip().splitlines()[0].strip()
         if reason and reason not in " ".join(parts):
             parts.append(f"({reason})")
-    return "config error: " + " ".join(parts).replace(",  ", ", ").rstrip(",")
+    line = " ".join(parts).replace(",  ", ", ").rstrip(",")
+    missing = re.match(r"Could not override '([^']+)'\. To append to your config use \+\S+", line)
+    if missing:  # Hydra's "+key=..." would add a key the target does not take
+        line = _missing_key_line(missing.group(1), line)
+    elif "LexerNoViableAltException" in line or "mismatched input" in line or "token recognition error" in line:
+        line += (" (a value with ~, spaces, parentheses, = or commas must be quoted inside the override: "
+                 "'dataset.path=\"~/my data (1).npy\"')")
+    return "config error: " + line
+
+
+# Config groups whose options read a file the user names, for a path key the chosen option lacks.
+_FILE_DATASETS = "dataset=npy, parquet, csv, texts or tabular"
+
+
+def _missing_key_line(key: str, hydra_line: str) -> str:
+    """'clusterer.n_cluster is not a key of clusterer=kmeans (its keys: ...): did you mean ...?' from the
+    config composed without that override, or Hydra's own line when it cannot be composed."""
+    import difflib
+
+    if any(a.startswith(("--config-name", "-cn", "--config-dir", "-cd", "--config-path", "-cp")) for a in sys.argv[1:]):
+        return hydra_line  # composed from another config than conf/config.yaml
+    try:
+        from hydra.core.global_hydra import GlobalHydra
+        from hydra.types import RunMode
+        from omegaconf import DictConfig, OmegaConf
+
+        others = [a for a in sys.argv[1:] if not a.startswith("-") and a.partition("=")[0].lstrip("+~") != key]
+        composed = GlobalHydra.instance().config_loader().load_configuration(
+            config_name="config", overrides=others, run_mode=RunMode.RUN)
+        parent, _, leaf = key.rpartition(".")
+        node = OmegaConf.select(composed, parent) if parent else composed
+        if not isinstance(node, DictConfig):
+            return hydra_line
+        keys = [str(k) for k in node.keys() if not str(k).startswith("_") and (parent or k != "hydra")]
+        group = parent.split(".")[0]
+        choice = composed.hydra.runtime.choices.get(group) if parent and "." not in parent else None
+        where = f"{group}={choice}" if choice else (parent or "the config")
+        out = f"{key}: {where} has no key {leaf!r} (its keys: {', '.join(keys)})"
+        close = difflib.get_close_matches(leaf, keys, n=1)
+        if close:
+            return f"{out}: did you mean {parent + '.' if parent else ''}{close[0]}?"
+        if group == "dataset" and leaf.endswith("path"):
+            return f"{out}: to read your own file, choose the dataset's format first ({_FILE_DATASETS}), e.g. dataset=npy {key}=..."
+        return f"{out}; +{key}=... adds it only where the class takes such an argument"
+    except Exception:  # noqa: BLE001 - Hydra's own line is still right
+        return hydra_line
 
 
 def _is_option_line(line: str) -> bool:

@@ -112,6 +112,7 @@ def _say_a_grid_needs_multirun() -> None:
 
 def _run(cfg: DictConfig) -> float:
     in_sweep = _is_multirun()
+    stages.expand_home_paths(cfg)
     plan = SweepPlan.from_env() if in_sweep else None
     try:
         experiment_id = tracking.setup_tracking(cfg.mlflow.tracking_uri, cfg.mlflow.experiment_name)

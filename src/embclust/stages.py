@@ -95,6 +95,18 @@ def build_reducer(reducer_cfg: DictConfig | None):
     return reducer, options.get("max_points")
 
 
+def expand_home_paths(cfg: DictConfig) -> None:
+    """``~`` in the dataset's and the cache's paths means the home folder, as in a shell (Hydra
+    passes ``dataset.path="~/emb.npy"`` on as it is)."""
+    for section in ("dataset", "cache"):
+        node = cfg.get(section)
+        if not isinstance(node, DictConfig):
+            continue
+        for key, value in OmegaConf.to_container(node, resolve=False).items():  # interpolations stay
+            if isinstance(value, str) and (value == "~" or value.startswith("~/")):
+                node[key] = os.path.expanduser(value)
+
+
 def cache_dir(cfg: DictConfig, in_sweep: bool) -> Path | None:
     """Cache folder when caching is on (``cache.enabled``; null = only in sweeps), else None."""
     enabled = cfg.cache.enabled

@@ -21,7 +21,7 @@ import mlflow
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from embclust import signals, tracking
+from embclust import signals, stages, tracking
 from embclust.tracking.store import SWEEP_OWNER_TAG, store_lock
 from embclust.errors import ConfigError, EmbclustError, first_line, user_error
 from embclust.sweep import compare
@@ -255,6 +255,7 @@ class MlflowSweepCallback(Callback):
         check_swept_options(swept, config)
         check_cells_compose(swept, config)
         task_cfg = OmegaConf.create({k: v for k, v in config.items() if k != "hydra"})
+        stages.expand_home_paths(task_cfg)
         # What every cell shares is checked once, before the store is touched: one error line
         # instead of one FAILED cell per grid point. Swept values are checked by their cells.
         validate.validate_config(task_cfg, skip=tuple(swept))

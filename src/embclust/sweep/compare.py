@@ -178,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--parent-run", default=None, help="rank the cells of this sweep (default: latest sweep)")
     parser.add_argument("--all", action="store_true", help="rank every run of the experiment, not one sweep")
     parser.add_argument("--top", type=int, default=20, help="rows to print")
-    parser.add_argument("--html", type=Path, default=None, help="also write the table as HTML to this file")
+    parser.add_argument("--html", type=lambda s: Path(s).expanduser(), default=None, help="also write the table as HTML to this file")
     args = parser.parse_args(argv)
     if args.top < 1:
         parser.error(f"--top={args.top}: the number of rows to print must be at least 1")
