@@ -330,3 +330,46 @@ def test_a_reading_command_at_a_store_that_is_not_there_creates_nothing(tmp_path
         f"error: no MLflow store at {tmp_path / 'nowhere' / 'mlflow.db'} ({uri}): pass --tracking-uri (or set "
         "MLFLOW_TRACKING_URI) for the store the runs were logged to"]
     assert not (tmp_path / "nowhere").exists()
+
+
+def test_a_full_temporary_folder_is_named_not_the_store(tmp_path, monkeypatch):
+    # A full TMPDIR failed the run with "the MLflow store cannot be written" (the write names no file).
+    import errno
+    import tempfile
+
+    from embclust.pipeline import failure_message
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+
+    def write_report(path):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    try:
+        write_report(tmp_path / "embclust-x" / "report.html")
+    except OSError as exc:
+        message, users = failure_message(exc)
+    assert users and message.startswith(f"the disk is full: cannot write {tmp_path}/embclust-x/report.html (the temporary "
+                                        "folder, TMPDIR")
+
+
+def test_a_compile_cache_on_a_full_disk_is_a_warning_not_a_failure(tmp_path, monkeypatch, caplog):
+    # pynndescent compiles into the cache as it is imported: ENOSPC there failed the whole run.
+    import errno
+    import importlib
+
+    from embclust import compiled
+
+    monkeypatch.setenv(compiled.CACHE_ENV, str(tmp_path / "numba"))
+    monkeypatch.setattr(compiled, "_enabled", None)
+    monkeypatch.setattr(compiled, "_warned", [])
+    real = importlib.import_module
+
+    def import_module(name, *args):
+        if name.startswith("pynndescent"):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(name, *args)
+
+    monkeypatch.setattr(importlib, "import_module", import_module)
+    with caplog.at_level("WARNING"):
+        assert compiled.enable_umap_cache() is False
+    assert "cannot be written (No space left on device): UMAP compiles in this process" in caplog.text

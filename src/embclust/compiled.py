@@ -91,6 +91,11 @@ def enable_umap_cache() -> bool:
                 module = importlib.import_module(name)
             except ImportError:
                 continue
+            except OSError as exc:  # pynndescent compiles (cache=True) as it is imported: a full disk here
+                log.warning("numba cache %s cannot be written (%s): UMAP compiles in this process", folder,
+                            exc.strerror or exc)
+                _warned.append(True)
+                return False  # the finally puts numba's own cache folder back; UMAP imports it from there
             for attr, obj in list(vars(module).items()):
                 if not isinstance(obj, CPUDispatcher):
                     continue

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import errno
 import math
+import os
 import tempfile
 import time
 import traceback
@@ -399,6 +401,9 @@ def failure_message(exc: BaseException) -> tuple[str, bool]:
     err = user_error(exc)
     if err is not None:
         return str(err), True
+    temporary = _temporary_folder_failure(exc)  # before the store's check, which takes every full disk as its own
+    if temporary is not None:
+        return temporary, True
     store = tracking.store_failure_message(exc, mlflow.get_tracking_uri())  # full disk, locked, server gone
     if store is not None:
         return store, True
@@ -413,10 +418,36 @@ def failure_message(exc: BaseException) -> tuple[str, bool]:
     while seen is not None and len(chain) < 20:
         chain.append(seen)
         seen = seen.__cause__ or seen.__context__
-    os_error = next((e for e in chain if isinstance(e, OSError) and getattr(e, "filename", None)), None)
-    if os_error is not None and str(os_error.filename).startswith(tempfile.gettempdir()):
-        return str(path_error(os_error, os_error.filename, "the temporary folder, TMPDIR")), True
     return f"{type(exc).__name__}: {exc}".replace("\n", " "), False
+
+
+def _temporary_folder_failure(exc: BaseException) -> str | None:
+    """The line for a write the run's temporary folder (``TMPDIR``) refused: the file the error names,
+    else, for a full disk, the file under that folder that the failing code was writing."""
+    chain, seen = [], exc
+    while seen is not None and len(chain) < 20:
+        chain.append(seen)
+        seen = seen.__cause__ or seen.__context__
+    folder = tempfile.gettempdir()
+    os_error = next((e for e in chain if isinstance(e, OSError) and getattr(e, "filename", None)), None)
+    if os_error is not None and str(os_error.filename).startswith(folder):
+        return str(path_error(os_error, os_error.filename, "the temporary folder, TMPDIR"))
+    full = next((e for e in chain if isinstance(e, OSError) and e.errno == errno.ENOSPC and not getattr(e, "filename", None)),
+                None)
+    if full is None:
+        return None
+    # The temporary folder is gone by now (and its space freed): the frames that failed say where
+    # they wrote, innermost first.
+    frames, tb = [], full.__traceback__
+    while tb is not None:
+        frames.append(tb.tb_frame)
+        tb = tb.tb_next
+    written = next((os.fspath(v) for frame in reversed(frames) for v in list(frame.f_locals.values())
+                    if isinstance(v, (str, os.PathLike)) and os.fspath(v).startswith(folder + os.sep)), None)
+    if written is None:
+        return None
+    return (f"the disk is full: cannot write {written} (the temporary folder, TMPDIR, where a run's artifacts are "
+            "made before they are logged): free some space there, or set TMPDIR to a folder on a larger disk")
 
 
 def record_failure(exc: BaseException, timer: stages.StageTimer, run_id: str, prefix: str) -> str:
