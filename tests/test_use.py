@@ -375,3 +375,25 @@ def test_compare_names_a_metric_no_run_logged_and_shows_runs_that_all_failed(tra
         mlflow.log_metric("silhouette", 0.5)
     code, out, err = _embclust(capsys, "compare", "--all", "--metric", "silhuette", "--tracking-uri", tracking_uri)
     assert code == 1 and out == "" and "--metric='silhuette' is not logged by these runs (rank by one of: silhouette" in err
+
+
+def test_a_store_that_cannot_be_read_is_not_said_to_lack_the_run(tracking_uri, monkeypatch):
+    # A locked or damaged store made assign and export say "no run '<id>'" for a run that exists.
+    import sqlalchemy.exc
+    from mlflow.exceptions import MlflowException
+
+    from embclust.errors import ConfigError, EmbclustError
+    from embclust.use import runs
+
+    mlflow.set_tracking_uri(tracking_uri)
+    mlflow.set_experiment("embclust")
+    with pytest.raises(ConfigError, match="no run 'f00' at "):
+        runs.get_run("f00")
+
+    def damaged(run_id):
+        raise MlflowException(str(sqlalchemy.exc.DatabaseError("SELECT", {}, Exception("database disk image is malformed"))))
+
+    monkeypatch.setattr(mlflow, "get_run", damaged)
+    with pytest.raises(EmbclustError, match="cannot be read: .*database disk image is malformed") as raised:
+        runs.get_run("f00")
+    assert not isinstance(raised.value, ConfigError) and "no run" not in str(raised.value)

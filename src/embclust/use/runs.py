@@ -14,7 +14,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from embclust.data.dataset import Dataset, validate_dataset
-from embclust.errors import ConfigError, DataError, EmbclustError
+from embclust.errors import ConfigError, DataError, EmbclustError, first_line
 
 log = logging.getLogger(__name__)
 
@@ -29,12 +29,28 @@ def get_run(run_id: str, what: str = ""):
     ``what`` says how the user came to this run (", the best cell of sweep ...") in the errors."""
     try:
         run = mlflow.get_run(run_id)
-    except Exception:  # noqa: BLE001 - MLflow raises several types for unknown or malformed ids
-        raise ConfigError(f"no run {run_id!r}{what} at {mlflow.get_tracking_uri()} (set --tracking-uri or MLFLOW_TRACKING_URI)") from None
+    except Exception as exc:  # noqa: BLE001 - MLflow raises several types for unknown or malformed ids
+        uri = mlflow.get_tracking_uri()
+        if not _says_no_such_run(exc):  # a store that is locked, damaged or gone: not "no run"
+            from embclust.tracking.store import store_failure_message
+
+            said = store_failure_message(exc, uri) or f"the MLflow store {uri} cannot be read: {first_line(exc)}"
+            raise EmbclustError(said) from None
+        raise ConfigError(f"no run {run_id!r}{what} at {uri} (set --tracking-uri or MLFLOW_TRACKING_URI)") from None
     if run.info.lifecycle_stage == "deleted":  # in the store's trash: not a run to build on unawares
         raise ConfigError(f"run {run_id}{what} is deleted: restore it first (mlflow runs restore --run-id {run_id}, "
                           "or in the MLflow UI) or pass another run")
     return run
+
+
+def _says_no_such_run(exc: BaseException) -> bool:
+    """Whether MLflow's error means the id names no run (unknown or malformed), not a store it cannot read."""
+    from mlflow.exceptions import MlflowException
+
+    code = getattr(exc, "error_code", "")
+    if isinstance(exc, MlflowException) and code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND"):
+        return True
+    return "not found" in str(exc).lower() or "does not exist" in str(exc).lower()
 
 
 def _unfinished(run) -> str:
