@@ -397,3 +397,25 @@ def test_a_store_that_cannot_be_read_is_not_said_to_lack_the_run(tracking_uri, m
     with pytest.raises(EmbclustError, match="cannot be read: .*database disk image is malformed") as raised:
         runs.get_run("f00")
     assert not isinstance(raised.value, ConfigError) and "no run" not in str(raised.value)
+
+
+def test_damaged_artifacts_of_a_finished_run_are_one_line_each(tracking_uri, tmp_path, capsys):
+    # A truncated labels.parquet, a garbled config.yaml or a cut model file gave pyarrow's, YAML's or zipfile's traceback.
+    mlflow.set_tracking_uri(tracking_uri)
+    mlflow.set_experiment("embclust")
+    (tmp_path / "labels.parquet").write_bytes(b"PAR1" + b"\0" * 400)
+    with mlflow.start_run(tags={"sweep_role": "parent"}) as parent:
+        pass
+    with mlflow.start_run(tags={"mlflow.parentRunId": parent.info.run_id, "sweep_cell": "clusterer.n_clusters=3"}) as cell:
+        mlflow.log_artifact(str(tmp_path / "labels.parquet"))
+        mlflow.log_text("dataset: [\n", "config.yaml")
+    mlflow.MlflowClient().set_tag(parent.info.run_id, "best_run_id", cell.info.run_id)
+    capsys.readouterr()
+    damaged = f"error: run {cell.info.run_id}: its artifact {{}} is damaged and cannot be read ("
+    for command, artifact in ((["export", parent.info.run_id, "--output", tmp_path / "s.csv"], "labels.parquet"),
+                              (["atlas", cell.info.run_id, "--no-browser"], "labels.parquet"),
+                              (["search", cell.info.run_id, "query"], "config.yaml")):
+        code, out, err = _embclust(capsys, *command, "--tracking-uri", tracking_uri)
+        assert code == 1 and "Traceback" not in err, err
+        assert err.startswith(damaged.format(artifact)), err
+    assert not (tmp_path / "s.csv").exists()

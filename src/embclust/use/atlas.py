@@ -24,7 +24,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import pyarrow.parquet as pq
 
 from embclust.errors import ConfigError, DataError
 from embclust.use import runs
@@ -75,8 +74,8 @@ def load_map(run_id: str) -> tuple[object, pd.DataFrame]:
         status = run.info.status
         why = "" if status == "FINISHED" else f" (it is {status}: labels.parquet is logged when a run finishes)"
         raise DataError(f"run {rid} has no labels.parquet{why}: pass the id of a finished embclust run")
-    path = runs.download(run, "labels.parquet")
-    names = pq.read_schema(path).names
+    logged = runs.load_labels(run)  # one line, not pyarrow's traceback, where the file is damaged
+    names = logged.schema.names
     missing = [c for c in ("id", "cluster") if c not in names]
     if missing:
         raise DataError(f"labels.parquet of run {rid} has no column {', '.join(missing)}: it is not an embclust labels table")
@@ -88,7 +87,7 @@ def load_map(run_id: str) -> tuple[object, pd.DataFrame]:
             else "re-run it with reducer=pca or reducer=umap"
         )
         raise DataError(f"run {rid} has no 2-D map (labels.parquet has no x / y): {hint}")
-    table = pq.read_table(path, columns=[c for c in COLUMNS if c in names])
+    table = logged.select([c for c in COLUMNS if c in names])
     df = table.to_pandas()
     placed = np.isfinite(df["x"].to_numpy(dtype=np.float64)) & np.isfinite(df["y"].to_numpy(dtype=np.float64))
     if not placed.any():

@@ -92,16 +92,32 @@ def has_artifact(run, artifact: str) -> bool:
     return artifact in {a.path for a in mlflow.MlflowClient().list_artifacts(run.info.run_id, parent)}
 
 
+def _damaged(run, artifact: str, exc: BaseException) -> DataError:
+    """One line for an artifact of ``run`` that no longer reads (truncated, overwritten)."""
+    return DataError(f"run {run.info.run_id}: its artifact {artifact} is damaged and cannot be read ({first_line(exc)}): "
+                     "re-run it with the same config (python run.py ...), or pass another run")
+
+
 def load_config(run) -> DictConfig:
     """The run's resolved config (artifact ``config.yaml``)."""
-    return OmegaConf.load(download(run, "config.yaml"))
+    path = download(run, "config.yaml")
+    try:
+        cfg = OmegaConf.load(path)
+    except Exception as exc:  # noqa: BLE001 - YAML's and OmegaConf's errors alike
+        raise _damaged(run, "config.yaml", exc) from None
+    if not isinstance(cfg, DictConfig):
+        raise _damaged(run, "config.yaml", ValueError("not a mapping of config keys"))
+    return cfg
 
 
 def load_labels(run, columns: list[str] | None = None) -> pa.Table:
     """The run's ``labels.parquet`` (id, cluster, and x, y, label when logged)."""
     path = download(run, "labels.parquet")
-    available = pq.read_schema(path).names
-    return pq.read_table(path, columns=[c for c in columns if c in available] if columns else None)
+    try:
+        available = pq.read_schema(path).names
+        return pq.read_table(path, columns=[c for c in columns if c in available] if columns else None)
+    except (pa.ArrowException, OSError) as exc:
+        raise _damaged(run, "labels.parquet", exc) from None
 
 
 def load_model(run):
@@ -125,6 +141,8 @@ def load_model(run):
             else "re-run it with python run.py to log one"
         )
         raise DataError(f"run {run.info.run_id} has no model: {hint}") from None
+    except Exception as exc:  # noqa: BLE001 - a model file cut short or overwritten (zip, pickle, skops errors)
+        raise _damaged(run, "model", exc) from None
 
 
 def load_dataset(cfg: DictConfig, path: str | None = None, validate: bool = True) -> Dataset:
