@@ -227,6 +227,23 @@ def test_an_interrupt_during_start_up_is_not_lost(tmp_path, tracking_uri, multir
     assert not [r for r in runs if r.info.status in ("RUNNING", "FINISHED")]
 
 
+@pytest.mark.parametrize(("sig", "code"), [(signal.SIGTERM, 143), (signal.SIGHUP, 129)])
+def test_a_terminate_or_hangup_during_start_up_says_so(tmp_path, tracking_uri, sig, code):
+    # Before any run exists the process ended at once with status 143 and nothing on stderr.
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    cmd = [sys.executable, str(RUN_PY), "reducer=none", f"mlflow.tracking_uri={tracking_uri}",
+           f"hydra.run.dir={tmp_path / 'out'}"]
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=_as_from_a_terminal)
+    time.sleep(0.5)
+    proc.send_signal(sig)
+    _, stderr = proc.communicate(timeout=180)
+    assert proc.returncode == code, stderr[-2000:]
+    assert stderr.strip().splitlines()[-1] == f"stopped by {signal.Signals(sig).name} while starting: no run was made"
+    mlflow.set_tracking_uri(tracking_uri)
+    assert mlflow.search_runs(search_all_experiments=True, output_format="list") == []
+
+
 def test_a_stop_while_the_run_is_set_up_ends_it_killed(tmp_path, tracking_uri, monkeypatch):
     # The signal lands after the run exists and before its pipeline starts (validation, params).
     from embclust import validate

@@ -10,6 +10,7 @@ between them alike.
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import sys
 import threading
@@ -135,6 +136,20 @@ def catch_early_interrupt() -> None:
     ("Exception ignored in ... _get_module_lock") and the run went on to finish with status 0."""
     if _main() and signal.getsignal(signal.SIGINT) in (signal.SIG_IGN, signal.default_int_handler):
         signal.signal(signal.SIGINT, _note_early)
+    if _main():
+        for signum in HANDLED:
+            if signum != signal.SIGINT and signal.getsignal(signum) is signal.SIG_DFL:
+                signal.signal(signum, _exit_early)
+
+
+def _exit_early(signum, frame):  # noqa: ARG001
+    """SIGTERM or SIGHUP before a run exists (imports, the store, a sweep's data): nothing to close, so
+    end at once, as the default action would, but with a line that says why."""
+    os.write(2, f"stopped by {signal.Signals(signum).name} while starting: no run was made\n".encode())
+    os._exit(128 + signum)
+
+
+_exit_early.embclust_early = True
 
 
 def take_early_stop() -> Stopped | None:
@@ -163,8 +178,8 @@ def stop_on_signals():
             raise early
         yield
     finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+        for sig, handler in previous.items():  # once a run existed, "while starting" no longer holds
+            signal.signal(sig, signal.SIG_DFL if handler is _exit_early else handler)
 
 
 @contextmanager
