@@ -322,15 +322,47 @@ def test_an_output_interrupted_midway_leaves_the_earlier_file_whole_and_no_part(
     assert [p.name for p in tmp_path.iterdir()] == [out.name]
 
 
-def test_ctrl_c_in_a_command_is_one_line_and_status_130(monkeypatch, capsys):
+def test_ctrl_c_in_a_command_is_one_line_and_status_130(monkeypatch, capsys, tracking_uri):
     from embclust.use import export
+
+    mlflow.set_tracking_uri(tracking_uri)
+    mlflow.set_experiment("embclust")  # a store to read, so the command gets as far as the export
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking_uri)
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
+    capsys.readouterr()  # MLflow's lines creating the store
     monkeypatch.setattr(export, "export_sweep", interrupted)
     code, out, err = _embclust(capsys, "export", "abc", "--output", "x.csv")
     assert code == 130 and out == "" and err.strip().splitlines() == ["interrupted: nothing was written"]
+
+
+@pytest.mark.parametrize(("sig", "code"), [("SIGTERM", 143), ("SIGINT", 130)])
+def test_a_stop_signal_in_a_command_is_one_line_and_its_status_even_with_sigint_ignored(monkeypatch, capsys, sig, code,
+                                                                                       tracking_uri):
+    # SIGINT ignored at start (a script's background job) let assign run on to the end; SIGTERM left its part file.
+    import signal
+    import time
+
+    from embclust.use import export
+
+    def stopped(*args, **kwargs):
+        os.kill(os.getpid(), getattr(signal, sig))
+        time.sleep(5)
+        raise AssertionError("not stopped")
+
+    mlflow.set_tracking_uri(tracking_uri)
+    mlflow.set_experiment("embclust")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking_uri)
+    capsys.readouterr()
+    monkeypatch.setattr(export, "export_sweep", stopped)
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        got, out, err = _embclust(capsys, "export", "abc", "--output", "x.csv")
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert got == code and out == "" and err.strip().splitlines() == [f"stopped by {sig}: nothing was written"]
 
 
 @pytest.mark.parametrize("command", [["export", "abc", "--output", "x.csv"], ["assign", "abc", "--input", "x.npy", "--output", "y.csv"],

@@ -49,13 +49,20 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Run one subcommand; user errors print one line on stderr and return 1."""
+    from embclust import signals
     from embclust.console import with_closed_pipe_quiet
 
     try:
-        return with_closed_pipe_quiet(_main)(argv)
+        # SIGTERM and SIGHUP stop a command as Ctrl-C does (its output's part file removed), and
+        # SIGINT does so also where it started ignored (a script's background job).
+        with signals.stop_on_signals():
+            return with_closed_pipe_quiet(_main)(argv)
     except KeyboardInterrupt:  # Ctrl-C: one line and the shell's status, no traceback
         print("interrupted: nothing was written", file=sys.stderr)
         return 130
+    except signals.Stopped as stopped:
+        print(f"{stopped}: nothing was written", file=sys.stderr)
+        return stopped.exit_code
 
 
 def _main(argv: list[str] | None = None) -> int:
