@@ -384,3 +384,14 @@ def test_a_named_grid_without_multirun_says_it_ran_one_run(run_cli):
     assert len(res.runs()) == 1
     plain = run_cli("reducer=none", "analysis.explain.enabled=false")
     assert "run only with -m" not in plain.stderr
+
+
+def test_swept_pca_sizes_above_the_data_s_columns_stop_the_sweep_before_its_parent_run(run_cli):
+    # +sweep=pca_x_k on the 64-column digits failed 14 of its 24 cells, each with the same line.
+    res = run_cli("-m", "+sweep=pca_x_k", "reducer=none")
+    assert res.returncode == 1
+    (line,) = res.stderr.strip().splitlines()[-1:]
+    assert ("sweep: no cell was run: preprocess.pca_components=80,100,120,140,160,180,200 exceed min(n_samples, "
+            "n_features)=64 of dataset 'digits' (1797 x 64)") in line
+    assert "preprocess.pca_components=5,10,20,40,60 here" in line
+    assert res.runs() == []

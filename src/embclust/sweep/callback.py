@@ -469,12 +469,31 @@ def _load_shared_dataset(task_cfg: DictConfig, config: DictConfig, swept: dict) 
     if not _dataset_is_shared(swept) or (not basic and cache_dir is None):
         return {}
     ds, hit = stages.load_dataset(task_cfg, cache_dir)
+    _check_pca_sizes_fit(swept, ds)
     tags = {"data_fingerprint": ds.fingerprint, "data_n_samples": str(ds.n_samples), "data_n_features": str(ds.n_features)}
     if hit is not None:
         tags["data_cache"] = "hit" if hit else "miss"
     if not basic:
         shared.forget_dataset()
     return tags
+
+
+def _check_pca_sizes_fit(swept: dict, ds) -> None:
+    """Swept PCA sizes above what the shared data allows fail every such cell: one line first instead."""
+    from embclust.sweep.plan import PCA_KEY
+
+    most = min(ds.n_samples, ds.n_features)
+    sizes = [v for v in (swept.get(PCA_KEY) or []) if isinstance(v, int) and not isinstance(v, bool)]
+    over = [v for v in sizes if v > most]
+    if over:
+        fit = [v for v in sizes if v <= most]
+        hint = (f"sweep sizes up to {most} ({PCA_KEY}={','.join(str(v) for v in fit)} here)" if fit
+                else f"sweep sizes up to {most}")
+        raise ConfigError(
+            f"{PCA_KEY}={','.join(str(v) for v in over)} exceed{'s' if len(over) == 1 else ''} min(n_samples, n_features)="
+            f"{most} of dataset '{ds.name}' ({ds.n_samples} x {ds.n_features}), so those cells would fail: {hint}, "
+            "or use data with more columns"
+        )
 
 
 def _end_failed(client, parent_run_id: str, exc: BaseException, tracking_uri: str) -> None:
