@@ -4,6 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from conftest import REPO
 from embclust.data import make_synthetic
 
 FAST = ("reducer=pca", "analysis.explain.enabled=false")
@@ -151,3 +152,24 @@ def test_text_recipe_applies_to_hdbscan_only():
     general = _compose("clusterer=hdbscan")
     assert (general.clusterer.min_cluster_size, general.clusterer.min_samples) == (15, 5)
     assert _compose("+experiment=rag_documents", "clusterer=hdbscan", "clusterer.min_cluster_size=5").clusterer.min_cluster_size == 5
+
+
+EXPERIMENTS = sorted(p.stem for p in (REPO / "conf" / "experiment").glob("*.yaml"))
+CLUSTERERS = sorted(p.stem for p in (REPO / "conf" / "clusterer").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("name", EXPERIMENTS)
+def test_every_experiment_takes_every_clusterer(name):
+    # fashion_queries set clusterer.init / n_init and user_segments min_cluster_size for every
+    # clusterer: clusterer=agglomerative failed with "unexpected keyword argument 'init'".
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    for clusterer in CLUSTERERS:
+        cfg = _compose(f"+experiment={name}", f"clusterer={clusterer}", "dataset.path=x")
+        node = OmegaConf.to_container(cfg.clusterer, resolve=True)
+        assert instantiate(node).get_params() is not None, (name, clusterer)
+    kmeans = _compose(f"+experiment={name}", "clusterer=kmeans", "dataset.path=x").clusterer
+    assert kmeans.n_init == (50 if name == "fashion_queries" else 10)
+    hdbscan = _compose(f"+experiment={name}", "clusterer=hdbscan", "dataset.path=x").clusterer
+    assert hdbscan.min_cluster_size == {"user_segments": 10, "rag_documents": 10}.get(name, 15)
