@@ -21,7 +21,7 @@ import mlflow
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from embclust import signals, stages, tracking
+from embclust import console, signals, stages, tracking
 from embclust.tracking.store import SWEEP_OWNER_TAG, store_lock
 from embclust.errors import ConfigError, EmbclustError, first_line, user_error
 from embclust.sweep import compare
@@ -229,6 +229,8 @@ class MlflowSweepCallback(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         signals.received = None  # a sweep starts unstopped, whatever ran before it in this process
         _let_optuna_end_with_no_finished_trial()
+        # The best cell is completed in this process, also where the cells ran in workers.
+        console.quiet_libraries(verbose=bool(config.hydra.get("verbose")))
         try:
             self._start(config)
         except tracking.TrackingServerUnreachable as exc:
