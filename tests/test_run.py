@@ -216,6 +216,21 @@ def test_drill_down_reclusters_one_cluster_of_an_earlier_run(run_cli, tmp_path):
     assert child.data.tags["data_n_samples"] == str(size)
     bad = run_cli(*FAST, f"+drill.parent_run={parent.info.run_id}", "+drill.cluster=99")
     assert bad.returncode == 1 and "drill.cluster=99: 0 members" in bad.stderr
+    # without drill.cluster: Hydra's ConfigAttributeError, not a line saying what to add
+    unsaid = run_cli(*FAST, f"+drill.parent_run={parent.info.run_id}")
+    assert unsaid.returncode == 1 and "drill.cluster=None: give the cluster of run" in unsaid.stderr
+    assert "ConfigAttributeError" not in unsaid.stderr
+
+
+def test_drill_down_from_a_sweep_reclusters_a_cluster_of_its_best_cell(run_cli):
+    # A sweep's id (as assign, search and export take) failed downloading the parent's labels.parquet.
+    sweep = run_cli("-m", *FAST, "analysis.explain.enabled=false", "clusterer.n_clusters=4,6")
+    assert sweep.returncode == 0, sweep.stderr[-2000:]
+    (parent,) = [r for r in sweep.runs() if r.data.tags.get("sweep_role") == "parent"]
+    res = run_cli(*FAST, "analysis.explain.enabled=false", f"+drill.parent_run={parent.info.run_id}", "+drill.cluster=1",
+                  "clusterer.n_clusters=2")
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert f"of run {parent.info.run_id}" in res.stderr
 
 
 @pytest.fixture

@@ -67,11 +67,17 @@ class CellOutcome:
     failure: str | None = None
 
 
-def select_drill_cluster(ds: data.Dataset, parent_run_id: str, cluster_id: int) -> data.Dataset:
-    """Members of cluster ``cluster_id`` of an earlier run on the same data (drill-down)."""
+def select_drill_cluster(ds: data.Dataset, parent_run_id: str, cluster_id: int | None) -> data.Dataset:
+    """Members of cluster ``cluster_id`` of an earlier run on the same data (drill-down); a sweep's
+    parent id means its best cell, as in the ``embclust`` commands."""
+    from embclust.use import runs
+
+    if cluster_id is None or isinstance(cluster_id, bool) or not isinstance(cluster_id, int):
+        raise ConfigError(f"drill.cluster={cluster_id!r}: give the cluster of run {parent_run_id} to cluster again, "
+                          "e.g. +drill.cluster=3 (its ids are the cluster column of its labels.parquet)")
     try:
-        parent = mlflow.get_run(str(parent_run_id))
-    except Exception:  # noqa: BLE001 - MLflow raises several types for unknown ids
+        parent = runs.resolve_run(str(parent_run_id))
+    except ConfigError:
         raise ConfigError(f"drill.parent_run={parent_run_id}: no such run at {mlflow.get_tracking_uri()}") from None
     if parent.data.tags.get("data_fingerprint") != ds.fingerprint:
         raise ConfigError(
@@ -79,8 +85,7 @@ def select_drill_cluster(ds: data.Dataset, parent_run_id: str, cluster_id: int) 
             f"{parent.data.tags.get('data_fingerprint')}, this dataset {ds.fingerprint}): "
             "pass the same dataset overrides as that run (see its config.yaml)"
         )
-    path = mlflow.artifacts.download_artifacts(run_id=parent.info.run_id, artifact_path="labels.parquet")
-    parent_labels = pq.read_table(path, columns=["cluster"])["cluster"].to_numpy()
+    parent_labels = runs.load_labels(parent, ["cluster"])["cluster"].to_numpy()
     rows = np.flatnonzero(parent_labels == int(cluster_id))
     if rows.size < 2:
         available = ", ".join(str(c) for c in np.unique(parent_labels))
@@ -191,7 +196,7 @@ def execute(
             mlflow.set_tag("data_cache", "hit" if hit else "miss")
         drill = cfg.get("drill")
         if drill:
-            ds = select_drill_cluster(ds, drill.parent_run, drill.cluster)
+            ds = select_drill_cluster(ds, drill.get("parent_run"), drill.get("cluster"))
             mlflow.set_tags({"drill_parent_run": str(drill.parent_run), "drill_cluster": str(drill.cluster)})
     with timer("validate"):
         cfg.preprocess.normalize = preprocess.choose_normalize(cfg.preprocess.normalize, ds.n_features, ds.from_tabular, ds.X)
