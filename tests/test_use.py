@@ -199,6 +199,13 @@ def test_export_sweep_has_one_column_per_finished_cell(run_cli, planted_csv, tra
     assert table["x"].tolist() == pytest.approx(best["x"].tolist())
     for column in ("clusterer=kmeans", "clusterer=agglomerative"):
         assert table[column].nunique() == 4
+    # A single run's id was refused as "not a sweep": it exports that run's own table.
+    first = run_cli(*FAST[1:], *CSV, f"dataset.path={planted_csv}", "clusterer.n_clusters=4", "reducer=pca")
+    (single,) = [r for r in first.runs() if r.info.run_id not in {x.info.run_id for x in runs}]
+    code, out, _ = _embclust(capsys, "export", single.info.run_id, "--output", tmp_path / "one.parquet",
+                             "--tracking-uri", tracking_uri)
+    assert code == 0 and out.startswith(f"wrote {tmp_path / 'one.parquet'}: 200 rows (id, cluster, x, y")
+    assert pd.read_parquet(tmp_path / "one.parquet")["cluster"].tolist() == _labels(single.info.run_id)["cluster"].tolist()
     # On a sweep id, assign uses the best cell's model.
     code, out, _ = _embclust(capsys, "assign", parent.info.run_id, "--input", planted_csv, "--output", tmp_path / "a.csv", "--tracking-uri", tracking_uri)
     assert code == 0 and "assigned 200 rows" in out

@@ -33,8 +33,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--top-k", type=int, default=10, help="documents to return (default 10)")
     p.add_argument("--probe", type=int, default=3, help="nearest clusters to search in (default 3)")
 
-    p = sub.add_parser("export", parents=[common], help="one table of a sweep: a cluster column per cell")
-    p.add_argument("sweep", help="the sweep's parent run id")
+    p = sub.add_parser("export", parents=[common], help="one table of a sweep (a cluster column per cell) or of a run")
+    p.add_argument("sweep", help="the sweep's parent run id, or a single run's id (its id, cluster, x, y, label)")
     p.add_argument("--output", required=True, type=os.path.expanduser, help="output table, .parquet or .csv")
 
     p = sub.add_parser("atlas", parents=[common], help="browse a run's map in Embedding Atlas (needs the atlas extra)")
@@ -108,8 +108,11 @@ def _main(argv: list[str] | None = None) -> int:
             from embclust.use.export import export_sweep
 
             table = export_sweep(args.sweep, args.output)
-            cells = [c for c in table.column_names if c not in ("id", "label", "x", "y")]
-            print(f"wrote {args.output}: {table.num_rows} rows, {len(cells)} cell columns ({', '.join(cells)})")
+            if "cluster" in table.column_names:  # a single run's own table
+                print(f"wrote {args.output}: {table.num_rows} rows ({', '.join(table.column_names)})")
+            else:
+                cells = [c for c in table.column_names if c not in ("id", "label", "x", "y")]
+                print(f"wrote {args.output}: {table.num_rows} rows, {len(cells)} cell columns ({', '.join(cells)})")
         elif args.command == "atlas":
             from embclust.use import atlas
 

@@ -1,4 +1,4 @@
-"""One table of a sweep: a row per item, a column of cluster labels per finished cell, the best map."""
+"""One table of a sweep (a row per item, a column of cluster labels per finished cell, the best map), or of a single run."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from embclust.errors import ConfigError, DataError
+from embclust.errors import DataError
 from embclust.use import runs
 from embclust.use.assign import check_output, write_table
 
@@ -19,7 +19,7 @@ PARENT_TAG = "mlflow.parentRunId"
 
 
 def sweep_parent(run_id: str):
-    """The sweep's parent run for a parent id (or for one of its cells' ids)."""
+    """The sweep's parent run for a parent id (or for one of its cells' ids); None for a single run."""
     run = runs.get_run(run_id)
     if runs.is_sweep_parent(run):
         return run
@@ -27,10 +27,16 @@ def sweep_parent(run_id: str):
     if parent:
         log.info("run %s is a cell of sweep %s: exporting the sweep", run_id, parent)
         return runs.get_run(parent)
-    raise ConfigError(
-        f"run {run_id} is not a sweep (no tag sweep_role=parent): export takes the parent run id of a "
-        "python run.py -m sweep (embclust compare prints the latest one)"
-    )
+    return None
+
+
+def export_run(run_id: str, output: str) -> pa.Table:
+    """Write a single run's table: id, cluster, and its x / y, label and text where logged."""
+    out_path = check_output(output)
+    table = runs.load_labels(runs.get_run(run_id))
+    write_table(table, out_path)
+    log.info("run %s: %d rows (%s) written to %s", run_id, table.num_rows, ", ".join(table.column_names), out_path)
+    return table
 
 
 def finished_cells(parent) -> list:
@@ -74,9 +80,12 @@ def _align(base_ids: np.ndarray, table: pa.Table, cell: str) -> np.ndarray:
 
 
 def export_sweep(run_id: str, output: str) -> pa.Table:
-    """Write one table for sweep ``run_id``: id, label, the best cell's x / y, one column per cell."""
+    """Write one table for sweep ``run_id``: id, label, the best cell's x / y, one column per cell (for a
+    single run, its own table: :func:`export_run`)."""
     out_path = check_output(output)
     parent = sweep_parent(run_id)
+    if parent is None:  # a single run: its own item -> cluster table
+        return export_run(run_id, output)
     cells = finished_cells(parent)
     if not cells:
         raise DataError(f"sweep {parent.info.run_id} has no finished cells to export")
