@@ -237,16 +237,19 @@ def test_search_finds_a_planted_near_copy_first(run_cli, tracking_uri, tmp_path,
     ]
     docs.append(("planted", "The telescope showed a comet passing the moon at the edge of the galaxy."))
     pd.DataFrame(docs, columns=["doc", "text"]).to_csv(tmp_path / "docs.csv", index=False)
-    res = run_cli(*FAST, "dataset=texts", f"dataset.path={tmp_path / 'docs.csv'}", "dataset.id_column=doc",
+    # a path relative to where the run was started, searched from another folder ("file not found: docs.csv")
+    res = run_cli(*FAST, "dataset=texts", "dataset.path=docs.csv", "dataset.id_column=doc",
                   "clusterer.n_clusters=3", "analysis.explain.enabled=false", "analysis.keywords.enabled=false")
     assert res.returncode == 0, res.stderr[-2000:]
     (run,) = res.runs()
     assert 0 < run.data.metrics["routing_recall_at_10_probe3"] <= 1
     env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri}
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
     proc = subprocess.run(
         [sys.executable, "-m", "embclust.cli", "search", run.info.run_id,
          "A telescope showed the comet passing near the moon at the galaxy's edge.", "--top-k", "3", "--probe", "1"],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240,
+        cwd=elsewhere, env=env, capture_output=True, text=True, timeout=240,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     lines = proc.stdout.strip().splitlines()

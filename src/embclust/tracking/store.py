@@ -541,6 +541,8 @@ def reproducibility_tags(data_fingerprint: str, overrides: list[str], code_dir: 
     tags = {
         "data_fingerprint": data_fingerprint,
         "hydra_overrides": " ".join(overrides) if overrides else "(none)",
+        # relative data paths are read from here (embclust search reads the run's own file again)
+        "working_dir": os.getcwd(),
     }
     tags.update(git_state(code_dir))
     tags.update({f"version.{pkg}": ver for pkg, ver in package_versions().items()})

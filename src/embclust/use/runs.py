@@ -145,6 +145,21 @@ def load_model(run):
         raise _damaged(run, "model", exc) from None
 
 
+def as_run_read_them(run, cfg: DictConfig) -> DictConfig:
+    """``cfg`` with relative file paths of its dataset made absolute from the run's working folder
+    (tag ``working_dir``), where the file is there and not under the current folder."""
+    base = run.data.tags.get("working_dir")
+    if not base:
+        return cfg
+    cfg = cfg.copy()
+    for key in ("path", *_COMPANION_FILES):
+        value = cfg.dataset.get(key)
+        if isinstance(value, str) and value and not Path(value).is_absolute() and not Path(value).exists() \
+                and (Path(base) / value).exists():
+            cfg.dataset[key] = str(Path(base) / value)
+    return cfg
+
+
 def load_dataset(cfg: DictConfig, path: str | None = None, validate: bool = True) -> Dataset:
     """Instantiate the run's ``dataset`` config, reading ``path`` instead of the run's file when given.
 

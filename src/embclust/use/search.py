@@ -33,7 +33,7 @@ def search(run_id: str, query: str, top: int = 10, probe: int = 3) -> pd.DataFra
     from embclust.data.text import embed_texts
 
     labels = runs.load_labels(run, ["id", "cluster"])
-    ds = runs.load_dataset(cfg)
+    ds = runs.load_dataset(runs.as_run_read_them(run, cfg))  # relative paths from where the run was started
     rows = runs.align_to_labels(ds, labels)
     cluster = labels["cluster"].to_numpy()
     index = RoutingIndex.build(ds.X[rows], cluster)
