@@ -140,3 +140,24 @@ def test_skops_module_lookup_names_every_ufunc_as_skops_own_does():
         assert whichmodule(scipy.special.gamma, "lazy_gamma") == lazy.__name__
     finally:
         del sys.modules[lazy.__name__]
+
+
+@pytest.mark.slow  # on a new machine the search index's code is compiled (about a minute)
+def test_a_model_with_umap_says_it_prepares_the_search_index_and_transforms_after_loading(store, caplog):
+    # The first save of a UMAP on a machine waited about a minute in silence (its search index is
+    # compiled); the search function pickling compiled only to drop it is not built for the save.
+    pytest.importorskip("umap")
+    ds = make_synthetic(n_samples=300, n_features=24, n_clusters=4, seed=3)
+    pre = build_preprocessing("l2", None, seed=0, umap_components=3)
+    pre.named_steps["umap"].set_params(force_approximation_algorithm=True)  # NNDescent, as above 4,096 rows
+    Xp = fit_preprocessing(pre, ds.X)
+    clusterer = KMeans(4, n_init=2, random_state=0)
+    labels = fit_clusterer(clusterer, Xp)
+    model = build_model(pre, clusterer)
+    index = pre.named_steps["umap"]._knn_search_index
+    with caplog.at_level("INFO"):
+        fmt, run = _log(model, ds.X, labels)
+    assert fmt == "cloudpickle" and "model: preparing UMAP's search index" in caplog.text
+    assert not hasattr(index, "_search_function")  # no stand-in left behind in this process
+    loaded = mlflow.sklearn.load_model(f"runs:/{run.info.run_id}/model")
+    np.testing.assert_allclose(loaded[:-1].transform(ds.X[:20]), model[:-1].transform(ds.X[:20]), atol=1e-4)

@@ -252,6 +252,22 @@ def _no_requirement_scan() -> Iterator[None]:
         environment.warn_dependency_requirement_mismatches = original
 
 
+def _say_search_index_is_prepared(model: Pipeline):
+    """Saving a UMAP builds its neighbour search index for ``transform``, whose numba code is compiled
+    the first time on a machine (about 40 s on 2 cores, then cached): say so before the wait. Its
+    search function, which pickling compiles only to drop it, is stood in for; the index is returned so
+    the stand-in is removed after the save (a later query in this process builds the real one)."""
+    for _, step in model.steps:
+        index = getattr(step, "_knn_search_index", None)
+        if index is not None and not hasattr(index, "_search_graph"):
+            log.info("model: preparing UMAP's search index for embclust assign (its code is compiled the first "
+                     "time on a machine, about a minute; cached after)")
+            if not hasattr(index, "_search_function"):  # built only to be dropped from the saved state
+                index._search_function = None
+                return index
+    return None
+
+
 def log_model(pipeline: Pipeline, X_example: np.ndarray, labels_example: np.ndarray) -> str:
     """Log ``pipeline`` as the active run's model ``model``; return the format used.
 
@@ -269,6 +285,9 @@ def log_model(pipeline: Pipeline, X_example: np.ndarray, labels_example: np.ndar
     if trusted is None:
         tags["model_format_reason"] = why[:500]
         log.info("model saved with cloudpickle, not skops: %s", why)
+        stand_in = _say_search_index_is_prepared(model)
+    else:
+        stand_in = None
     signature = infer_signature(np.asarray(X_example), np.asarray(labels_example))
     mlflow_log = logging.getLogger("mlflow.sklearn")
     level = mlflow_log.level
@@ -286,5 +305,7 @@ def log_model(pipeline: Pipeline, X_example: np.ndarray, labels_example: np.ndar
             )
     finally:
         mlflow_log.setLevel(level)
+        if stand_in is not None and getattr(stand_in, "_search_function", 0) is None:
+            del stand_in._search_function
     mlflow.set_tags(tags)
     return fmt
