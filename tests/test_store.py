@@ -4,6 +4,7 @@ import os
 import socket
 import subprocess
 import sys
+from pathlib import Path
 
 import mlflow
 import pytest
@@ -290,3 +291,27 @@ def test_errors_are_reported_by_their_first_line_or_their_type():
     assert first_line(RuntimeError("disk gone\n  at line 3")) == "disk gone"
     assert first_line(MlflowException("RESOURCE_DOES_NOT_EXIST\nmore")) == "RESOURCE_DOES_NOT_EXIST"
     assert first_line(OSError()) == "OSError"  # an empty message: its type, not an IndexError in the handler
+
+
+def test_a_full_disk_while_copying_the_empty_store_is_said_as_a_full_disk(tmp_path, monkeypatch):
+    # The part copy was left and migrated: "database disk image is malformed ... move the file away".
+    import errno
+    import shutil
+
+    from embclust.tracking import store
+
+    template = tmp_path / "template.db"
+    template.write_bytes(b"x" * 100)
+    target = tmp_path / ".mlflow.db.new-1"
+
+    def copy_part(src, dst):
+        Path(dst).write_bytes(b"x" * 10)
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(shutil, "copyfile", copy_part)
+    with pytest.raises(OSError) as raised:
+        store._copy_schema_template(template, target)
+    assert raised.value.errno == errno.ENOSPC and raised.value.filename == str(target)
+    assert not target.exists()
+    message = store.store_failure_message(raised.value, f"sqlite:///{tmp_path / 'mlflow.db'}")
+    assert message.startswith(f"the disk is full: cannot write {target}")

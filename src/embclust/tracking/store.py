@@ -347,7 +347,10 @@ def _copy_schema_template(template: Path, target: Path) -> bool:
         return False
     try:
         shutil.copyfile(template, target)
-    except OSError:
+    except OSError as exc:
+        target.unlink(missing_ok=True)  # a part copy would be taken for a damaged store
+        if exc.errno == errno.ENOSPC:  # migrating instead would fail the same way, and less clearly
+            raise OSError(errno.ENOSPC, "No space left on device", str(target)) from None
         return False
     if _schema_is_whole(target):
         return True
