@@ -1,6 +1,7 @@
 import json
 import logging
 import os
+import shutil
 import threading
 
 import joblib
@@ -143,6 +144,8 @@ def test_cached_pipeline_is_rebuilt_from_arrays_and_transforms_like_the_fitted_o
         lambda e: _flip_byte(e / "Xp.npy"),  # one flipped byte, same size
         lambda e: (e / "manifest.json").unlink(),  # never finished writing
         lambda e: (e / "pipeline.json").unlink(),  # a file missing
+        # a file where the entry's folder belongs: "cache.dir cannot be written", a part folder left each run
+        lambda e: (shutil.rmtree(e), e.write_bytes(b"not a folder")),
     ],
 )
 def test_damaged_preprocessing_entry_is_rebuilt_with_a_warning(tmp_path, caplog, damage):
@@ -158,8 +161,10 @@ def test_damaged_preprocessing_entry_is_rebuilt_with_a_warning(tmp_path, caplog,
     np.testing.assert_array_equal(Xp, Xp2)
     (record,) = [r for r in caplog.records if r.levelno == logging.WARNING]
     assert f"cache entry {entry}" in record.getMessage() and "rebuilding it" in record.getMessage()
-    # The rebuilt entry is used as is next time.
+    # The rebuilt entry is used as is next time, and nothing is left beside it.
     assert cached_preprocessing("fp", {"pca_components": 4}, tmp_path, _fit_counter(X, fits))[2] and fits == [4, 4]
+    assert sorted(p.name for p in entry.parent.iterdir() if p.name.startswith(entry.name)) == [entry.name,
+                                                                                               entry.name + ".lock"]
 
 
 def _flip_byte(path):

@@ -111,7 +111,7 @@ def _write_manifest(folder: Path) -> None:
 def entry_problem(entry: Path) -> str | None:
     """Why ``entry`` cannot be used (missing, no manifest, a file missing or changed), or None."""
     if not entry.is_dir():
-        return "missing"
+        return "damaged (a file, not a cache folder)" if entry.exists() or entry.is_symlink() else "missing"
     try:
         files = json.loads((entry / MANIFEST).read_text())["files"]
     except FileNotFoundError:
@@ -146,7 +146,11 @@ def _get_or_create(entry: Path, create: Callable[[Path], None]) -> tuple[Path, b
                 _discard(entry)
             _remove_leftovers(entry)
             tmp = _make(entry, create, _TMP)
-            os.rename(tmp, entry)
+            try:
+                os.rename(tmp, entry)
+            except OSError:
+                shutil.rmtree(tmp, ignore_errors=True)  # not left beside the entry run after run
+                raise
             return entry, False
     except HeldByStoppedProcess as exc:
         log.warning("%s: computing it in this process, without the cache", exc)
