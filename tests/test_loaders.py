@@ -363,3 +363,13 @@ def test_a_csv_vector_column_written_as_text_is_read_as_vectors(tmp_path):
     bad.to_csv(tmp_path / "empty.csv", index=False)
     with pytest.raises(DataError, match=r"empty.csv: vector column 'vec' is empty \(null\) in 1 of 30 rows \(first ids: 3\)"):
         load_table(str(tmp_path / "empty.csv"), vector_column="vec")
+
+
+@pytest.mark.parametrize("key", ["labels_path", "ids_path"])
+def test_a_companion_file_of_another_length_names_both_files(tmp_path, emb, key):
+    # "dataset 'npy': labels has 100 entries but the matrix has 200 rows" named neither file nor key.
+    np.save(tmp_path / "e.npy", emb)
+    np.save(tmp_path / "short.npy", np.arange(emb.shape[0] - 1))
+    with pytest.raises(DataError, match=rf"short.npy \(dataset.{key}\) has {emb.shape[0] - 1} entries but .*e.npy "
+                                        rf"\(dataset.path\) has {emb.shape[0]} rows"):
+        load_npy(str(tmp_path / "e.npy"), **{key: str(tmp_path / "short.npy")})

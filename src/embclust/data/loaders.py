@@ -130,6 +130,10 @@ def load_npy(
         raise DataError(f"{path}: features must be real numbers (integer or float), got dtype {X.dtype}")
     ids = _check_ids(_load_array(ids_path, "dataset.ids_path"), ids_path) if ids_path else np.arange(X.shape[0])
     labels = _load_array(labels_path, "dataset.labels_path") if labels_path else None
+    for what, given, arr in (("dataset.ids_path", ids_path, ids), ("dataset.labels_path", labels_path, labels)):
+        if given and arr is not None and len(arr) != X.shape[0]:  # named here, where the files are known
+            raise DataError(f"{given} ({what}) has {len(arr)} entries but {path} (dataset.path) has {X.shape[0]} rows: "
+                            "give the file written with these embeddings, row for row")
     label_names = _load_names(label_names_path) if label_names_path else None
     if labels is not None:
         labels = _check_labels(labels, labels_path, label_names, label_names_path, ids)
