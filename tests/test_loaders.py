@@ -164,8 +164,12 @@ def test_table_vector_column_and_ragged_rows(tmp_path, emb):
 def test_table_errors_name_the_problem(tmp_path, emb):
     path = tmp_path / "e.parquet"
     pq.write_table(_frame(emb), path)
-    with pytest.raises(DataError, match=r"no feature columns match prefix 'feature_'; columns: article_id, cat, bert_0"):
+    # a numbered run of columns is one entry, so the columns after it show (they were cut off at 20)
+    with pytest.raises(DataError, match=r"no feature columns match prefix 'feature_'; columns: article_id, cat, "
+                                        r"bert_0\.\.bert_5 \(6 columns\), desc$"):
         load_table(str(path), feature_prefix="feature_")
+    with pytest.raises(DataError, match=r"column 'descr' \(dataset.text_column\) not found \(did you mean 'desc'\?\)"):
+        load_table(str(path), feature_prefix="bert_", text_column="descr")
     with pytest.raises(DataError, match="feature column 'cat' is not numeric"):
         load_table(str(path), feature_columns=["bert_0", "cat"])
     with pytest.raises(DataError, match="column 'label' \\(dataset.label_column\\) not found"):

@@ -437,13 +437,38 @@ def _say_negative_labels(labels: np.ndarray, n_missing: int, where: str) -> None
 
 
 def column_list(schema: dict, most: int = 20) -> str:
-    """The table's first ``most`` column names, for error messages."""
-    return ", ".join(list(schema)[:most]) + (" ..." if len(schema) > most else "")
+    """The table's column names for error messages, numbered runs shortened (``bert_0..bert_767
+    (768 columns)``) so the other columns show too; at most ``most`` entries."""
+    import re
+
+    entries: list[str] = []
+    run: list[str] = []
+    run_prefix = None
+
+    def close() -> None:
+        if len(run) >= 3:
+            entries.append(f"{run[0]}..{run[-1]} ({len(run)} columns)")
+        else:
+            entries.extend(run)
+
+    for name in schema:
+        numbered = re.fullmatch(r"(.*?)(\d+)", str(name))
+        prefix = numbered.group(1) if numbered else None
+        if prefix is None or prefix != run_prefix:
+            close()
+            run, run_prefix = [], prefix
+        run.append(str(name))
+    close()
+    return ", ".join(entries[:most]) + (" ..." if len(entries) > most else "")
 
 
 def require_column(schema: dict, column: str | None, key: str, p: Path) -> None:
     if column is not None and column not in schema:
-        raise DataError(f"{p}: column {column!r} ({key}) not found; columns: {column_list(schema)}")
+        import difflib
+
+        close = difflib.get_close_matches(str(column), [str(c) for c in schema], n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise DataError(f"{p}: column {column!r} ({key}) not found{hint}; columns: {column_list(schema)}")
 
 
 def _select_features(
