@@ -54,6 +54,8 @@ def test_agglomerative_cut_by_distance_takes_n_clusters_null():
         ("reducer.max_points", "all", "reducer.max_points='all' must be null or an integer >= 2"),
         ("analysis.maps.max_points", 0, "analysis.maps.max_points=0 must be null or an integer >= 1"),
         ("dataset.path", "???", "dataset.path is required: pass dataset.path=FILE"),
+        # =VALUE led to 'numeric_columns=a,b', which Hydra reads as a sweep
+        ("dataset.numeric_columns", "???", "dataset.numeric_columns is required: pass 'dataset.numeric_columns=[a,b]'"),
         ("sweep.metric", "accuracy", "sweep.metric='accuracy' is not allowed (allowed: silhouette, calinski_harabasz"),
         ("backend", "gpu", "backend='gpu' is not allowed (allowed: cpu, torch, auto)"),
         ("sweep.resume", "maybe", "sweep.resume='maybe' is not allowed: must be true or false"),

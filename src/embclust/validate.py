@@ -149,6 +149,8 @@ def _value(cfg: DictConfig, key: str) -> Any:
 def _missing_message(key: str) -> str:
     if key.endswith("path"):
         return f"{key} is required: pass {key}=FILE"
+    if key.endswith("_columns"):  # a list: Hydra reads a=x,y as a sweep or an error, not as a list
+        return f"{key} is required: pass '{key}=[a,b]' (the column names, quoted for the shell)"
     return f"{key} is required: pass {key}=VALUE"
 
 
