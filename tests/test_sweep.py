@@ -152,13 +152,18 @@ def test_what_every_cell_shares_is_checked_before_the_first_cell(run_cli, overri
     assert res.runs() == []
 
 
-def test_a_range_to_search_under_the_grid_sweeper_is_one_line_before_any_run(run_cli):
-    # Hydra's traceback came after the parent run was made, which was then left KILLED.
-    res = run_cli("-m", "reducer=none", "clusterer.n_clusters=int(interval(3,5))")
+@pytest.mark.parametrize(("grid", "said"), [
+    # Hydra's traceback came after the parent run was made, which was then left KILLED
+    ("clusterer.n_clusters=int(interval(3,5))", "clusterer.n_clusters is given as a range to search"),
+    # an empty range made a parent run holding no cell
+    ("clusterer.n_clusters=range(5,3)", "clusterer.n_clusters is swept over no value, so the grid has no cell"),
+])
+def test_a_grid_the_grid_sweeper_cannot_run_is_one_line_before_any_run(run_cli, grid, said):
+    res = run_cli("-m", "reducer=none", grid)
     assert res.returncode == 1 and "Traceback" not in res.stderr
     (line,) = res.stderr.strip().splitlines()[-1:]
-    assert "sweep: no cell was run: clusterer.n_clusters is given as a range to search" in line
-    assert "hydra/sweeper=optuna" in line
+    assert "sweep: no cell was run: " + said in line
+    assert "hydra/sweeper=optuna" in line or "range" in grid
     assert res.runs() == []
 
 

@@ -114,6 +114,9 @@ def _check_sweeper_takes(swept: dict[str, list | None], config: DictConfig) -> N
             return
     except Exception:  # noqa: BLE001 - a sweeper that cannot be imported says so itself
         return
+    empty = [key for key, values in swept.items() if values == []]
+    if empty:  # range(5,3), or a glob that matches no option: the parent would hold no cell
+        raise ConfigError(f"{empty[0]} is swept over no value, so the grid has no cell: give it at least one value")
     unlisted = [key for key, values in swept.items() if values is None]
     if unlisted:
         raise ConfigError(
