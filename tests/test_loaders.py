@@ -211,7 +211,7 @@ def test_tabular_encodes_categories(tmp_path):
     np.testing.assert_array_equal(ds.X, [[20, 1.5, 1, 0], [30, 2.0, 0, 1], [40, 0.5, 1, 0]])
     ordinal = load_tabular(str(tmp_path / "u.csv"), numeric_columns=["age"], categorical_columns=["plan"], encoding="ordinal")
     assert ordinal.X[:, 1].tolist() == [0, 1, 0]
-    with pytest.raises(DataError, match="numeric column 'plan' is not numeric"):
+    with pytest.raises(DataError, match="numeric column 'plan' is not numeric .*: list it in dataset.categorical_columns"):
         load_tabular(str(tmp_path / "u.csv"), numeric_columns=["plan"])
     with pytest.raises(ConfigError, match="encoding='hash' is not allowed"):
         load_tabular(str(tmp_path / "u.csv"), numeric_columns=["age"], encoding="hash")
@@ -377,3 +377,13 @@ def test_a_companion_file_of_another_length_names_both_files(tmp_path, emb, key)
     with pytest.raises(DataError, match=rf"short.npy \(dataset.{key}\) has {emb.shape[0] - 1} entries but .*e.npy "
                                         rf"\(dataset.path\) has {emb.shape[0]} rows"):
         load_npy(str(tmp_path / "e.npy"), **{key: str(tmp_path / "short.npy")})
+
+
+def test_an_id_like_categorical_column_is_warned_about(tmp_path, caplog):
+    # categorical_columns=[account_id] made 200 one-hot columns the clusters followed, without a word.
+    rows = "\n".join(f"u{i},{i % 7},{'free' if i % 2 else 'pro'}" for i in range(200))
+    (tmp_path / "u.csv").write_text("user,age,plan\n" + rows + "\n")
+    with caplog.at_level("WARNING"):
+        load_tabular(str(tmp_path / "u.csv"), numeric_columns=["age"], categorical_columns=["user", "plan"])
+    assert "categorical column 'user' has 200 distinct values in 200 rows, like an id: it becomes 200 one-hot" in caplog.text
+    assert "'plan'" not in caplog.text

@@ -650,7 +650,8 @@ def load_tabular(
         require_column(schema, col, "dataset.numeric_columns/categorical_columns", p)
     for col in numeric_columns:
         if not _is_numeric(schema[col]):
-            raise DataError(f"{p}: numeric column {col!r} is not numeric (type {schema[col]})")
+            raise DataError(f"{p}: numeric column {col!r} is not numeric (type {schema[col]}): list it in "
+                            "dataset.categorical_columns instead (a yes/no or text column is a category)")
     extra = [c for c in (id_column, label_column) if c]
     as_text = () if label_column in categorical_columns else label_text_column(label_column, id_column)
     table, numeric = read_columns(p, schema, list(dict.fromkeys(extra + categorical_columns)), list(numeric_columns), as_text)
@@ -658,6 +659,12 @@ def load_tabular(
     names = list(numeric_columns)
     if categorical_columns:
         cats = np.column_stack([as_strings(table[c]) for c in categorical_columns])
+        for j, col in enumerate(categorical_columns):
+            distinct = np.unique(cats[:, j]).size
+            if distinct > 50 and distinct > cats.shape[0] // 2:  # a feature per value: the clusters follow it
+                log.warning("%s: categorical column %r has %d distinct values in %d rows, like an id: it becomes %s; "
+                            "leave it out of dataset.categorical_columns (or make it dataset.id_column)", p, col, distinct,
+                            cats.shape[0], f"{distinct} one-hot columns" if encoding == "onehot" else "arbitrary codes")
         if encoding == "onehot":
             enc = OneHotEncoder(sparse_output=False, dtype=np.float32, handle_unknown="ignore").fit(cats)
         else:
