@@ -129,3 +129,23 @@ def test_a_sweep_of_kmeans_against_hdbscan_is_ranked_in_the_shared_reference_spa
     assert parent.data.tags["sweep.rank_metric"] == "silhouette_ref"
     cells = {r.data.tags["umap_before_clustering"] for r in res.runs() if r.data.tags.get("sweep_role") != "parent"}
     assert cells == {"5", "none"}
+
+
+def test_umap_auto_on_too_few_rows_clusters_the_data_as_it_is(caplog):
+    # "preprocess.umap_components=5 needs at least 7 rows" blamed a value the user never set.
+    import numpy as np
+    from omegaconf import OmegaConf
+
+    from embclust.data.dataset import Dataset
+    from embclust.stages import resolve_umap_before_clustering
+
+    cfg = OmegaConf.create({"preprocess": {"umap_components": "auto", "pca_components": None},
+                            "clusterer": {"_target_": "hdbscan.HDBSCAN"}})
+    ds = Dataset(name="d", X=np.random.default_rng(0).normal(size=(6, 64)).astype(np.float32), ids=np.arange(6))
+    with caplog.at_level("INFO"):
+        assert resolve_umap_before_clustering(cfg, ds) is None
+    assert cfg.preprocess.umap_components is None
+    assert "6 rows are too few for UMAP to 5 dimensions; the data is clustered as it is" in caplog.text
+    ds = Dataset(name="d", X=np.random.default_rng(0).normal(size=(60, 64)).astype(np.float32), ids=np.arange(60))
+    cfg.preprocess.umap_components = "auto"
+    assert resolve_umap_before_clustering(cfg, ds) == 5

@@ -225,6 +225,10 @@ def resolve_umap_before_clustering(cfg: DictConfig, ds: data.Dataset) -> int | N
         value, cfg.clusterer.get("_target_"), int(min(int(clustered), ds.n_features)), ds.from_tabular
     )
     if value == "auto":
+        if resolved is not None and ds.n_samples < int(resolved) + 2:  # UMAP's spectral start needs n_components + 2 rows
+            log.info("preprocess.umap_components=auto: %d rows are too few for UMAP to %d dimensions; the data is "
+                     "clustered as it is", ds.n_samples, resolved)
+            resolved = message = None
         cfg.preprocess.umap_components = resolved
         if message:
             log.info(message)
