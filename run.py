@@ -20,5 +20,6 @@ if __name__ == "__main__":
     import sys
 
     console.check_hydra_output_dir(sys.argv[1:])
+    console.log_file_errors_once()
     console.one_line_config_errors()
     console.exit_without_teardown(main)

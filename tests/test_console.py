@@ -111,3 +111,35 @@ def test_a_long_stage_says_it_is_still_running(caplog, monkeypatch):
         time.sleep(0.2)  # and stops saying so once the stage is over
     still = [r.getMessage() for r in caplog.records if "still running" in r.getMessage()]
     assert 3 <= len(still) <= 7 and all(m.startswith("map: still running") for m in still)
+
+
+def test_a_log_file_that_cannot_be_written_is_said_once(tmp_path, monkeypatch, capsys):
+    # A full disk under hydra.run.dir printed Python's "--- Logging error ---" traceback for every line.
+    import errno
+    import logging
+
+    from embclust import console
+
+    monkeypatch.setattr(logging.FileHandler, "handleError", logging.FileHandler.handleError)  # restored after
+    console.log_file_errors_once()
+    handler = logging.FileHandler(tmp_path / "run.log")
+
+    class Full:
+        def write(self, text):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        def flush(self):
+            pass
+
+    handler.stream = Full()
+    logger = logging.getLogger("embclust.test_full_log")
+    logger.addHandler(handler)
+    logger.propagate = False
+    try:
+        for _ in range(3):
+            logger.warning("a line")
+    finally:
+        logger.removeHandler(handler)
+    err = capsys.readouterr().err
+    assert err == (f"cannot write the log file {tmp_path / 'run.log'} (No space left on device): the run goes on, "
+                   "logging to the console only\n")

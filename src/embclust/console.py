@@ -231,6 +231,28 @@ def hydra_output_dir(argv: list[str]) -> tuple[Path, str] | None:
     return Path(value), key
 
 
+# What Hydra writes into a run's folder before the run (.hydra/config.yaml, hydra.yaml, overrides.yaml)
+# is about 12 KB; the probe asks for room for that and the start of the log.
+_HYDRA_FILES_BYTES = 64 * 1024
+
+
+def log_file_errors_once() -> None:
+    """A log file that cannot be written (its disk full) is said once on stderr, not as Python's
+    "--- Logging error ---" traceback for every line; the run goes on, logging to the console."""
+    import logging
+
+    def handle_error(self, record):  # noqa: ARG001
+        if getattr(self, "_embclust_said", False):
+            return
+        self._embclust_said = True
+        exc = sys.exc_info()[1]
+        reason = getattr(exc, "strerror", None) or exc
+        sys.stderr.write(f"cannot write the log file {getattr(self, 'baseFilename', '?')} ({reason}): the run goes on, "
+                         "logging to the console only\n")
+
+    logging.FileHandler.handleError = handle_error
+
+
 def check_hydra_output_dir(argv: list[str]) -> None:
     """Exit with one line when Hydra could not write its run folder (read-only, full, a file on the way).
 
@@ -252,8 +274,9 @@ def check_hydra_output_dir(argv: list[str]) -> None:
         if not probe_in.is_dir():
             raise NotADirectoryError(20, "Not a directory", str(probe_in))
         with tempfile.NamedTemporaryFile(dir=probe_in, prefix=".embclust-probe-") as f:
-            f.write(b"\0" * 4096)
+            f.write(b"\0" * _HYDRA_FILES_BYTES)
             f.flush()
+            os.fsync(f.fileno())  # a full disk may refuse only when the data reaches it
     except OSError as exc:
         reason = os_error_reason(exc, folder / "x")
         if isinstance(exc, NotADirectoryError):
