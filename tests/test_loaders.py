@@ -387,3 +387,14 @@ def test_an_id_like_categorical_column_is_warned_about(tmp_path, caplog):
         load_tabular(str(tmp_path / "u.csv"), numeric_columns=["age"], categorical_columns=["user", "plan"])
     assert "categorical column 'user' has 200 distinct values in 200 rows, like an id: it becomes 200 one-hot" in caplog.text
     assert "'plan'" not in caplog.text
+
+
+def test_label_names_for_labels_that_are_names_already_are_said_unused(tmp_path, emb, caplog):
+    np.save(tmp_path / "e.npy", emb)
+    np.save(tmp_path / "y.npy", np.array(["cat", "dog"] * (emb.shape[0] // 2)))
+    (tmp_path / "names.txt").write_text("feline\ncanine\n")
+    with caplog.at_level("WARNING"):
+        ds = load_npy(str(tmp_path / "e.npy"), labels_path=str(tmp_path / "y.npy"),
+                      label_names_path=str(tmp_path / "names.txt"))
+    assert set(ds.labels) == {"cat", "dog"}
+    assert "names.txt (dataset.label_names_path) is not used: the labels in" in caplog.text

@@ -178,6 +178,9 @@ def _check_labels(labels: np.ndarray, path: str, names: list[str] | None, names_
             )
         if np.all(labels == np.round(labels)):
             labels = labels.astype(np.int64)
+    if names is not None and not np.issubdtype(labels.dtype, np.integer):
+        log.warning("%s (dataset.label_names_path) is not used: the labels in %s are already names, not integer "
+                    "codes", names_path, path)
     if names is not None and np.issubdtype(labels.dtype, np.integer) and labels.size:
         top = int(labels.max())
         if top >= len(names):
