@@ -461,3 +461,11 @@ def test_damaged_artifacts_of_a_finished_run_are_one_line_each(tracking_uri, tmp
         assert code == 1 and "Traceback" not in err, err
         assert err.startswith(damaged.format(artifact)), err
     assert not (tmp_path / "s.csv").exists()
+
+
+def test_centroids_of_a_run_that_found_no_cluster_say_what_to_change():
+    from embclust.errors import DataError
+    from embclust.use.retrieval import cluster_centroids
+
+    with pytest.raises(DataError, match=r"called every point noise, .*a smaller clusterer.min_cluster_size"):
+        cluster_centroids(np.zeros((5, 2), np.float32), np.full(5, -1))

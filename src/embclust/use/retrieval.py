@@ -45,7 +45,8 @@ def cluster_centroids(X: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np
     from embclust.explain.tables import cluster_centroids as centroids_by_blocks
 
     if not (labels != NOISE).any():
-        raise DataError("every point is noise: there are no clusters to compute centroids of")
+        raise DataError("the run called every point noise, so it has no cluster to assign to or search in: use a run "
+                        "that found clusters (for HDBSCAN, a smaller clusterer.min_cluster_size or min_samples)")
     clusters, centroids = centroids_by_blocks(X, labels)
     return clusters, centroids.astype(np.float32)
 
