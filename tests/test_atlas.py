@@ -268,3 +268,22 @@ def test_the_default_port_falls_back_to_a_free_one_when_taken(tmp_path, monkeypa
             assert server.port != atlas.DEFAULT_PORT
             with urllib.request.urlopen(server.url, timeout=30) as resp:
                 assert resp.status == 200 and b"<title>Embedding Atlas</title>" in resp.read()
+
+
+def test_a_stop_signal_ends_atlas_as_ctrl_c_does(caplog):
+    # The command turns SIGINT / SIGTERM into Stopped: atlas ended "stopped by SIGINT", status 130.
+    import signal
+
+    from embclust import signals
+    from embclust.use import atlas
+
+    stopped = []
+
+    class Server:
+        def wait(self):
+            stopped.append(True)
+            raise signals.Stopped(signal.SIGINT)
+
+    with caplog.at_level("INFO"):
+        atlas.serve(Server())
+    assert stopped and "stopped" in caplog.text

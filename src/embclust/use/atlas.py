@@ -155,11 +155,14 @@ class AtlasServer:
         return self
 
     def wait(self) -> None:
-        """Block until the server stops; Ctrl-C stops it and re-raises :class:`KeyboardInterrupt`."""
+        """Block until the server stops; Ctrl-C (or SIGTERM / SIGHUP, which the command turns into
+        :class:`embclust.signals.Stopped`) stops it and re-raises."""
+        from embclust.signals import Stopped
+
         try:
             while self._thread is not None and self._thread.is_alive():
                 self._thread.join(0.5)
-        except KeyboardInterrupt:
+        except (KeyboardInterrupt, Stopped):
             self.stop()
             raise
 
@@ -265,7 +268,9 @@ def open_atlas(
 
 def serve(server: AtlasServer) -> None:
     """Block until Ctrl-C, then stop ``server`` (the command's normal way out)."""
+    from embclust.signals import Stopped
+
     try:
         server.wait()
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, Stopped):  # its normal way out: status 0
         log.info("stopped")
