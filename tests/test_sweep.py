@@ -284,6 +284,9 @@ def test_compare_prints_the_leaderboard_of_the_latest_sweep(run_cli, tmp_path):
     assert default.stdout.splitlines()[0].endswith(f"ranked by {parent.data.tags['sweep.rank_metric']}")
     assert parent.data.tags["sweep.rank_metric"] == "silhouette_ref"
     assert parent.data.tags["best_run_id"] in default.stdout.splitlines()[2]
+    unknown = subprocess.run([sys.executable, "-m", "embclust.compare", "--tracking-uri", res.tracking_uri, "--parent-run",
+                              "bogus123"], capture_output=True, text=True, timeout=120)
+    assert unknown.returncode == 1 and "there is no run 'bogus123'" in unknown.stderr  # not MLflow's own "not found"
     assert sum(c.info.run_id in out.stdout for c in children) == 4
     assert "<table" in (tmp_path / "board.html").read_text()
     # a cell's id where the parent's belongs says which id to pass

@@ -194,6 +194,16 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
 
+def _rank_metric(parent_run_id: str) -> str | None:
+    """The metric the sweep ranked its cells by (tag ``sweep.rank_metric``), None where it is not known."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return mlflow.get_run(parent_run_id).data.tags.get("sweep.rank_metric")
+    except MlflowException:
+        return None
+
+
 def _compare(args: argparse.Namespace) -> int:
     from embclust.tracking.store import check_store_to_read, default_tracking_uri
 
@@ -203,7 +213,7 @@ def _compare(args: argparse.Namespace) -> int:
     parent = None if args.all else (args.parent_run or latest_sweep_parent(args.experiment))
     runs = fetch_runs(args.experiment, parent)
     if args.metric is None:  # rank as the sweep did, so the first row is the best cell it named
-        args.metric = (mlflow.get_run(parent).data.tags.get("sweep.rank_metric") if parent else None) or "silhouette"
+        args.metric = (_rank_metric(parent) if parent and not runs.empty else None) or "silhouette"
     swept = swept_params(runs) if not runs.empty else []
     table = leaderboard(runs, args.metric, swept)
     if table.empty:
