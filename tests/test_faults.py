@@ -351,6 +351,18 @@ def test_a_full_temporary_folder_is_named_not_the_store(tmp_path, monkeypatch):
     assert users and message.startswith(f"the disk is full: cannot write {tmp_path}/embclust-x/report.html (the temporary "
                                         "folder, TMPDIR")
 
+    def save_cache(path):  # a write elsewhere, from code that also holds an input file under the temp folder
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    def run(data_file, run_folder):
+        return save_cache(".cache/embclust/embeddings/x.npy")
+
+    try:
+        run(tmp_path / "docs.csv", tmp_path / "embclust-y")
+    except OSError as exc:
+        message, _ = failure_message(exc)
+    assert "docs.csv" not in message and "embclust-y" not in message and "TMPDIR" not in message
+
 
 def test_a_compile_cache_on_a_full_disk_is_a_warning_not_a_failure(tmp_path, monkeypatch, caplog):
     # pynndescent compiles into the cache as it is imported: ENOSPC there failed the whole run.

@@ -230,7 +230,13 @@ def test_drill_down_from_a_sweep_reclusters_a_cluster_of_its_best_cell(run_cli):
     res = run_cli(*FAST, "analysis.explain.enabled=false", f"+drill.parent_run={parent.info.run_id}", "+drill.cluster=1",
                   "clusterer.n_clusters=2")
     assert res.returncode == 0, res.stderr[-2000:]
-    assert f"of run {parent.info.run_id}" in res.stderr
+    best = parent.data.tags["best_run_id"]
+    child = next(r for r in res.runs() if r.data.tags.get("drill_cluster"))
+    # the tags say whose labels were drilled (the best cell), and from which sweep
+    assert child.data.tags["drill_parent_run"] == best and child.data.tags["drill_sweep"] == parent.info.run_id
+    mlflow.MlflowClient().delete_run(best)
+    deleted = run_cli(*FAST, f"+drill.parent_run={best}", "+drill.cluster=1")
+    assert deleted.returncode == 1 and f"drill.parent_run={best}: run {best} is deleted: restore it first" in deleted.stderr
 
 
 @pytest.fixture

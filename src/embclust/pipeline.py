@@ -67,9 +67,9 @@ class CellOutcome:
     failure: str | None = None
 
 
-def select_drill_cluster(ds: data.Dataset, parent_run_id: str, cluster_id: int | None) -> data.Dataset:
-    """Members of cluster ``cluster_id`` of an earlier run on the same data (drill-down); a sweep's
-    parent id means its best cell, as in the ``embclust`` commands."""
+def select_drill_cluster(ds: data.Dataset, parent_run_id: str, cluster_id: int | None) -> tuple[data.Dataset, str]:
+    """Members of cluster ``cluster_id`` of an earlier run on the same data (drill-down), and that run's
+    id: a sweep's parent id means its best cell, as in the ``embclust`` commands."""
     from embclust.use import runs
 
     if cluster_id is None or isinstance(cluster_id, bool) or not isinstance(cluster_id, int):
@@ -77,8 +77,12 @@ def select_drill_cluster(ds: data.Dataset, parent_run_id: str, cluster_id: int |
                           "e.g. +drill.cluster=3 (its ids are the cluster column of its labels.parquet)")
     try:
         parent = runs.resolve_run(str(parent_run_id))
-    except ConfigError:
-        raise ConfigError(f"drill.parent_run={parent_run_id}: no such run at {mlflow.get_tracking_uri()}") from None
+    except ConfigError as exc:  # no such run, a deleted one, a sweep without a best cell: said by runs
+        raise ConfigError(f"drill.parent_run={parent_run_id}: {exc}") from None
+    if parent.info.run_id != str(parent_run_id):  # a sweep: the tags record the run whose labels are used
+        log.info("drill-down: drill.parent_run=%s is a sweep; its best cell %s is drilled", parent_run_id, parent.info.run_id)
+        mlflow.set_tag("drill_sweep", str(parent_run_id))
+    parent_run_id = parent.info.run_id
     if parent.data.tags.get("data_fingerprint") != ds.fingerprint:
         raise ConfigError(
             f"drill.parent_run={parent_run_id} clustered other data (fingerprint "
@@ -91,7 +95,7 @@ def select_drill_cluster(ds: data.Dataset, parent_run_id: str, cluster_id: int |
         available = ", ".join(str(c) for c in np.unique(parent_labels))
         raise ConfigError(f"drill.cluster={cluster_id}: {rows.size} members in run {parent_run_id} (clusters: {available})")
     log.info("drill-down: %d members of cluster %s of run %s", rows.size, cluster_id, parent_run_id)
-    return data.take_rows(ds, rows)
+    return data.take_rows(ds, rows), parent_run_id
 
 
 
@@ -196,8 +200,8 @@ def execute(
             mlflow.set_tag("data_cache", "hit" if hit else "miss")
         drill = cfg.get("drill")
         if drill:
-            ds = select_drill_cluster(ds, drill.get("parent_run"), drill.get("cluster"))
-            mlflow.set_tags({"drill_parent_run": str(drill.parent_run), "drill_cluster": str(drill.cluster)})
+            ds, drilled_run = select_drill_cluster(ds, drill.get("parent_run"), drill.get("cluster"))
+            mlflow.set_tags({"drill_parent_run": drilled_run, "drill_cluster": str(drill.cluster)})
     with timer("validate"):
         cfg.preprocess.normalize = preprocess.choose_normalize(cfg.preprocess.normalize, ds.n_features, ds.from_tabular, ds.X)
         mlflow.set_tag("normalize", cfg.preprocess.normalize)
@@ -426,6 +430,10 @@ def failure_message(exc: BaseException) -> tuple[str, bool]:
     return f"{type(exc).__name__}: {exc}".replace("\n", " "), False
 
 
+# Frames, innermost first, searched for the file a write that names none was writing.
+_WRITING_FRAMES = 4
+
+
 def _temporary_folder_failure(exc: BaseException) -> str | None:
     """The line for a write the run's temporary folder (``TMPDIR``) refused: the file the error names,
     else, for a full disk, the file under that folder that the failing code was writing."""
@@ -447,8 +455,12 @@ def _temporary_folder_failure(exc: BaseException) -> str | None:
     while tb is not None:
         frames.append(tb.tb_frame)
         tb = tb.tb_next
-    written = next((os.fspath(v) for frame in reversed(frames) for v in list(frame.f_locals.values())
-                    if isinstance(v, (str, os.PathLike)) and os.fspath(v).startswith(folder + os.sep)), None)
+    # Only the frames nearest the failed write, and only a file in a run's own folder (embclust-*):
+    # outer frames hold other paths (the run's folder itself, an input file that is only read).
+    ours = os.path.join(folder, "embclust-")
+    written = next((os.fspath(v) for frame in reversed(frames[-_WRITING_FRAMES:]) for v in list(frame.f_locals.values())
+                    if isinstance(v, (str, os.PathLike)) and os.fspath(v).startswith(ours)
+                    and os.sep in os.fspath(v)[len(ours):]), None)
     if written is None:
         return None
     return (f"the disk is full: cannot write {written} (the temporary folder, TMPDIR, where a run's artifacts are "
