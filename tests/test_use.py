@@ -469,3 +469,18 @@ def test_centroids_of_a_run_that_found_no_cluster_say_what_to_change():
 
     with pytest.raises(DataError, match=r"called every point noise, .*a smaller clusterer.min_cluster_size"):
         cluster_centroids(np.zeros((5, 2), np.float32), np.full(5, -1))
+
+
+def test_an_input_archive_of_several_arrays_says_to_save_one_not_to_set_a_key(tmp_path):
+    # assign's --input cannot take dataset.key: the refusal told it to.
+    from omegaconf import OmegaConf
+
+    from embclust.errors import DataError
+    from embclust.use import runs
+
+    X = np.random.default_rng(0).normal(size=(20, 4)).astype(np.float32)
+    np.savez(tmp_path / "multi.npz", a=X, b=X)
+    cfg = OmegaConf.create({"dataset": {"_target_": "embclust.data.loaders.load_npy", "name": "npy", "path": "e.npy"}})
+    with pytest.raises(DataError, match=r"multi.npz \(--input\): the .npz archive holds 2 arrays \(a, b\): save the one to "
+                                        r"assign alone with numpy.save"):
+        runs.load_dataset(cfg, str(tmp_path / "multi.npz"))

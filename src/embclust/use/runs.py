@@ -146,16 +146,16 @@ def load_model(run):
 
 
 def as_run_read_them(run, cfg: DictConfig) -> DictConfig:
-    """``cfg`` with relative file paths of its dataset made absolute from the run's working folder
-    (tag ``working_dir``), where the file is there and not under the current folder."""
+    """``cfg`` with relative paths of its dataset (files, the embeddings cache) made absolute from the
+    run's working folder (tag ``working_dir``) where they are there: the files the run read, not
+    same-named ones under the current folder."""
     base = run.data.tags.get("working_dir")
     if not base:
         return cfg
     cfg = cfg.copy()
-    for key in ("path", *_COMPANION_FILES):
-        value = cfg.dataset.get(key)
-        if isinstance(value, str) and value and not Path(value).is_absolute() and not Path(value).exists() \
-                and (Path(base) / value).exists():
+    for key in ("path", *_COMPANION_FILES, "cache_dir"):
+        value = cfg.dataset.get(key) if key in cfg.dataset else None
+        if isinstance(value, str) and value and not Path(value).is_absolute() and (Path(base) / value).exists():
             cfg.dataset[key] = str(Path(base) / value)
     return cfg
 
@@ -190,8 +190,10 @@ def load_dataset(cfg: DictConfig, path: str | None = None, validate: bool = True
             cause = cause.__cause__ or cause.__context__
         if cause is not None:
             if path is not None and cause.args and isinstance(cause.args[0], str):
-                # the file is the command's --input, not the run's dataset.path
-                cause.args = (cause.args[0].replace("dataset.path", "--input"), *cause.args[1:])
+                # the file is the command's --input, not the run's dataset.path (nor a key it cannot set)
+                said = cause.args[0].replace("name the one to cluster with dataset.key=NAME",
+                                             "save the one to assign alone with numpy.save (a .npy)")
+                cause.args = (said.replace("dataset.path", "--input"), *cause.args[1:])
             raise cause from None
         raise
     if not validate:
