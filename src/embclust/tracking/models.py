@@ -285,10 +285,8 @@ def log_model(pipeline: Pipeline, X_example: np.ndarray, labels_example: np.ndar
     if trusted is None:
         tags["model_format_reason"] = why[:500]
         log.info("model saved with cloudpickle, not skops: %s", why)
-        stand_in = _say_search_index_is_prepared(model)
-    else:
-        stand_in = None
     signature = infer_signature(np.asarray(X_example), np.asarray(labels_example))
+    stand_in = _say_search_index_is_prepared(model) if trusted is None else None
     mlflow_log = logging.getLogger("mlflow.sklearn")
     level = mlflow_log.level
     # MLflow warns on every cloudpickle save; the line above already says why it is used.
