@@ -129,6 +129,14 @@ def config_error_line(exc: BaseException) -> str:
 _FILE_DATASETS = "dataset=npy, parquet, csv, texts or tabular"
 
 
+def _first_value(override: str) -> str:
+    """A sweep's override (``clusterer=kmeans,hdbscan``) as its first value, so one config can be composed."""
+    key, eq, value = override.partition("=")
+    if eq and "," in value and not value.startswith(("[", "{", "'", '"')) and "(" not in value:
+        return f"{key}={value.split(',', 1)[0]}"
+    return override
+
+
 def _missing_key_line(key: str, hydra_line: str) -> str:
     """'clusterer.n_cluster is not a key of clusterer=kmeans (its keys: ...): did you mean ...?' from the
     config composed without that override, or Hydra's own line when it cannot be composed."""
@@ -141,7 +149,7 @@ def _missing_key_line(key: str, hydra_line: str) -> str:
         from hydra.types import RunMode
         from omegaconf import DictConfig, OmegaConf
 
-        others = [a for a in sys.argv[1:] if not a.startswith("-") and a.partition("=")[0].lstrip("+~") != key]
+        others = [_first_value(a) for a in sys.argv[1:] if not a.startswith("-") and a.partition("=")[0].lstrip("+~") != key]
         composed = GlobalHydra.instance().config_loader().load_configuration(
             config_name="config", overrides=others, run_mode=RunMode.RUN)
         parent, _, leaf = key.rpartition(".")
@@ -153,12 +161,15 @@ def _missing_key_line(key: str, hydra_line: str) -> str:
         choice = composed.hydra.runtime.choices.get(group) if parent and "." not in parent else None
         where = f"{group}={choice}" if choice else (parent or "the config")
         out = f"{key}: {where} has no key {leaf!r} (its keys: {', '.join(keys)})"
-        close = difflib.get_close_matches(leaf, keys, n=1)
+        close = difflib.get_close_matches(leaf, keys, n=1, cutoff=0.8)
         if close:
             return f"{out}: did you mean {parent + '.' if parent else ''}{close[0]}?"
         if group == "dataset" and leaf.endswith("path"):
             return f"{out}: to read your own file, choose the dataset's format first ({_FILE_DATASETS}), e.g. dataset=npy {key}=..."
-        return f"{out}; +{key}=... adds it only where the class takes such an argument"
+        target = node.get("_target_") if parent else None
+        if target:
+            return f"{out}: use one of its keys (+{key}=... would pass it to {target}, which must take such an argument)"
+        return f"{out}: use one of its keys"
     except Exception:  # noqa: BLE001 - Hydra's own line is still right
         return hydra_line
 

@@ -474,7 +474,8 @@ def _load_shared_dataset(task_cfg: DictConfig, config: DictConfig, swept: dict) 
     if not _dataset_is_shared(swept) or (not basic and cache_dir is None):
         return {}
     ds, hit = stages.load_dataset(task_cfg, cache_dir)
-    _check_pca_sizes_fit(swept, ds)
+    if "n_trials" not in config.hydra.sweeper:  # a search records such a trial as failed and goes on
+        _check_pca_sizes_fit(swept, ds)
     tags = {"data_fingerprint": ds.fingerprint, "data_n_samples": str(ds.n_samples), "data_n_features": str(ds.n_features)}
     if hit is not None:
         tags["data_cache"] = "hit" if hit else "miss"

@@ -110,7 +110,7 @@ def _missing_key_message(key: str, cell: list[str], config: DictConfig) -> str:
         if isinstance(node, DictConfig):
             keys = [str(k) for k in node.keys() if not str(k).startswith("_")]
             has = f" (its keys: {', '.join(keys)})"
-            close = difflib.get_close_matches(leaf, keys, n=1)
+            close = difflib.get_close_matches(leaf, keys, n=1, cutoff=0.8)
             if close:
                 fix = f"did you mean {parent}.{close[0]}? Otherwise sweep a key it has"
     except Exception:  # noqa: BLE001 - the keys are a hint only
