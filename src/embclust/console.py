@@ -138,8 +138,8 @@ def _first_value(override: str) -> str:
 
 
 def _missing_key_line(key: str, hydra_line: str) -> str:
-    """'clusterer.n_cluster is not a key of clusterer=kmeans (its keys: ...): did you mean ...?' from the
-    config composed without that override, or Hydra's own line when it cannot be composed."""
+    """'clusterer.n_cluster: clusterer=kmeans has no key 'n_cluster' (its keys: ...): did you mean ...?' from
+    the config composed without that override, or Hydra's own line when it cannot be composed."""
     import difflib
 
     if any(a.startswith(("--config-name", "-cn", "--config-dir", "-cd", "--config-path", "-cp")) for a in sys.argv[1:]):

@@ -423,10 +423,6 @@ def failure_message(exc: BaseException) -> tuple[str, bool]:
         where = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("full_key:")), None)
         said = " ".join(line for line in lines if not line.startswith("full_key:")) or type(exc).__name__
         return said + (f"; check the keys under {where}" if where else ""), True
-    chain, seen = [], exc
-    while seen is not None and len(chain) < 20:
-        chain.append(seen)
-        seen = seen.__cause__ or seen.__context__
     return f"{type(exc).__name__}: {exc}".replace("\n", " "), False
 
 

@@ -33,6 +33,10 @@ def sweep_parent(run_id: str):
 def export_run(run_id: str, output: str) -> pa.Table:
     """Write a single run's table: id, cluster, and its x / y, label and text where logged."""
     out_path = check_output(output)
+    return _write_run_table(run_id, out_path)
+
+
+def _write_run_table(run_id: str, out_path) -> pa.Table:
     table = runs.load_labels(runs.get_run(run_id))
     write_table(table, out_path)
     log.info("run %s: %d rows (%s) written to %s", run_id, table.num_rows, ", ".join(table.column_names), out_path)
@@ -85,7 +89,7 @@ def export_sweep(run_id: str, output: str) -> pa.Table:
     out_path = check_output(output)
     parent = sweep_parent(run_id)
     if parent is None:  # a single run: its own item -> cluster table
-        return export_run(run_id, output)
+        return _write_run_table(run_id, out_path)
     cells = finished_cells(parent)
     if not cells:
         raise DataError(f"sweep {parent.info.run_id} has no finished cells to export")
