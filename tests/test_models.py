@@ -161,3 +161,19 @@ def test_a_model_with_umap_says_it_prepares_the_search_index_and_transforms_afte
     assert not hasattr(index, "_search_function")  # no stand-in left behind in this process
     loaded = mlflow.sklearn.load_model(f"runs:/{run.info.run_id}/model")
     np.testing.assert_allclose(loaded[:-1].transform(ds.X[:20]), model[:-1].transform(ds.X[:20]), atol=1e-4)
+
+
+def test_a_model_save_stopped_by_a_signal_leaves_the_model_failed_not_pending(store, monkeypatch):
+    from mlflow.entities import LoggedModelStatus
+
+    from embclust import signals
+
+    def stopped(*args, **kwargs):  # the stop arrives while the model's files are uploaded
+        raise signals.Stopped(15)
+
+    monkeypatch.setattr(mlflow.MlflowClient, "log_model_artifacts", stopped)
+    model, X, labels = _fitted(KMeans(4, n_init=2, random_state=0))
+    with pytest.raises(signals.Stopped):
+        _log(model, X, labels)
+    models = mlflow.search_logged_models(output_format="list")
+    assert [m.status for m in models] == [LoggedModelStatus.FAILED]

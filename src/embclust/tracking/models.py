@@ -268,6 +268,32 @@ def _say_search_index_is_prepared(model: Pipeline):
     return None
 
 
+@contextlib.contextmanager
+def _failed_if_interrupted():
+    """Mark the active run's model FAILED when a signal or Ctrl-C stops its save.
+
+    MLflow marks a logged model FAILED on an ``Exception`` only; a ``BaseException`` (a stop
+    signal, ``KeyboardInterrupt``) left it PENDING in the store for good.
+    """
+    try:
+        yield
+    except Exception:
+        raise
+    except BaseException:
+        try:
+            import mlflow
+            from mlflow.entities import LoggedModelStatus
+
+            run = mlflow.active_run()
+            model = mlflow.last_logged_model()
+            if (run is not None and model is not None and model.source_run_id == run.info.run_id
+                    and model.status == LoggedModelStatus.PENDING):
+                mlflow.MlflowClient().finalize_logged_model(model.model_id, LoggedModelStatus.FAILED)
+        except Exception:  # the store may be what failed; the stop is what to report
+            pass
+        raise
+
+
 def log_model(pipeline: Pipeline, X_example: np.ndarray, labels_example: np.ndarray) -> str:
     """Log ``pipeline`` as the active run's model ``model``; return the format used.
 
@@ -292,7 +318,7 @@ def log_model(pipeline: Pipeline, X_example: np.ndarray, labels_example: np.ndar
     # MLflow warns on every cloudpickle save; the line above already says why it is used.
     mlflow_log.setLevel(logging.ERROR)
     try:
-        with _no_requirement_scan():
+        with _no_requirement_scan(), _failed_if_interrupted():
             mlflow.sklearn.log_model(
                 model,
                 name="model",
