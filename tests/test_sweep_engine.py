@@ -39,6 +39,26 @@ def test_pca_fitted_at_the_largest_size_gives_each_smaller_size(solver):
     np.testing.assert_array_equal(back.X, got.X)
 
 
+@pytest.mark.parametrize("solver", ["covariance_eigh", "full", "auto"])
+def test_a_sliced_pca_projects_the_rows_bit_for_bit_as_the_same_size_fitted_alone(solver):
+    # A sweep cell's metrics must be the lone run's: the same projection to the last bit.
+    rng = np.random.default_rng(2)
+    X = (rng.normal(size=(5000, 64)) @ rng.normal(size=(64, 64))).astype(np.float32)
+    ds = Dataset(name="t", X=X, ids=np.arange(5000))
+    pre = {"_target_": "embclust.preprocess.build_preprocessing", "normalize": "l2", "pca_components": 10,
+           "svd_solver": solver, "seed": 0}
+    shared.clear()
+    cell = shared.features(pre, ds, cache_dir=None, max_pca_components=40)
+    shared.clear()
+    alone = shared.features(pre, ds, cache_dir=None)
+    assert (cell.how, alone.how) == ("sliced from PCA 40", "fitted")
+    np.testing.assert_array_equal(cell.preprocessing.named_steps["pca"].components_,
+                                  alone.preprocessing.named_steps["pca"].components_)
+    np.testing.assert_array_equal(cell.X, alone.X)
+    # the logged model's own transform gives the same rows as well
+    np.testing.assert_array_equal(alone.preprocessing.transform(X[:4096]), alone.X[:4096])
+
+
 def test_reference_space_scores_equal_scikit_learn():
     from sklearn import metrics as skm
 

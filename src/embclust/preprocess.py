@@ -240,7 +240,21 @@ def fit_preprocessing(pipeline: Pipeline, X: np.ndarray, fit_sample_size: int | 
             pipeline.fit(every_row(X))  # engine=ray's view: every row is the sample, gathered by one pass
         else:
             _fit_on_sample(pipeline, X, int(fit_sample_size), seed)
+    c_order_components(pipeline)
     return transform_by_blocks(pipeline, X, int(pipeline.transform(np.asarray(X[:1])).shape[1]))
+
+
+def c_order_components(pipeline: Pipeline) -> None:
+    """Hold a fitted PCA's components in C order, whatever its solver left.
+
+    The projection's float32 GEMM adds in an order that depends on the matrix's layout, and
+    scikit-learn leaves a slice of a wider array (its Fortran-ordered SVD or eigenvectors) whose
+    layout depends on the size fitted: a sweep cell whose PCA is the first components of a larger
+    fit would project its rows differently in the last bits from the same run alone.
+    """
+    pca = pipeline.named_steps.get("pca") if hasattr(pipeline, "named_steps") else None
+    if pca is not None and pca != "passthrough" and hasattr(pca, "components_"):
+        pca.components_ = np.ascontiguousarray(pca.components_)
 
 
 def _fit_umap_on_sample(pipeline: Pipeline, X: np.ndarray, fit_sample_size: int, seed: int) -> np.ndarray:

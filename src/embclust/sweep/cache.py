@@ -91,6 +91,9 @@ def _locked(entry: Path):
 
 
 MANIFEST = "manifest.json"
+# Part of a preprocessing entry's key: raised when what a fit stores changes (2: PCA components
+# held in C order), so an entry written before is not read as this version's result.
+PREPROCESS_FORMAT = 2
 _READ_CHUNK = 1 << 22
 
 
@@ -352,7 +355,7 @@ def cached_preprocessing(
         log.info("preprocessing with UMAP is not cached: fitted in this run")
         pipeline, Xp = fit()
         return pipeline, Xp, False
-    key = stable_hash({"data": data_fingerprint, "preprocess": preprocess_config})
+    key = stable_hash({"data": data_fingerprint, "preprocess": preprocess_config, "format": PREPROCESS_FORMAT})
     entry = Path(cache_dir) / "preprocess" / key
     fitted: list = []
 
