@@ -370,6 +370,8 @@ def test_other_clusterers_are_fitted_by_their_own_library(embeddings_pca):
     agg = fit(AgglomerativeClustering(4), X, implementation="sklearnex")
     assert agg.implementation == "scikit-learn"
     np.testing.assert_array_equal(agg.labels, AgglomerativeClustering(4).fit_predict(X))
+    hdbscan = pytest.importorskip("hdbscan")
+    assert fit(hdbscan.HDBSCAN(min_cluster_size=20), X).implementation == "hdbscan"  # the hdbscan package's code ran
 
 
 def test_unknown_implementation_is_a_config_error(embeddings_pca):

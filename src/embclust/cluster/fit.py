@@ -76,12 +76,19 @@ def fit(
             np.asarray(clusterer.labels_, dtype=np.int64), clusterer, ran.implementation, ran.sample_size, ran.restarts,
             ran.refinement,
         )
+    library = library_of(clusterer)
     if implementation in ("embclust", "sklearnex"):  # auto and scikit-learn mean this for any clusterer
         log.warning("cluster_implementation=%s applies to clusterer=kmeans only: %s is fitted by its own library "
-                    "(tag cluster_implementation=scikit-learn)", implementation, type(clusterer).__name__)
+                    "(tag cluster_implementation=%s)", implementation, type(clusterer).__name__, library)
     labels = np.asarray(clusterer.fit_predict(fit_input(clusterer, X)), dtype=np.int64)
     _say_if_k_exceeds_distinct_rows(clusterer, X, labels)
-    return FittedClustering(labels, clusterer, "scikit-learn")
+    return FittedClustering(labels, clusterer, library)
+
+
+def library_of(estimator) -> str:
+    """The package whose code fits ``estimator``, as its distribution is named ("scikit-learn", "hdbscan")."""
+    root = type(estimator).__module__.split(".")[0]
+    return {"sklearn": "scikit-learn", "sklearnex": "sklearnex", "daal4py": "sklearnex"}.get(root, root)
 
 
 def _say_if_k_exceeds_distinct_rows(clusterer: BaseEstimator, X: np.ndarray, labels: np.ndarray) -> None:
