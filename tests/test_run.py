@@ -45,6 +45,14 @@ def test_default_job_logs_metrics_artifacts_and_model(run_cli, tmp_path):
     import xgboost
 
     assert tags["version.xgboost"] == xgboost.__version__
+    # what else decides the numbers: the code itself, Python, the BLAS and the threads it had, the true labels
+    import platform
+
+    from embclust.tracking.store import code_fingerprint
+
+    assert tags["code_fingerprint"] == code_fingerprint() and tags["version.python"] == platform.python_version()
+    assert tags["blas"] and int(tags["threads"]) >= 1 and tags["version.numba"] != "not installed"
+    assert len(tags["labels_fingerprint"]) == 32
     # MLflow's Dataset column: the dataset config's name, digest = the data fingerprint.
     (entry,) = run.inputs.dataset_inputs
     assert (entry.dataset.name, entry.dataset.digest) == ("digits", tags["data_fingerprint"])

@@ -43,6 +43,12 @@ def test_grid_sweep_nests_children_and_summarises_on_parent(run_cli):
     assert sorted(c.data.tags["preprocess_source"] for c in children) == [
         "fitted (cached)", "fitted (cached)", "sliced from PCA 10", "sliced from PCA 10 (cached)"]
     assert "cell 4/4" in res.stderr + res.stdout
+    # each cell records what the same run alone would: its overrides, where it ran, the code and labels
+    for c in children:
+        tags = c.data.tags
+        assert tags["hydra_overrides"] == tags["sweep_cell"] and "clusterer.n_clusters=" in tags["hydra_overrides"]
+        assert tags["working_dir"] and tags["code_fingerprint"] == parent.data.tags["code_fingerprint"]
+        assert int(tags["threads"]) >= 1 and len(tags["labels_fingerprint"]) == 32
     # the parent's params say what the cells took, not the base config's default for a swept key
     assert parent.data.params["clusterer.n_clusters"] == "8,12"
     assert parent.data.params["preprocess.pca_components"] == "5,10"

@@ -117,3 +117,47 @@ def test_runs_outside_ipython_do_not_import_it_and_notebook_runs_are_still_tagge
     out = subprocess.run([sys.executable, "-c", NOTEBOOK_PROBE, uri, where], capture_output=True, text=True, timeout=180)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.split() == ["False", source]
+
+
+def _git(cwd, *args):
+    import subprocess
+
+    subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=cwd, check=True, capture_output=True)
+
+
+def test_git_state_is_the_checkout_of_the_code_and_new_configs_make_it_dirty(tmp_path):
+    from embclust.tracking.store import git_state
+
+    repo = tmp_path / "repo"
+    package, conf = repo / "pkg", repo / "conf"
+    package.mkdir(parents=True)
+    conf.mkdir()
+    (package / "__init__.py").write_text("")
+    (conf / "config.yaml").write_text("seed: 0\n")
+    _git(repo, "init", "-q")
+    _git(repo, "add", ".")
+    _git(repo, "commit", "-qm", "code")
+    state = git_state(package, (str(conf),))
+    assert len(state["git_commit"]) == 40 and state["git_dirty"] == "false"
+    (repo / "embeddings.npy").write_bytes(b"data")  # the user's data beside the code: not a change of the code
+    assert git_state(package, (str(conf),))["git_dirty"] == "false"
+    (conf / "mine.yaml").write_text("seed: 1\n")  # a config the commit does not hold
+    assert git_state(package, (str(conf),))["git_dirty"] == "true"
+    # a package copied into another project's checkout (pip install --target) is not that project's commit
+    installed = repo / "site" / "embclust"
+    installed.mkdir(parents=True)
+    (installed / "__init__.py").write_text("")
+    assert git_state(installed) == {}
+    assert git_state(tmp_path) == {}  # no checkout at all
+
+
+def test_labels_fingerprint_follows_the_true_labels_not_their_dtype():
+    from embclust.data import Dataset
+
+    X = np.zeros((4, 2), dtype=np.float32)
+    a = Dataset("d", X, np.arange(4), labels=np.array([0, 1, 1, 0], dtype=np.int64))
+    same = Dataset("d", X, np.arange(4), labels=np.array([0, 1, 1, 0], dtype=np.int32))
+    other = Dataset("d", X, np.arange(4), labels=np.array([0, 1, 0, 1], dtype=np.int64))
+    assert a.labels_fingerprint == same.labels_fingerprint != other.labels_fingerprint
+    assert a.fingerprint == other.fingerprint
+    assert Dataset("d", X, np.arange(4)).labels_fingerprint is None

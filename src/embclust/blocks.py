@@ -46,6 +46,13 @@ def threadpool_controller():
         _threadpool_controller = ThreadpoolController()
     return _threadpool_controller
 
+
+def threads_now() -> int:
+    """The most threads a BLAS or OpenMP pool may use here now (threadpoolctl limits included)."""
+    info = threadpool_controller().info()
+    return max((int(i.get("num_threads") or 1) for i in info), default=1)
+
+
 BLOCK_ROWS = 8_192
 # Row-sized results larger than this (MB) live in a file-backed temporary mapping (memory.spill_above_mb).
 DEFAULT_SPILL_ABOVE_MB = 1024

@@ -29,7 +29,7 @@ from hydra.utils import instantiate
 from mlflow.entities import Metric, Param, RunTag
 from omegaconf import DictConfig, OmegaConf
 
-from embclust import cluster, data, maps, preprocess, signals, stages, tracking, validate
+from embclust import blocks, cluster, data, maps, preprocess, signals, stages, tracking, validate
 from embclust.errors import ARTIFACT_LOCATION, ARTIFACT_LOCATION_INSTEAD, ConfigError, first_line, path_error, user_error
 from embclust.explain import steps as explain_steps
 from embclust.processes import owner_token
@@ -225,6 +225,8 @@ def execute(
         tags = tracking.reproducibility_tags(ds.fingerprint, overrides or [],
                                              Path(__file__).resolve().parent)
         tags.update({"data_n_samples": ds.n_samples, "data_n_features": ds.n_features, "backend": backend})
+        if ds.labels_fingerprint is not None:
+            tags["labels_fingerprint"] = ds.labels_fingerprint
         mlflow.set_tags(tags)
         datasets.log_dataset_input(ds, cfg.dataset.get("path"))
         mlflow.log_metrics(
@@ -589,6 +591,9 @@ def _create_run(client, plan: SweepPlan, cell: SweepCell):
             "sweep_role": "cell",
             tracking.PROCESS_TAG: owner_token(),
             **plan.tags,
+            # what the same run alone would record: its overrides, and where relative paths are read from
+            "hydra_overrides": cell.overrides or "(none)",
+            "working_dir": os.getcwd(),
         },
     )
 
@@ -693,6 +698,8 @@ def _fit_and_score(cfg: DictConfig, plan: SweepPlan, timer: stages.StageTimer):
             scores.values["pca_explained_variance"] = float(preprocess.cumulative_explained_variance(pca)[-1])
     tags = {
         "data_fingerprint": ds.fingerprint,
+        **({} if ds.labels_fingerprint is None else {"labels_fingerprint": ds.labels_fingerprint}),
+        "threads": str(blocks.threads_now()),
         "data_n_samples": ds.n_samples,
         "data_n_features": ds.n_features,
         "preprocess_source": features.how + (" (cached)" if features.cache_hit else ""),

@@ -73,6 +73,19 @@ class Dataset:
             self._fingerprint = fingerprint_array(self.X)
         return self._fingerprint
 
+    @property
+    def labels_fingerprint(self) -> str | None:
+        """Hash of the true labels (each row's class name), None without them: scores against
+        them (ARI, NMI, purity) change with the labels while the matrix's fingerprint does not."""
+        codes = self.label_codes()
+        if codes is None:
+            return None
+        classes, index = codes
+        h = hashlib.blake2b(digest_size=16)
+        h.update("\0".join(classes.tolist()).encode("utf-8", "surrogatepass"))
+        h.update(np.ascontiguousarray(index, dtype=np.int64).tobytes())
+        return h.hexdigest()
+
     def label_strings(self, rows: slice | np.ndarray | None = None) -> np.ndarray | None:
         """True labels (of ``rows``, else all) as strings, mapped through ``label_names`` when given."""
         if self.labels is None:

@@ -282,7 +282,9 @@ class MlflowSweepCallback(Callback):
         )
         client = mlflow.MlflowClient()
         code_dir = Path(__file__).resolve().parent
-        repro = {**tracking.git_state(code_dir), **{f"version.{p}": v for p, v in tracking.package_versions().items()}}
+        repro = {**tracking.git_state(code_dir, tracking.store.hydra_config_dirs(config.hydra)),
+                 "code_fingerprint": tracking.store.code_fingerprint(), **tracking.store.environment_tags(),
+                 **{f"version.{p}": v for p, v in tracking.package_versions().items()}}
         # From the moment the parent exists, an exit closes it: signals wait until the closer is set.
         _handle_stop_signals(stop_at_once=not _basic_launcher(config))
         # Finding the parent to resume and claiming it is one step for processes sharing a SQLite

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import errno
+import functools
+import hashlib
 import logging
 import os
 import subprocess
@@ -33,6 +35,8 @@ TRACKED_PACKAGES = (
     "scikit-learn",
     "scikit-learn-intelex",
     "umap-learn",
+    "pynndescent",
+    "numba",
     "hdbscan",
     "xgboost",
     "shap",
@@ -520,23 +524,81 @@ def package_versions(packages: tuple[str, ...] = TRACKED_PACKAGES) -> dict[str, 
     return versions
 
 
-def git_state(path: str | Path = ".") -> dict[str, str]:
-    """Commit hash and dirty flag of the git checkout holding ``path``; empty when not in one."""
+def git_state(path: str | Path = ".", config_dirs: tuple[str | Path, ...] = ()) -> dict[str, str]:
+    """Commit hash and dirty flag of the git checkout holding the code at ``path``; empty when not in one.
+
+    The checkout must track the code itself (``path``'s ``__init__.py``): a package installed
+    into a folder of another project's checkout is not that project's commit. Dirty: a tracked
+    file changed, or a file that git does not ignore is new in ``path`` or in ``config_dirs``
+    (a config the run may have composed that the commit lacks).
+    """
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=path, capture_output=True, text=True, check=True, timeout=10).stdout
+
     try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=path, capture_output=True, text=True, check=True, timeout=10
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
-            cwd=path,
-            capture_output=True,
-            text=True,
-            check=True,
-            timeout=10,
-        ).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
+        commit, top = git("rev-parse", "HEAD", "--show-toplevel").split()
+        git("ls-files", "--error-unmatch", "--", "__init__.py")
+        dirty = git("status", "--porcelain", "--untracked-files=no").strip()
+        inside = [str(d) for d in (path, *config_dirs) if _is_within(Path(d), Path(top))]
+        dirty = dirty or git("status", "--porcelain", "--untracked-files=normal", "--", *inside).strip()
+    except (OSError, ValueError, subprocess.SubprocessError):
         return {}
     return {"git_commit": commit, "git_dirty": str(bool(dirty)).lower()}
+
+
+def _is_within(folder: Path, top: Path) -> bool:
+    try:
+        return folder.is_dir() and folder.resolve().is_relative_to(top.resolve())
+    except OSError:
+        return False
+
+
+@functools.lru_cache(maxsize=1)
+def code_fingerprint() -> str:
+    """Hash of embclust's own source files: which code ran, with or without a git checkout."""
+    package = Path(__file__).resolve().parents[1]
+    h = hashlib.blake2b(digest_size=16)
+    for file in sorted(package.rglob("*.py")):
+        h.update(file.relative_to(package).as_posix().encode() + b"\0")
+        with contextlib.suppress(OSError):
+            h.update(file.read_bytes())
+    return h.hexdigest()
+
+
+def environment_tags() -> dict[str, str]:
+    """Python's version, the BLAS library numpy and scipy use, and the threads a run may use now.
+
+    The threads matter where a library adds per-thread sums in the order threads finish
+    (``clusterer=minibatch_kmeans``, ``reducer=tsne``): their last digits follow the count.
+    """
+    import platform
+
+    tags = {"version.python": platform.python_version()}
+    try:
+        from embclust import blocks
+
+        info = blocks.threadpool_controller().info()
+        blas = sorted({f"{i.get('internal_api')} {i.get('version')}" for i in info if i.get("user_api") == "blas"})
+        tags["blas"] = ", ".join(blas) or "none found"
+        tags["threads"] = str(blocks.threads_now())
+    except Exception:  # noqa: BLE001 - a record of the machine must not stop a run
+        pass
+    return tags
+
+
+def hydra_config_dirs(hydra_cfg=None) -> tuple[str, ...]:
+    """The folders Hydra composed this job's config from (``hydra.runtime.config_sources``)."""
+    try:
+        if hydra_cfg is None:
+            from hydra.core.hydra_config import HydraConfig
+
+            if not HydraConfig.initialized():
+                return ()
+            hydra_cfg = HydraConfig.get()
+        sources = hydra_cfg.runtime.config_sources
+        return tuple(str(src.path) for src in sources if str(src.get("schema")) == "file" and src.get("path"))
+    except Exception:  # noqa: BLE001 - a record of where configs came from must not stop a run
+        return ()
 
 
 def reproducibility_tags(data_fingerprint: str, overrides: list[str], code_dir: str | Path) -> dict[str, str]:
@@ -547,7 +609,9 @@ def reproducibility_tags(data_fingerprint: str, overrides: list[str], code_dir: 
         # relative data paths are read from here (embclust search reads the run's own file again)
         "working_dir": os.getcwd(),
     }
-    tags.update(git_state(code_dir))
+    tags.update(git_state(code_dir, hydra_config_dirs()))
+    tags["code_fingerprint"] = code_fingerprint()
+    tags.update(environment_tags())
     tags.update({f"version.{pkg}": ver for pkg, ver in package_versions().items()})
     return tags
 
