@@ -309,6 +309,69 @@ def test_a_failed_or_deleted_run_is_named_as_such_not_as_a_missing_artifact(trac
     assert code == 1 and f"run {failed.info.run_id} is deleted: restore it first" in err
 
 
+def test_a_stopped_run_or_a_running_sweep_is_refused_though_its_artifacts_are_there(tracking_uri, tmp_path, capsys):
+    # A run killed after writing its labels, or a sweep still logging cells, was used as a result.
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from embclust.processes import owner_token
+    from embclust.tracking.store import SWEEP_OWNER_TAG
+
+    mlflow.set_tracking_uri(tracking_uri)
+    mlflow.set_experiment("embclust")
+    client = mlflow.MlflowClient()
+    pq.write_table(pa.table({"id": [0, 1, 2], "cluster": [0, 1, 1]}), tmp_path / "labels.parquet")
+    with mlflow.start_run() as killed:
+        mlflow.log_artifact(str(tmp_path / "labels.parquet"))
+        mlflow.set_tag("error", "stopped by SIGTERM")
+    client.set_terminated(killed.info.run_id, "KILLED")
+    capsys.readouterr()
+    code, _, err = _embclust(capsys, "export", killed.info.run_id, "--output", tmp_path / "e.parquet", "--tracking-uri", tracking_uri)
+    assert code == 1 and err.strip() == (f"error: run {killed.info.run_id} is KILLED (stopped by SIGTERM), so it logged no "
+                                         "results: fix that and re-run it, or pass another run")
+    assert not (tmp_path / "e.parquet").exists()
+    parent = client.create_run(killed.info.experiment_id, tags={"sweep_role": "parent", SWEEP_OWNER_TAG: owner_token()})
+    with mlflow.start_run(nested=True, parent_run_id=parent.info.run_id, run_name="cell") as cell:
+        mlflow.log_artifact(str(tmp_path / "labels.parquet"))
+        mlflow.set_tag("sweep_cell", "clusterer.n_clusters=2")
+    client.set_tag(parent.info.run_id, "best_run_id", cell.info.run_id)
+    for command in (["export", parent.info.run_id, "--output", tmp_path / "s.parquet"],
+                    ["assign", parent.info.run_id, "--input", tmp_path / "x.npy", "--output", tmp_path / "a.csv"]):
+        code, _, err = _embclust(capsys, *command, "--tracking-uri", tracking_uri)
+        assert code == 1 and err.strip() == (f"error: sweep {parent.info.run_id} is still running: its results are not "
+                                             "complete yet; wait until it ends, or pass another run"), err
+    client.set_tag(parent.info.run_id, SWEEP_OWNER_TAG, owner_token(pid=2**22 + 1))  # a process that is gone
+    code, _, err = _embclust(capsys, "export", parent.info.run_id, "--output", tmp_path / "s.parquet", "--tracking-uri", tracking_uri)
+    assert code == 1 and "the process that ran it is gone" in err and "run its command again" in err
+    assert not (tmp_path / "s.parquet").exists()
+
+
+def test_a_command_that_reads_runs_leaves_nothing_in_tmpdir(tracking_uri, tmp_path):
+    # Each export left its downloaded labels.parquet files in TMPDIR (a copy per cell, every time).
+    import os
+    import subprocess
+    import sys
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    mlflow.set_tracking_uri(tracking_uri)
+    mlflow.set_experiment("embclust")
+    pq.write_table(pa.table({"id": [0, 1, 2], "cluster": [0, 1, 1]}), tmp_path / "labels.parquet")
+    with mlflow.start_run() as run:
+        mlflow.log_artifact(str(tmp_path / "labels.parquet"))
+    scratch = tmp_path / "T"
+    scratch.mkdir()
+    res = subprocess.run(
+        [sys.executable, "-m", "embclust.cli", "export", run.info.run_id, "--output", str(tmp_path / "e.parquet"),
+         "--tracking-uri", tracking_uri],
+        capture_output=True, text=True, env={**os.environ, "TMPDIR": str(scratch)}, timeout=300,
+    )
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert pd.read_parquet(tmp_path / "e.parquet")["cluster"].tolist() == [0, 1, 1]
+    assert list(scratch.iterdir()) == []
+
+
 @pytest.mark.parametrize("suffix", [".csv", ".parquet"])
 def test_an_output_interrupted_midway_leaves_the_earlier_file_whole_and_no_part(tmp_path, monkeypatch, suffix):
     import pyarrow as pa

@@ -30,7 +30,7 @@ from mlflow.entities import Metric, Param, RunTag
 from omegaconf import DictConfig, OmegaConf
 
 from embclust import blocks, cluster, data, maps, preprocess, signals, stages, tracking, validate
-from embclust.errors import ARTIFACT_LOCATION, ARTIFACT_LOCATION_INSTEAD, ConfigError, first_line, path_error, user_error
+from embclust.errors import ARTIFACT_LOCATION, ARTIFACT_LOCATION_INSTEAD, ConfigError, DataError, first_line, path_error, user_error
 from embclust.explain import steps as explain_steps
 from embclust.processes import owner_token
 from embclust.scoring import silhouette, stability, torch_backend
@@ -77,7 +77,7 @@ def select_drill_cluster(ds: data.Dataset, parent_run_id: str, cluster_id: int |
                           "e.g. +drill.cluster=3 (its ids are the cluster column of its labels.parquet)")
     try:
         parent = runs.resolve_run(str(parent_run_id))
-    except ConfigError as exc:  # no such run, a deleted one, a sweep without a best cell: said by runs
+    except (ConfigError, DataError) as exc:  # no such run, a deleted or unfinished one, a sweep without a best cell
         raise ConfigError(f"drill.parent_run={parent_run_id}: {exc}") from None
     if parent.info.run_id != str(parent_run_id):  # a sweep: the tags record the run whose labels are used
         log.info("drill-down: drill.parent_run=%s is a sweep; its best cell %s is drilled", parent_run_id, parent.info.run_id)
@@ -494,8 +494,8 @@ def complete_best_cell(run_id: str, plan: SweepPlan) -> Report | None:
     (one self-contained ``report.html`` per sweep, not one more copy of plotly.js per cell). A
     failure here is tagged ``report_error`` on the cell, which keeps its FINISHED status and scores.
     """
-    path = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="config.yaml")
-    cfg = OmegaConf.load(path)
+    with tempfile.TemporaryDirectory(prefix="embclust-best-config-") as tmp:
+        cfg = OmegaConf.load(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="config.yaml", dst_path=tmp))
     client = mlflow.MlflowClient()
     overrides = client.get_run(run_id).data.tags.get("sweep_cell", "").split()
     timer = stages.StageTimer(STAGES, prefix="best cell ")

@@ -205,7 +205,7 @@ def explain_rows(run, ds: Dataset, X: np.ndarray, cluster: np.ndarray) -> pa.Tab
             "--explain needs a tabular run with analysis.explain.enabled=true"
         )
     folder = Path(mlflow.artifacts.download_artifacts(
-        run_id=run.info.run_id, artifact_path=EXPLAINERS_FOLDER, dst_path=tempfile.mkdtemp(prefix="embclust-")
+        run_id=run.info.run_id, artifact_path=EXPLAINERS_FOLDER, dst_path=str(runs.scratch_folder())
     ))
     models, names, source = load_models(folder)
     # Columns of X: the run's feature order when it was logged, else the input file's own.

@@ -37,7 +37,7 @@ def export_run(run_id: str, output: str) -> pa.Table:
 
 
 def _write_run_table(run_id: str, out_path) -> pa.Table:
-    table = runs.load_labels(runs.get_run(run_id))
+    table = runs.load_labels(runs.finished(runs.get_run(run_id)))
     write_table(table, out_path)
     log.info("run %s: %d rows (%s) written to %s", run_id, table.num_rows, ", ".join(table.column_names), out_path)
     return table
@@ -90,6 +90,8 @@ def export_sweep(run_id: str, output: str) -> pa.Table:
     parent = sweep_parent(run_id)
     if parent is None:  # a single run: its own item -> cluster table
         return _write_run_table(run_id, out_path)
+    if parent.info.status in ("RUNNING", "SCHEDULED"):  # cells still to come, the best not chosen yet
+        runs.finished(parent)
     cells = finished_cells(parent)
     if not cells:
         raise DataError(f"sweep {parent.info.run_id} has no finished cells to export")

@@ -58,9 +58,36 @@ def _unfinished(run) -> str:
     status = run.info.status
     if status == "FINISHED":
         return ""
+    if status in ("RUNNING", "SCHEDULED"):
+        if _owner_gone(run):
+            return (f"run {run.info.run_id} is RUNNING but the process that ran it is gone (stopped before it ended): "
+                    "its results are not complete; run its command again (the next run marks it KILLED), or pass another run")
+        return f"run {run.info.run_id} is still running: its results are not complete yet; wait until it ends, or pass another run"
     error = run.data.tags.get("error", "")
     reason = f" ({error[:200] + '...' if len(error) > 200 else error})" if error else ""
     return f"run {run.info.run_id} is {status}{reason}, so it logged no results: fix that and re-run it, or pass another run"
+
+
+def _owner_gone(run) -> bool:
+    from embclust.processes import owner_is_alive
+    from embclust.tracking.store import PROCESS_TAG, SWEEP_OWNER_TAG
+
+    tags = run.data.tags
+    return owner_is_alive(tags.get(SWEEP_OWNER_TAG) or tags.get(PROCESS_TAG)) is False
+
+
+def finished(run):
+    """``run`` when it FINISHED; otherwise :class:`DataError` saying why its results cannot be used.
+
+    A run that was stopped (KILLED) or failed may still hold some artifacts, written before it
+    stopped: they are not its results. A sweep that is still running has no final best cell.
+    """
+    why = _unfinished(run)
+    if why:
+        if is_sweep_parent(run):
+            why = why.replace(f"run {run.info.run_id}", f"sweep {run.info.run_id}", 1)
+        raise DataError(why)
+    return run
 
 
 def is_sweep_parent(run) -> bool:
@@ -71,20 +98,34 @@ def resolve_run(run_id: str):
     """The run itself, or for a sweep's parent run the sweep's best cell (tag ``best_run_id``)."""
     run = get_run(run_id)
     if not is_sweep_parent(run):
-        return run
+        return finished(run)
+    if run.info.status in ("RUNNING", "SCHEDULED"):  # its best cell may still change
+        finished(run)
     best = run.data.tags.get("best_run_id")
     if not best:
         raise ConfigError(f"run {run_id} is a sweep without a best cell yet (no tag best_run_id): pass a cell's run id")
     log.info("run %s is a sweep: using its best cell, run %s", run_id, best)
-    return get_run(best, f", the best cell of sweep {run_id},")
+    return finished(get_run(best, f", the best cell of sweep {run_id},"))
 
 
 def download(run, artifact: str, dst: Path | None = None) -> Path:
     """Download one artifact of ``run``; :class:`DataError` when the run did not log it."""
     if not has_artifact(run, artifact):
         raise DataError(_unfinished(run) or f"run {run.info.run_id} has no artifact {artifact!r}")
-    dst = dst or Path(tempfile.mkdtemp(prefix="embclust-"))
+    dst = dst or scratch_folder()
     return Path(mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path=artifact, dst_path=str(dst)))
+
+
+_scratch: tempfile.TemporaryDirectory | None = None
+
+
+def scratch_folder() -> Path:
+    """A new folder for downloaded artifacts, inside one temporary folder that this process
+    removes when it exits: a command that reads runs leaves nothing in TMPDIR."""
+    global _scratch
+    if _scratch is None:
+        _scratch = tempfile.TemporaryDirectory(prefix="embclust-")
+    return Path(tempfile.mkdtemp(dir=_scratch.name))
 
 
 def has_artifact(run, artifact: str) -> bool:
@@ -129,7 +170,7 @@ def load_model(run):
 
     import_skops_io()  # before MLflow imports it for a skops model, without its walk of scikit-learn
     try:
-        return mlflow.sklearn.load_model(f"runs:/{run.info.run_id}/model")
+        return mlflow.sklearn.load_model(f"runs:/{run.info.run_id}/model", dst_path=str(scratch_folder()))
     except (MlflowException, OSError):
         if _unfinished(run):
             raise DataError(_unfinished(run)) from None
