@@ -315,3 +315,13 @@ def test_a_full_disk_while_copying_the_empty_store_is_said_as_a_full_disk(tmp_pa
     assert not target.exists()
     message = store.store_failure_message(raised.value, f"sqlite:///{tmp_path / 'mlflow.db'}")
     assert message.startswith(f"the disk is full: cannot write {target}")
+
+
+def test_compare_on_a_store_that_is_not_a_database_is_one_line(tmp_path, capsys):
+    from embclust.sweep.compare import main
+
+    db = tmp_path / "mlflow.db"
+    db.write_bytes(os.urandom(300_000))
+    assert main(["--tracking-uri", f"sqlite:///{db}"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error: the MLflow store sqlite:///") and "not a database" in err

@@ -192,6 +192,15 @@ def main(argv: list[str] | None = None) -> int:
     except (EmbclustError, MlflowException) as exc:  # a store MLflow cannot read: one line, not a traceback
         print(f"error: {first_line(exc)}", file=sys.stderr)
         return 1
+    except Exception as exc:  # a damaged or locked store surfaces as SQLAlchemy's or the driver's error
+        from embclust.tracking.store import store_failure_message
+
+        uri = mlflow.get_tracking_uri()
+        said = store_failure_message(exc, uri)
+        if said is None and type(exc).__module__.split(".")[0] not in ("sqlalchemy", "sqlite3", "alembic"):
+            raise
+        print(f"error: {said or f'the MLflow store {uri} cannot be read: {first_line(exc)}'}", file=sys.stderr)
+        return 1
 
 
 def _rank_metric(parent_run_id: str) -> str | None:
