@@ -173,3 +173,12 @@ def test_every_experiment_takes_every_clusterer(name):
     assert kmeans.n_init == (50 if name == "fashion_queries" else 10)
     hdbscan = _compose(f"+experiment={name}", "clusterer=hdbscan", "dataset.path=x").clusterer
     assert hdbscan.min_cluster_size == {"user_segments": 10, "rag_documents": 10}.get(name, 15)
+
+
+def test_run_and_sweep_folders_are_named_to_the_microsecond():
+    # Two sweeps started in the same second shared one multirun folder and mixed their jobs' logs.
+    import re
+
+    cfg = _compose()
+    assert re.fullmatch(r"multirun/\d{4}-\d\d-\d\d/\d\d-\d\d-\d\d-\d{6}", cfg.hydra.sweep.dir), cfg.hydra.sweep.dir
+    assert re.fullmatch(r"outputs/\d{4}-\d\d-\d\d/\d\d-\d\d-\d\d-\d{6}", cfg.hydra.run.dir), cfg.hydra.run.dir
