@@ -325,3 +325,12 @@ def test_compare_on_a_store_that_is_not_a_database_is_one_line(tmp_path, capsys)
     assert main(["--tracking-uri", f"sqlite:///{db}"]) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("error: the MLflow store sqlite:///") and "not a database" in err
+
+
+def test_a_store_link_to_a_missing_file_is_refused_not_replaced(tmp_path):
+    # A link to a shared store whose mount was not up was replaced by a new, empty local store.
+    db = tmp_path / "mlflow.db"
+    db.symlink_to(tmp_path / "mnt" / "shared.db")
+    with pytest.raises(ConfigError, match=r"mlflow.db is a link to .*shared.db, which does not exist; mount or restore"):
+        setup_tracking(f"sqlite:///{db}", "embclust")
+    assert db.is_symlink() and not (tmp_path / "mnt").exists()

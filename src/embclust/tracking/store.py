@@ -471,6 +471,12 @@ def _open_experiment(tracking_uri: str, experiment_name: str) -> str:
                     f"mlflow.tracking_uri={tracking_uri!r}: {db} is a folder, not a SQLite file; "
                     f"point it at a file, e.g. mlflow.tracking_uri=sqlite:///{(db / 'mlflow.db').as_posix()}"
                 )
+            if db is not None and db.is_symlink() and not db.exists():  # a shared store whose mount is not up
+                raise ConfigError(
+                    f"mlflow.tracking_uri={tracking_uri!r}: {db} is a link to {os.readlink(db)}, which does not exist; "
+                    "mount or restore the store it points to (a new store would split the runs off it), "
+                    "or point mlflow.tracking_uri at another file"
+                )
             if db is not None and not db.exists():
                 create_sqlite_store(db)
             client = mlflow.MlflowClient()
