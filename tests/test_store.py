@@ -173,8 +173,23 @@ def test_a_damaged_cached_empty_store_is_rebuilt_with_a_warning(tmp_path, monkey
     with caplog.at_level("WARNING", logger="embclust.tracking.store"):
         run, _ = _new_store_run(f"sqlite:///{tmp_path / 'a.db'}")
     assert run.info.status == "FINISHED"
-    assert any("is damaged; it is rebuilt" in r.getMessage() for r in caplog.records)
+    assert any("is damaged (or not empty); it is rebuilt" in r.getMessage() for r in caplog.records)
     assert store_module._schema_is_whole(template)
+
+
+def test_a_cached_empty_store_that_holds_runs_is_not_copied_into_new_stores(tmp_path, monkeypatch):
+    # A used mlflow.db put in the template's place started every new store with its runs.
+    import shutil
+
+    from embclust.tracking import store as store_module
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.chdir(tmp_path)
+    used, _ = _new_store_run(f"sqlite:///{tmp_path / 'used.db'}")
+    shutil.copyfile(tmp_path / "used.db", store_module.schema_template_path())
+    run, _ = _new_store_run(f"sqlite:///{tmp_path / 'b.db'}")
+    assert [r.info.run_id for r in mlflow.search_runs(search_all_experiments=True, output_format="list")] == [run.info.run_id]
+    assert used.info.run_id != run.info.run_id and store_module._schema_is_whole(store_module.schema_template_path())
 
 
 def test_the_cached_empty_store_can_be_turned_off(tmp_path, monkeypatch):

@@ -331,14 +331,17 @@ def _migrate_new_store(path: Path) -> None:
 
 
 def _schema_is_whole(path: Path) -> bool:
-    """Whether ``path`` is an intact SQLite file holding an MLflow schema version."""
+    """Whether ``path`` is an intact SQLite file holding an MLflow schema version and no experiment
+    (a store with runs put in the template's place must not be copied into every new store)."""
     import sqlite3
 
     try:
         with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as con:
             if con.execute("PRAGMA quick_check").fetchone()[0] != "ok":
                 return False
-            return con.execute("SELECT count(*) FROM alembic_version").fetchone()[0] == 1
+            if con.execute("SELECT count(*) FROM alembic_version").fetchone()[0] != 1:
+                return False
+            return con.execute("SELECT count(*) FROM experiments").fetchone()[0] == 0
     except sqlite3.Error:
         return False
 
@@ -358,7 +361,7 @@ def _copy_schema_template(template: Path, target: Path) -> bool:
         return False
     if _schema_is_whole(target):
         return True
-    log.warning("the cached empty MLflow store %s is damaged; it is rebuilt", template)
+    log.warning("the cached empty MLflow store %s is damaged (or not empty); it is rebuilt", template)
     target.unlink(missing_ok=True)
     with contextlib.suppress(OSError):
         template.unlink()
