@@ -349,3 +349,32 @@ def test_a_store_link_to_a_missing_file_is_refused_not_replaced(tmp_path):
     with pytest.raises(ConfigError, match=r"mlflow.db is a link to .*shared.db, which does not exist; mount or restore"):
         setup_tracking(f"sqlite:///{db}", "embclust")
     assert db.is_symlink() and not (tmp_path / "mnt").exists()
+
+
+def test_a_run_whose_experiment_was_deleted_while_it_ran_is_one_line_saying_how_to_restore(tmp_path):
+    # A sweep whose experiment was deleted mid-cell ended on two MLflow tracebacks.
+    from embclust.tracking.store import store_failure_message
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    experiment_id = setup_tracking(uri, "embclust")
+    client = mlflow.MlflowClient()
+    run = client.create_run(experiment_id)
+    client.delete_experiment(experiment_id)
+    with pytest.raises(Exception) as caught:
+        client.set_terminated(run.info.run_id, "FINISHED")
+    assert store_failure_message(caught.value, uri) == (
+        f"MLflow run {run.info.run_id} was deleted while it ran (it, or its experiment), so it cannot be recorded or "
+        f"closed: restore it (mlflow experiments restore --experiment-id {experiment_id}) and run the same command again "
+        "(the next run closes a run left RUNNING)")
+
+
+def test_a_store_moved_away_while_a_run_writes_is_named_as_moved_not_read_only(tmp_path):
+    import sqlite3
+
+    from embclust.tracking.store import store_failure_message
+
+    db = tmp_path / "mlflow.db"
+    error = sqlite3.OperationalError("attempt to write a readonly database")
+    assert "was moved or deleted while the run used it" in store_failure_message(error, f"sqlite:///{db}")
+    db.write_bytes(b"")
+    assert "cannot be written (attempt to write a readonly database)" in store_failure_message(error, f"sqlite:///{db}")

@@ -212,8 +212,17 @@ def store_failure_message(exc: BaseException, tracking_uri: str) -> str | None:
     locked = locked_store_message(exc, tracking_uri)
     if locked is not None:
         return locked
+    deleted = _deleted_run_message(exc)
+    if deleted is not None:
+        return deleted
     db = sqlite_path(tracking_uri)
     if db is not None and any("readonly database" in str(e) or "read-only database" in str(e) for e in _chain(exc)):
+        if not db.exists():  # SQLite's word for a file moved or deleted while it was open
+            return (
+                f"the MLflow store {db} (mlflow.tracking_uri={tracking_uri!r}) was moved or deleted while the run used "
+                "it: put it back, or point mlflow.tracking_uri at where it is now, and run again (the next run closes "
+                "a run left RUNNING)"
+            )
         return (
             f"the MLflow store {db} (mlflow.tracking_uri={tracking_uri!r}) cannot be written (attempt to write a "
             "readonly database): make the file and its folder writable, or point mlflow.tracking_uri elsewhere"
@@ -237,6 +246,27 @@ def store_failure_message(exc: BaseException, tracking_uri: str) -> str | None:
         f"the MLflow tracking server {tracking_uri} stopped answering during the run, so the run could not "
         "be recorded or closed: start the server again and re-run (the next run closes a run left RUNNING)"
     )
+
+
+def _deleted_run_message(exc: BaseException) -> str | None:
+    """The error line for a run (or its experiment) deleted while the run used it, else None."""
+    import re
+
+    found = next((m for e in _chain(exc) for m in [re.search(r"run '?([0-9a-f]{32})'? must be in the 'active' state",
+                                                              str(e))] if m), None)
+    if found is None:
+        return None
+    run_id = found.group(1)
+    restore = f"mlflow runs restore --run-id {run_id}"
+    try:
+        client = mlflow.MlflowClient()
+        experiment = client.get_experiment(client.get_run(run_id).info.experiment_id)
+        if experiment.lifecycle_stage == "deleted":
+            restore = f"mlflow experiments restore --experiment-id {experiment.experiment_id}"
+    except Exception:  # noqa: BLE001 - the store may be what failed; the run's own restore still applies
+        pass
+    return (f"MLflow run {run_id} was deleted while it ran (it, or its experiment), so it cannot be recorded or closed: "
+            f"restore it ({restore}) and run the same command again (the next run closes a run left RUNNING)")
 
 
 def _is_disk_full(exc: BaseException) -> bool:
