@@ -235,6 +235,21 @@ def test_rerun_resumes_only_missing_or_failed_cells(run_cli):
     assert len(parents) == 2 and len(children) == 8
 
 
+def test_a_resumed_sweep_runs_again_a_finished_cell_whose_artifacts_are_gone(run_cli):
+    # The summary then failed on "Failed to download artifacts from path 'config.yaml'", on every re-run.
+    from urllib.parse import urlparse
+
+    args = ("-m", "reducer=none", "analysis.explain.enabled=false", "clusterer.n_clusters=3,4")
+    parent, children = _check_sweep(run_cli(*args), n_children=2)
+    best = mlflow.get_run(parent.data.tags["best_run_id"])
+    (Path(urlparse(best.info.artifact_uri).path) / "config.yaml").unlink()
+    res = run_cli(*args)
+    parent, children = _check_sweep(res, n_children=3)
+    assert f"run {best.info.run_id} finished earlier but its artifacts config.yaml are gone: the cell runs again" in res.stderr
+    assert res.stderr.count("skipped, finished earlier") == 1
+    assert mlflow.get_run(parent.data.tags["best_run_id"]).info.run_id != best.info.run_id  # the new run of the cell
+
+
 def test_a_rank_metric_the_clusterer_never_logs_is_refused_before_any_cell(run_cli):
     # Every cell scored NaN, no best cell was named and the sweep exited 0 (Optuna: a traceback).
     res = run_cli("-m", "reducer=none", "clusterer.n_clusters=3,5", "sweep.metric=dbcv")
