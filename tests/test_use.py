@@ -286,6 +286,14 @@ def test_light_sweep_cells_export_and_refuse_assign_with_one_line(tracking_uri, 
         f"error: run {cells[2]} has no model: it is a sweep cell logged without its model; use the sweep's best cell "
         f"(pass the sweep id {parent.info.run_id}) or a single run (python run.py with this cell's overrides)"
     )
+    # the best cell's own model gone: not the circular "pass the sweep id" that leads back to it
+    mlflow.MlflowClient().set_tag(cells[3], "sweep_best", "true")
+    code, _, err = _embclust(capsys, "assign", parent.info.run_id, "--input", tmp_path / "e.npy", "--output", tmp_path / "a.csv",
+                             "--tracking-uri", tracking_uri)
+    assert code == 1 and err.strip() == (
+        f"error: run {cells[3]} has no model: it is the best cell of sweep {parent.info.run_id}, whose model was logged "
+        "but is gone (deleted or moved): run the sweep again with sweep.resume=false, or a single run with this cell's overrides"
+    )
 
 
 def test_a_failed_or_deleted_run_is_named_as_such_not_as_a_missing_artifact(tracking_uri, tmp_path, capsys):

@@ -175,12 +175,18 @@ def load_model(run):
         if _unfinished(run):
             raise DataError(_unfinished(run)) from None
         parent = run.data.tags.get("mlflow.parentRunId")
-        hint = (
-            f"it is a sweep cell logged without its model; use the sweep's best cell (pass the sweep id {parent}) "
-            "or a single run (python run.py with this cell's overrides)"
-            if parent
-            else "re-run it with python run.py to log one"
-        )
+        unfinished_report = run.data.tags.get("report_error")
+        if parent and unfinished_report:
+            hint = (f"it is the best cell of sweep {parent}, whose full report and model were not completed "
+                    f"({unfinished_report[:200]}): run the sweep's command again to complete it")
+        elif parent and run.data.tags.get("sweep_best") == "true":  # its model was logged, and is gone
+            hint = (f"it is the best cell of sweep {parent}, whose model was logged but is gone (deleted or moved): "
+                    "run the sweep again with sweep.resume=false, or a single run with this cell's overrides")
+        elif parent:
+            hint = (f"it is a sweep cell logged without its model; use the sweep's best cell (pass the sweep id {parent}) "
+                    "or a single run (python run.py with this cell's overrides)")
+        else:
+            hint = "re-run it with python run.py to log one"
         raise DataError(f"run {run.info.run_id} has no model: {hint}") from None
     except Exception as exc:  # noqa: BLE001 - a model file cut short or overwritten (zip, pickle, skops errors)
         raise _damaged(run, "model", exc) from None
