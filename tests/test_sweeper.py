@@ -43,3 +43,14 @@ def test_a_launcher_failure_is_said_in_one_line_with_what_to_do():
     generic = launcher_failure(RuntimeError("cluster went away\n  detail line"))
     assert generic.startswith("the launcher failed: RuntimeError: cluster went away;") and "\n" not in generic
     assert "run the same command again to resume" in generic
+
+
+def test_a_worker_killed_is_blamed_on_memory_only_for_sigkill():
+    from hydra_plugins.embclust_sweeper.embclust_sweeper import launcher_failure
+
+    text = "A worker process managed by the executor was unexpectedly terminated. The exit codes of the workers are {}"
+    oom = launcher_failure(RuntimeError(text.format("{SIGKILL(-9)}")))
+    assert "killed (SIGKILL), often by the system for lack of memory" in oom and "hydra.launcher.n_jobs" in oom
+    term = launcher_failure(RuntimeError(text.format("{SIGTERM(-15)}")))
+    assert "memory" not in term and "stopped by a signal from outside the sweep" in term
+    assert "(exit codes {SIGTERM(-15)})" in term and "run the same command again to resume" in term

@@ -152,10 +152,16 @@ def launcher_failure(exc: BaseException) -> str:
     codes = re.search(r"exit codes of the workers are (\{[^}]*\})", text)
     if type(exc).__name__ == "TerminatedWorkerError" or codes:
         how = f" (exit codes {codes.group(1)})" if codes else ""
+        said = codes.group(1) if codes else ""
+        if "SIGKILL" in said or not said:  # the kernel's out-of-memory killer sends SIGKILL
+            why = "killed (SIGKILL), often by the system for lack of memory"
+            fewer = ", with fewer cells at once (hydra.launcher.n_jobs) if memory ran out"
+        else:  # SIGTERM, SIGINT, ...: stopped by someone or something else, or a crash (SIGSEGV)
+            why = "stopped by a signal from outside the sweep, or a crash"
+            fewer = ""
         return (
-            f"a worker process of the launcher ended while it ran a cell{how}: killed, often by the system for "
-            "lack of memory; finished cells are kept: run the same command again to resume the others, with "
-            "fewer cells at once (hydra.launcher.n_jobs) if memory ran out"
+            f"a worker process of the launcher ended while it ran a cell{how}: {why}; finished cells are kept: "
+            f"run the same command again to resume the others{fewer}"
         )
     from embclust.errors import first_line
 
