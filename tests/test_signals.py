@@ -295,3 +295,38 @@ def test_a_stop_swallowed_by_a_ctypes_callback_is_raised_as_soon_as_the_callback
     from embclust import signals
 
     signals.checkpoint()  # nothing left over to raise a second time
+
+
+def _children(pid: int) -> set[int]:
+    found = set()
+    for task in os.listdir(f"/proc/{pid}/task"):
+        with open(f"/proc/{pid}/task/{task}/children") as fh:
+            found |= {int(c) for c in fh.read().split()}
+    return found
+
+
+def test_the_workers_of_a_joblib_sweep_killed_with_sigkill_do_not_stay(tmp_path, tracking_uri):
+    # kill -9 (or the out-of-memory killer) of the sweep left its workers running, idle, for good.
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    cmd = [sys.executable, str(RUN_PY), "-m", "reducer=none", "clusterer.n_clusters=3,4,5,6,7,8", "hydra/launcher=joblib",
+           "hydra.launcher.n_jobs=2", f"mlflow.tracking_uri={tracking_uri}", f"hydra.sweep.dir={tmp_path / 'multirun'}"]
+    log = tmp_path / "stderr.txt"
+    with open(log, "w") as err:
+        proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=err)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and " done in " not in log.read_text():  # a worker has run a cell
+        time.sleep(0.2)
+    workers = _children(proc.pid)
+    assert workers, log.read_text()[-2000:]
+    proc.kill()
+    proc.wait()
+    time.sleep(5)
+    assert not [pid for pid in workers if _state(pid) not in ("gone", "Z")]
+
+
+def _state(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return "gone"

@@ -17,7 +17,10 @@ held by a stopped process is not waited for (:mod:`embclust.locks`).
 from __future__ import annotations
 
 import os
+import signal
 import socket
+import threading
+import time
 
 
 def proc_stat_fields(pid: int) -> list[str] | None:
@@ -97,3 +100,33 @@ def stopped_pid(token: str | None) -> int | None:
     if fields is None or (start and fields[19:20] != [start]):
         return None  # gone, or the pid now belongs to another process
     return pid if fields[0] in ("T", "t") else None
+
+
+_watching_parent = False
+# Seconds between looks at the parent process, and the grace after SIGTERM before a hard exit.
+PARENT_POLL_S = 1.0
+STOP_GRACE_S = 30.0
+
+
+def exit_with_parent(parent_pid: int) -> None:
+    """In a worker process started by ``parent_pid`` (a joblib launcher's sweep): stop when it is gone.
+
+    A sweep killed with ``kill -9`` (or by the out-of-memory killer) left its workers running,
+    reparented to init, for good. A daemon thread looks at the parent once a second; once this
+    process has another parent it sends itself SIGTERM (a cell in progress ends KILLED, as any
+    stopped run), then exits for good after a grace period. Workers of other hosts (another parent)
+    are left alone.
+    """
+    global _watching_parent
+    if _watching_parent or os.getppid() != parent_pid or parent_pid == os.getpid():
+        return
+    _watching_parent = True
+
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(PARENT_POLL_S)
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(STOP_GRACE_S)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="embclust-exit-with-sweep", daemon=True).start()

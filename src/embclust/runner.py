@@ -128,6 +128,10 @@ def _run(cfg: DictConfig) -> float:
     in_sweep = _is_multirun()
     stages.expand_home_paths(cfg)
     plan = SweepPlan.from_env() if in_sweep else None
+    if plan is not None and plan.sweep_pid:
+        from embclust.processes import exit_with_parent
+
+        exit_with_parent(plan.sweep_pid)  # a launcher's worker: not left running if the sweep is killed
     try:
         experiment_id = tracking.setup_tracking(cfg.mlflow.tracking_uri, cfg.mlflow.experiment_name)
     except EmbclustError as exc:

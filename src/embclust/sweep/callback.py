@@ -308,6 +308,7 @@ class MlflowSweepCallback(Callback):
             resumed=previous is not None,
             tags=repro,
             swept_keys=sorted(swept),
+            sweep_pid=os.getpid(),
         )
         client.set_tag(self.parent_run_id, "sweep.rank_metric", self.plan.rank_metric)
         for tag, value in data_tags.items():

@@ -39,6 +39,8 @@ class SweepPlan:
     tags: dict[str, str] = field(default_factory=dict)
     # Keys the sweep varies (``clusterer.n_clusters``, ``clusterer``): they name a cell's run.
     swept_keys: list[str] = field(default_factory=list)
+    # The sweep's own process: a launcher's worker that it started exits when it is gone.
+    sweep_pid: int | None = None
 
     def cell_name(self, overrides: str) -> str:
         """A cell's run name: its swept overrides, without those every cell shares; a swept file
