@@ -398,3 +398,25 @@ def test_label_names_for_labels_that_are_names_already_are_said_unused(tmp_path,
                       label_names_path=str(tmp_path / "names.txt"))
     assert set(ds.labels) == {"cat", "dog"}
     assert "names.txt (dataset.label_names_path) is not used: the labels in" in caplog.text
+
+
+def test_parquet_files_of_one_folder_without_the_first_files_columns_are_named(tmp_path):
+    # pyarrow's KeyError('Field "f_5" does not exist in schema') reached the user (a traceback from assign).
+    from embclust.data.loaders import load_parquet_dataset
+
+    frame = pd.DataFrame({f"f_{i}": np.arange(10, dtype=np.float32) + i for i in range(8)})
+    (tmp_path / "parts").mkdir()
+    frame.iloc[:5].to_parquet(tmp_path / "parts" / "a.parquet")
+    frame.iloc[5:, :5].to_parquet(tmp_path / "parts" / "b.parquet")
+    with pytest.raises(DataError, match=r"b.parquet: has no column 'f_5', 'f_6', 'f_7', which the first file a.parquet "
+                                        r"has: the files of dataset.path=.* must share their columns"):
+        load_parquet_dataset(str(tmp_path / "parts"), feature_prefix="f_")
+
+
+@pytest.mark.parametrize("role", ["label_column", "text_column"])
+def test_a_label_or_text_column_of_lists_is_named_not_an_arrow_cast_error(tmp_path, role):
+    path = tmp_path / "t.parquet"
+    pq.write_table(pa.table({"f_0": [0.0, 1.0, 2.0], "f_1": [1.0, 0.0, 2.0], "tags": [["a", "b"]] * 3}), path)
+    with pytest.raises(DataError, match=rf"t.parquet: (label|text) column 'tags' \(dataset.{role}\) holds "
+                                        r"list<element: string> values, not one text or number per row"):
+        load_table(str(path), feature_prefix="f_", **{role: "tags"})

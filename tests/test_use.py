@@ -559,3 +559,20 @@ def test_an_input_archive_of_several_arrays_says_to_save_one_not_to_set_a_key(tm
     with pytest.raises(DataError, match=r"multi.npz \(--input\): the .npz archive holds 2 arrays \(a, b\): save the one to "
                                         r"assign alone with numpy.save"):
         runs.load_dataset(cfg, str(tmp_path / "multi.npz"))
+
+
+def _loader_that_fails(path, name="x"):
+    raise KeyError('Field "f_5" does not exist in schema')
+
+
+def test_a_loader_error_of_another_library_is_one_line_naming_the_input():
+    from omegaconf import OmegaConf
+
+    from embclust.errors import DataError
+    from embclust.use.runs import load_dataset
+
+    cfg = OmegaConf.create({"dataset": {"_target_": f"{__name__}._loader_that_fails", "path": "run.parquet", "name": "x"}})
+    with pytest.raises(DataError) as caught:
+        load_dataset(cfg, path="new.parquet")
+    assert str(caught.value) == ("--input new.parquet: cannot be read as dataset 'x' of this run "
+                                 "(KeyError: 'Field \"f_5\" does not exist in schema')")

@@ -360,15 +360,26 @@ def open_table(path: str, columns: dict[str, str | None]) -> tuple[Path, dict[st
     return p, schema
 
 
-def as_strings(column: pa.ChunkedArray, missing: str = MISSING_LABEL) -> np.ndarray:
-    """A column as strings, nulls shown as ``missing``: labels, categories, metadata, texts."""
+def as_strings(column: pa.ChunkedArray, missing: str = MISSING_LABEL, where: str = "a column") -> np.ndarray:
+    """A column as strings, nulls shown as ``missing``: labels, categories, metadata, texts.
+
+    ``where`` names the column and its key in the error for a column of lists or records."""
+    if pa.types.is_nested(column.type) or pa.types.is_binary(column.type) or pa.types.is_large_binary(column.type):
+        raise DataError(f"{where} holds {column.type} values, not one text or number per row: choose another column")
     if pa.types.is_floating(column.type):  # 1.0 and NaN, not pyarrow's 1 and nan
         text = column.to_numpy().astype(str).astype(object)
         text[text == "nan"] = "NaN"
     else:
-        text = column.cast(pa.string()).to_numpy().astype(object)
+        try:
+            text = column.cast(pa.string()).to_numpy().astype(object)
+        except (pa.ArrowNotImplementedError, pa.ArrowInvalid) as exc:
+            raise DataError(f"{where} holds {column.type} values, which cannot be read as text ({first_line(exc)})") from None
     text[column.is_null().to_numpy()] = missing
     return text
+
+
+def text_where(p, text_column: str) -> str:
+    return f"{p}: text column {text_column!r} (dataset.text_column)"
 
 
 def label_text_column(label_column: str | None, id_column: str | None) -> tuple[str, ...]:
@@ -414,7 +425,7 @@ def label_values(column: pa.ChunkedArray, where: str = "dataset.label_column", n
         try:
             values = np.array(pc.fill_null(column, 0).cast(pa.int64()).to_numpy())
         except pa.ArrowInvalid:  # uint64 above the int64 range: text keeps every digit
-            return as_strings(source, MISSING_LABEL)
+            return as_strings(source, MISSING_LABEL, where)
         values[column.is_null().to_numpy(zero_copy_only=False)] = -1
         _say_negative_labels(values, column.null_count, where)
         return values
@@ -425,10 +436,10 @@ def label_values(column: pa.ChunkedArray, where: str = "dataset.label_column", n
             labels = np.where(known, values, -1).astype(np.int64)
             _say_negative_labels(labels, int((~known).sum()), where)
             return labels
-        text = as_strings(source, MISSING_LABEL)
+        text = as_strings(source, MISSING_LABEL, where)
         text[~known] = MISSING_LABEL  # NaN as well as an empty cell
         return text
-    return as_strings(source, MISSING_LABEL)
+    return as_strings(source, MISSING_LABEL, where)
 
 
 def _say_negative_labels(labels: np.ndarray, n_missing: int, where: str) -> None:
@@ -595,7 +606,7 @@ def load_table(
     ids, labels = ids_and_labels(table, id_column, label_column, p)
     if vector_column:
         X = _vectors_from_list_column(table[vector_column], vector_column, p, ids)
-    texts = as_strings(table[text_column], missing="") if text_column else None
+    texts = as_strings(table[text_column], "", text_where(p, text_column)) if text_column else None
     X = as_float32(X, f"{p} (dataset.path)")
     source = None
     if p.suffix == ".parquet":
@@ -610,7 +621,8 @@ def load_table(
         labels=labels,
         texts=texts,
         feature_names=None if vector_column else features,
-        metadata={c: as_strings(table[c]) for c in metadata_columns},
+        metadata={c: as_strings(table[c], where=f"{p}: metadata column {c!r} (dataset.metadata_columns)")
+                  for c in metadata_columns},
         source=source,
     )
 
@@ -661,7 +673,8 @@ def load_tabular(
     parts = [numeric] if numeric_columns else []
     names = list(numeric_columns)
     if categorical_columns:
-        cats = np.column_stack([as_strings(table[c]) for c in categorical_columns])
+        cats = np.column_stack([as_strings(table[c], where=f"{p}: categorical column {c!r} (dataset.categorical_columns)")
+                                for c in categorical_columns])
         for j, col in enumerate(categorical_columns):
             distinct = np.unique(cats[:, j]).size
             if distinct > 50 and distinct > cats.shape[0] // 2:  # a feature per value: the clusters follow it
@@ -833,6 +846,11 @@ def load_parquet_dataset(
     for f in files:
         try:
             reader = open_parquet(str(f))
+            lacking = [c for c in dict.fromkeys(extra + vector_columns) if c not in reader.schema_arrow.names]
+            if lacking:
+                raise DataError(f"{f}: has no column {', '.join(repr(c) for c in lacking)}, which the first file "
+                                f"{Path(str(files[0])).name} has: the files of dataset.path={path} must share their "
+                                "columns (move the others away, or point dataset.path at one file or a glob)")
             for batch in reader.iter_batches(batch_size=DATASET_BATCH_ROWS, columns=extra + vector_columns):
                 stop = start + batch.num_rows
                 if not vector_columns:
@@ -870,7 +888,8 @@ def load_parquet_dataset(
         X=X,
         ids=ids,
         labels=labels,
-        texts=as_strings(table[text_column], missing="") if text_column else None,
+        texts=as_strings(table[text_column], "", text_where(p, text_column)) if text_column else None,
         feature_names=None if vector_column else features,
-        metadata={c: as_strings(table[c]) for c in metadata_columns},
+        metadata={c: as_strings(table[c], where=f"{p}: metadata column {c!r} (dataset.metadata_columns)")
+                  for c in metadata_columns},
     )

@@ -17,7 +17,7 @@ import numpy as np
 
 from embclust.data.dataset import Dataset
 from embclust.errors import ConfigError, DataError, first_line
-from embclust.data.loaders import as_strings, ids_and_labels, label_text_column, open_table, read_columns
+from embclust.data.loaders import as_strings, ids_and_labels, label_text_column, open_table, read_columns, text_where
 
 log = logging.getLogger(__name__)
 
@@ -137,7 +137,7 @@ def load_texts(
     if table.num_rows == 0:
         raise DataError(f"dataset 'texts' is empty: 0 rows in {path}")
     ids, labels = ids_and_labels(table, id_column, label_column, p)  # checked before the costly embedding
-    texts = as_strings(table[text_column], missing="")
+    texts = as_strings(table[text_column], "", text_where(p, text_column))
     blank = np.flatnonzero(np.char.str_len(np.char.strip(np.asarray(texts, dtype=str))) == 0)
     if blank.size:
         first = ", ".join(str(i) for i in np.asarray(ids)[blank[:5]])

@@ -242,7 +242,12 @@ def load_dataset(cfg: DictConfig, path: str | None = None, validate: bool = True
                                              "save the one to assign alone with numpy.save (a .npy)")
                 cause.args = (said.replace("dataset.path", "--input"), *cause.args[1:])
             raise cause from None
-        raise
+        inner = exc
+        while inner.__cause__ is not None or inner.__context__ is not None:  # the loader's own error, not Hydra's wrapper
+            inner = inner.__cause__ or inner.__context__
+        source = f"--input {path}" if path is not None else f"{container.get('path') or name} (the run's dataset.path)"
+        raise DataError(f"{source}: cannot be read as dataset '{name}' of this run "
+                        f"({type(inner).__name__}: {first_line(inner)})") from None
     if not validate:
         return ds
     return validate_dataset(ds, on_invalid=options.get("on_invalid", "error"), assigning=path is not None)
