@@ -222,6 +222,23 @@ def test_tabular_encodes_categories(tmp_path):
         load_tabular(str(tmp_path / "u.csv"), numeric_columns=[1, 2])
 
 
+def test_tabular_refuses_a_column_listed_twice_or_in_two_roles(tmp_path):
+    # They ran: a column twice counted twice in the distances (or pyarrow's KeyError "exists 2 times"),
+    # and a label or id among the features made the clusters follow it.
+    (tmp_path / "u.csv").write_text("user,age,plays,plan\nu1,20,1.5,free\nu2,30,2.0,pro\nu3,40,0.5,free\n")
+    path = str(tmp_path / "u.csv")
+    with pytest.raises(ConfigError, match=r"^dataset.numeric_columns lists column 'age' twice: list each column once$"):
+        load_tabular(path, numeric_columns=["age", "plays", "age"])
+    with pytest.raises(ConfigError, match=r"column 'plan' is in dataset.numeric_columns and dataset.categorical_columns"):
+        load_tabular(path, numeric_columns=["age", "plan"], categorical_columns=["plan"])
+    with pytest.raises(ConfigError, match=r"column 'plan' is dataset.label_column and a feature"):
+        load_tabular(path, numeric_columns=["age"], categorical_columns=["plan"], label_column="plan")
+    with pytest.raises(ConfigError, match=r"column 'age' is dataset.id_column and a feature"):
+        load_tabular(path, numeric_columns=["age", "plays"], id_column="age")
+    with pytest.raises(ConfigError, match=r"^dataset.feature_columns lists column 'age' twice"):
+        load_table(path, feature_columns=["age", "age", "plays"])
+
+
 def test_tabular_datasets_say_so_through_sampling_and_the_cache(tmp_path):
     from embclust.data.dataset import take_rows
     from embclust.sweep.cache import cached_dataset

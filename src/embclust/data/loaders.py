@@ -485,6 +485,14 @@ def require_column(schema: dict, column: str | None, key: str, p: Path) -> None:
         raise DataError(f"{p}: column {column!r} ({key}) not found{hint}; columns: {column_list(schema)}")
 
 
+def _refuse_repeats(columns: list[str], key: str) -> None:
+    """One line for a column listed twice: it would count twice in the distances (or fail to be read)."""
+    seen: set[str] = set()
+    twice = next((c for c in columns if c in seen or seen.add(c)), None)
+    if twice is not None:
+        raise ConfigError(f"{key} lists column {twice!r} twice: list each column once")
+
+
 def _select_features(
     schema: dict, p: Path, feature_prefix: str | None, feature_columns: list[str] | None, roles: list[str] = ()
 ) -> list[str]:
@@ -492,6 +500,7 @@ def _select_features(
     a label among the features would be clustered on. Listed in feature_columns, that is an error;
     matched by feature_prefix, the column is left out of the features."""
     if feature_columns:
+        _refuse_repeats(feature_columns, "dataset.feature_columns")
         missing = [c for c in feature_columns if c not in schema]
         if missing:
             raise DataError(f"{p}: feature columns not found: {', '.join(missing[:10])}")
@@ -661,6 +670,17 @@ def load_tabular(
     categorical_columns = column_names(categorical_columns, "dataset.categorical_columns")
     if not numeric_columns and not categorical_columns:
         raise ConfigError("dataset.numeric_columns and dataset.categorical_columns are both empty")
+    _refuse_repeats(numeric_columns, "dataset.numeric_columns")
+    _refuse_repeats(categorical_columns, "dataset.categorical_columns")
+    both = [c for c in numeric_columns if c in categorical_columns]
+    if both:
+        raise ConfigError(f"{p}: column {both[0]!r} is in dataset.numeric_columns and dataset.categorical_columns: "
+                          "a column is one or the other, not both")
+    roles = {"dataset.id_column": id_column, "dataset.label_column": label_column}
+    for key, role in roles.items():
+        if role and role in (*numeric_columns, *categorical_columns):
+            raise ConfigError(f"{p}: column {role!r} is {key} and a feature (dataset.numeric_columns/categorical_columns): "
+                              "the clusters would follow it; a column is a feature or the id / label, not both")
     for col in [*numeric_columns, *categorical_columns]:
         require_column(schema, col, "dataset.numeric_columns/categorical_columns", p)
     for col in numeric_columns:
@@ -668,7 +688,7 @@ def load_tabular(
             raise DataError(f"{p}: numeric column {col!r} is not numeric (type {schema[col]}): list it in "
                             "dataset.categorical_columns instead (a yes/no or text column is a category)")
     extra = [c for c in (id_column, label_column) if c]
-    as_text = () if label_column in categorical_columns else label_text_column(label_column, id_column)
+    as_text = label_text_column(label_column, id_column)
     table, numeric = read_columns(p, schema, list(dict.fromkeys(extra + categorical_columns)), list(numeric_columns), as_text)
     parts = [numeric] if numeric_columns else []
     names = list(numeric_columns)
