@@ -92,3 +92,16 @@ def test_duplicate_ids_are_counted_not_fatal():
 def test_validate_rejects_label_length_mismatch():
     with pytest.raises(DataError, match="labels has 3 entries but the matrix has 5 rows"):
         validate_dataset(_ds(np.ones((5, 2)), labels=np.zeros(3)))
+
+
+@pytest.mark.parametrize(("key", "value", "need"), [
+    ("cluster_std", -1.0, "a number >= 0"), ("noise", -0.1, "a number >= 0"), ("n_samples", "abc", "a whole number >= 0"),
+    ("subspace_dim", 0, "a whole number >= 1"), ("n_clusters", 2.5, "a whole number >= 1"),
+    ("center_spread", float("nan"), "a number >= 0"),
+])
+def test_synthetic_settings_out_of_range_name_the_key(key, value, need):
+    # numpy's ValueError('scale < 0') or a TypeError comparing str and int reached the user.
+    from embclust.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=rf"^dataset.{key}=.* must be {need} \(dataset=synthetic\)$"):
+        make_synthetic(**{"n_samples": 50, "n_features": 8, key: value})

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from embclust.data.dataset import Dataset, as_float32
-from embclust.errors import DataError
+from embclust.errors import ConfigError
 
 
 def load_digits(name: str = "digits") -> Dataset:
@@ -21,6 +21,21 @@ def load_digits(name: str = "digits") -> Dataset:
         labels=labels,
         label_names=[str(t) for t in bunch.target_names],
     )
+
+
+def _check_synthetic(**values) -> None:
+    """One line naming the first ``dataset.<key>`` of the generator that is not a number in its range."""
+    whole = {"n_samples": 0, "n_features": 1, "n_clusters": 1, "subspace_dim": 1, "chunk_size": 1}  # at least
+    for key, value in values.items():
+        if key in whole:
+            ok = isinstance(value, (int, np.integer)) and not isinstance(value, bool) and value >= whole[key]
+            need = f"a whole number >= {whole[key]}"
+        else:
+            ok = (isinstance(value, (int, float, np.number)) and not isinstance(value, bool) and np.isfinite(value)
+                  and (value > 0 if key == "size_concentration" else value >= 0))
+            need = "a number > 0" if key == "size_concentration" else "a number >= 0"
+        if not ok:
+            raise ConfigError(f"dataset.{key}={value!r} must be {need} (dataset=synthetic)")
 
 
 def make_synthetic(
@@ -43,11 +58,9 @@ def make_synthetic(
     L2-normalised row by row. Rows are generated in chunks so a million rows never need more
     than the float32 output plus one chunk.
     """
-    if n_samples < 0 or n_features < 1 or n_clusters < 1:
-        raise DataError(
-            f"synthetic dataset needs n_samples >= 0, n_features >= 1, n_clusters >= 1; "
-            f"got {n_samples}, {n_features}, {n_clusters}"
-        )
+    _check_synthetic(n_samples=n_samples, n_features=n_features, n_clusters=n_clusters, subspace_dim=subspace_dim,
+                     cluster_std=cluster_std, center_spread=center_spread, noise=noise,
+                     size_concentration=size_concentration, chunk_size=chunk_size)
     rng = np.random.default_rng(seed)
     sub = min(subspace_dim, n_features)
     weights = rng.dirichlet(np.full(n_clusters, size_concentration))
