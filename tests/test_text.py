@@ -89,3 +89,23 @@ def test_a_labeler_in_the_folder_run_from_names_the_clusters(run_cli, tmp_path):
     (run,) = res.runs()
     table = pd.read_csv(mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path="cluster_keywords.csv"))
     assert table.astype(str).apply(lambda col: col.str.startswith("topic ")).any().any()
+
+
+def test_a_cache_dir_that_cannot_be_written_costs_a_warning_not_the_run(tmp_path, caplog):
+    # A file as dataset.cache_dir failed the run after every document was embedded, blaming TMPDIR.
+    from embclust.data.text import _save_to_cache
+
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    caplog.set_level("WARNING")
+    _save_to_cache(np.zeros((2, 3), np.float32), blocker / "embeddings" / "k.npy", str(blocker))
+    assert f"dataset.cache_dir={blocker} cannot be written" in caplog.text and "embeds the texts again" in caplog.text
+
+
+def test_a_folder_that_holds_no_model_is_named_with_the_key(tmp_path):
+    pytest.importorskip("sentence_transformers")
+    from embclust.data.text import embed_texts
+    from embclust.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=rf"^dataset.model={tmp_path}: .* cannot be loaded as a sentence-transformers model"):
+        embed_texts(np.asarray(["a text"]), model=str(tmp_path), cache_dir=None)

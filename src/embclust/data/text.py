@@ -102,18 +102,36 @@ def embed_texts(
         from transformers.utils import logging as transformers_logging
 
         transformers_logging.disable_progress_bar()
-    encoder = SentenceTransformer(str(model_path), device=device, local_files_only=True)
+    try:
+        encoder = SentenceTransformer(str(model_path), device=device, local_files_only=True)
+    except (ValueError, OSError, KeyError) as exc:  # a folder that holds no model, or not a whole one
+        raise ConfigError(f"dataset.model={model}: {model_path} cannot be loaded as a sentence-transformers model "
+                          f"({first_line(exc)}): point dataset.model at a model's folder (with its config.json)") from None
     # A bar over the batches where embedding takes a while; none for a query or a few texts.
     X = encoder.encode(
         [str(t) for t in texts], batch_size=batch_size, show_progress_bar=len(texts) > PROGRESS_BAR_TEXTS,
         convert_to_numpy=True,
     ).astype(np.float32)
     if cache_file is not None:
+        _save_to_cache(X, cache_file, cache_dir)
+    return X
+
+
+def _save_to_cache(X: np.ndarray, cache_file: Path, cache_dir: str) -> None:
+    """Keep the embeddings for the next run; a cache that cannot be written costs only that (a warning)."""
+    tmp = cache_file.with_suffix(f".tmp-{os.getpid()}.npy")
+    try:
         cache_file.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache_file.with_suffix(f".tmp-{os.getpid()}.npy")
         np.save(tmp, X)
         os.replace(tmp, cache_file)
-    return X
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        from embclust.errors import os_error_reason
+
+        log.warning("texts: the embeddings are not cached: dataset.cache_dir=%s cannot be written (%s); the next run "
+                    "embeds the texts again (set dataset.cache_dir to a writable folder, or null)", cache_dir,
+                    os_error_reason(exc, exc.filename or cache_file))
 
 
 def load_texts(
