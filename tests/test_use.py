@@ -481,9 +481,12 @@ def test_compare_names_a_metric_no_run_logged_and_shows_runs_that_all_failed(tra
         mlflow.log_metric("time/load_s", 0.1)
     mlflow.MlflowClient().set_terminated(failed.info.run_id, "FAILED")
     capsys.readouterr()
-    # was: "--metric='silhouette' is not logged" when a failed run had logged a timing, a table when none had
-    code, out, err = _embclust(capsys, "compare", "--all", "--tracking-uri", tracking_uri)
-    assert code == 0 and "FAILED" in out and failed.info.run_id in out
+    # was: "--metric='silhouette' is not logged" when a failed run had logged a timing, a table when none had;
+    # then a table of NaN "ranked by" any --metric, exit 0
+    for metric in ((), ("--metric", "bogus")):
+        code, out, err = _embclust(capsys, "compare", "--all", *metric, "--tracking-uri", tracking_uri)
+        assert code == 1 and out == "" and "error: no run of experiment 'embclust' finished, so nothing is ranked" in err
+        assert f"(run {failed.info.run_id}): FAILED" in err
     with mlflow.start_run():
         mlflow.log_metric("silhouette", 0.5)
     code, out, err = _embclust(capsys, "compare", "--all", "--metric", "silhuette", "--tracking-uri", tracking_uri)

@@ -232,7 +232,14 @@ def _compare(args: argparse.Namespace) -> int:
     cells = runs[runs.get("tags.sweep_role", pd.Series(index=runs.index, dtype=object)) != "parent"]
     logged = [c[len("metrics."):] for c in cells.columns if c.startswith("metrics.") and cells[c].notna().any()]
     finished = cells.get("status", pd.Series(index=cells.index, dtype=object)).eq("FINISHED").any()
-    if finished and logged and args.metric not in logged:  # (runs that all failed log no score: shown, with their errors)
+    if not finished:  # nothing to rank: say why each failed, instead of a table of NaN ranked by any name
+        scope = f"sweep {parent}" if parent else f"experiment {args.experiment!r}"
+        print(f"error: no run of {scope} finished, so nothing is ranked; {len(table)} did not:", file=sys.stderr)
+        for _, row in table.iterrows():
+            error = f": {row['error'][:300]}" if row["error"] else ""
+            print(f"  {row['cell']} (run {row['run_id']}): {row['status']}{error}", file=sys.stderr)
+        return 1
+    if logged and args.metric not in logged:
         shown = [m for m in SCORE_COLUMNS if m in logged] or sorted(logged)[:12]
         print(f"error: --metric={args.metric!r} is not logged by these runs (rank by one of: {', '.join(shown)})",
               file=sys.stderr)
