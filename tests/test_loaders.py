@@ -437,3 +437,18 @@ def test_a_label_or_text_column_of_lists_is_named_not_an_arrow_cast_error(tmp_pa
     with pytest.raises(DataError, match=rf"t.parquet: (label|text) column 'tags' \(dataset.{role}\) holds "
                                         r"list<element: string> values, not one text or number per row"):
         load_table(str(path), feature_prefix="f_", **{role: "tags"})
+
+
+def test_a_pipe_or_a_link_loop_is_named_as_such_not_as_a_missing_file(tmp_path):
+    import os
+
+    from embclust.data.loaders import check_file
+
+    os.mkfifo(tmp_path / "fifo.npy")
+    with pytest.raises(DataError, match=r"fifo.npy is not a regular file \(a pipe, socket or device\) \(dataset.path\)"):
+        check_file(str(tmp_path / "fifo.npy"), (".npy",))
+    os.symlink(tmp_path / "loop.csv", tmp_path / "loop.csv")
+    with pytest.raises(DataError, match=r"loop.csv: its links lead back to themselves \(dataset.path\)"):
+        check_file(str(tmp_path / "loop.csv"), (".csv",))
+    with pytest.raises(DataError, match=r"^file not found: .*missing.csv \(dataset.path\)$"):
+        check_file(str(tmp_path / "missing.csv"), (".csv",))

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import json
 import logging
+import errno
 import os
+import stat
 import re
 import time
 from collections import Counter
@@ -39,6 +41,15 @@ def check_file(path: str | None, allowed: tuple[str, ...] | None, what: str = "d
     if p.is_dir():
         raise DataError(f"{path} is a folder, not a file ({what}): give the data file's path")
     if not p.is_file():
+        try:
+            kind = p.stat().st_mode
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise DataError(f"{path}: its links lead back to themselves ({what}): point it at the data file") from None
+            raise DataError(f"file not found: {path} ({what})") from None
+        if stat.S_ISFIFO(kind) or stat.S_ISSOCK(kind) or stat.S_ISCHR(kind) or stat.S_ISBLK(kind):
+            raise DataError(f"{path} is not a regular file (a pipe, socket or device) ({what}): save the data to a "
+                            "file and give its path")
         raise DataError(f"file not found: {path} ({what})")
     if allowed is not None and p.suffix.lower() not in allowed:
         raise DataError(f"{path}: unsupported extension '{p.suffix}' (allowed: {', '.join(allowed)})")
