@@ -452,3 +452,11 @@ def test_a_pipe_or_a_link_loop_is_named_as_such_not_as_a_missing_file(tmp_path):
         check_file(str(tmp_path / "loop.csv"), (".csv",))
     with pytest.raises(DataError, match=r"^file not found: .*missing.csv \(dataset.path\)$"):
         check_file(str(tmp_path / "missing.csv"), (".csv",))
+
+
+@pytest.mark.parametrize(("head", "kind"), [(b"PAR1", "a parquet file"), (b"\x1f\x8b\x08\x00", "gzip-compressed")])
+def test_a_binary_file_named_csv_says_what_it_is_instead_of_quoting_its_bytes(tmp_path, head, kind):
+    path = tmp_path / "data.csv"
+    path.write_bytes(head + bytes(range(256)) * 4)
+    with pytest.raises(DataError, match=rf"data.csv: the file is {kind}, not CSV text"):
+        load_table(str(path), feature_prefix="f_")

@@ -221,6 +221,12 @@ def _check_csv_encoding(p: Path) -> None:
     """A UTF-16 CSV (Excel's "Unicode text") parses as one garbled column: say what it is."""
     with open(p, "rb") as f:
         head = f.read(4096)
+    for magic, kind, instead in ((b"PAR1", "a parquet file", "name it .parquet"),
+                                 (b"\x1f\x8b", "gzip-compressed", "unpack it first (gunzip)"),
+                                 (b"PK\x03\x04", "a zip archive (or an Excel .xlsx)", "unpack it, or save the sheet as CSV"),
+                                 (b"\x93NUMPY", "a NumPy .npy file", "name it .npy")):
+        if head.startswith(magic):
+            raise DataError(f"{p}: the file is {kind}, not CSV text: {instead}")
     if head.startswith(_UTF16_BOMS) or (head and head.count(0) > len(head) // 4):
         raise DataError(f"{p}: the file is UTF-16 (or another encoding with NUL bytes), not UTF-8 text; "
                         "save it as CSV UTF-8 (comma-separated) or as parquet")
