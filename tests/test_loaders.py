@@ -460,3 +460,15 @@ def test_a_binary_file_named_csv_says_what_it_is_instead_of_quoting_its_bytes(tm
     path.write_bytes(head + bytes(range(256)) * 4)
     with pytest.raises(DataError, match=rf"data.csv: the file is {kind}, not CSV text"):
         load_table(str(path), feature_prefix="f_")
+
+
+@pytest.mark.parametrize("mmap", [False, True])
+def test_a_npy_cut_short_says_what_its_header_declares(tmp_path, mmap):
+    from embclust.data.loaders import _load_array
+
+    np.save(tmp_path / "full.npy", np.zeros((1000, 16), np.float32))
+    data = (tmp_path / "full.npy").read_bytes()
+    (tmp_path / "cut.npy").write_bytes(data[: len(data) // 2])
+    with pytest.raises(DataError, match=r"cut.npy: its header declares a 1000 x 16 float32 array \(64,128 bytes\) but the "
+                                        r"file holds 32,064 bytes \(dataset.path\): it was cut short"):
+        _load_array(str(tmp_path / "cut.npy"), "dataset.path", mmap=mmap)

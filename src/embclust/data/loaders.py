@@ -93,7 +93,28 @@ def _load_array(path: str, what: str, mmap: bool = False, key: str | None = None
                 f"{path}: not a numeric NumPy array (no .npy/.npz header, or an array of Python objects); "
                 "save a numeric matrix with numpy.save"
             ) from None
+        short = _npy_cut_short(p) if p.suffix.lower() == ".npy" else None
+        if short is not None:
+            raise DataError(f"{path}: {short} ({what}): it was cut short; copy or save it again") from None
         raise DataError(f"{path}: cannot be read as a numeric array ({exc})") from exc
+
+
+def _npy_cut_short(p: Path) -> str | None:
+    """What a .npy's header declares against the bytes the file holds, where it holds fewer."""
+    try:
+        with open(p, "rb") as f:
+            major, _ = np.lib.format.read_magic(f)
+            read_header = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
+            shape, _, dtype = read_header(f)
+            data_start = f.tell()
+        size = p.stat().st_size
+    except (OSError, ValueError):
+        return None
+    needed = data_start + int(np.prod(shape, dtype=object)) * dtype.itemsize
+    if size >= needed:
+        return None
+    return (f"its header declares a {' x '.join(str(n) for n in shape)} {dtype} array ({needed:,} bytes) but the file "
+            f"holds {size:,} bytes")
 
 
 def _load_names(path: str) -> list[str]:
