@@ -214,7 +214,8 @@ def test_an_optuna_search_whose_every_trial_failed_ends_failed_in_one_line(run_c
                   "hydra.sweeper.n_trials=2", "hydra.sweeper.sampler.seed=1", "hydra.sweeper.max_failure_rate=1.0",
                   "analysis.explain.enabled=false")
     assert res.returncode == 1 and "Traceback" not in res.stderr, res.stderr[-3000:]
-    assert "sweep: every cell failed" in res.stderr.strip().splitlines()[-1]
+    last = res.stderr.strip().splitlines()[-1]
+    assert "sweep: every cell failed (" in last and "), the first with: clusterer.n_clusters=" in last  # the cause, not only a count
     parent, cells = _children(res)
     assert parent.info.status == "FAILED" and cells and all(c.info.status == "FAILED" for c in cells)
 

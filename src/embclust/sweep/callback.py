@@ -402,7 +402,8 @@ class MlflowSweepCallback(Callback):
         if url:
             log.info("compare the cells in the MLflow UI: %s", url)
         if failed_all:
-            log.error("sweep: every cell failed (%d of %d); parent run %s", summary.n_failed, summary.n_cells, parent)
+            log.error("sweep: every cell failed (%d of %d), the first with: %s; fix it and re-run the same command; "
+                      "parent run %s", summary.n_failed, summary.n_cells, summary.first_error or "(no error recorded)", parent)
             raise SystemExit(1)
         if summary.n_cells == 0:
             log.error("sweep: no cell ran; parent run %s", parent)
