@@ -579,3 +579,24 @@ def test_a_loader_error_of_another_library_is_one_line_naming_the_input():
         load_dataset(cfg, path="new.parquet")
     assert str(caught.value) == ("--input new.parquet: cannot be read as dataset 'x' of this run "
                                  "(KeyError: 'Field \"f_5\" does not exist in schema')")
+
+
+def test_assign_from_a_run_that_found_no_cluster_says_so(tracking_uri):
+    # It advised "re-run it to log the centroids", which would log none again.
+    from sklearn.cluster import DBSCAN
+    from sklearn.pipeline import Pipeline
+
+    from embclust.data import Dataset
+    from embclust.errors import DataError
+    from embclust.use.assign import assign_rows
+
+    mlflow.set_tracking_uri(tracking_uri)
+    mlflow.set_experiment("embclust")
+    X = np.random.default_rng(0).normal(size=(30, 4)).astype(np.float32)
+    from sklearn.preprocessing import FunctionTransformer
+
+    model = Pipeline([("normalize", FunctionTransformer().fit(X)), ("cluster", DBSCAN(eps=1e-6).fit(X))])
+    with mlflow.start_run() as run:
+        mlflow.log_metric("n_clusters", 0)
+    with pytest.raises(DataError, match=r"found no cluster \(every row was noise\), so there is none to assign new rows to"):
+        assign_rows(mlflow.get_run(run.info.run_id), Dataset("x", X, np.arange(30)), model)

@@ -170,6 +170,9 @@ def assign_rows(run, ds: Dataset, model, explain: bool = False, categorical: lis
         table["cluster"] = cluster
         method = "predict"
     else:
+        if centroids is None and run.data.metrics.get("n_clusters") == 0:
+            raise DataError(f"run {run.info.run_id} found no cluster (every row was noise), so there is none to assign "
+                            "new rows to: re-run it with other clusterer settings")
         if centroids is None:
             raise DataError(
                 f"run {run.info.run_id} logged no {CENTROIDS_ARTIFACT} and its {type(clusterer).__name__} cannot "
