@@ -600,3 +600,22 @@ def test_assign_from_a_run_that_found_no_cluster_says_so(tracking_uri):
         mlflow.log_metric("n_clusters", 0)
     with pytest.raises(DataError, match=r"found no cluster \(every row was noise\), so there is none to assign new rows to"):
         assign_rows(mlflow.get_run(run.info.run_id), Dataset("x", X, np.arange(30)), model)
+
+
+def test_assign_names_the_input_file_whose_width_differs(tracking_uri):
+    from sklearn.cluster import KMeans
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import FunctionTransformer
+
+    from embclust.data import Dataset
+    from embclust.errors import DataError
+    from embclust.use.assign import assign_rows
+
+    mlflow.set_tracking_uri(tracking_uri)
+    mlflow.set_experiment("embclust")
+    X = np.random.default_rng(0).normal(size=(30, 4)).astype(np.float32)
+    model = Pipeline([("normalize", FunctionTransformer().fit(X)), ("cluster", KMeans(2, n_init=1, random_state=0).fit(X))])
+    with mlflow.start_run() as run:
+        pass
+    with pytest.raises(DataError, match=r"^--input new.npy has 3 features, the run was fitted on 4 \(dataset 'npy'\)$"):
+        assign_rows(mlflow.get_run(run.info.run_id), Dataset("npy", X[:, :3], np.arange(30)), model, source="--input new.npy")

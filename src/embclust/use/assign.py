@@ -86,7 +86,7 @@ def _umask() -> int:
     return mask
 
 
-def align_features(ds: Dataset, trained: list[str], categorical: list[str] = ()) -> np.ndarray:
+def align_features(ds: Dataset, trained: list[str], categorical: list[str] = (), source: str = "the new file") -> np.ndarray:
     """Columns of ``ds`` in the order the run was fitted on, by feature name.
 
     One-hot columns (``<categorical column>_<category>``) of categories the new file lacks are
@@ -98,7 +98,8 @@ def align_features(ds: Dataset, trained: list[str], categorical: list[str] = ())
     one_hot = tuple(f"{c}_" for c in categorical)
     missing = [n for n in trained if n not in position and not (one_hot and n.startswith(one_hot))]
     if missing:
-        raise DataError(f"dataset '{ds.name}': the new file lacks feature columns the run used: {', '.join(missing[:10])}")
+        raise DataError(f"{source} lacks feature columns the run used: {', '.join(missing[:10])} (it needs the columns "
+                        f"of the run's dataset '{ds.name}')")
     unseen = [n for n in names if n not in set(trained)]
     if unseen:
         log.warning("ignoring %d columns the run never saw (new categories?): %s", len(unseen), ", ".join(unseen[:10]))
@@ -140,16 +141,17 @@ def _distance_to(Xp: np.ndarray, cluster: np.ndarray, ids: np.ndarray, centroids
     return out
 
 
-def assign_rows(run, ds: Dataset, model, explain: bool = False, categorical: list[str] = ()) -> pa.Table:
+def assign_rows(run, ds: Dataset, model, explain: bool = False, categorical: list[str] = (),
+                source: str = "the new file") -> pa.Table:
     """Cluster, distance to its centroid and how it was assigned, for every row of ``ds``."""
     if runs.has_artifact(run, FEATURE_NAMES_ARTIFACT) and ds.feature_names is not None:
         trained = json.loads(runs.download(run, FEATURE_NAMES_ARTIFACT).read_text())
-        X = align_features(ds, trained, categorical)
+        X = align_features(ds, trained, categorical, source)
     else:
         X = np.asarray(ds.X, dtype=np.float32)
     expected = _expected_features(model)
     if expected is not None and X.shape[1] != expected:
-        raise DataError(f"dataset '{ds.name}': the new file has {X.shape[1]} features, the run was fitted on {expected}")
+        raise DataError(f"{source} has {X.shape[1]} features, the run was fitted on {expected} (dataset '{ds.name}')")
     Xp = np.asarray(model[:-1].transform(X), dtype=np.float32)
     clusterer = model.steps[-1][1]
     centroids = _centroids(run, clusterer)
@@ -256,7 +258,7 @@ def assign(run_id: str, input_path: str, output: str, explain: bool = False) -> 
         )
     ds = runs.load_dataset(cfg, input_path)
     categorical = list(cfg.dataset.get("categorical_columns") or [])
-    table = assign_rows(run, ds, model, explain=explain, categorical=categorical)
+    table = assign_rows(run, ds, model, explain=explain, categorical=categorical, source=f"--input {input_path}")
     write_table(table, out_path)
     clusters = np.unique(table["cluster"].to_numpy())
     log.info("assigned %d rows to %d clusters, wrote %s", table.num_rows, clusters.size, out_path)
