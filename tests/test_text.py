@@ -109,3 +109,12 @@ def test_a_folder_that_holds_no_model_is_named_with_the_key(tmp_path):
 
     with pytest.raises(ConfigError, match=rf"^dataset.model={tmp_path}: .* cannot be loaded as a sentence-transformers model"):
         embed_texts(np.asarray(["a text"]), model=str(tmp_path), cache_dir=None)
+
+
+@pytest.mark.parametrize(("text", "what"), [("", "empty or missing"), ("same words", "the same text ('same words')")])
+def test_documents_all_empty_or_all_the_same_are_refused_before_embedding(tmp_path, text, what):
+    # They were embedded, then refused as "the same vector ... check how the embeddings were written".
+    pd.DataFrame({"id": range(5), "text": [text] * 5}).to_csv(tmp_path / "t.csv", index=False)
+    with pytest.raises(DataError, match=rf"t.csv: all 5 documents in column 'text' \(dataset.text_column\) are "
+                                        rf"{what.replace('(', '[(]').replace(')', '[)]')}: there is nothing to cluster"):
+        load_texts(path=str(tmp_path / "t.csv"), text_column="text", id_column="id", model="/no/such/model")

@@ -157,6 +157,10 @@ def load_texts(
     ids, labels = ids_and_labels(table, id_column, label_column, p)  # checked before the costly embedding
     texts = as_strings(table[text_column], "", text_where(p, text_column))
     blank = np.flatnonzero(np.char.str_len(np.char.strip(np.asarray(texts, dtype=str))) == 0)
+    if texts.size > 1 and len(set(texts.tolist())) == 1:  # before the embedding, which would only confirm it
+        what = "empty or missing" if blank.size == texts.size else f"the same text ({str(texts[0])[:60]!r})"
+        raise DataError(f"{p}: all {texts.size} documents in column {text_column!r} (dataset.text_column) are {what}: "
+                        "there is nothing to cluster; check the column, or choose another with dataset.text_column")
     if blank.size:
         first = ", ".join(str(i) for i in np.asarray(ids)[blank[:5]])
         log.warning(
