@@ -85,6 +85,7 @@ def test_a_reader_that_closes_the_pipe_gets_no_traceback():
                                  "own file, choose the dataset's format first (dataset=npy, parquet, csv, texts or "
                                  "tabular)"),
         (["dataset=npy", "dataset.path=~/e.npy"], "must be quoted inside the override"),
+        (["dataset=parquet", "dataset.feature_prefix=ф_"], "or letters beyond ASCII, must be quoted"),
         (["clusterer=kmeanz"], "Available options in 'clusterer': agglomerative, hdbscan, kmeans, minibatch_kmeans"),
         (["-m", "clusterer.n_clusters=3,4", "reducer=umapp"], "Could not find 'reducer/umapp'"),
     ],

@@ -120,8 +120,8 @@ def config_error_line(exc: BaseException) -> str:
     if missing:  # Hydra's "+key=..." would add a key the target does not take
         line = _missing_key_line(missing.group(1), line)
     elif "LexerNoViableAltException" in line or "mismatched input" in line or "token recognition error" in line:
-        line += (" (a value with ~, spaces, parentheses, = or commas must be quoted inside the override: "
-                 "'dataset.path=\"~/my data (1).npy\"')")
+        line += (" (a value with ~, spaces, parentheses, = or commas, or letters beyond ASCII, must be quoted inside "
+                 "the override: 'dataset.path=\"~/my data (1).npy\"')")
     return "config error: " + line
 
 
