@@ -472,3 +472,11 @@ def test_a_npy_cut_short_says_what_its_header_declares(tmp_path, mmap):
     with pytest.raises(DataError, match=r"cut.npy: its header declares a 1000 x 16 float32 array \(64,128 bytes\) but the "
                                         r"file holds 32,064 bytes \(dataset.path\): it was cut short"):
         _load_array(str(tmp_path / "cut.npy"), "dataset.path", mmap=mmap)
+
+
+def test_text_stored_as_binary_by_older_parquet_writers_is_read():
+    from embclust.data.loaders import as_strings
+
+    assert as_strings(pa.chunked_array([[b"hello", None]], pa.binary())).tolist() == ["hello", "(missing)"]
+    with pytest.raises(DataError, match="^x holds binary values, which cannot be read as text"):
+        as_strings(pa.chunked_array([[b"\xff\xfe"]], pa.binary()), where="x")

@@ -245,7 +245,7 @@ def test_a_resumed_sweep_runs_again_a_finished_cell_whose_artifacts_are_gone(run
     (Path(urlparse(best.info.artifact_uri).path) / "config.yaml").unlink()
     res = run_cli(*args)
     parent, children = _check_sweep(res, n_children=3)
-    assert f"run {best.info.run_id} finished earlier but its artifacts config.yaml are gone: the cell runs again" in res.stderr
+    assert f"run {best.info.run_id} finished earlier but its artifacts config.yaml is gone: the cell runs again" in res.stderr
     assert res.stderr.count("skipped, finished earlier") == 1
     assert mlflow.get_run(parent.data.tags["best_run_id"]).info.run_id != best.info.run_id  # the new run of the cell
 

@@ -118,3 +118,10 @@ def test_documents_all_empty_or_all_the_same_are_refused_before_embedding(tmp_pa
     with pytest.raises(DataError, match=rf"t.csv: all 5 documents in column 'text' \(dataset.text_column\) are "
                                         rf"{what.replace('(', '[(]').replace(')', '[)]')}: there is nothing to cluster"):
         load_texts(path=str(tmp_path / "t.csv"), text_column="text", id_column="id", model="/no/such/model")
+
+
+def test_new_documents_to_assign_may_all_be_alike(tmp_path):
+    # The check for clustering refused embclust assign's new rows, which are only placed.
+    pd.DataFrame({"id": range(3), "text": ["hello world"] * 3}).to_csv(tmp_path / "t.csv", index=False)
+    with pytest.raises(DataError, match="is not a local folder"):  # past the check, at the model
+        load_texts(path=str(tmp_path / "t.csv"), text_column="text", id_column="id", model="no-such-model", assigning=True)

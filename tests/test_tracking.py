@@ -128,7 +128,7 @@ def _git(cwd, *args):
 def test_git_state_is_the_checkout_of_the_code_and_new_configs_make_it_dirty(tmp_path):
     from embclust.tracking.store import git_state
 
-    repo = tmp_path / "repo"
+    repo = tmp_path / "my repo"  # a space in the checkout's path
     package, conf = repo / "pkg", repo / "conf"
     package.mkdir(parents=True)
     conf.mkdir()

@@ -103,6 +103,8 @@ def stopped_pid(token: str | None) -> int | None:
 
 
 _watching_parent = False
+# Set when the sweep process that started this worker is gone (its SIGTERM comes from here).
+parent_gone = False
 # Seconds between looks at the parent process, and the grace after SIGTERM before a hard exit.
 PARENT_POLL_S = 1.0
 STOP_GRACE_S = 30.0
@@ -125,6 +127,8 @@ def exit_with_parent(parent_pid: int) -> None:
     def watch() -> None:
         while os.getppid() == parent_pid:
             time.sleep(PARENT_POLL_S)
+        global parent_gone
+        parent_gone = True  # the stop's reason, for the run it ends
         os.kill(os.getpid(), signal.SIGTERM)
         time.sleep(STOP_GRACE_S)
         os._exit(1)

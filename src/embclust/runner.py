@@ -74,21 +74,24 @@ def _resumed_metric(cfg: DictConfig, cell: sweep.SweepCell, plan: SweepPlan) -> 
         return None
     missing = _missing_cell_artifacts(previous)
     if missing:  # the summary and the best cell's report read them: run the cell again instead
-        log.warning("%s: run %s finished earlier but its artifacts %s are gone: the cell runs again", cell.position,
-                    previous.info.run_id, ", ".join(missing))
+        log.warning("%s: run %s finished earlier but its artifacts %s: the cell runs again", cell.position,
+                    previous.info.run_id, missing)
         return None
     value = sweep.cell_metric(previous, plan.rank_metric)
     log.info("%s: skipped, finished earlier as run %s (%s=%.4g)", cell.position, previous.info.run_id, plan.rank_metric, value)
     return value
 
 
-def _missing_cell_artifacts(run) -> list[str]:
-    """Which of the artifacts every finished cell logs (``config.yaml``, ``labels.parquet``) ``run`` lacks."""
+def _missing_cell_artifacts(run) -> str:
+    """What is wrong with the artifacts every finished cell logs (``config.yaml``, ``labels.parquet``), '' if nothing."""
+    from embclust.errors import first_line
+
     try:
         logged = {a.path for a in mlflow.MlflowClient().list_artifacts(run.info.run_id)}
-    except Exception:  # noqa: BLE001 - an artifact store that cannot be listed: the cell runs again
-        logged = set()
-    return [name for name in ("config.yaml", "labels.parquet") if name not in logged]
+    except Exception as exc:  # noqa: BLE001 - an artifact store that cannot be listed: the cell runs again
+        return f"could not be listed ({first_line(exc)})"
+    missing = [name for name in ("config.yaml", "labels.parquet") if name not in logged]
+    return f"{', '.join(missing)} {'is' if len(missing) == 1 else 'are'} gone" if missing else ""
 
 
 def run(cfg: DictConfig) -> float:

@@ -35,9 +35,13 @@ class Stopped(BaseException):
     """The process received a stop signal; a BaseException so ``except Exception`` lets it pass."""
 
     def __init__(self, signum: int):
+        from embclust import processes
+
         self.signum = signum
         self.name = signal.Signals(signum).name
-        super().__init__(f"stopped by {self.name}")
+        # a joblib worker stops itself with SIGTERM when the sweep that started it is gone
+        why = " (the sweep process that started this worker is gone)" if processes.parent_gone else ""
+        super().__init__(f"stopped by {self.name}{why}")
 
     @property
     def exit_code(self) -> int:

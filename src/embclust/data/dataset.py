@@ -57,6 +57,7 @@ class Dataset:
     # (embclust.engine.rows); None once rows were dropped, sampled or reordered.
     source: Any = field(default=None, repr=False)
     _fingerprint: str | None = field(default=None, repr=False)
+    _labels_fingerprint: str | None = field(default=None, repr=False)
 
     @property
     def n_samples(self) -> int:
@@ -77,14 +78,19 @@ class Dataset:
     def labels_fingerprint(self) -> str | None:
         """Hash of the true labels (each row's class name), None without them: scores against
         them (ARI, NMI, purity) change with the labels while the matrix's fingerprint does not."""
-        codes = self.label_codes()
-        if codes is None:
+        if self.labels is None:
             return None
-        classes, index = codes
-        h = hashlib.blake2b(digest_size=16)
-        h.update("\0".join(classes.tolist()).encode("utf-8", "surrogatepass"))
-        h.update(np.ascontiguousarray(index, dtype=np.int64).tobytes())
-        return h.hexdigest()
+        if self._labels_fingerprint is None:
+            h = hashlib.blake2b(digest_size=16)
+            if np.issubdtype(self.labels.dtype, np.integer):  # the codes and their names: no sort of every row
+                h.update(b"codes\0" + "\0".join(self.label_names or []).encode("utf-8", "surrogatepass"))
+                h.update(np.ascontiguousarray(self.labels, dtype=np.int64))
+            else:
+                classes, index = self.label_codes()
+                h.update(b"names\0" + "\0".join(classes.tolist()).encode("utf-8", "surrogatepass"))
+                h.update(np.ascontiguousarray(index, dtype=np.int64))
+            self._labels_fingerprint = h.hexdigest()
+        return self._labels_fingerprint
 
     def label_strings(self, rows: slice | np.ndarray | None = None) -> np.ndarray | None:
         """True labels (of ``rows``, else all) as strings, mapped through ``label_names`` when given."""

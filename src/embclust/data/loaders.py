@@ -402,7 +402,7 @@ def as_strings(column: pa.ChunkedArray, missing: str = MISSING_LABEL, where: str
     """A column as strings, nulls shown as ``missing``: labels, categories, metadata, texts.
 
     ``where`` names the column and its key in the error for a column of lists or records."""
-    if pa.types.is_nested(column.type) or pa.types.is_binary(column.type) or pa.types.is_large_binary(column.type):
+    if pa.types.is_nested(column.type):
         raise DataError(f"{where} holds {column.type} values, not one text or number per row: choose another column")
     if pa.types.is_floating(column.type):  # 1.0 and NaN, not pyarrow's 1 and nan
         text = column.to_numpy().astype(str).astype(object)

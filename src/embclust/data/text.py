@@ -144,8 +144,12 @@ def load_texts(
     device: str = "cpu",
     cache_dir: str | None = ".cache/embclust",
     name: str = "texts",
+    assigning: bool = False,
 ) -> Dataset:
-    """Documents from a CSV/parquet text column, embedded with a local sentence-transformers model."""
+    """Documents from a CSV/parquet text column, embedded with a local sentence-transformers model.
+
+    ``assigning``: the documents are new rows for a fitted run (``embclust assign``), which may all
+    be alike; to cluster, they must not be."""
     p, schema = open_table(
         path,
         {"dataset.text_column": text_column, "dataset.id_column": id_column, "dataset.label_column": label_column},
@@ -157,7 +161,7 @@ def load_texts(
     ids, labels = ids_and_labels(table, id_column, label_column, p)  # checked before the costly embedding
     texts = as_strings(table[text_column], "", text_where(p, text_column))
     blank = np.flatnonzero(np.char.str_len(np.char.strip(np.asarray(texts, dtype=str))) == 0)
-    if texts.size > 1 and len(set(texts.tolist())) == 1:  # before the embedding, which would only confirm it
+    if not assigning and texts.size > 1 and len(set(texts.tolist())) == 1:  # before the embedding, which would only confirm it
         what = "empty or missing" if blank.size == texts.size else f"the same text ({str(texts[0])[:60]!r})"
         raise DataError(f"{p}: all {texts.size} documents in column {text_column!r} (dataset.text_column) are {what}: "
                         "there is nothing to cluster; check the column, or choose another with dataset.text_column")

@@ -281,7 +281,7 @@ class MlflowSweepCallback(Callback):
             }
         )
         client = mlflow.MlflowClient()
-        code_dir = Path(__file__).resolve().parent
+        code_dir = Path(__file__).resolve().parents[1]  # the package, as a single run records it
         repro = {**tracking.git_state(code_dir, tracking.store.hydra_config_dirs(config.hydra)),
                  "code_fingerprint": tracking.store.code_fingerprint(), **tracking.store.environment_tags(),
                  **{f"version.{p}": v for p, v in tracking.package_versions().items()}}

@@ -234,7 +234,7 @@ def _compare(args: argparse.Namespace) -> int:
     finished = cells.get("status", pd.Series(index=cells.index, dtype=object)).eq("FINISHED").any()
     if not finished:  # nothing to rank: say why each failed, instead of a table of NaN ranked by any name
         scope = f"sweep {parent}" if parent else f"experiment {args.experiment!r}"
-        print(f"error: no run of {scope} finished, so nothing is ranked; {len(table)} did not:", file=sys.stderr)
+        print(f"error: no run of {scope} finished, so nothing is ranked; its runs ({len(table)}):", file=sys.stderr)
         for _, row in table.iterrows():
             error = f": {row['error'][:300]}" if row["error"] else ""
             print(f"  {row['cell']} (run {row['run_id']}): {row['status']}{error}", file=sys.stderr)

@@ -571,14 +571,16 @@ def git_state(path: str | Path = ".", config_dirs: tuple[str | Path, ...] = ()) 
     file changed, or a file that git does not ignore is new in ``path`` or in ``config_dirs``
     (a config the run may have composed that the commit lacks).
     """
+    path = Path(path).resolve()
+
     def git(*args: str) -> str:
         return subprocess.run(["git", *args], cwd=path, capture_output=True, text=True, check=True, timeout=10).stdout
 
     try:
-        commit, top = git("rev-parse", "HEAD", "--show-toplevel").split()
+        commit, top = git("rev-parse", "HEAD", "--show-toplevel").splitlines()  # a folder's name may hold spaces
         git("ls-files", "--error-unmatch", "--", "__init__.py")
         dirty = git("status", "--porcelain", "--untracked-files=no").strip()
-        inside = [str(d) for d in (path, *config_dirs) if _is_within(Path(d), Path(top))]
+        inside = [str(Path(d).resolve()) for d in (path, *config_dirs) if _is_within(Path(d), Path(top))]
         dirty = dirty or git("status", "--porcelain", "--untracked-files=normal", "--", *inside).strip()
     except (OSError, ValueError, subprocess.SubprocessError):
         return {}

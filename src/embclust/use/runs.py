@@ -178,7 +178,8 @@ def load_model(run):
         unfinished_report = run.data.tags.get("report_error")
         if parent and unfinished_report:
             hint = (f"it is the best cell of sweep {parent}, whose full report and model were not completed "
-                    f"({unfinished_report[:200]}): run the sweep's command again to complete it")
+                    f"({unfinished_report[:200]}): fix that if it names a cause, then run the sweep's command "
+                    "again to complete it")
         elif parent and run.data.tags.get("sweep_best") == "true":  # its model was logged, and is gone
             hint = (f"it is the best cell of sweep {parent}, whose model was logged but is gone (deleted or moved): "
                     "run the sweep again with sweep.resume=false, or a single run with this cell's overrides")
@@ -229,6 +230,8 @@ def load_dataset(cfg: DictConfig, path: str | None = None, validate: bool = True
         # The new file need not carry true labels; they are not part of an assignment.
         if "label_column" in container:
             container["label_column"] = None
+        if str(container.get("_target_", "")).endswith(".load_texts"):
+            container["assigning"] = True  # new documents may all be alike: nothing is clustered
     try:
         ds = instantiate(container)
     except Exception as exc:  # noqa: BLE001 - Hydra wraps the loader's own error
@@ -245,6 +248,8 @@ def load_dataset(cfg: DictConfig, path: str | None = None, validate: bool = True
         inner = exc
         while inner.__cause__ is not None or inner.__context__ is not None:  # the loader's own error, not Hydra's wrapper
             inner = inner.__cause__ or inner.__context__
+        if isinstance(inner, (ImportError, MemoryError)):  # not the file's fault: said as they are
+            raise inner from None
         source = f"--input {path}" if path is not None else f"{container.get('path') or name} (the run's dataset.path)"
         raise DataError(f"{source}: cannot be read as dataset '{name}' of this run "
                         f"({type(inner).__name__}: {first_line(inner)})") from None
