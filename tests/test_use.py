@@ -619,3 +619,19 @@ def test_assign_names_the_input_file_whose_width_differs(tracking_uri):
         pass
     with pytest.raises(DataError, match=r"^--input new.npy has 3 features, the run was fitted on 4 \(dataset 'npy'\)$"):
         assign_rows(mlflow.get_run(run.info.run_id), Dataset("npy", X[:, :3], np.arange(30)), model, source="--input new.npy")
+
+
+def test_assign_on_a_text_where_the_run_read_numbers_does_not_advise_editing_the_runs_config(tmp_path):
+    from omegaconf import OmegaConf
+
+    from embclust.errors import DataError
+    from embclust.use.runs import load_dataset
+
+    (tmp_path / "new.csv").write_text("user,age\nu1,twenty\nu2,thirty\n")
+    cfg = OmegaConf.create({"dataset": {"_target_": "embclust.data.loaders.load_tabular", "path": "run.csv",
+                                        "numeric_columns": ["age"], "id_column": "user", "name": "tabular"}})
+    with pytest.raises(DataError) as caught:
+        load_dataset(cfg, path=str(tmp_path / "new.csv"))
+    said = str(caught.value)
+    assert "numeric column 'age' is not numeric" in said and "the run read it as numbers, so --input must hold numbers" in said
+    assert "dataset.categorical_columns" not in said

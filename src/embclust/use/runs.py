@@ -243,6 +243,9 @@ def load_dataset(cfg: DictConfig, path: str | None = None, validate: bool = True
                 # the file is the command's --input, not the run's dataset.path (nor a key it cannot set)
                 said = cause.args[0].replace("name the one to cluster with dataset.key=NAME",
                                              "save the one to assign alone with numpy.save (a .npy)")
+                # the run's columns are fixed: the new file's must hold what the run read there
+                said = said.replace(": list it in dataset.categorical_columns instead (a yes/no or text column is a "
+                                    "category)", ": the run read it as numbers, so --input must hold numbers there")
                 cause.args = (said.replace("dataset.path", "--input"), *cause.args[1:])
             raise cause from None
         inner = exc
