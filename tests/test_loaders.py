@@ -480,3 +480,11 @@ def test_text_stored_as_binary_by_older_parquet_writers_is_read():
     assert as_strings(pa.chunked_array([[b"hello", None]], pa.binary())).tolist() == ["hello", "(missing)"]
     with pytest.raises(DataError, match="^x holds binary values, which cannot be read as text"):
         as_strings(pa.chunked_array([[b"\xff\xfe"]], pa.binary()), where="x")
+
+
+def test_a_semicolon_csv_with_decimal_commas_names_the_separator(tmp_path):
+    # pyarrow's "Expected 1 columns, got 5" with the row quoted, and no word of the separator.
+    frame = pd.DataFrame({f"f_{i}": [0.5, -1.25, 2.0] for i in range(4)})
+    frame.to_csv(tmp_path / "semi.csv", sep=";", decimal=",", index=False)
+    with pytest.raises(DataError, match=r"semi.csv: the header is separated by ';', not commas \(decimal commas too\?\)"):
+        load_table(str(tmp_path / "semi.csv"), feature_prefix="f_")

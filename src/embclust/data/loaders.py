@@ -291,6 +291,10 @@ def _inspect(p: Path) -> tuple[dict[str, pa.DataType], bool]:
                 except StopIteration:
                     has_rows = False
     except (pa.ArrowException, OSError) as exc:
+        sep = _other_separator(p) if isinstance(exc, pa.ArrowInvalid) and p.suffix.lower() == ".csv" else None
+        if sep is not None:  # e.g. ';' with decimal commas: the rows then hold more commas than the header
+            raise DataError(f"{p}: the header is separated by {sep!r}, not commas (decimal commas too?): save it "
+                            "comma-separated with decimal points (CSV) or as parquet") from None
         raise _read_error(p, exc, f"cannot be read as {p.suffix[1:]}", []) from exc
     names = [f.name for f in fields]
     repeated = [name for name, count in Counter(names).items() if count > 1]
@@ -304,6 +308,16 @@ def _inspect(p: Path) -> tuple[dict[str, pa.DataType], bool]:
             "save it comma-separated (CSV) or as parquet"
         )
     return {f.name: f.type for f in fields}, has_rows
+
+
+def _other_separator(p: Path) -> str | None:
+    """The separator of a CSV header written with ';', a tab or '|' instead of commas, else None."""
+    try:
+        with open(p, encoding="utf-8", errors="replace") as f:
+            header = f.readline()
+    except OSError:
+        return None
+    return next((c for c in ";\t|" if c in header), None) if "," not in header else None
 
 
 def float32_column(column, name: str, where) -> np.ndarray:
