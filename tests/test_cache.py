@@ -71,10 +71,10 @@ def test_failed_load_leaves_no_entry(tmp_path):
 
 
 def test_leftovers_of_a_killed_writer_are_removed_by_the_next_one(tmp_path):
-    from embclust.sweep.cache import PREPROCESS_FORMAT, stable_hash
+    from embclust.sweep.cache import preprocess_key
 
     X = make_synthetic(n_samples=300, n_features=8, seed=0).X
-    key = stable_hash({"data": "fp", "preprocess": {"pca_components": 4}, "format": PREPROCESS_FORMAT})
+    key = preprocess_key("fp", {"pca_components": 4})
     folder = tmp_path / "preprocess"
     # what `kill -9` leaves while writing this entry or deleting a damaged one, and another
     # key's folder that its writer may still be filling

@@ -13,7 +13,7 @@ from embclust.data import make_synthetic
 from embclust.errors import EmbclustError
 from embclust.locks import HeldByStoppedProcess, file_lock
 from embclust.preprocess import build_preprocessing, fit_preprocessing
-from embclust.sweep.cache import cached_preprocessing, stable_hash
+from embclust.sweep.cache import cached_preprocessing, preprocess_key
 from embclust.tracking.store import store_lock
 
 pytestmark = pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc")
@@ -85,7 +85,7 @@ def test_a_running_holder_is_waited_for_with_a_note_once_the_wait_is_long(tmp_pa
 def test_cache_entry_locked_by_a_stopped_process_is_computed_here(tmp_path, caplog):
     X = make_synthetic(n_samples=400, n_features=12, seed=0).X
     config = {"pca_components": 4}
-    entry = tmp_path / "preprocess" / stable_hash({"data": "fp", "preprocess": config})
+    entry = tmp_path / "preprocess" / preprocess_key("fp", config)
     fits = []
 
     def fit():

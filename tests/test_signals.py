@@ -320,7 +320,11 @@ def test_the_workers_of_a_joblib_sweep_killed_with_sigkill_do_not_stay(tmp_path,
     assert workers, log.read_text()[-2000:]
     proc.kill()
     proc.wait()
-    time.sleep(5)
+    # each worker looks at its parent once a second, ends its cell KILLED (a store write: slower on a busy
+    # machine) or exits for good after a 30 s grace; the resource trackers follow their workers
+    deadline = time.monotonic() + 45
+    while time.monotonic() < deadline and [pid for pid in workers if _state(pid) not in ("gone", "Z")]:
+        time.sleep(0.5)
     assert not [pid for pid in workers if _state(pid) not in ("gone", "Z")]
 
 

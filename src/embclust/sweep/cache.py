@@ -343,6 +343,11 @@ def _read_dataset(entry: Path) -> Dataset:
     )
 
 
+def preprocess_key(data_fingerprint: str, preprocess_config: dict) -> str:
+    """The name of the cache entry of ``preprocess_config`` fitted on the data ``data_fingerprint``."""
+    return stable_hash({"data": data_fingerprint, "preprocess": preprocess_config, "format": PREPROCESS_FORMAT})
+
+
 def cached_preprocessing(
     data_fingerprint: str, preprocess_config: dict, cache_dir: Path, fit: Callable[[], tuple[Any, np.ndarray]]
 ) -> tuple[Any, np.ndarray, bool]:
@@ -355,7 +360,7 @@ def cached_preprocessing(
         log.info("preprocessing with UMAP is not cached: fitted in this run")
         pipeline, Xp = fit()
         return pipeline, Xp, False
-    key = stable_hash({"data": data_fingerprint, "preprocess": preprocess_config, "format": PREPROCESS_FORMAT})
+    key = preprocess_key(data_fingerprint, preprocess_config)
     entry = Path(cache_dir) / "preprocess" / key
     fitted: list = []
 
